@@ -1,0 +1,602 @@
+"""dts-client: submit jobs and read their status, output and history (text or --json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+from dts.client import Client
+from dts.config import DEFAULT_SERVER, new_parser, parse_hostport
+from dts.domain import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    Attempt,
+    Job,
+    JobSpec,
+    JobStatus,
+    StatCount,
+    WorkerInfo,
+    validate_spec,
+)
+from dts.errors import DtsError, InvalidArgument, Unavailable
+
+PROG = "dts-client"
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+
+class UsageError(Exception):
+    """A bad command line (exit code 2)."""
+
+
+class SubParser(argparse.ArgumentParser):
+    """Subcommand parser whose errors are one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+# ---- argument types ---------------------------------------------------------------------------
+
+
+def _int_in(lo: int, hi: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{what} must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number of seconds") from None
+        if not value >= 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{what} must not be negative, got {text}")
+        return value
+
+    return parse
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--env takes KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _job_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"job id must be a positive integer, got {text!r}"
+        ) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"job id must be a positive integer, got {text!r}")
+    return value
+
+
+# ---- parser -----------------------------------------------------------------------------------
+
+
+COMMANDS = {
+    "submit": "submit a job (or many with --from-file)",
+    "status": "show a job",
+    "list": "recent jobs, newest first",
+    "history": "every attempt of a job",
+    "logs": "captured stdout/stderr of a job's latest (or K-th) attempt",
+    "cancel": "cancel a job",
+    "retry": "queue a failed or cancelled job again",
+    "workers": "registered workers",
+    "stats": "job counts by status and queue",
+    "ping": "exit 0 when the server is serving (alias: health)",
+}
+GLOBAL_WITH_VALUE = {"--server", "--rpc-timeout", "-c", "--config"}
+
+
+def global_parser() -> argparse.ArgumentParser:
+    """Options before the command; these also come from DTS_* variables and client.conf."""
+    p = new_parser(PROG, "Submit jobs to dts and read their status, output and history.")
+    p.usage = f"{PROG} [--server HOST:PORT] [--json] COMMAND ..."
+    p.epilog = "commands:\n" + "\n".join(f"  {k:<9} {v}" for k, v in COMMANDS.items())
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--server", default=DEFAULT_SERVER, help="dts-server address HOST:PORT")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--rpc-timeout", type=float, default=10.0, help="seconds to wait for a reply")
+    return p
+
+
+def split_command(argv: Sequence[str]) -> int:
+    """Index of the command word in `argv` (len(argv) when there is none)."""
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token in GLOBAL_WITH_VALUE:
+            i += 2
+            continue
+        if not token.startswith("-"):
+            return i
+        i += 1
+    return len(argv)
+
+
+def command_parser() -> argparse.ArgumentParser:
+    """The commands and their own options (plain flags: no environment or config file)."""
+    p = SubParser(prog=PROG, add_help=False)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=SubParser)
+    sub.required = True
+
+    s = sub.add_parser("submit", help=COMMANDS["submit"], prog=f"{PROG} submit")
+    s.add_argument("--queue", default="default", help="queue name")
+    s.add_argument(
+        "--priority",
+        type=_int_in(MIN_PRIORITY, MAX_PRIORITY, "--priority"),
+        default=0,
+        help="0 (lowest) to 9",
+    )
+    s.add_argument(
+        "--retries",
+        type=_int_in(0, 1000, "--retries"),
+        default=None,
+        help="re-runs after a failure (default: server's)",
+    )
+    s.add_argument(
+        "--backoff",
+        type=_seconds("--backoff"),
+        default=None,
+        help="seconds before the first retry, doubling (default: server's)",
+    )
+    s.add_argument(
+        "--timeout",
+        type=_seconds("--timeout"),
+        default=None,
+        help="seconds an attempt may run, 0 = none (default: server's)",
+    )
+    s.add_argument(
+        "--delay",
+        type=_seconds("--delay"),
+        default=0.0,
+        help="do not start before this many seconds from now",
+    )
+    s.add_argument(
+        "--env",
+        type=_env_pair,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment variable for the job (repeatable)",
+    )
+    s.add_argument("--cwd", default="", help="working directory on the worker")
+    s.add_argument("--name", default="", help="label shown in listings")
+    s.add_argument("--shell", action="store_true", help="run the single string with /bin/sh -c")
+    s.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the end; print its output; exit with its exit code",
+    )
+    s.add_argument(
+        "--from-file",
+        metavar="FILE",
+        help="one shell command a line ('-' for stdin), submitted in one call",
+    )
+    s.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+
+    for name, text in (
+        ("status", "show a job"),
+        ("history", "every attempt of a job"),
+        ("cancel", "cancel a job"),
+        ("retry", "queue a failed/cancelled job again"),
+    ):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("id", type=_job_id)
+
+    lg = sub.add_parser("logs", help=COMMANDS["logs"], prog=f"{PROG} logs")
+    lg.add_argument("id", type=_job_id)
+    lg.add_argument("--attempt", type=_int_in(1, 1_000_000, "--attempt"), default=0)
+
+    ls = sub.add_parser("list", help=COMMANDS["list"], prog=f"{PROG} list")
+    ls.add_argument("--status", choices=[s.value for s in JobStatus])
+    ls.add_argument("--queue", default="")
+    ls.add_argument("--limit", type=_int_in(1, 10_000, "--limit"), default=50)
+
+    for name in ("workers", "stats"):
+        sub.add_parser(name, help=COMMANDS[name], prog=f"{PROG} {name}")
+    sub.add_parser("ping", help=COMMANDS["ping"], aliases=["health"], prog=f"{PROG} ping")
+    return p
+
+
+# ---- formatting -------------------------------------------------------------------------------
+
+
+def iso(ts: float | None) -> str | None:
+    """ISO-8601 UTC, millisecond precision."""
+    if not ts:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    s = job.spec
+    return {
+        "id": job.id,
+        "name": s.name,
+        "status": job.status.value,
+        "command": s.display,
+        "argv": list(s.argv),
+        "shell": s.shell,
+        "queue": s.queue,
+        "priority": s.priority,
+        "attempts": job.attempts,
+        "max_retries": job.max_retries,
+        "backoff": s.backoff,
+        "timeout": s.timeout,
+        "env": dict(s.env),
+        "cwd": s.cwd,
+        "exit_code": job.exit_code,
+        "error": job.error,
+        "worker": job.worker,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "run_at": iso(job.run_at),
+    }
+
+
+def attempt_json(a: Attempt) -> dict[str, Any]:
+    return {
+        "job_id": a.job_id,
+        "attempt": a.attempt,
+        "worker": a.worker,
+        "outcome": a.outcome.value,
+        "started_at": iso(a.started_at),
+        "finished_at": iso(a.finished_at),
+        "exit_code": a.exit_code,
+        "error": a.error,
+        "stdout_bytes": a.stdout_bytes,
+        "stderr_bytes": a.stderr_bytes,
+    }
+
+
+def worker_json(w: WorkerInfo) -> dict[str, Any]:
+    return {
+        "name": w.name,
+        "host": w.host,
+        "pid": w.pid,
+        "state": w.state.value,
+        "running": w.running,
+        "concurrency": w.concurrency,
+        "queues": list(w.queues),
+        "registered_at": iso(w.registered_at),
+        "last_heartbeat": iso(w.last_heartbeat),
+    }
+
+
+def stats_json(counts: Sequence[StatCount]) -> dict[str, Any]:
+    by_status = {s.value: 0 for s in JobStatus}
+    by_queue: dict[str, dict[str, int]] = {}
+    for c in counts:
+        by_status[c.status.value] += c.count
+        by_queue.setdefault(c.queue, {})[c.status.value] = c.count
+    return {"total": sum(by_status.values()), "by_status": by_status, "by_queue": by_queue}
+
+
+def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _short(ts: float | None) -> str:
+    return (iso(ts) or "-").replace("T", " ").removesuffix("Z")[:19]
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+class Cli:
+    def __init__(self, client: Client, as_json: bool) -> None:
+        self.client = client
+        self.as_json = as_json
+
+    def out(self, value: Any, text: str) -> None:
+        if self.as_json:
+            sys.stdout.write(json.dumps(value, indent=2) + "\n")
+        elif text:
+            sys.stdout.write(text + "\n")
+
+    def submit(self, ns: argparse.Namespace) -> int:
+        cmd = list(ns.cmd)
+        if cmd and cmd[0] == "--":
+            cmd = cmd[1:]
+        base = JobSpec(
+            argv=(),
+            shell=ns.shell,
+            queue=ns.queue,
+            priority=ns.priority,
+            max_retries=ns.retries,
+            backoff=ns.backoff,
+            timeout=ns.timeout,
+            delay=ns.delay,
+            env=tuple(ns.env),
+            cwd=ns.cwd,
+            name=ns.name,
+        )
+        if ns.from_file:
+            if cmd:
+                raise UsageError("give either --from-file or a command, not both")
+            specs = [_with_argv(base, (line,), shell=True) for line in _read_lines(ns.from_file)]
+            if not specs:
+                raise UsageError(f"no commands in {ns.from_file}")
+        else:
+            if not cmd:
+                raise UsageError("no command given (submit [OPTIONS] -- COMMAND [ARG...])")
+            specs = [_with_argv(base, (" ".join(cmd),) if ns.shell else tuple(cmd), ns.shell)]
+        for spec in specs:
+            try:
+                validate_spec(spec)
+            except InvalidArgument as e:
+                raise UsageError(str(e)) from None
+        jobs = self.client.submit(specs)
+        if ns.wait:
+            return self._wait_all(jobs)
+        if self.as_json:
+            self.out(
+                job_json(jobs[0])
+                if len(jobs) == 1 and not ns.from_file
+                else [job_json(j) for j in jobs],
+                "",
+            )
+        else:
+            sys.stdout.write("".join(f"{j.id}\n" for j in jobs))
+        return 0
+
+    def _wait_all(self, jobs: Sequence[Job]) -> int:
+        code = 0
+        results = []
+        for job in jobs:
+            final = self.client.wait(job.id)
+            out = self.client.logs(job.id) if final.attempts else None
+            if self.as_json:
+                obj = job_json(final)
+                obj["stdout"] = out.stdout.decode(errors="replace") if out else ""
+                obj["stderr"] = out.stderr.decode(errors="replace") if out else ""
+                results.append(obj)
+            elif out:
+                sys.stdout.buffer.write(out.stdout)
+                sys.stdout.flush()
+                sys.stderr.buffer.write(out.stderr)
+                sys.stderr.flush()
+            if code == 0:
+                code = wait_exit_code(final)
+        if self.as_json:
+            self.out(results[0] if len(results) == 1 else results, "")
+        return code
+
+    def status(self, ns: argparse.Namespace) -> int:
+        job = self.client.get(ns.id)
+        obj = job_json(job)
+        keys = (
+            "id",
+            "name",
+            "status",
+            "command",
+            "queue",
+            "priority",
+            "attempts",
+            "max_retries",
+            "exit_code",
+            "error",
+            "worker",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "run_at",
+        )
+        width = max(len(k) for k in keys) + 1
+        text = "\n".join(f"{k + ':':<{width}} {'' if obj[k] is None else obj[k]}" for k in keys)
+        self.out(obj, text)
+        return 0
+
+    def list(self, ns: argparse.Namespace) -> int:
+        status = JobStatus(ns.status) if ns.status else None
+        jobs = self.client.list_jobs(status, ns.queue, ns.limit)
+        rows = [
+            (
+                j.id,
+                j.status,
+                j.spec.queue,
+                j.spec.priority,
+                j.attempts,
+                "" if j.exit_code is None else j.exit_code,
+                _short(j.created_at),
+                j.spec.name or j.spec.display[:60],
+            )
+            for j in jobs
+        ]
+        text = (
+            table(rows, ("ID", "STATUS", "QUEUE", "PRI", "ATTEMPTS", "EXIT", "CREATED", "COMMAND"))
+            if jobs
+            else "no jobs"
+        )
+        self.out([job_json(j) for j in jobs], text)
+        return 0
+
+    def history(self, ns: argparse.Namespace) -> int:
+        attempts = self.client.history(ns.id)
+        rows = [
+            (
+                a.attempt,
+                a.outcome,
+                a.worker,
+                _short(a.started_at),
+                _short(a.finished_at),
+                "" if a.exit_code is None else a.exit_code,
+                a.error,
+            )
+            for a in attempts
+        ]
+        text = (
+            table(rows, ("ATTEMPT", "OUTCOME", "WORKER", "STARTED", "FINISHED", "EXIT", "ERROR"))
+            if attempts
+            else f"job {ns.id} has not started yet"
+        )
+        self.out([attempt_json(a) for a in attempts], text)
+        return 0
+
+    def logs(self, ns: argparse.Namespace) -> int:
+        out = self.client.logs(ns.id, ns.attempt)
+        if self.as_json:
+            self.out(
+                {
+                    "job_id": ns.id,
+                    "attempt": out.attempt,
+                    "stdout": out.stdout.decode(errors="replace"),
+                    "stderr": out.stderr.decode(errors="replace"),
+                },
+                "",
+            )
+            return 0
+        sys.stdout.buffer.write(out.stdout)
+        sys.stdout.flush()
+        sys.stderr.buffer.write(out.stderr)
+        sys.stderr.flush()
+        return 0
+
+    def cancel(self, ns: argparse.Namespace) -> int:
+        job = self.client.cancel(ns.id)
+        self.out(job_json(job), f"{job.id} {job.status}")
+        return 0
+
+    def retry(self, ns: argparse.Namespace) -> int:
+        job = self.client.retry(ns.id)
+        self.out(job_json(job), f"{job.id} {job.status}")
+        return 0
+
+    def workers(self, ns: argparse.Namespace) -> int:
+        ws = self.client.workers()
+        rows = [
+            (
+                w.name,
+                w.host,
+                w.state,
+                w.running,
+                w.concurrency,
+                ",".join(w.queues),
+                _short(w.last_heartbeat),
+            )
+            for w in ws
+        ]
+        text = (
+            table(rows, ("NAME", "HOST", "STATE", "RUNNING", "SLOTS", "QUEUES", "LAST_HEARTBEAT"))
+            if ws
+            else "no workers"
+        )
+        self.out([worker_json(w) for w in ws], text)
+        return 0
+
+    def stats(self, ns: argparse.Namespace) -> int:
+        counts = self.client.stats()
+        obj = stats_json(counts)
+        lines = [f"{s + ':':<11} {n}" for s, n in obj["by_status"].items()]
+        lines.append(f"{'total:':<11} {obj['total']}")
+        if counts:
+            lines += [
+                "",
+                table([(c.queue, c.status, c.count) for c in counts], ("QUEUE", "STATUS", "COUNT")),
+            ]
+        self.out(obj, "\n".join(lines))
+        return 0
+
+    def ping(self, ns: argparse.Namespace) -> int:
+        status = self.client.health()
+        self.out({"server": self.client.address, "status": status}, status)
+        return 0 if status == "SERVING" else 1
+
+    health = ping
+
+
+def wait_exit_code(job: Job) -> int:
+    """`submit --wait`'s exit code: the job's own (124 timeout, 128+N signal), 1 otherwise."""
+    if job.status is JobStatus.SUCCEEDED:
+        return 0
+    if job.status is JobStatus.FAILED and job.exit_code:
+        return job.exit_code
+    return 1
+
+
+def _with_argv(base: JobSpec, argv: tuple[str, ...], shell: bool) -> JobSpec:
+    return replace(base, argv=argv, shell=shell)
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text") from None
+    return [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    at = split_command(args)
+    gp = global_parser()
+    g = gp.parse_args(args[:at])
+    if at == len(args):
+        gp.error(f"missing COMMAND (one of: {', '.join(COMMANDS)})")
+    ns = command_parser().parse_args(args[at:])
+    ns.server, ns.json, ns.rpc_timeout = g.server, g.json, g.rpc_timeout
+    try:
+        parse_hostport(ns.server, "--server")
+        if not 0 < ns.rpc_timeout < 86400:
+            raise InvalidArgument(f"--rpc-timeout must be between 0 and 86400, got {g.rpc_timeout}")
+    except InvalidArgument as e:
+        gp.error(str(e))
+    client = Client(ns.server, timeout=ns.rpc_timeout)
+    cli = Cli(client, ns.json)
+    try:
+        return int(getattr(cli, ns.command.replace("-", "_"))(ns))
+    except UsageError as e:
+        sys.stderr.write(f"{PROG} {ns.command}: error: {e}\n")
+        return EXIT_USAGE
+    except DtsError as e:
+        sys.stderr.write(f"{PROG}: error: {e}\n")
+        return exit_code_for(e)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    finally:
+        client.close()
+
+
+def exit_code_for(err: DtsError) -> int:
+    if isinstance(err, InvalidArgument):
+        return EXIT_USAGE
+    if isinstance(err, Unavailable):
+        return EXIT_UNAVAILABLE
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

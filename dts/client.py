@@ -1,0 +1,110 @@
+"""The dts client library: a Scheduler connection speaking domain types and dts errors."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dts import wire
+from dts.config import DEFAULT_SERVER
+from dts.domain import Attempt, Job, JobSpec, JobStatus, Output, StatCount, WorkerInfo
+from dts.errors import DeadlineExceeded
+from dts.v1 import dts_pb2 as pb
+from dts.v1 import dts_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+
+class Client:
+    """A connection to dts-server. Every method raises a dts.errors.DtsError on failure."""
+
+    def __init__(self, address: str = DEFAULT_SERVER, timeout: float = 10.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(address, options=wire.grpc_options())
+        self.stub = pb_grpc.SchedulerStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
+        try:
+            return method(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as e:
+            raise wire.error_from_rpc(e, self.address) from None
+
+    # ---- jobs -----------------------------------------------------------------------------
+
+    def submit(self, specs: Sequence[JobSpec]) -> list[Job]:
+        """Submit many jobs in one round trip; they are durable when this returns."""
+        req = pb.SubmitRequest(jobs=[wire.spec_to_pb(s) for s in specs])
+        resp = self._call(self.stub.Submit, req, max(self.timeout, 60.0))
+        return [wire.job_from_pb(j) for j in resp.jobs]
+
+    def submit_one(self, spec: JobSpec) -> Job:
+        return self.submit([spec])[0]
+
+    def get(self, job_id: int) -> Job:
+        return wire.job_from_pb(self._call(self.stub.GetJob, pb.JobRef(id=job_id)))
+
+    def wait(self, job_id: int, timeout: float | None = None) -> Job:
+        """Block until the job is final; raises DeadlineExceeded after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 25.0 if deadline is None else min(25.0, max(0.0, deadline - time.monotonic()))
+            req = pb.WaitRequest(id=job_id, timeout=left)
+            job = wire.job_from_pb(self._call(self.stub.WaitJob, req, left + self.timeout))
+            if job.status.final:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceeded(f"job {job_id} is still {job.status} after {timeout}s")
+
+    def list_jobs(
+        self, status: JobStatus | None = None, queue: str = "", limit: int = 50
+    ) -> list[Job]:
+        req = pb.ListJobsRequest(
+            status=wire.STATUS_TO_PB[status] if status else pb.JOB_STATUS_UNSPECIFIED,
+            queue=queue,
+            limit=limit,
+        )
+        return [wire.job_from_pb(j) for j in self._call(self.stub.ListJobs, req).jobs]
+
+    def history(self, job_id: int) -> list[Attempt]:
+        resp = self._call(self.stub.GetHistory, pb.JobRef(id=job_id))
+        return [wire.attempt_from_pb(a) for a in resp.attempts]
+
+    def logs(self, job_id: int, attempt: int = 0) -> Output:
+        resp = self._call(self.stub.GetLogs, pb.LogsRequest(id=job_id, attempt=attempt))
+        return Output(resp.attempt, resp.stdout, resp.stderr)
+
+    def cancel(self, job_id: int) -> Job:
+        return wire.job_from_pb(self._call(self.stub.CancelJob, pb.JobRef(id=job_id)))
+
+    def retry(self, job_id: int) -> Job:
+        return wire.job_from_pb(self._call(self.stub.RetryJob, pb.JobRef(id=job_id)))
+
+    # ---- cluster --------------------------------------------------------------------------
+
+    def workers(self) -> list[WorkerInfo]:
+        resp = self._call(self.stub.ListWorkers, pb.ListWorkersRequest())
+        return [wire.worker_from_pb(w) for w in resp.workers]
+
+    def stats(self) -> list[StatCount]:
+        resp = self._call(self.stub.GetStats, pb.StatsRequest())
+        return [wire.stat_from_pb(c) for c in resp.counts]
+
+    def health(self, service: str = "") -> str:
+        """The server's gRPC health status name, e.g. SERVING."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        resp = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service))
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))

@@ -1,0 +1,306 @@
+"""Every option of every dts program, declared once: flag, DTS_* variable, config file, default.
+
+Precedence is flag > environment > config file > default (configargparse). Each program's
+options become one frozen, validated config object.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import configargparse
+
+from dts.errors import InvalidArgument
+
+ENV_PREFIX = "DTS_"
+CONFIG_DIR = "/etc/dts"
+DEFAULT_SERVER = "127.0.0.1:50051"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class ArgumentParser(configargparse.ArgumentParser):  # type: ignore[misc]
+    """An argument parser whose usage errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def new_parser(prog: str, description: str) -> ArgumentParser:
+    return ArgumentParser(
+        prog=prog,
+        description=description,
+        default_config_files=[f"{CONFIG_DIR}/{prog.removeprefix('dts-')}.conf"],
+        auto_env_var_prefix=ENV_PREFIX,
+        args_for_setting_config_path=["-c", "--config"],
+        config_arg_help_message="config file (key = value lines; missing default files are fine)",
+        formatter_class=configargparse.ArgumentDefaultsHelpFormatter,
+    )
+
+
+# ---- options shared by the daemons ------------------------------------------------------------
+
+
+def _add_process_options(p: ArgumentParser) -> None:
+    p.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="log threshold")
+    p.add_argument("--log-format", default="text", choices=("text", "json"), help="log line form")
+    p.add_argument("--log-file", default="", help="log to this file instead of stderr")
+    p.add_argument("--pidfile", default="", help="write and lock a PID file here")
+    p.add_argument("--daemon", action="store_true", help="detach and run in the background")
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """How a daemon logs and runs as a process."""
+
+    log_level: str = "info"
+    log_format: str = "text"
+    log_file: str = ""
+    pidfile: str = ""
+    daemon: bool = False
+
+
+def _process_config(ns: Any) -> ProcessConfig:
+    return ProcessConfig(ns.log_level, ns.log_format, ns.log_file, ns.pidfile, ns.daemon)
+
+
+# ---- server -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings of dts-server."""
+
+    listen: str = DEFAULT_SERVER
+    redis_url: str = DEFAULT_REDIS_URL
+    key_prefix: str = "dts:"
+    db: str = "dts.db"
+    worker_timeout: float = 30.0
+    default_retries: int = 0
+    default_backoff: float = 1.0
+    max_backoff: float = 3600.0
+    default_timeout: float = 0.0
+    max_lost: int = 3
+    reconcile_interval: float = 60.0
+    grpc_threads: int = 32
+    sqlite_synchronous: str = "full"
+    process: ProcessConfig = ProcessConfig()
+
+
+def server_parser() -> ArgumentParser:
+    p = new_parser("dts-server", "The dts coordinator: gRPC API, SQLite history, Redis queue.")
+    state_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0] or "."
+    p.add_argument("--listen", default=DEFAULT_SERVER, help="gRPC address HOST:PORT")
+    p.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="Redis that carries the queue")
+    p.add_argument("--key-prefix", default="dts:", help="prefix of every Redis key")
+    p.add_argument("--db", default=os.path.join(state_dir, "dts.db"), help="SQLite database")
+    p.add_argument(
+        "--worker-timeout",
+        type=float,
+        default=30.0,
+        help="seconds without a heartbeat before a worker's jobs are run elsewhere",
+    )
+    p.add_argument(
+        "--default-retries",
+        type=int,
+        default=0,
+        help="re-runs after a failure for jobs submitted without --retries",
+    )
+    p.add_argument(
+        "--default-backoff",
+        type=float,
+        default=1.0,
+        help="seconds before the first retry for jobs submitted without --backoff",
+    )
+    p.add_argument("--max-backoff", type=float, default=3600.0, help="cap of a retry's delay")
+    p.add_argument(
+        "--default-timeout",
+        type=float,
+        default=0.0,
+        help="per-attempt timeout for jobs submitted without --timeout (0: none)",
+    )
+    p.add_argument(
+        "--max-lost",
+        type=int,
+        default=3,
+        help="attempts lost with their worker before a job fails (poison-job guard)",
+    )
+    p.add_argument(
+        "--reconcile-interval",
+        type=float,
+        default=60.0,
+        help="seconds between full checks that Redis holds every queued job",
+    )
+    p.add_argument("--grpc-threads", type=int, default=32, help="threads serving gRPC calls")
+    p.add_argument(
+        "--sqlite-synchronous",
+        default="full",
+        choices=("full", "normal"),
+        help="full: a submit survives power loss; normal: survives a process crash",
+    )
+    _add_process_options(p)
+    return p
+
+
+def load_server_config(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> ServerConfig:
+    ns = _parse(server_parser(), argv, env)
+    cfg = ServerConfig(
+        listen=ns.listen,
+        redis_url=ns.redis_url,
+        key_prefix=ns.key_prefix,
+        db=ns.db,
+        worker_timeout=ns.worker_timeout,
+        default_retries=ns.default_retries,
+        default_backoff=ns.default_backoff,
+        max_backoff=ns.max_backoff,
+        default_timeout=ns.default_timeout,
+        max_lost=ns.max_lost,
+        reconcile_interval=ns.reconcile_interval,
+        grpc_threads=ns.grpc_threads,
+        sqlite_synchronous=ns.sqlite_synchronous,
+        process=_process_config(ns),
+    )
+    parse_hostport(cfg.listen, "--listen")
+    _check_redis_url(cfg.redis_url)
+    _positive("--worker-timeout", cfg.worker_timeout)
+    _non_negative("--default-retries", cfg.default_retries)
+    _non_negative("--default-backoff", cfg.default_backoff)
+    _positive("--max-backoff", cfg.max_backoff)
+    _non_negative("--default-timeout", cfg.default_timeout)
+    _positive("--max-lost", cfg.max_lost)
+    _positive("--reconcile-interval", cfg.reconcile_interval)
+    _positive("--grpc-threads", cfg.grpc_threads)
+    if not cfg.db:
+        raise InvalidArgument("--db must not be empty")
+    return cfg
+
+
+# ---- worker -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Settings of dts-worker."""
+
+    server: str = DEFAULT_SERVER
+    redis_url: str = DEFAULT_REDIS_URL
+    concurrency: int = 1
+    queues: tuple[str, ...] = ("default",)
+    name: str = ""
+    drain_timeout: float = 60.0
+    kill_grace: float = 5.0
+    max_output: int = 1 << 20
+    cwd: str = ""
+    process: ProcessConfig = ProcessConfig()
+
+
+def worker_parser() -> ArgumentParser:
+    p = new_parser("dts-worker", "A dts worker: takes jobs from Redis and runs them.")
+    p.add_argument("--server", default=DEFAULT_SERVER, help="dts-server address HOST:PORT")
+    p.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="Redis that carries the queue")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="jobs run at once (default: CPU count)",
+    )
+    p.add_argument(
+        "--queues",
+        default="default",
+        help="comma-separated queues to take jobs from, first has precedence",
+    )
+    p.add_argument("--name", default="", help="unique worker name (default: HOST:PID)")
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=60.0,
+        help="on SIGTERM, seconds running jobs may take to finish",
+    )
+    p.add_argument(
+        "--kill-grace",
+        type=float,
+        default=5.0,
+        help="seconds between SIGTERM and SIGKILL when a job is stopped",
+    )
+    p.add_argument(
+        "--max-output",
+        type=int,
+        default=1 << 20,
+        help="bytes of stdout and of stderr kept per attempt",
+    )
+    p.add_argument("--cwd", default="", help="working directory of jobs that name none")
+    _add_process_options(p)
+    return p
+
+
+def load_worker_config(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> WorkerConfig:
+    ns = _parse(worker_parser(), argv, env)
+    queues = tuple(q.strip() for q in ns.queues.split(",") if q.strip())
+    cfg = WorkerConfig(
+        server=ns.server,
+        redis_url=ns.redis_url,
+        concurrency=ns.concurrency,
+        queues=queues,
+        name=ns.name or f"{socket.gethostname()}:{os.getpid()}",
+        drain_timeout=ns.drain_timeout,
+        kill_grace=ns.kill_grace,
+        max_output=ns.max_output,
+        cwd=ns.cwd,
+        process=_process_config(ns),
+    )
+    parse_hostport(cfg.server, "--server")
+    _check_redis_url(cfg.redis_url)
+    _positive("--concurrency", cfg.concurrency)
+    if not queues:
+        raise InvalidArgument("--queues must name at least one queue")
+    _non_negative("--drain-timeout", cfg.drain_timeout)
+    _non_negative("--kill-grace", cfg.kill_grace)
+    _positive("--max-output", cfg.max_output)
+    return cfg
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def _parse(
+    parser: ArgumentParser, argv: Sequence[str] | None, env: Mapping[str, str] | None
+) -> Any:
+    return parser.parse_args(
+        args=list(argv) if argv is not None else None,
+        env_vars=dict(env) if env is not None else os.environ,
+    )
+
+
+def parse_hostport(value: str, what: str) -> tuple[str, int]:
+    """Split HOST:PORT (IPv6 as [::1]:PORT); raises InvalidArgument naming `what`."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgument(f"{what} must be HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _check_redis_url(url: str) -> None:
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise InvalidArgument(
+            f"--redis-url must start with redis://, rediss:// or unix://: {url!r}"
+        )
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise InvalidArgument(f"{name} must be greater than 0, got {value}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if not value >= 0:
+        raise InvalidArgument(f"{name} must not be negative, got {value}")

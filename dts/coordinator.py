@@ -1,0 +1,610 @@
+"""The coordinator's rules: submit, claim, report, retry, cancel, leases and recovery.
+
+SQLite (the store) is the truth; Redis only carries job ids to workers. Every decision about a
+job is taken here inside one store transaction, and Redis is updated after the commit; when
+Redis is away the job stays correct in the store and the reconciler puts it back later.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import redis
+
+from dts.backoff import compute_backoff
+from dts.config import ServerConfig
+from dts.domain import (
+    EXIT_CANNOT_RUN,
+    Assignment,
+    Attempt,
+    Job,
+    JobFilter,
+    JobSpec,
+    JobStatus,
+    Lease,
+    Outcome,
+    Output,
+    Result,
+    StatCount,
+    WorkerInfo,
+    WorkerState,
+    can_transition,
+    validate_spec,
+)
+from dts.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ShuttingDown,
+    UnknownSession,
+)
+from dts.queue import QueuedJob, RedisQueue
+from dts.store import Store, Transaction
+
+log = logging.getLogger("dts.coordinator")
+
+MAX_BATCH = 100_000  # jobs in one submit call
+MAX_LIST = 10_000  # jobs in one listing
+MAX_WAIT = 30.0  # seconds one WaitJob call may block
+
+
+class Coordinator:
+    """Owns every job state change. Thread-safe; gRPC threads and background loops call it."""
+
+    def __init__(
+        self,
+        store: Store,
+        queue: RedisQueue,
+        cfg: ServerConfig,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.cfg = cfg
+        self.clock = clock
+        self.rand = rand
+        self.accepting = True
+        self.due_changed = threading.Event()  # wakes the scheduler when a retry or delay is added
+        self.reconcile_needed = threading.Event()
+        self._redis_up: bool | None = None
+        self._waiters: dict[int, list[threading.Event]] = {}
+        self._waiters_lock = threading.Lock()
+        self._sessions: dict[str, str] = {}
+
+    # ---- client-facing --------------------------------------------------------------------
+
+    def submit(self, specs: Sequence[JobSpec]) -> list[Job]:
+        if not self.accepting:
+            raise ShuttingDown("server is shutting down; not accepting jobs")
+        if not specs:
+            raise InvalidArgument("no jobs to submit")
+        if len(specs) > MAX_BATCH:
+            raise InvalidArgument(f"at most {MAX_BATCH} jobs per submit, got {len(specs)}")
+        for i, spec in enumerate(specs):
+            try:
+                validate_spec(spec)
+            except InvalidArgument as e:
+                raise InvalidArgument(f"job {i + 1}: {e}" if len(specs) > 1 else str(e)) from e
+        cfg = self.cfg
+        now = self.clock()
+        jobs = []
+        with self.store.transaction() as tx:
+            for spec in specs:
+                full = spec.with_defaults(
+                    cfg.default_retries, cfg.default_backoff, cfg.default_timeout
+                )
+                if full.delay > 0:
+                    jobs.append(tx.insert_job(full, JobStatus.SCHEDULED, now, now + full.delay))
+                else:
+                    jobs.append(tx.insert_job(full, JobStatus.QUEUED, now, None))
+        for job in jobs:
+            log.info("job %d %s: %s", job.id, job.status, job.spec.display[:200])
+        self._enqueue([j for j in jobs if j.status is JobStatus.QUEUED])
+        if any(j.status is JobStatus.SCHEDULED for j in jobs):
+            self.due_changed.set()
+        return jobs
+
+    def get(self, job_id: int) -> Job:
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job with id {job_id}")
+        return job
+
+    def wait(self, job_id: int, timeout: float) -> Job:
+        """The job once final, or as it is after `timeout` seconds (capped)."""
+        if not timeout >= 0:
+            raise InvalidArgument(f"timeout must not be negative, got {timeout}")
+        event = threading.Event()
+        with self._waiters_lock:
+            self._waiters.setdefault(job_id, []).append(event)
+        try:
+            job = self.get(job_id)
+            if not job.status.final:
+                event.wait(min(timeout, MAX_WAIT))
+                job = self.get(job_id)
+            return job
+        finally:
+            with self._waiters_lock:
+                events = self._waiters.get(job_id, [])
+                if event in events:
+                    events.remove(event)
+                if not events:
+                    self._waiters.pop(job_id, None)
+
+    def list_jobs(self, status: JobStatus | None, queue: str | None, limit: int) -> list[Job]:
+        if not 0 <= limit <= MAX_LIST:
+            raise InvalidArgument(f"limit must be between 1 and {MAX_LIST}, got {limit}")
+        return self.store.list_jobs(JobFilter(status, queue or None, limit or 50))
+
+    def history(self, job_id: int) -> list[Attempt]:
+        self.get(job_id)
+        return self.store.attempts(job_id)
+
+    def logs(self, job_id: int, attempt: int) -> Output:
+        job = self.get(job_id)
+        if attempt < 0:
+            raise InvalidArgument(f"attempt must be positive, got {attempt}")
+        number = attempt or job.attempts
+        if number == 0:
+            raise NotFound(f"job {job_id} has not started yet")
+        output = self.store.output(job_id, number)
+        if output is None:
+            raise NotFound(f"job {job_id} has no attempt {number} (it has {job.attempts})")
+        return output
+
+    def cancel(self, job_id: int) -> Job:
+        now = self.clock()
+        with self.store.transaction() as tx:
+            job = self._get(tx, job_id)
+            if job.status.final:
+                raise FailedPrecondition(f"job {job_id} is already {job.status}")
+            if job.status is JobStatus.RUNNING:
+                self._end_attempt(tx, job, now, Outcome.CANCELLED, None, "cancelled by user")
+            job = self._move(
+                tx,
+                job,
+                JobStatus.CANCELLED,
+                finished_at=now,
+                error="cancelled by user",
+                lease_expires_at=None,
+            )
+        if job.status is JobStatus.CANCELLED:
+            self._redis(lambda: self.queue.remove(job.spec.queue, job.id))
+        self._notify([job.id])
+        return job
+
+    def retry(self, job_id: int) -> Job:
+        with self.store.transaction() as tx:
+            job = self._get(tx, job_id)
+            if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+                raise FailedPrecondition(
+                    f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried"
+                )
+            job = self._move(
+                tx, job, JobStatus.QUEUED, failures=0, lost=0, finished_at=None, run_at=None
+            )
+        self._enqueue([job])
+        return job
+
+    def workers(self) -> list[WorkerInfo]:
+        return self.store.workers()
+
+    def stats(self) -> list[StatCount]:
+        return self.store.stats()
+
+    # ---- worker-facing --------------------------------------------------------------------
+
+    def register(
+        self, name: str, host: str, pid: int, concurrency: int, queues: Sequence[str]
+    ) -> str:
+        if not name or len(name) > 200:
+            raise InvalidArgument("worker name must be 1-200 characters")
+        if concurrency < 1 or not queues:
+            raise InvalidArgument("a worker needs concurrency >= 1 and at least one queue")
+        session = uuid.uuid4().hex
+        now = self.clock()
+        requeued: list[Job] = []
+        with self.store.transaction() as tx:
+            # A new registration under a known name is that worker restarted: whatever its
+            # previous life was running is gone, so recover it now instead of after the lease.
+            for old in self.store.running_of(name):
+                requeued.append(self._lose(tx, old, now, f"worker {name} restarted"))
+            tx.save_worker(
+                WorkerInfo(
+                    name,
+                    host,
+                    pid,
+                    session,
+                    concurrency,
+                    tuple(queues),
+                    WorkerState.IDLE,
+                    0,
+                    now,
+                    now,
+                )
+            )
+        self._sessions[name] = session
+        log.info(
+            "worker %s registered (host %s, pid %d, concurrency %d, queues %s)",
+            name,
+            host,
+            pid,
+            concurrency,
+            ",".join(queues),
+        )
+        self._after(requeued)
+        return session
+
+    def heartbeat(
+        self, name: str, session: str, leases: Sequence[Lease], draining: bool
+    ) -> list[Lease]:
+        """Renew the worker's leases; returns the ones it must stop (no longer its own)."""
+        now = self.clock()
+        until = now + self.cfg.worker_timeout
+        stale = []
+        with self.store.transaction() as tx:
+            worker = self._session(tx, name, session)
+            for lease in leases:
+                if not tx.renew_lease(lease.job_id, lease.attempt, name, until):
+                    stale.append(lease)
+            state = (
+                WorkerState.DRAINING
+                if draining
+                else WorkerState.BUSY
+                if leases
+                else WorkerState.IDLE
+            )
+            if worker.state is WorkerState.LOST:
+                log.info("worker %s is back", name)
+            tx.save_worker(replace(worker, state=state, running=len(leases), last_heartbeat=now))
+        return stale
+
+    def claim(self, name: str, session: str, job_ids: Sequence[int]) -> list[Assignment]:
+        """Start the claimable jobs among `job_ids` (compare-and-set queued -> running)."""
+        now = self.clock()
+        out = []
+        with self.store.transaction() as tx:
+            self._session(tx, name, session)
+            for job_id in job_ids:
+                job = tx.get_job(job_id)
+                if job is None or job.status is not JobStatus.QUEUED:
+                    continue  # duplicate delivery, cancelled, or not ours: harmless
+                number = job.attempts + 1
+                job = self._move(
+                    tx,
+                    job,
+                    JobStatus.RUNNING,
+                    attempts=number,
+                    worker=name,
+                    started_at=now,
+                    lease_expires_at=now + self.cfg.worker_timeout,
+                    exit_code=None,
+                    error="",
+                )
+                tx.add_attempt(Attempt(job.id, number, name, now))
+                out.append(Assignment(job.id, number, job.spec))
+        return out
+
+    def report(self, name: str, results: Sequence[Result]) -> list[tuple[bool, str]]:
+        """Record finished attempts; a result with a stale fencing token is refused."""
+        now = self.clock()
+        acks: list[tuple[bool, str]] = []
+        changed: list[Job] = []
+        with self.store.transaction() as tx:
+            for r in results:
+                job = tx.get_job(r.job_id)
+                if job is None:
+                    acks.append((False, f"no job with id {r.job_id}"))
+                    continue
+                if (
+                    job.status is not JobStatus.RUNNING
+                    or job.attempts != r.attempt
+                    or job.worker != name
+                ):
+                    acks.append(self._late_report(tx, job, name, r))
+                    continue
+                changed.append(self._finish(tx, job, r, now))
+                acks.append((True, ""))
+        self._after(changed)
+        return acks
+
+    def unregister(self, name: str, session: str) -> None:
+        with self.store.transaction() as tx:
+            worker = self._session(tx, name, session)
+            tx.save_worker(
+                replace(worker, state=WorkerState.STOPPED, running=0, last_heartbeat=self.clock())
+            )
+        log.info("worker %s stopped", name)
+
+    # ---- background duties ----------------------------------------------------------------
+
+    def promote_due(self, limit: int = 1000) -> int:
+        """Queue scheduled jobs whose time has come; returns how many."""
+        now = self.clock()
+        ids = self.store.due_jobs(now, limit)
+        if not ids:
+            return 0
+        moved = []
+        with self.store.transaction() as tx:
+            for job_id in ids:
+                job = tx.get_job(job_id)
+                if job is not None and job.status is JobStatus.SCHEDULED:
+                    moved.append(self._move(tx, job, JobStatus.QUEUED, run_at=None))
+        self._enqueue(moved)
+        return len(moved)
+
+    def reap_leases(self, limit: int = 1000) -> int:
+        """Recover running jobs whose worker stopped renewing the lease."""
+        now = self.clock()
+        ids = self.store.expired_leases(now, limit)
+        requeued: list[Job] = []
+        if ids:
+            with self.store.transaction() as tx:
+                for job_id in ids:
+                    job = tx.get_job(job_id)
+                    if job is None or job.status is not JobStatus.RUNNING:
+                        continue
+                    if job.lease_expires_at is None or job.lease_expires_at >= now:
+                        continue
+                    reason = (
+                        f"worker {job.worker} lost (no heartbeat for {self.cfg.worker_timeout:g}s)"
+                    )
+                    requeued.append(self._lose(tx, job, now, reason))
+            self._after(requeued)
+        self._mark_lost_workers(now)
+        return len(ids)
+
+    def recover_inflight(self, limit: int = 1000) -> int:
+        """Put back ids a worker took from Redis but never claimed (it died in between)."""
+        try:
+            ids = self.queue.expired_inflight(limit)
+            if not ids:
+                return 0
+            jobs = self.store.statuses(ids)
+            back = [j for j in jobs.values() if j.status is JobStatus.QUEUED]
+            self._enqueue(back)
+            self.queue.ack(ids)
+            for job in back:
+                log.info("job %d taken from Redis but never claimed: queued again", job.id)
+            return len(back)
+        except redis.RedisError as e:
+            self._redis_down(e)
+            return 0
+
+    def check_redis(self) -> None:
+        """Notice a Redis that restarted empty (its epoch key is gone) and refill it."""
+        try:
+            epoch = self.queue.epoch()
+            if epoch is None:
+                self.queue.set_epoch(uuid.uuid4().hex)
+                self.reconcile_needed.set()
+            self._redis_back()
+        except redis.RedisError as e:
+            self._redis_down(e)
+
+    def reconcile(self, chunk: int = 5000) -> int:
+        """Make sure every queued job's id is in Redis; returns how many were missing."""
+        after, total = 0, 0
+        try:
+            while True:
+                jobs = self.store.queued(after, chunk)
+                if not jobs:
+                    break
+                taken = self.queue.inflight([j.id for j in jobs])
+                total += self.queue.enqueue(
+                    [
+                        QueuedJob(j.id, j.spec.queue, j.spec.priority)
+                        for j in jobs
+                        if j.id not in taken
+                    ]
+                )
+                after = jobs[-1].id
+            self._redis_back()
+        except redis.RedisError as e:
+            self._redis_down(e)
+            self.reconcile_needed.set()
+        return total
+
+    def next_due(self) -> float | None:
+        return self.store.next_run_at()
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _get(self, tx: Transaction, job_id: int) -> Job:
+        job = tx.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job with id {job_id}")
+        return job
+
+    def _session(self, tx: Transaction, name: str, session: str) -> WorkerInfo:
+        worker = tx.get_worker(name)
+        if worker is None or worker.session != session:
+            raise UnknownSession(f"worker {name} is not registered (or registered again)")
+        return worker
+
+    def _move(self, tx: Transaction, job: Job, status: JobStatus, **changes: object) -> Job:
+        if not can_transition(job.status, status):
+            raise Internal(f"job {job.id}: {job.status} -> {status} is not allowed")
+        new = replace(job, status=status, **changes)  # type: ignore[arg-type]
+        tx.update_job(new)
+        detail = f" worker={new.worker} attempt={new.attempts}" if new.worker else ""
+        log.info(
+            "job %d %s -> %s%s%s",
+            job.id,
+            job.status,
+            status,
+            detail,
+            f" ({new.error})" if new.error and status is not JobStatus.RUNNING else "",
+        )
+        return new
+
+    def _end_attempt(
+        self,
+        tx: Transaction,
+        job: Job,
+        now: float,
+        outcome: Outcome,
+        exit_code: int | None,
+        error: str,
+        output: Output | None = None,
+    ) -> None:
+        tx.finish_attempt(
+            Attempt(
+                job.id,
+                job.attempts,
+                job.worker,
+                job.started_at or now,
+                now,
+                exit_code,
+                outcome,
+                error,
+            ),
+            output,
+        )
+
+    def _finish(self, tx: Transaction, job: Job, r: Result, now: float) -> Job:
+        if r.outcome is Outcome.RELEASED:  # its worker stopped under it: run it again, no blame
+            self._end_attempt(
+                tx,
+                job,
+                now,
+                Outcome.RELEASED,
+                r.exit_code,
+                r.error,
+                Output(job.attempts, r.stdout, r.stderr),
+            )
+            return self._move(tx, job, JobStatus.QUEUED, lease_expires_at=None, error=r.error)
+        outcome = (
+            r.outcome
+            if r.outcome in (Outcome.SUCCEEDED, Outcome.TIMED_OUT, Outcome.CANCELLED)
+            else Outcome.FAILED
+        )
+        error = r.error if outcome is not Outcome.SUCCEEDED else ""
+        exit_code = (
+            r.exit_code
+            if r.exit_code is not None
+            else (0 if outcome is Outcome.SUCCEEDED else EXIT_CANNOT_RUN)
+        )
+        self._end_attempt(
+            tx, job, now, outcome, exit_code, error, Output(job.attempts, r.stdout, r.stderr)
+        )
+        common: dict[str, object] = {
+            "exit_code": exit_code,
+            "error": error,
+            "lease_expires_at": None,
+        }
+        if outcome is Outcome.SUCCEEDED:
+            return self._move(tx, job, JobStatus.SUCCEEDED, finished_at=now, **common)
+        if outcome is Outcome.CANCELLED:
+            return self._move(tx, job, JobStatus.CANCELLED, finished_at=now, **common)
+        failures = job.failures + 1
+        if failures > job.max_retries:
+            return self._move(
+                tx, job, JobStatus.FAILED, failures=failures, finished_at=now, **common
+            )
+        delay = compute_backoff(
+            failures, job.spec.backoff or 0.0, self.cfg.max_backoff, rand=self.rand
+        )
+        if delay <= 0:
+            return self._move(tx, job, JobStatus.QUEUED, failures=failures, **common)
+        return self._move(
+            tx, job, JobStatus.SCHEDULED, failures=failures, run_at=now + delay, **common
+        )
+
+    def _lose(self, tx: Transaction, job: Job, now: float, reason: str) -> Job:
+        """End a running attempt as lost; the job runs again unless it was lost too often."""
+        self._end_attempt(tx, job, now, Outcome.LOST, None, reason)
+        lost = job.lost + 1
+        if lost >= self.cfg.max_lost:
+            return self._move(
+                tx,
+                job,
+                JobStatus.FAILED,
+                lost=lost,
+                finished_at=now,
+                lease_expires_at=None,
+                error=f"{reason}; gave up after {lost} lost attempts",
+            )
+        return self._move(tx, job, JobStatus.QUEUED, lost=lost, lease_expires_at=None, error=reason)
+
+    def _late_report(self, tx: Transaction, job: Job, name: str, r: Result) -> tuple[bool, str]:
+        attempt = tx.get_attempt(job.id, r.attempt)
+        if attempt is not None and attempt.worker == name and attempt.outcome is Outcome.CANCELLED:
+            # The user cancelled it while it ran: keep what it printed, the status stays.
+            tx.finish_attempt(attempt, Output(r.attempt, r.stdout, r.stderr))
+            return True, ""
+        log.warning(
+            "job %d: refused report of attempt %d from %s (job is %s at attempt %d)",
+            job.id,
+            r.attempt,
+            name,
+            job.status,
+            job.attempts,
+        )
+        return (
+            False,
+            f"stale attempt {r.attempt}: job {job.id} is {job.status} at attempt {job.attempts}",
+        )
+
+    def _mark_lost_workers(self, now: float) -> None:
+        limit = now - self.cfg.worker_timeout
+        stale = [
+            w
+            for w in self.store.workers()
+            if w.last_heartbeat < limit and w.state not in (WorkerState.LOST, WorkerState.STOPPED)
+        ]
+        if not stale:
+            return
+        with self.store.transaction() as tx:
+            for w in stale:
+                tx.save_worker(replace(w, state=WorkerState.LOST))
+                log.warning(
+                    "worker %s lost (no heartbeat for %.0fs)", w.name, now - w.last_heartbeat
+                )
+
+    def _after(self, jobs: Sequence[Job]) -> None:
+        """Tell Redis, the scheduler and waiters about jobs changed by a committed transaction."""
+        self._enqueue([j for j in jobs if j.status is JobStatus.QUEUED])
+        if any(j.status is JobStatus.SCHEDULED for j in jobs):
+            self.due_changed.set()
+        self._notify([j.id for j in jobs if j.status.final])
+
+    def _enqueue(self, jobs: Sequence[Job]) -> None:
+        items = [QueuedJob(j.id, j.spec.queue, j.spec.priority) for j in jobs]
+        if items:
+            self._redis(lambda: self.queue.enqueue(items))
+
+    def _redis(self, op: Callable[[], object]) -> None:
+        try:
+            op()
+            self._redis_back()
+        except redis.RedisError as e:
+            self._redis_down(e)
+            self.reconcile_needed.set()  # the store is right; Redis catches up later
+
+    def _redis_down(self, e: Exception) -> None:
+        if self._redis_up is not False:
+            log.error("redis unavailable: %s", e)
+        self._redis_up = False
+
+    def _redis_back(self) -> None:
+        if self._redis_up is False:
+            log.info("redis available again")
+            self.reconcile_needed.set()
+        self._redis_up = True
+
+    def _notify(self, job_ids: Sequence[int]) -> None:
+        if not job_ids:
+            return
+        with self._waiters_lock:
+            for job_id in job_ids:
+                for event in self._waiters.get(job_id, ()):
+                    event.set()

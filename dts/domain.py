@@ -1,0 +1,304 @@
+"""Domain types of dts: jobs, attempts, workers, statuses and the allowed status transitions.
+
+Pure data and rules: nothing here imports gRPC, Redis or SQLite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Final
+
+from dts.errors import InvalidArgument
+
+DEFAULT_QUEUE: Final = "default"
+MIN_PRIORITY: Final = 0
+MAX_PRIORITY: Final = 9
+
+# Exit codes of an attempt that did not exit on its own (shell conventions).
+EXIT_TIMED_OUT: Final = 124
+EXIT_CANNOT_RUN: Final = 127
+EXIT_SIGNAL_BASE: Final = 128
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life; the final ones are succeeded, failed and cancelled."""
+
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES: Final = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Outcome(StrEnum):
+    """How one attempt ended (RUNNING while it has not)."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    LOST = "lost"
+    CANCELLED = "cancelled"
+    RELEASED = "released"
+
+
+S = JobStatus
+# Every allowed status change, and why it happens. Anything else is a bug or a stale request.
+TRANSITIONS: Final[frozenset[tuple[JobStatus, JobStatus]]] = frozenset(
+    {
+        (S.SCHEDULED, S.QUEUED),  # its start time or retry backoff has passed
+        (S.SCHEDULED, S.CANCELLED),  # cancelled before it was due
+        (S.QUEUED, S.RUNNING),  # a worker claimed it (compare-and-set, new attempt)
+        (S.QUEUED, S.CANCELLED),  # cancelled while waiting in the queue
+        (S.RUNNING, S.SUCCEEDED),  # the attempt exited 0
+        (S.RUNNING, S.FAILED),  # the attempt failed and the retry budget is spent
+        (S.RUNNING, S.SCHEDULED),  # the attempt failed; a retry waits out its backoff
+        (S.RUNNING, S.QUEUED),  # the worker was lost or handed the job back: run it again now
+        (S.RUNNING, S.CANCELLED),  # cancelled while running; the worker kills it
+        (S.FAILED, S.QUEUED),  # a user asked for a retry
+        (S.CANCELLED, S.QUEUED),  # a user asked for a retry
+    }
+)
+
+
+def can_transition(old: JobStatus, new: JobStatus) -> bool:
+    """Whether a job may move from `old` to `new`."""
+    return (old, new) in TRANSITIONS
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What to run and how: the part of a job a client chooses."""
+
+    argv: tuple[str, ...]
+    shell: bool = False
+    queue: str = DEFAULT_QUEUE
+    priority: int = MIN_PRIORITY
+    max_retries: int | None = None  # None: the server's default
+    backoff: float | None = None  # None: the server's default
+    timeout: float | None = None  # None: the server's default; 0: no timeout
+    delay: float = 0.0
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str = ""
+    name: str = ""
+
+    def with_defaults(self, max_retries: int, backoff: float, timeout: float) -> JobSpec:
+        """This spec with every unset option taken from the server's defaults."""
+        return replace(
+            self,
+            max_retries=self.max_retries if self.max_retries is not None else max_retries,
+            backoff=self.backoff if self.backoff is not None else backoff,
+            timeout=self.timeout if self.timeout is not None else timeout,
+        )
+
+    @property
+    def display(self) -> str:
+        """The command as a user would type it."""
+        if self.shell:
+            return self.argv[0] if self.argv else ""
+        return " ".join(_shell_quote(a) for a in self.argv)
+
+
+def _shell_quote(arg: str) -> str:
+    safe = arg and all(c.isalnum() or c in "@%+=:,./-_" for c in arg)
+    return arg if safe else "'" + arg.replace("'", "'\"'\"'") + "'"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job and its current state, as stored by the server."""
+
+    id: int
+    spec: JobSpec
+    status: JobStatus
+    attempts: int = 0
+    exit_code: int | None = None
+    error: str = ""
+    worker: str = ""
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    run_at: float | None = None
+    failures: int = 0  # failed attempts since submit or the last manual retry
+    lost: int = 0  # attempts lost with their worker since submit or the last manual retry
+    lease_expires_at: float | None = None  # while running: when the attempt is presumed lost
+
+    @property
+    def max_retries(self) -> int:
+        return self.spec.max_retries or 0
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One execution of a job; `attempt` is its fencing token."""
+
+    job_id: int
+    attempt: int
+    worker: str
+    started_at: float
+    finished_at: float | None = None
+    exit_code: int | None = None
+    outcome: Outcome = Outcome.RUNNING
+    error: str = ""
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Output:
+    """Captured output of one attempt."""
+
+    attempt: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+
+@dataclass(frozen=True)
+class Result:
+    """The end of an attempt as a worker reports it."""
+
+    job_id: int
+    attempt: int
+    outcome: Outcome
+    exit_code: int | None = None
+    error: str = ""
+    stdout: bytes = b""
+    stderr: bytes = b""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A job a worker holds: the job id and the attempt (fencing token) it runs."""
+
+    job_id: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A claimed job handed to a worker to run."""
+
+    job_id: int
+    attempt: int
+    spec: JobSpec
+
+
+class WorkerState(StrEnum):
+    """What a registered worker is doing, as far as the server knows."""
+
+    IDLE = "idle"
+    BUSY = "busy"
+    DRAINING = "draining"
+    LOST = "lost"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker's registration and liveness."""
+
+    name: str
+    host: str
+    pid: int
+    session: str
+    concurrency: int
+    queues: tuple[str, ...]
+    state: WorkerState
+    running: int
+    registered_at: float
+    last_heartbeat: float
+
+
+@dataclass(frozen=True)
+class StatCount:
+    """Number of jobs in one (queue, status) pair."""
+
+    queue: str
+    status: JobStatus
+    count: int
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a listing wants."""
+
+    status: JobStatus | None = None
+    queue: str | None = None
+    limit: int = 50
+
+
+def exit_code_for_signal(signum: int) -> int:
+    """The shell's exit code for a process killed by `signum`."""
+    return EXIT_SIGNAL_BASE + signum
+
+
+# ---- validation (the server checks every request; the CLI checks early for a nicer message) ----
+
+MAX_RETRIES: Final = 1000
+MAX_SECONDS: Final = 10 * 365 * 86400.0
+MAX_COMMAND_BYTES: Final = 128 * 1024
+MAX_NAME_CHARS: Final = 200
+MAX_ENV_ENTRIES: Final = 256
+QUEUE_NAME_CHARS: Final = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
+)
+
+
+def validate_queue_name(queue: str) -> None:
+    if not queue or len(queue) > 64 or not set(queue) <= QUEUE_NAME_CHARS:
+        raise InvalidArgument(
+            f"queue name must be 1-64 characters of letters, digits, '_', '.', '-': {queue!r}"
+        )
+
+
+def validate_seconds(what: str, value: float | None) -> None:
+    if value is None:
+        return
+    if not 0 <= value <= MAX_SECONDS:  # also rejects NaN
+        raise InvalidArgument(
+            f"{what} must be between 0 and {MAX_SECONDS:.0f} seconds, got {value}"
+        )
+
+
+def validate_spec(spec: JobSpec) -> None:
+    """Raise InvalidArgument naming the first thing wrong with `spec`."""
+    if not spec.argv or not spec.argv[0].strip():
+        raise InvalidArgument("command must not be empty")
+    if spec.shell and len(spec.argv) != 1:
+        raise InvalidArgument("a shell job takes its command as one string")
+    if sum(len(a.encode("utf-8", "surrogatepass")) + 1 for a in spec.argv) > MAX_COMMAND_BYTES:
+        raise InvalidArgument(f"command is longer than {MAX_COMMAND_BYTES} bytes")
+    if any("\0" in a for a in spec.argv):
+        raise InvalidArgument("command must not contain NUL bytes")
+    validate_queue_name(spec.queue)
+    if not MIN_PRIORITY <= spec.priority <= MAX_PRIORITY:
+        raise InvalidArgument(
+            f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {spec.priority}"
+        )
+    if spec.max_retries is not None and not 0 <= spec.max_retries <= MAX_RETRIES:
+        raise InvalidArgument(
+            f"retries must be between 0 and {MAX_RETRIES}, got {spec.max_retries}"
+        )
+    validate_seconds("backoff", spec.backoff)
+    validate_seconds("timeout", spec.timeout)
+    validate_seconds("delay", spec.delay)
+    if len(spec.env) > MAX_ENV_ENTRIES:
+        raise InvalidArgument(f"at most {MAX_ENV_ENTRIES} environment variables")
+    for key, value in spec.env:
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise InvalidArgument(f"invalid environment variable name {key!r}")
+    if "\0" in spec.cwd:
+        raise InvalidArgument("cwd must not contain NUL bytes")
+    if len(spec.name) > MAX_NAME_CHARS:
+        raise InvalidArgument(f"name is longer than {MAX_NAME_CHARS} characters")

@@ -1,0 +1,218 @@
+"""The command runner: one attempt as its own process group, output captured and capped,
+timeout and cancellation enforced by killing the whole group (TERM, then KILL after a grace)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dts.domain import (
+    EXIT_CANNOT_RUN,
+    EXIT_TIMED_OUT,
+    Assignment,
+    Outcome,
+    Result,
+    exit_code_for_signal,
+)
+
+READ_CHUNK = 65536
+POLL = 0.2  # seconds between checks for a stop request while a job runs
+EXIT_NOT_EXECUTABLE = 126
+
+
+class Capture:
+    """Keeps the first and last `limit/2` bytes of a stream and counts what it dropped."""
+
+    def __init__(self, limit: int) -> None:
+        self.head_limit = limit - limit // 2
+        self.tail_limit = limit // 2
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.dropped = 0
+
+    def feed(self, data: bytes) -> None:
+        room = self.head_limit - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if not data:
+            return
+        self.tail += data
+        excess = len(self.tail) - self.tail_limit
+        if excess > 0:
+            self.dropped += excess
+            del self.tail[:excess]
+
+    def value(self) -> bytes:
+        if not self.dropped:
+            return bytes(self.head + self.tail)
+        marker = f"\n[dts: output truncated, {self.dropped} bytes dropped]\n".encode()
+        return bytes(self.head) + marker + bytes(self.tail)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How the worker runs every job."""
+
+    max_output: int = 1 << 20
+    kill_grace: float = 5.0
+    default_cwd: str = ""
+
+
+class Execution:
+    """One attempt of a job. `run()` blocks in the job's thread; `stop()` may come from any."""
+
+    def __init__(
+        self,
+        assignment: Assignment,
+        opts: RunOptions,
+        on_spawn: Callable[[int], None] = lambda pgid: None,
+        on_reap: Callable[[int], None] = lambda pgid: None,
+    ) -> None:
+        self.assignment = assignment
+        self.opts = opts
+        self._on_spawn = on_spawn
+        self._on_reap = on_reap
+        self._stop_outcome: Outcome | None = None
+        self._stop_reason = ""
+        self._lock = threading.Lock()
+        self.pid: int | None = None
+
+    def stop(self, outcome: Outcome, reason: str) -> None:
+        """Kill the job: CANCELLED (user asked) or RELEASED (worker draining or fenced)."""
+        with self._lock:
+            if self._stop_outcome is None:
+                self._stop_outcome = outcome
+                self._stop_reason = reason
+
+    def run(self) -> Result:
+        a = self.assignment
+        spec = a.spec
+        argv = ["/bin/sh", "-c", spec.argv[0]] if spec.shell else list(spec.argv)
+        env = dict(os.environ)
+        env.update(spec.env)
+        env["DTS_JOB_ID"] = str(a.job_id)
+        env["DTS_ATTEMPT"] = str(a.attempt)
+        started = time.time()
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=spec.cwd or self.opts.default_cwd or None,
+                start_new_session=True,
+            )
+        except OSError as e:
+            code = EXIT_NOT_EXECUTABLE if isinstance(e, PermissionError) else EXIT_CANNOT_RUN
+            where = f" in {spec.cwd}" if spec.cwd else ""
+            return self._result(
+                Outcome.FAILED,
+                code,
+                f"cannot run {argv[0]}{where}: {e.strerror or e}",
+                b"",
+                b"",
+                started,
+            )
+        self.pid = proc.pid
+        self._on_spawn(proc.pid)
+        try:
+            outcome, out, err = self._supervise(proc, spec.timeout or 0.0)
+        finally:
+            proc.wait()
+            self._on_reap(proc.pid)
+        rc = proc.returncode
+        code = rc if rc >= 0 else exit_code_for_signal(-rc)
+        if outcome is Outcome.TIMED_OUT:
+            return self._result(
+                outcome, EXIT_TIMED_OUT, f"timed out after {spec.timeout:g}s", out, err, started
+            )
+        if outcome is not None:
+            return self._result(outcome, code, self._stop_reason, out, err, started)
+        if rc == 0:
+            return self._result(Outcome.SUCCEEDED, 0, "", out, err, started)
+        if rc < 0:
+            name = signal.Signals(-rc).name if -rc in signal.valid_signals() else str(-rc)
+            return self._result(
+                Outcome.FAILED, code, f"killed by signal {-rc} ({name})", out, err, started
+            )
+        return self._result(Outcome.FAILED, code, f"exited with code {rc}", out, err, started)
+
+    def _supervise(
+        self, proc: subprocess.Popen[bytes], timeout: float
+    ) -> tuple[Outcome | None, bytes, bytes]:
+        """Read output until the group is gone; kill it on timeout, stop or leftovers."""
+        assert proc.stdout is not None and proc.stderr is not None
+        caps = {
+            proc.stdout.fileno(): Capture(self.opts.max_output),
+            proc.stderr.fileno(): Capture(self.opts.max_output),
+        }
+        pidfd = os.pidfd_open(proc.pid)
+        sel = selectors.DefaultSelector()
+        for fd in caps:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        sel.register(pidfd, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout if timeout > 0 else None
+        outcome: Outcome | None = None
+        exited = False
+        term_at: float | None = None  # when the group got SIGTERM
+        killed = False
+        try:
+            while True:
+                now = time.monotonic()
+                if term_at is None:
+                    if deadline is not None and now >= deadline:
+                        outcome = Outcome.TIMED_OUT
+                    elif self._stop_outcome is not None:
+                        outcome = self._stop_outcome
+                    if outcome is not None or exited:  # exited: leftovers of the job's group
+                        term_at = now
+                        _killpg(proc.pid, signal.SIGTERM)
+                elif not killed and now >= term_at + self.opts.kill_grace:
+                    killed = True
+                    _killpg(proc.pid, signal.SIGKILL)
+                if exited and len(sel.get_map()) == 0:
+                    break
+                if killed and exited and term_at and now >= term_at + self.opts.kill_grace + 1:
+                    break  # something outside the group holds our pipes: stop waiting for it
+                wait = POLL
+                if deadline is not None and term_at is None:
+                    wait = min(wait, max(0.0, deadline - now))
+                for key, _ in sel.select(wait):
+                    fd = int(key.fd)
+                    if fd == pidfd:
+                        exited = True
+                        sel.unregister(pidfd)
+                        continue
+                    try:
+                        chunk = os.read(fd, READ_CHUNK)
+                    except BlockingIOError:
+                        continue
+                    if chunk:
+                        caps[fd].feed(chunk)
+                    else:
+                        sel.unregister(fd)
+        finally:
+            sel.close()
+            os.close(pidfd)
+        return (outcome, caps[proc.stdout.fileno()].value(), caps[proc.stderr.fileno()].value())
+
+    def _result(
+        self, outcome: Outcome, code: int | None, error: str, out: bytes, err: bytes, started: float
+    ) -> Result:
+        a = self.assignment
+        return Result(a.job_id, a.attempt, outcome, code, error, out, err, started, time.time())
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)

@@ -1,0 +1,151 @@
+"""dts-server: composes the store, the Redis queue, the coordinator, its background loops and
+the gRPC services, and runs them until a signal says stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from concurrent import futures
+from dataclasses import replace
+
+import grpc
+import redis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from dts import __version__, logs, wire
+from dts.background import DueScheduler, LeaseReaper, Loop, Reconciler
+from dts.config import ServerConfig, load_server_config
+from dts.coordinator import Coordinator
+from dts.errors import DtsError, Unavailable
+from dts.notify import sd_notify
+from dts.process import PidFile, Readiness, Signals, daemonize, fail
+from dts.queue import Keys, RedisQueue
+from dts.servicer import SchedulerServicer, WorkerServicer
+from dts.stores.sqlite import SqliteStore
+from dts.v1 import dts_pb2_grpc as pb_grpc
+
+log = logging.getLogger("dts.server")
+
+PROG = "dts-server"
+SERVICES = ("dts.v1.Scheduler", "dts.v1.WorkerService")
+
+
+class Server:
+    """A running dts-server. start() brings it up; stop() takes it down in order."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.store = SqliteStore(cfg.db, cfg.sqlite_synchronous)
+        client = redis.Redis.from_url(
+            cfg.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10
+        )
+        self.queue = RedisQueue(client, Keys(cfg.key_prefix))
+        self.coordinator = Coordinator(self.store, self.queue, cfg)
+        self.loops: list[Loop] = [
+            DueScheduler(self.coordinator),
+            LeaseReaper(self.coordinator),
+            Reconciler(self.coordinator),
+        ]
+        self.health = health.HealthServicer()
+        self.grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=cfg.grpc_threads, thread_name_prefix="dts-rpc"),
+            options=wire.grpc_options(),
+            maximum_concurrent_rpcs=cfg.grpc_threads * 8,
+        )
+        pb_grpc.add_SchedulerServicer_to_server(SchedulerServicer(self.coordinator), self.grpc)
+        pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self.coordinator), self.grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        self.port = 0
+
+    def start(self) -> None:
+        try:
+            self.port = self.grpc.add_insecure_port(self.cfg.listen)
+        except RuntimeError as e:
+            raise Unavailable(f"cannot listen on {self.cfg.listen}: {e}") from e
+        if self.port == 0:
+            raise Unavailable(f"cannot listen on {self.cfg.listen} (address in use?)")
+        self.coordinator.check_redis()
+        self.coordinator.reconcile_needed.set()  # Redis may have lost jobs while we were down
+        for loop in self.loops:
+            loop.start()
+        self.grpc.start()
+        for name in ("", *SERVICES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "dts-server %s listening on %s (db %s, redis %s, prefix %r)",
+            __version__,
+            self.cfg.listen,
+            self.cfg.db,
+            self.cfg.redis_url,
+            self.cfg.key_prefix,
+        )
+
+    def stop(self, grace: float = 10.0) -> None:
+        # Shutdown order: say NOT_SERVING and refuse new jobs; let in-flight calls finish
+        # (grpc stop with grace); stop the background loops, which use the store; close the
+        # store last so every committed transaction is checkpointed cleanly.
+        self.health.enter_graceful_shutdown()
+        self.coordinator.accepting = False
+        self.grpc.stop(grace).wait(grace + 1)
+        for loop in self.loops:
+            loop.stop()
+        self.store.close()
+        log.info("dts-server stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        cfg = load_server_config(argv)
+    except DtsError as e:
+        return fail(PROG, e, 2)
+    readiness = daemonize(PROG) if cfg.process.daemon else Readiness(None)
+    return run(cfg, readiness)
+
+
+def run(cfg: ServerConfig, readiness: Readiness) -> int:
+    logs.setup(cfg.process)
+    signals = Signals()
+    signals.install()
+    pidfile = PidFile(cfg.process.pidfile) if cfg.process.pidfile else None
+    try:
+        if pidfile:
+            note = pidfile.acquire()
+            if note:
+                log.warning("%s", note)
+        server = Server(cfg)
+        server.start()
+    except (DtsError, OSError) as e:
+        log.error("cannot start: %s", e)
+        readiness.failed(str(e))
+        if pidfile:
+            pidfile.release()
+        return fail(PROG, e)
+    readiness.ready()
+    sd_notify(f"READY=1\nSTATUS=listening on {cfg.listen}\nMAINPID={os.getpid()}")
+    try:
+        while not signals.stop.is_set():
+            signals.wakeup.wait(5.0)
+            signals.wakeup.clear()
+            if signals.hup.is_set():
+                signals.hup.clear()
+                cfg = _reload(cfg)
+            sd_notify("WATCHDOG=1")
+        log.info("stopping (signal received); draining in-flight calls")
+        sd_notify("STOPPING=1")
+        server.stop(grace=0.5 if signals.stops > 1 else 10.0)
+    finally:
+        if pidfile:
+            pidfile.release()
+    return 0
+
+
+def _reload(cfg: ServerConfig) -> ServerConfig:
+    """SIGHUP: reopen log files and apply a changed log level."""
+    try:
+        fresh = load_server_config(sys.argv[1:])
+    except (DtsError, SystemExit) as e:
+        log.error("reload: config not reloaded: %s", e)
+        return cfg
+    return replace(cfg, process=logs.reload(cfg.process, fresh.process))

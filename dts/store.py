@@ -1,0 +1,94 @@
+"""The store interface the coordinator relies on; `dts.stores` holds the implementations.
+
+A store keeps jobs, attempts (with captured output) and workers. Every change happens inside
+`transaction()`, which is atomic and serialised with other writers; reads outside a
+transaction see committed data only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from dts.domain import (
+    Attempt,
+    Job,
+    JobFilter,
+    JobSpec,
+    JobStatus,
+    Output,
+    StatCount,
+    WorkerInfo,
+)
+
+
+class Transaction(Protocol):
+    """Reads and writes inside one atomic unit of work."""
+
+    def insert_job(
+        self, spec: JobSpec, status: JobStatus, created_at: float, run_at: float | None
+    ) -> Job: ...
+
+    def get_job(self, job_id: int) -> Job | None: ...
+
+    def update_job(self, job: Job) -> None:
+        """Write every mutable field of `job` (status, counters, times, worker, lease)."""
+
+    def renew_lease(self, job_id: int, attempt: int, worker: str, until: float) -> bool:
+        """Extend a running attempt's lease if `worker` still holds it; False otherwise."""
+
+    def add_attempt(self, attempt: Attempt) -> None: ...
+
+    def get_attempt(self, job_id: int, attempt: int) -> Attempt | None: ...
+
+    def finish_attempt(self, attempt: Attempt, output: Output | None) -> None:
+        """Record how an attempt ended (and its output when given)."""
+
+    def save_worker(self, worker: WorkerInfo) -> None: ...
+
+    def get_worker(self, name: str) -> WorkerInfo | None: ...
+
+
+class Store(Protocol):
+    """Durable home of jobs, their history and the worker registry."""
+
+    def transaction(self) -> AbstractContextManager[Transaction]: ...
+
+    def get_job(self, job_id: int) -> Job | None: ...
+
+    def list_jobs(self, flt: JobFilter) -> list[Job]: ...
+
+    def attempts(self, job_id: int) -> list[Attempt]: ...
+
+    def output(self, job_id: int, attempt: int) -> Output | None: ...
+
+    def stats(self) -> list[StatCount]: ...
+
+    def workers(self) -> list[WorkerInfo]: ...
+
+    def due_jobs(self, now: float, limit: int) -> list[int]:
+        """Ids of scheduled jobs whose run_at has passed, earliest first."""
+
+    def next_run_at(self) -> float | None:
+        """The earliest run_at of any scheduled job."""
+
+    def expired_leases(self, now: float, limit: int) -> list[int]:
+        """Ids of running jobs whose lease ran out before `now`."""
+
+    def running_of(self, worker: str) -> list[Job]:
+        """Jobs the store believes `worker` is running."""
+
+    def queued(self, after_id: int, limit: int) -> list[Job]:
+        """Queued jobs with id > after_id, by id (for reconciling the Redis queue)."""
+
+    def statuses(self, ids: Sequence[int]) -> dict[int, Job]:
+        """The jobs among `ids` that exist."""
+
+    def close(self) -> None: ...
+
+
+def chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+    """`items` in slices of at most `size`."""
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

@@ -1,0 +1,1 @@
+"""Store implementations; SQLite is the embedded default."""

@@ -1,0 +1,440 @@
+"""The SQLite store: one locked connection, WAL, explicit write transactions, versioned schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from dts.domain import (
+    Attempt,
+    Job,
+    JobFilter,
+    JobSpec,
+    JobStatus,
+    Outcome,
+    Output,
+    StatCount,
+    WorkerInfo,
+    WorkerState,
+)
+from dts.errors import Internal, Unavailable
+from dts.store import chunks
+
+SCHEMA_VERSION = 1
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        argv TEXT NOT NULL,             -- JSON array of strings
+        shell INTEGER NOT NULL,
+        env TEXT NOT NULL,              -- JSON array of [key, value]
+        cwd TEXT NOT NULL,
+        timeout REAL NOT NULL,
+        max_retries INTEGER NOT NULL,
+        backoff REAL NOT NULL,
+        delay REAL NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        failures INTEGER NOT NULL DEFAULT 0,
+        lost INTEGER NOT NULL DEFAULT 0,
+        exit_code INTEGER,
+        error TEXT NOT NULL DEFAULT '',
+        worker TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        run_at REAL,
+        lease_expires_at REAL
+    )""",
+    "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (queue, id)",
+    "CREATE INDEX IF NOT EXISTS jobs_due ON jobs (run_at) WHERE status = 'scheduled'",
+    "CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires_at) WHERE status = 'running'",
+    "CREATE INDEX IF NOT EXISTS jobs_running_by_worker ON jobs (worker) WHERE status = 'running'",
+    """CREATE TABLE IF NOT EXISTS attempts (
+        job_id INTEGER NOT NULL REFERENCES jobs (id),
+        attempt INTEGER NOT NULL,
+        worker TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        exit_code INTEGER,
+        outcome TEXT NOT NULL,
+        error TEXT NOT NULL DEFAULT '',
+        stdout BLOB NOT NULL DEFAULT x'',
+        stderr BLOB NOT NULL DEFAULT x'',
+        PRIMARY KEY (job_id, attempt)
+    )""",
+    """CREATE TABLE IF NOT EXISTS workers (
+        name TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        session TEXT NOT NULL,
+        concurrency INTEGER NOT NULL,
+        queues TEXT NOT NULL,           -- JSON array
+        state TEXT NOT NULL,
+        running INTEGER NOT NULL,
+        registered_at REAL NOT NULL,
+        last_heartbeat REAL NOT NULL
+    )""",
+]
+
+JOB_COLUMNS = (
+    "id, name, queue, priority, argv, shell, env, cwd, timeout, max_retries, backoff, delay, "
+    "status, attempts, failures, lost, exit_code, error, worker, created_at, started_at, "
+    "finished_at, run_at, lease_expires_at"
+)
+ATTEMPT_COLUMNS = (
+    "job_id, attempt, worker, started_at, finished_at, exit_code, outcome, error, "
+    "length(stdout), length(stderr)"
+)
+WORKER_COLUMNS = (
+    "name, host, pid, session, concurrency, queues, state, running, registered_at, last_heartbeat"
+)
+
+
+def _job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
+    spec = JobSpec(
+        argv=tuple(json.loads(row[4])),
+        shell=bool(row[5]),
+        queue=row[2],
+        priority=row[3],
+        max_retries=row[9],
+        backoff=row[10],
+        timeout=row[8],
+        delay=row[11],
+        env=tuple((k, v) for k, v in json.loads(row[6])),
+        cwd=row[7],
+        name=row[1],
+    )
+    return Job(
+        id=row[0],
+        spec=spec,
+        status=JobStatus(row[12]),
+        attempts=row[13],
+        failures=row[14],
+        lost=row[15],
+        exit_code=row[16],
+        error=row[17],
+        worker=row[18],
+        created_at=row[19],
+        started_at=row[20],
+        finished_at=row[21],
+        run_at=row[22],
+        lease_expires_at=row[23],
+    )
+
+
+def _attempt(row: tuple[Any, ...]) -> Attempt:
+    return Attempt(
+        job_id=row[0],
+        attempt=row[1],
+        worker=row[2],
+        started_at=row[3],
+        finished_at=row[4],
+        exit_code=row[5],
+        outcome=Outcome(row[6]),
+        error=row[7],
+        stdout_bytes=row[8],
+        stderr_bytes=row[9],
+    )
+
+
+def _worker(row: tuple[Any, ...]) -> WorkerInfo:
+    return WorkerInfo(
+        name=row[0],
+        host=row[1],
+        pid=row[2],
+        session=row[3],
+        concurrency=row[4],
+        queues=tuple(json.loads(row[5])),
+        state=WorkerState(row[6]),
+        running=row[7],
+        registered_at=row[8],
+        last_heartbeat=row[9],
+    )
+
+
+class SqliteTransaction:
+    """Statements run inside one BEGIN IMMEDIATE ... COMMIT."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._c = conn
+
+    def insert_job(
+        self, spec: JobSpec, status: JobStatus, created_at: float, run_at: float | None
+    ) -> Job:
+        cur = self._c.execute(
+            "INSERT INTO jobs (name, queue, priority, argv, shell, env, cwd, timeout, max_retries,"
+            " backoff, delay, status, created_at, run_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                spec.name,
+                spec.queue,
+                spec.priority,
+                json.dumps(list(spec.argv)),
+                int(spec.shell),
+                json.dumps([list(kv) for kv in spec.env]),
+                spec.cwd,
+                spec.timeout or 0.0,
+                spec.max_retries or 0,
+                spec.backoff or 0.0,
+                spec.delay,
+                status.value,
+                created_at,
+                run_at,
+            ),
+        )
+        job_id = cur.lastrowid
+        if job_id is None:
+            raise Internal("insert returned no id")
+        return Job(id=job_id, spec=spec, status=status, created_at=created_at, run_at=run_at)
+
+    def get_job(self, job_id: int) -> Job | None:
+        row = self._c.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def update_job(self, job: Job) -> None:
+        self._c.execute(
+            "UPDATE jobs SET status=?, attempts=?, failures=?, lost=?, exit_code=?, error=?,"
+            " worker=?, started_at=?, finished_at=?, run_at=?, lease_expires_at=? WHERE id=?",
+            (
+                job.status.value,
+                job.attempts,
+                job.failures,
+                job.lost,
+                job.exit_code,
+                job.error,
+                job.worker,
+                job.started_at,
+                job.finished_at,
+                job.run_at,
+                job.lease_expires_at,
+                job.id,
+            ),
+        )
+
+    def renew_lease(self, job_id: int, attempt: int, worker: str, until: float) -> bool:
+        cur = self._c.execute(
+            "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND attempts = ? AND worker = ?"
+            " AND status = 'running'",
+            (until, job_id, attempt, worker),
+        )
+        return cur.rowcount == 1
+
+    def add_attempt(self, attempt: Attempt) -> None:
+        self._c.execute(
+            "INSERT INTO attempts (job_id, attempt, worker, started_at, outcome)"
+            " VALUES (?,?,?,?,?)",
+            (
+                attempt.job_id,
+                attempt.attempt,
+                attempt.worker,
+                attempt.started_at,
+                attempt.outcome.value,
+            ),
+        )
+
+    def get_attempt(self, job_id: int, attempt: int) -> Attempt | None:
+        row = self._c.execute(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ? AND attempt = ?",
+            (job_id, attempt),
+        ).fetchone()
+        return _attempt(row) if row else None
+
+    def finish_attempt(self, attempt: Attempt, output: Output | None) -> None:
+        self._c.execute(
+            "UPDATE attempts SET finished_at=?, exit_code=?, outcome=?, error=? "
+            "WHERE job_id=? AND attempt=?",
+            (
+                attempt.finished_at,
+                attempt.exit_code,
+                attempt.outcome.value,
+                attempt.error,
+                attempt.job_id,
+                attempt.attempt,
+            ),
+        )
+        if output is not None:
+            self._c.execute(
+                "UPDATE attempts SET stdout=?, stderr=? WHERE job_id=? AND attempt=?",
+                (output.stdout, output.stderr, attempt.job_id, attempt.attempt),
+            )
+
+    def save_worker(self, worker: WorkerInfo) -> None:
+        self._c.execute(
+            f"INSERT OR REPLACE INTO workers ({WORKER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                worker.name,
+                worker.host,
+                worker.pid,
+                worker.session,
+                worker.concurrency,
+                json.dumps(list(worker.queues)),
+                worker.state.value,
+                worker.running,
+                worker.registered_at,
+                worker.last_heartbeat,
+            ),
+        )
+
+    def get_worker(self, name: str) -> WorkerInfo | None:
+        row = self._c.execute(
+            f"SELECT {WORKER_COLUMNS} FROM workers WHERE name = ?", (name,)
+        ).fetchone()
+        return _worker(row) if row else None
+
+
+class SqliteStore:
+    """A Store on one SQLite file. Thread-safe: one connection, one lock."""
+
+    def __init__(self, path: str, synchronous: str = "full") -> None:
+        self.path = path
+        parent = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(parent, exist_ok=True)
+            self._c = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._c.execute("PRAGMA journal_mode = WAL")
+            self._c.execute("PRAGMA busy_timeout = 5000")
+            self._c.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
+            self._c.execute("PRAGMA foreign_keys = ON")
+        except (sqlite3.Error, OSError) as e:
+            raise Unavailable(f"cannot open database {path}: {e}") from e
+        self._lock = threading.RLock()
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            self._c.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in SCHEMA:
+                    self._c.execute(statement)
+                row = self._c.execute(
+                    "SELECT value FROM meta WHERE key = 'schema_version'"
+                ).fetchone()
+                version = int(row[0]) if row else 0
+                if version > SCHEMA_VERSION:
+                    raise Internal(
+                        f"{self.path} has schema version {version}; this dts knows {SCHEMA_VERSION}"
+                    )
+                self._c.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                self._c.execute("COMMIT")
+            except BaseException:
+                self._c.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqliteTransaction]:
+        with self._lock:
+            self._c.execute("BEGIN IMMEDIATE")
+            try:
+                yield SqliteTransaction(self._c)
+            except BaseException:
+                self._c.execute("ROLLBACK")
+                raise
+            self._c.execute("COMMIT")
+
+    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self._c.execute(sql, args).fetchall()
+
+    def get_job(self, job_id: int) -> Job | None:
+        rows = self._all(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def list_jobs(self, flt: JobFilter) -> list[Job]:
+        where, args = [], []
+        if flt.status is not None:
+            where.append("status = ?")
+            args.append(flt.status.value)
+        if flt.queue is not None:
+            where.append("queue = ?")
+            args.append(flt.queue)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._all(
+            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?",
+            (*args, flt.limit),
+        )
+        return [_job(r) for r in rows]
+
+    def attempts(self, job_id: int) -> list[Attempt]:
+        rows = self._all(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ? ORDER BY attempt", (job_id,)
+        )
+        return [_attempt(r) for r in rows]
+
+    def output(self, job_id: int, attempt: int) -> Output | None:
+        rows = self._all(
+            "SELECT attempt, stdout, stderr FROM attempts WHERE job_id = ? AND attempt = ?",
+            (job_id, attempt),
+        )
+        return Output(rows[0][0], bytes(rows[0][1]), bytes(rows[0][2])) if rows else None
+
+    def stats(self) -> list[StatCount]:
+        rows = self._all(
+            "SELECT queue, status, count(*) FROM jobs GROUP BY queue, status ORDER BY queue, status"
+        )
+        return [StatCount(q, JobStatus(s), n) for q, s, n in rows]
+
+    def workers(self) -> list[WorkerInfo]:
+        return [
+            _worker(r) for r in self._all(f"SELECT {WORKER_COLUMNS} FROM workers ORDER BY name")
+        ]
+
+    def due_jobs(self, now: float, limit: int) -> list[int]:
+        rows = self._all(
+            "SELECT id FROM jobs WHERE status = 'scheduled' AND run_at <= ?"
+            " ORDER BY run_at LIMIT ?",
+            (now, limit),
+        )
+        return [r[0] for r in rows]
+
+    def next_run_at(self) -> float | None:
+        rows = self._all("SELECT min(run_at) FROM jobs WHERE status = 'scheduled'")
+        value = rows[0][0]
+        return float(value) if value is not None else None
+
+    def expired_leases(self, now: float, limit: int) -> list[int]:
+        rows = self._all(
+            "SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < ?"
+            " ORDER BY lease_expires_at LIMIT ?",
+            (now, limit),
+        )
+        return [r[0] for r in rows]
+
+    def running_of(self, worker: str) -> list[Job]:
+        rows = self._all(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running' AND worker = ?", (worker,)
+        )
+        return [_job(r) for r in rows]
+
+    def queued(self, after_id: int, limit: int) -> list[Job]:
+        rows = self._all(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'queued' AND id > ?"
+            " ORDER BY id LIMIT ?",
+            (after_id, limit),
+        )
+        return [_job(r) for r in rows]
+
+    def statuses(self, ids: Sequence[int]) -> dict[int, Job]:
+        found: dict[int, Job] = {}
+        for part in chunks(ids, 500):
+            marks = ",".join("?" * len(part))
+            for row in self._all(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", part):
+                job = _job(row)
+                found[job.id] = job
+        return found
+
+    def close(self) -> None:
+        with self._lock:
+            self._c.close()

@@ -1,0 +1,285 @@
+"""The edge between domain types and the dts.v1 protobuf messages, and errors <-> gRPC status."""
+
+from __future__ import annotations
+
+import grpc
+
+from dts import errors
+from dts.domain import (
+    Assignment,
+    Attempt,
+    Job,
+    JobSpec,
+    JobStatus,
+    Lease,
+    Outcome,
+    Result,
+    StatCount,
+    WorkerInfo,
+    WorkerState,
+)
+from dts.v1 import dts_pb2 as pb
+
+MAX_MESSAGE = 64 * 1024 * 1024
+
+
+def grpc_options() -> list[tuple[str, int]]:
+    """Message size limits and keepalive, so a half-open connection is noticed."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+STATUS_TO_PB = {
+    JobStatus.SCHEDULED: pb.JOB_STATUS_SCHEDULED,
+    JobStatus.QUEUED: pb.JOB_STATUS_QUEUED,
+    JobStatus.RUNNING: pb.JOB_STATUS_RUNNING,
+    JobStatus.SUCCEEDED: pb.JOB_STATUS_SUCCEEDED,
+    JobStatus.FAILED: pb.JOB_STATUS_FAILED,
+    JobStatus.CANCELLED: pb.JOB_STATUS_CANCELLED,
+}
+STATUS_FROM_PB = {v: k for k, v in STATUS_TO_PB.items()}
+
+OUTCOME_TO_PB = {
+    Outcome.RUNNING: pb.OUTCOME_UNSPECIFIED,
+    Outcome.SUCCEEDED: pb.OUTCOME_SUCCEEDED,
+    Outcome.FAILED: pb.OUTCOME_FAILED,
+    Outcome.TIMED_OUT: pb.OUTCOME_TIMED_OUT,
+    Outcome.LOST: pb.OUTCOME_LOST,
+    Outcome.CANCELLED: pb.OUTCOME_CANCELLED,
+    Outcome.RELEASED: pb.OUTCOME_RELEASED,
+}
+OUTCOME_FROM_PB = {v: k for k, v in OUTCOME_TO_PB.items()}
+
+
+def status_from_pb(value: int) -> JobStatus:
+    try:
+        return STATUS_FROM_PB[value]  # type: ignore[index]
+    except KeyError:
+        raise errors.InvalidArgument(f"unknown job status {value}") from None
+
+
+def outcome_from_pb(value: int) -> Outcome:
+    try:
+        return OUTCOME_FROM_PB[value]  # type: ignore[index]
+    except KeyError:
+        raise errors.InvalidArgument(f"unknown outcome {value}") from None
+
+
+# ---- specs and jobs ---------------------------------------------------------------------------
+
+
+def spec_to_pb(spec: JobSpec) -> pb.JobSpec:
+    msg = pb.JobSpec(
+        argv=list(spec.argv),
+        shell=spec.shell,
+        queue=spec.queue,
+        priority=spec.priority,
+        delay=spec.delay,
+        env=dict(spec.env),
+        cwd=spec.cwd,
+        name=spec.name,
+    )
+    if spec.max_retries is not None:
+        msg.max_retries = spec.max_retries
+    if spec.backoff is not None:
+        msg.backoff = spec.backoff
+    if spec.timeout is not None:
+        msg.timeout = spec.timeout
+    return msg
+
+
+def spec_from_pb(msg: pb.JobSpec) -> JobSpec:
+    return JobSpec(
+        argv=tuple(msg.argv),
+        shell=msg.shell,
+        queue=msg.queue or "default",
+        priority=msg.priority,
+        max_retries=msg.max_retries if msg.HasField("max_retries") else None,
+        backoff=msg.backoff if msg.HasField("backoff") else None,
+        timeout=msg.timeout if msg.HasField("timeout") else None,
+        delay=msg.delay,
+        env=tuple(sorted(msg.env.items())),
+        cwd=msg.cwd,
+        name=msg.name,
+    )
+
+
+def job_to_pb(job: Job) -> pb.Job:
+    msg = pb.Job(
+        id=job.id,
+        spec=spec_to_pb(job.spec),
+        status=STATUS_TO_PB[job.status],
+        attempts=job.attempts,
+        error=job.error,
+        worker=job.worker,
+        created_at=job.created_at,
+        started_at=job.started_at or 0.0,
+        finished_at=job.finished_at or 0.0,
+        run_at=job.run_at or 0.0,
+    )
+    if job.exit_code is not None:
+        msg.exit_code = job.exit_code
+    return msg
+
+
+def job_from_pb(msg: pb.Job) -> Job:
+    return Job(
+        id=msg.id,
+        spec=spec_from_pb(msg.spec),
+        status=status_from_pb(msg.status),
+        attempts=msg.attempts,
+        exit_code=msg.exit_code if msg.HasField("exit_code") else None,
+        error=msg.error,
+        worker=msg.worker,
+        created_at=msg.created_at,
+        started_at=msg.started_at or None,
+        finished_at=msg.finished_at or None,
+        run_at=msg.run_at or None,
+    )
+
+
+def attempt_to_pb(a: Attempt) -> pb.Attempt:
+    msg = pb.Attempt(
+        job_id=a.job_id,
+        attempt=a.attempt,
+        worker=a.worker,
+        started_at=a.started_at,
+        finished_at=a.finished_at or 0.0,
+        outcome=OUTCOME_TO_PB[a.outcome],
+        error=a.error,
+        stdout_bytes=a.stdout_bytes,
+        stderr_bytes=a.stderr_bytes,
+    )
+    if a.exit_code is not None:
+        msg.exit_code = a.exit_code
+    return msg
+
+
+def attempt_from_pb(msg: pb.Attempt) -> Attempt:
+    return Attempt(
+        job_id=msg.job_id,
+        attempt=msg.attempt,
+        worker=msg.worker,
+        started_at=msg.started_at,
+        finished_at=msg.finished_at or None,
+        exit_code=msg.exit_code if msg.HasField("exit_code") else None,
+        outcome=outcome_from_pb(msg.outcome),
+        error=msg.error,
+        stdout_bytes=msg.stdout_bytes,
+        stderr_bytes=msg.stderr_bytes,
+    )
+
+
+def worker_to_pb(w: WorkerInfo) -> pb.Worker:
+    return pb.Worker(
+        name=w.name,
+        host=w.host,
+        pid=w.pid,
+        state=w.state.value,
+        running=w.running,
+        concurrency=w.concurrency,
+        queues=list(w.queues),
+        registered_at=w.registered_at,
+        last_heartbeat=w.last_heartbeat,
+    )
+
+
+def worker_from_pb(msg: pb.Worker) -> WorkerInfo:
+    try:
+        state = WorkerState(msg.state)
+    except ValueError:
+        raise errors.InvalidArgument(f"unknown worker state {msg.state!r}") from None
+    return WorkerInfo(
+        msg.name,
+        msg.host,
+        msg.pid,
+        "",
+        msg.concurrency,
+        tuple(msg.queues),
+        state,
+        msg.running,
+        msg.registered_at,
+        msg.last_heartbeat,
+    )
+
+
+def stat_to_pb(s: StatCount) -> pb.StatCount:
+    return pb.StatCount(queue=s.queue, status=STATUS_TO_PB[s.status], count=s.count)
+
+
+def stat_from_pb(msg: pb.StatCount) -> StatCount:
+    return StatCount(msg.queue, status_from_pb(msg.status), msg.count)
+
+
+# ---- worker protocol --------------------------------------------------------------------------
+
+
+def lease_to_pb(lease: Lease) -> pb.Lease:
+    return pb.Lease(job_id=lease.job_id, attempt=lease.attempt)
+
+
+def lease_from_pb(msg: pb.Lease) -> Lease:
+    return Lease(msg.job_id, msg.attempt)
+
+
+def assignment_to_pb(a: Assignment) -> pb.Assignment:
+    return pb.Assignment(job_id=a.job_id, attempt=a.attempt, spec=spec_to_pb(a.spec))
+
+
+def assignment_from_pb(msg: pb.Assignment) -> Assignment:
+    return Assignment(msg.job_id, msg.attempt, spec_from_pb(msg.spec))
+
+
+def result_to_pb(r: Result) -> pb.Result:
+    msg = pb.Result(
+        job_id=r.job_id,
+        attempt=r.attempt,
+        outcome=OUTCOME_TO_PB[r.outcome],
+        error=r.error,
+        stdout=r.stdout,
+        stderr=r.stderr,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+    )
+    if r.exit_code is not None:
+        msg.exit_code = r.exit_code
+    return msg
+
+
+def result_from_pb(msg: pb.Result) -> Result:
+    return Result(
+        job_id=msg.job_id,
+        attempt=msg.attempt,
+        outcome=outcome_from_pb(msg.outcome),
+        exit_code=msg.exit_code if msg.HasField("exit_code") else None,
+        error=msg.error,
+        stdout=msg.stdout,
+        stderr=msg.stderr,
+        started_at=msg.started_at,
+        finished_at=msg.finished_at,
+    )
+
+
+# ---- errors -----------------------------------------------------------------------------------
+
+
+def status_code(err: errors.DtsError) -> grpc.StatusCode:
+    """The gRPC status an error travels as."""
+    return grpc.StatusCode[err.code]
+
+
+def error_from_rpc(e: grpc.RpcError, address: str) -> errors.DtsError:
+    """The dts error for a failed call (the receiving side of the one mapping)."""
+    code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+    details = (e.details() if hasattr(e, "details") else "") or str(code)
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return errors.Unavailable(f"cannot reach dts-server at {address}: {details}")
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return errors.DeadlineExceeded(f"dts-server at {address} did not answer in time")
+    return errors.from_code(code.name, details)
