@@ -110,12 +110,14 @@ class Worker:
             hb.start()
             rep.start()
             self._fetch_loop()
+            log.info("stopping: no new jobs; %d running", len(self._running))
             sd_notify("STOPPING=1")
             self._drain()
             self._done.set()
             rep.join(RPC_TIMEOUT + 5)
             hb.join(RPC_TIMEOUT + 5)
             self._unregister()
+            log.info("worker %s stopped", self.cfg.name)
             return 0
         finally:
             self._stop_all(Outcome.RELEASED, "worker exited")

@@ -1,0 +1,214 @@
+"""Real processes for the tests: redis-server, dts-server, dts-worker and the dts-client CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+
+from dts.client import Client
+from dts.errors import DtsError
+
+BIN = Path(sys.executable).parent
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    check: Callable[[], T], timeout: float = 15.0, interval: float = 0.02, what: str = ""
+) -> T:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except (DtsError, redis.RedisError, OSError) as e:
+            value, last = None, e
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last {last!r}")
+
+
+class Proc:
+    """A child process with its output in a log file."""
+
+    def __init__(self, argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.argv = list(argv)
+        self.log_path = log
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 (closed with the process)
+        self.proc = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            start_new_session=True, stdin=subprocess.DEVNULL,
+        )
+        log.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class RedisProcess(Proc):
+    """A private redis-server on a free loopback port, without persistence."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.dir = workdir
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        super().__init__(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+             "no", "--dir", str(workdir)],
+            workdir / f"redis-{self.port}.log",
+        )
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5)
+
+    def start(self) -> None:
+        super().start()
+        wait_until(lambda: self.client().ping(), 10, what=f"redis on {self.port}")
+
+
+class ServerProcess(Proc):
+    """A dts-server with its own SQLite file."""
+
+    def __init__(self, workdir: Path, redis_url: str, *extra: str, port: int | None = None,
+                 db: Path | None = None, prefix: str = "dts:") -> None:
+        self.port = port or free_port()
+        self.db = db or workdir / "dts.db"
+        self.address = f"127.0.0.1:{self.port}"
+        super().__init__(
+            [str(BIN / "dts-server"), "--listen", self.address, "--redis-url", redis_url,
+             "--db", str(self.db), "--key-prefix", prefix, *extra],
+            workdir / f"server-{self.port}.log",
+            env=clean_env(),
+        )
+
+    def start(self) -> None:
+        super().start()
+        with Client(self.address, timeout=2) as c:
+            wait_until(lambda: self.alive() and c.health() == "SERVING" or not self.alive(), 20,
+                       what="dts-server to serve")
+        assert self.alive(), self.output()
+
+
+class WorkerProcess(Proc):
+    """A dts-worker."""
+
+    def __init__(self, workdir: Path, server: str, redis_url: str, name: str, *extra: str) -> None:
+        self.name = name
+        self.server = server
+        super().__init__(
+            [str(BIN / "dts-worker"), "--server", server, "--redis-url", redis_url, "--name", name,
+             *extra],
+            workdir / f"worker-{name}.log",
+            env=clean_env(),
+        )
+
+    def start(self, wait: bool = True) -> None:
+        super().start()
+        if wait:
+            self.wait_registered()
+
+    def wait_registered(self, timeout: float = 20.0) -> None:
+        with Client(self.server, timeout=2) as c:
+            wait_until(
+                lambda: any(w.name == self.name and w.state.value in ("idle", "busy")
+                            for w in c.workers()) or not self.alive(),
+                timeout, what=f"worker {self.name} to register",
+            )
+        assert self.alive(), self.output()
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without DTS_* settings that could leak in from the developer's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DTS_")}
+    env.update(extra)
+    return env
+
+
+def run_cli(server: str, *args: str, input: bytes | str | None = None,
+            env: dict[str, str] | None = None, timeout: float = 60.0,
+            ) -> subprocess.CompletedProcess[str]:
+    """Run dts-client as a user would; text output."""
+    data = input.decode() if isinstance(input, bytes) else input
+    return subprocess.run(
+        [str(BIN / "dts-client"), "--server", server, *args],
+        input=data, capture_output=True, text=True, timeout=timeout,
+        env=env if env is not None else clean_env(),
+    )
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        # a zombie is as good as dead
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    return False
+
+
+def kill_quietly(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
