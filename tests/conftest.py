@@ -59,8 +59,9 @@ class Cluster:
 
     def restart_server(self, *extra: str) -> None:
         self.server.stop()
-        s = ServerProcess(self.dir, self.redis.url, *extra, port=self.server.port,
-                          db=self.server.db)
+        s = ServerProcess(
+            self.dir, self.redis.url, *extra, port=self.server.port, db=self.server.db
+        )
         s.start()
         self.server = s
 
@@ -71,8 +72,12 @@ class Cluster:
         self.redis.kill()
 
 
-def make_cluster(root: Path, workers: int, *server_args: str, worker_args: tuple[str, ...] = (),
-                 ) -> Cluster:
+def make_cluster(
+    root: Path,
+    workers: int,
+    *server_args: str,
+    worker_args: tuple[str, ...] = (),
+) -> Cluster:
     r = RedisProcess(root)
     r.start()
     s = ServerProcess(root, r.url, *server_args)
@@ -86,8 +91,13 @@ def make_cluster(root: Path, workers: int, *server_args: str, worker_args: tuple
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Shared by a module: server (2 s worker timeout) and two workers of concurrency 2."""
-    c = make_cluster(tmp_path_factory.mktemp("cluster"), 2, "--worker-timeout", "2",
-                     worker_args=("--concurrency", "2", "--kill-grace", "1"))
+    c = make_cluster(
+        tmp_path_factory.mktemp("cluster"),
+        2,
+        "--worker-timeout",
+        "2",
+        worker_args=("--concurrency", "2", "--kill-grace", "1"),
+    )
     yield c
     c.stop()
 

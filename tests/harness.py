@@ -58,8 +58,12 @@ class Proc:
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 (closed with the process)
         self.proc = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-            start_new_session=True, stdin=subprocess.DEVNULL,
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
         )
         log.close()
 
@@ -110,8 +114,19 @@ class RedisProcess(Proc):
         self.dir = workdir
         exe = shutil.which("redis-server") or "/usr/bin/redis-server"
         super().__init__(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-             "no", "--dir", str(workdir)],
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+            ],
             workdir / f"redis-{self.port}.log",
         )
 
@@ -130,14 +145,31 @@ class RedisProcess(Proc):
 class ServerProcess(Proc):
     """A dts-server with its own SQLite file."""
 
-    def __init__(self, workdir: Path, redis_url: str, *extra: str, port: int | None = None,
-                 db: Path | None = None, prefix: str = "dts:") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        redis_url: str,
+        *extra: str,
+        port: int | None = None,
+        db: Path | None = None,
+        prefix: str = "dts:",
+    ) -> None:
         self.port = port or free_port()
         self.db = db or workdir / "dts.db"
         self.address = f"127.0.0.1:{self.port}"
         super().__init__(
-            [str(BIN / "dts-server"), "--listen", self.address, "--redis-url", redis_url,
-             "--db", str(self.db), "--key-prefix", prefix, *extra],
+            [
+                str(BIN / "dts-server"),
+                "--listen",
+                self.address,
+                "--redis-url",
+                redis_url,
+                "--db",
+                str(self.db),
+                "--key-prefix",
+                prefix,
+                *extra,
+            ],
             workdir / f"server-{self.port}.log",
             env=clean_env(),
         )
@@ -145,8 +177,11 @@ class ServerProcess(Proc):
     def start(self) -> None:
         super().start()
         with Client(self.address, timeout=2) as c:
-            wait_until(lambda: self.alive() and c.health() == "SERVING" or not self.alive(), 20,
-                       what="dts-server to serve")
+            wait_until(
+                lambda: not self.alive() or c.health() == "SERVING",
+                20,
+                what="dts-server to serve",
+            )
         assert self.alive(), self.output()
 
 
@@ -157,8 +192,16 @@ class WorkerProcess(Proc):
         self.name = name
         self.server = server
         super().__init__(
-            [str(BIN / "dts-worker"), "--server", server, "--redis-url", redis_url, "--name", name,
-             *extra],
+            [
+                str(BIN / "dts-worker"),
+                "--server",
+                server,
+                "--redis-url",
+                redis_url,
+                "--name",
+                name,
+                *extra,
+            ],
             workdir / f"worker-{name}.log",
             env=clean_env(),
         )
@@ -171,9 +214,15 @@ class WorkerProcess(Proc):
     def wait_registered(self, timeout: float = 20.0) -> None:
         with Client(self.server, timeout=2) as c:
             wait_until(
-                lambda: any(w.name == self.name and w.state.value in ("idle", "busy")
-                            for w in c.workers()) or not self.alive(),
-                timeout, what=f"worker {self.name} to register",
+                lambda: (
+                    any(
+                        w.name == self.name and w.state.value in ("idle", "busy")
+                        for w in c.workers()
+                    )
+                    or not self.alive()
+                ),
+                timeout,
+                what=f"worker {self.name} to register",
             )
         assert self.alive(), self.output()
 
@@ -185,14 +234,21 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(server: str, *args: str, input: bytes | str | None = None,
-            env: dict[str, str] | None = None, timeout: float = 60.0,
-            ) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    server: str,
+    *args: str,
+    input: bytes | str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
     """Run dts-client as a user would; text output."""
     data = input.decode() if isinstance(input, bytes) else input
     return subprocess.run(
         [str(BIN / "dts-client"), "--server", server, *args],
-        input=data, capture_output=True, text=True, timeout=timeout,
+        input=data,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env=env if env is not None else clean_env(),
     )
 
