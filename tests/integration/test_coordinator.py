@@ -1,0 +1,257 @@
+"""The coordinator's rules against a real SQLite file and a real redis-server (no gRPC)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dts.config import ServerConfig
+from dts.coordinator import Coordinator
+from dts.domain import JobSpec, JobStatus, Lease, Outcome, Result
+from dts.errors import FailedPrecondition, InvalidArgument, NotFound, UnknownSession
+from dts.queue import Keys, RedisQueue
+from dts.stores.sqlite import SqliteStore
+from tests.harness import RedisProcess, wait_until
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Env:
+    c: Coordinator
+    q: RedisQueue
+    clock: Clock
+    redis: RedisProcess
+
+    def worker(self, name: str = "w1", queues: tuple[str, ...] = ("default",)) -> str:
+        return self.c.register(name, "host", 1, 2, queues)
+
+    def take(
+        self,
+        name: str,
+        session: str,
+        count: int = 10,
+        queues: tuple[str, ...] = ("default",),
+    ) -> list[int]:
+        ids = self.q.pop(queues, count, 30)
+        assignments = self.c.claim(name, session, ids)
+        self.q.ack(ids)
+        return [a.job_id for a in assignments]
+
+
+@pytest.fixture
+def env(tmp_path: Path, redis_proc: RedisProcess) -> Iterator[Env]:
+    cfg = ServerConfig(worker_timeout=10, default_retries=0, default_backoff=0, max_lost=3)
+    store = SqliteStore(str(tmp_path / "dts.db"))
+    queue = RedisQueue(redis_proc.client(), Keys("test:"))
+    clock = Clock()
+    yield Env(
+        Coordinator(store, queue, cfg, clock=clock, rand=lambda: 0.5), queue, clock, redis_proc
+    )
+    store.close()
+
+
+def spec(*argv: str, **kw: object) -> JobSpec:
+    return JobSpec(argv=argv or ("true",), **kw)  # type: ignore[arg-type]
+
+
+def ok(job_id: int, attempt: int = 1) -> Result:
+    return Result(job_id, attempt, Outcome.SUCCEEDED, 0)
+
+
+def test_submit_stores_and_enqueues(env: Env) -> None:
+    # Given two submitted jobs, when a worker pops, then it gets them in FIFO order
+    jobs = env.c.submit([spec("echo", "1"), spec("echo", "2")])
+    assert [j.status for j in jobs] == [JobStatus.QUEUED, JobStatus.QUEUED]
+    assert env.q.pop(["default"], 10, 30) == [jobs[0].id, jobs[1].id]
+
+
+def test_submit_validates_every_job(env: Env) -> None:
+    with pytest.raises(InvalidArgument, match="job 2: priority must be between 0 and 9"):
+        env.c.submit([spec(), spec(priority=12)])
+    assert env.c.list_jobs(None, None, 10) == []  # nothing of a refused batch is stored
+
+
+def test_claim_is_a_compare_and_set(env: Env) -> None:
+    # Given a job delivered twice (duplicate id in Redis)
+    job = env.c.submit([spec()])[0]
+    s1, s2 = env.worker("w1"), env.worker("w2")
+    # When both workers claim it, then only the first gets it
+    assert [a.job_id for a in env.c.claim("w1", s1, [job.id])] == [job.id]
+    assert env.c.claim("w2", s2, [job.id]) == []
+    assert env.c.get(job.id).worker == "w1"
+
+
+def test_claim_with_an_unknown_session_is_refused(env: Env) -> None:
+    job = env.c.submit([spec()])[0]
+    with pytest.raises(UnknownSession):
+        env.c.claim("ghost", "nope", [job.id])
+
+
+def test_report_success_makes_the_job_final_with_output(env: Env) -> None:
+    job = env.c.submit([spec()])[0]
+    s = env.worker()
+    env.take("w1", s)
+    r = Result(job.id, 1, Outcome.SUCCEEDED, 0, "", b"out\xff", b"err")
+    assert env.c.report("w1", [r]) == [(True, "")]
+    done = env.c.get(job.id)
+    assert done.status is JobStatus.SUCCEEDED and done.exit_code == 0
+    out = env.c.logs(job.id, 0)
+    assert (out.stdout, out.stderr) == (b"out\xff", b"err")
+
+
+def test_a_stale_fencing_token_is_rejected(env: Env) -> None:
+    # Given a job whose first attempt was lost and that now runs as attempt 2 elsewhere
+    job = env.c.submit([spec()])[0]
+    s1, s2 = env.worker("w1"), env.worker("w2")
+    env.take("w1", s1)
+    env.clock.now += 11
+    env.c.reap_leases()
+    assert env.c.get(job.id).status is JobStatus.QUEUED
+    assert env.take("w2", s2) == [job.id]
+    # When the first worker comes back with its result
+    acks = env.c.report("w1", [Result(job.id, 1, Outcome.FAILED, 1, "boom")])
+    # Then it is refused and the job keeps running as attempt 2
+    assert acks[0][0] is False and "stale attempt 1" in acks[0][1]
+    current = env.c.get(job.id)
+    assert (current.status, current.attempts, current.worker) == (JobStatus.RUNNING, 2, "w2")
+    assert env.c.report("w2", [ok(job.id, 2)]) == [(True, "")]
+    hist = env.c.history(job.id)
+    assert [(a.attempt, a.outcome) for a in hist] == [(1, Outcome.LOST), (2, Outcome.SUCCEEDED)]
+    assert "lost" in hist[0].error
+
+
+def test_heartbeat_renews_leases_and_returns_stale_ones(env: Env) -> None:
+    job = env.c.submit([spec()])[0]
+    s = env.worker()
+    env.take("w1", s)
+    for _ in range(5):  # 5 x 8 s > the 10 s lease: only heartbeats keep it alive
+        env.clock.now += 8
+        assert env.c.heartbeat("w1", s, [Lease(job.id, 1)], False) == []
+        env.c.reap_leases()
+    assert env.c.get(job.id).status is JobStatus.RUNNING
+    # a lease the worker no longer holds comes back as "stop it"
+    env.c.cancel(job.id)
+    assert env.c.heartbeat("w1", s, [Lease(job.id, 1)], False) == [Lease(job.id, 1)]
+
+
+def test_lost_too_often_ends_failed(env: Env) -> None:
+    job = env.c.submit([spec()])[0]
+    s = env.worker()
+    for _ in range(3):
+        assert env.take("w1", s) == [job.id]
+        env.clock.now += 11
+        env.c.heartbeat("w1", s, [], False)
+        env.c.reap_leases()
+    final = env.c.get(job.id)
+    assert final.status is JobStatus.FAILED and "gave up after 3 lost attempts" in final.error
+
+
+def test_failure_retries_with_backoff_then_fails(env: Env) -> None:
+    job = env.c.submit([spec(max_retries=1, backoff=4.0)])[0]
+    s = env.worker()
+    env.take("w1", s)
+    env.c.report("w1", [Result(job.id, 1, Outcome.FAILED, 2, "exited with code 2")])
+    waiting = env.c.get(job.id)
+    assert waiting.status is JobStatus.SCHEDULED
+    assert waiting.run_at == pytest.approx(env.clock.now + 4.0)  # rand 0.5 = no jitter
+    assert env.c.promote_due() == 0
+    env.clock.now += 4.0
+    assert env.c.promote_due() == 1
+    assert env.take("w1", s) == [job.id]
+    env.c.report("w1", [Result(job.id, 2, Outcome.TIMED_OUT, 124, "timed out after 1s")])
+    final = env.c.get(job.id)
+    assert (final.status, final.exit_code, final.error) == (
+        JobStatus.FAILED,
+        124,
+        "timed out after 1s",
+    )
+
+
+def test_released_jobs_run_again_without_counting_a_failure(env: Env) -> None:
+    job = env.c.submit([spec()])[0]
+    s = env.worker()
+    env.take("w1", s)
+    env.c.report("w1", [Result(job.id, 1, Outcome.RELEASED, None, "worker stopped")])
+    again = env.c.get(job.id)
+    assert again.status is JobStatus.QUEUED and again.failures == 0
+    assert env.take("w1", s) == [job.id]
+
+
+def test_cancel_and_retry(env: Env) -> None:
+    job = env.c.submit([spec()])[0]
+    assert env.c.cancel(job.id).status is JobStatus.CANCELLED
+    with pytest.raises(FailedPrecondition, match="already cancelled"):
+        env.c.cancel(job.id)
+    assert env.c.retry(job.id).status is JobStatus.QUEUED
+    with pytest.raises(FailedPrecondition):
+        env.c.retry(job.id)
+    with pytest.raises(NotFound):
+        env.c.cancel(424242)
+
+
+def test_output_of_a_cancelled_running_attempt_is_kept(env: Env) -> None:
+    job = env.c.submit([spec()])[0]
+    s = env.worker()
+    env.take("w1", s)
+    env.c.cancel(job.id)
+    env.c.report("w1", [Result(job.id, 1, Outcome.CANCELLED, 143, "cancelled", b"partial")])
+    assert env.c.logs(job.id, 1).stdout == b"partial"
+    assert env.c.get(job.id).status is JobStatus.CANCELLED
+
+
+def test_a_restarted_worker_gets_its_old_jobs_recovered_at_once(env: Env) -> None:
+    job = env.c.submit([spec()])[0]
+    s = env.worker("w1")
+    env.take("w1", s)
+    env.worker("w1")  # the same name registers again: its previous life is gone
+    again = env.c.get(job.id)
+    assert again.status is JobStatus.QUEUED and "restarted" in again.error
+
+
+def test_redis_flushed_is_refilled_from_the_store(env: Env) -> None:
+    # Given queued jobs, and Redis restarted empty
+    jobs = env.c.submit([spec() for _ in range(5)])
+    env.c.check_redis()
+    env.redis.client().flushall()
+    # When the reconciler notices the missing epoch
+    env.c.check_redis()
+    assert env.c.reconcile_needed.is_set()
+    assert env.c.reconcile() == 5
+    # Then every queued job is back
+    assert sorted(env.q.pop(["default"], 10, 30)) == [j.id for j in jobs]
+
+
+def test_an_id_taken_but_never_claimed_is_put_back(env: Env) -> None:
+    job = env.c.submit([spec()])[0]
+    assert env.q.pop(["default"], 1, 0.05) == [job.id]  # a worker took it, then died
+    wait_until(lambda: env.c.recover_inflight() == 1, 5, what="inflight recovery")
+    assert env.q.pop(["default"], 1, 30) == [job.id]
+
+
+def test_reconcile_skips_ids_held_by_a_worker(env: Env) -> None:
+    env.c.submit([spec()])
+    env.q.pop(["default"], 1, 30)
+    assert env.c.reconcile() == 0
+
+
+def test_wait_returns_when_the_job_ends(env: Env) -> None:
+    job = env.c.submit([spec()])[0]
+    s = env.worker()
+    env.take("w1", s)
+    t = threading.Timer(0.2, lambda: env.c.report("w1", [ok(job.id)]))
+    t.start()
+    assert env.c.wait(job.id, 10).status is JobStatus.SUCCEEDED
+    t.join()
