@@ -1,0 +1,107 @@
+"""A worker's jobs never outlive it, and a dead worker's job runs again elsewhere."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from dts.client import Client
+from dts.domain import JobSpec
+from tests.conftest import Cluster
+from tests.harness import (
+    RedisProcess,
+    ServerProcess,
+    WorkerProcess,
+    free_port,
+    pid_alive,
+    wait_until,
+)
+
+
+def _start_sleeper(cluster: Cluster, tmp_path: Path, *args: str) -> tuple[int, list[int]]:
+    pidfile = tmp_path / "pids"
+    r = cluster.cli("submit", *args, "--shell", "--", f"sleep 300 & echo $! $$ > {pidfile}; wait")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 20, what="job start")
+    return int(r.stdout), [int(p) for p in pidfile.read_text().split()]
+
+
+def test_sigkilled_worker_takes_its_jobs_with_it(fresh_cluster: Cluster, tmp_path: Path) -> None:
+    # Given a worker running a job that has a child of its own
+    w = fresh_cluster.add_worker("doomed", "--kill-grace", "1")
+    job_id, pids = _start_sleeper(fresh_cluster, tmp_path, "--retries", "0")
+    # When the worker is killed outright
+    w.signal(signal.SIGKILL)
+    w.wait()
+    # Then the job's whole process group dies too (the guard sees the worker go)
+    for pid in pids:
+        wait_until(lambda pid=pid: not pid_alive(pid), 10, what=f"job process {pid} to die")
+    # And once the lease runs out the job runs again on another worker
+    fresh_cluster.add_worker("heir", "--kill-grace", "1")
+    with fresh_cluster.client() as c:
+        job = wait_until(
+            lambda: (j := c.get(job_id)).attempts == 2 and j, 20, what="second attempt"
+        )
+        assert job.worker == "heir"
+        first = c.history(job_id)[0]
+        assert first.outcome.value == "lost" and "doomed" in first.error
+        c.cancel(job_id)
+
+
+def test_sigterm_drains_then_kills_and_releases(fresh_cluster: Cluster, tmp_path: Path) -> None:
+    # Given a worker with a short drain timeout running a long job
+    w = fresh_cluster.add_worker("drainer", "--drain-timeout", "0.5", "--kill-grace", "1")
+    job_id, pids = _start_sleeper(fresh_cluster, tmp_path)
+    # When it gets SIGTERM, then it exits 0 and its job's processes are gone
+    w.signal(signal.SIGTERM)
+    assert w.wait(30) == 0
+    for pid in pids:
+        assert not pid_alive(pid)
+    # And the job went back to the queue without waiting for a lease, with no failure counted
+    with fresh_cluster.client() as c:
+        job = c.get(job_id)
+        assert job.status.value == "queued"
+        assert c.history(job_id)[0].outcome.value == "released"
+        state = {x.name: x.state.value for x in c.workers()}["drainer"]
+        assert state == "stopped"
+        c.cancel(job_id)
+
+
+def test_sigterm_lets_a_short_job_finish(fresh_cluster: Cluster) -> None:
+    w = fresh_cluster.add_worker("patient", "--drain-timeout", "30")
+    r = fresh_cluster.cli("submit", "--shell", "--", "sleep 1; echo finished")
+    job_id = int(r.stdout)
+    with fresh_cluster.client() as c:
+        wait_until(lambda: c.get(job_id).status.value == "running", 20)
+        w.signal(signal.SIGTERM)
+        assert w.wait(30) == 0
+        job = c.get(job_id)
+        assert job.status.value == "succeeded"
+        assert c.logs(job_id).stdout == b"finished\n"
+
+
+def test_worker_started_before_server_and_redis_connects_when_they_appear(
+    tmp_path: Path,
+) -> None:
+    redis_port, server_port = free_port(), free_port()
+    w = WorkerProcess(
+        tmp_path, f"127.0.0.1:{server_port}", f"redis://127.0.0.1:{redis_port}/0", "early"
+    )
+    w.start(wait=False)
+    r = RedisProcess(tmp_path, port=redis_port)
+    s = ServerProcess(tmp_path, r.url, port=server_port)
+    try:
+        wait_until(lambda: "server 127.0.0.1" in w.output(), 10, what="worker to log")
+        assert w.alive()
+        r.start()
+        s.start()
+        w.wait_registered(30)
+        with Client(s.address) as c:
+            job = c.submit_one(JobSpec(argv=("echo", "late but fine")))
+            assert c.wait(job.id, 30).status.value == "succeeded"
+        # one line per state change, not one per retry
+        assert w.output().count("unavailable") <= 2
+    finally:
+        w.stop()
+        s.stop()
+        r.kill()
