@@ -105,7 +105,27 @@ COMMANDS = {
     "stats": "job counts by status and queue",
     "ping": "exit 0 when the server is serving (alias: health)",
 }
-GLOBAL_WITH_VALUE = {"--server", "--rpc-timeout", "-c", "--config"}
+# submit options that may also come from DTS_* variables, client.conf or a global flag
+SUBMIT_DEFAULTS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
+    ("--queue", str, "queue name"),
+    ("--priority", _int_in(MIN_PRIORITY, MAX_PRIORITY, "--priority"), "0 (lowest) to 9"),
+    ("--retries", _int_in(0, 1000, "--retries"), "re-runs after a failure"),
+    ("--backoff", _seconds("--backoff"), "seconds before the first retry, doubling after"),
+    ("--timeout", _seconds("--timeout"), "seconds an attempt may run, 0 = none"),
+    ("--delay", _seconds("--delay"), "do not start before this many seconds from now"),
+    ("--cwd", str, "working directory on the worker"),
+)
+# None: the server's default applies
+SUBMIT_FALLBACK: dict[str, Any] = {
+    "--queue": "default",
+    "--priority": 0,
+    "--retries": None,
+    "--backoff": None,
+    "--timeout": None,
+    "--delay": 0.0,
+    "--cwd": "",
+}
+GLOBAL_WITH_VALUE = {"--server", "--rpc-timeout", "-c", "--config", *SUBMIT_FALLBACK}
 
 
 def global_parser() -> argparse.ArgumentParser:
@@ -117,6 +137,13 @@ def global_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", default=DEFAULT_SERVER, help="dts-server address HOST:PORT")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--rpc-timeout", type=float, default=10.0, help="seconds to wait for a reply")
+    for flag, kind, text in SUBMIT_DEFAULTS:
+        p.add_argument(
+            flag,
+            type=kind,
+            default=SUBMIT_FALLBACK[flag],
+            help=f"submit: {text}; a default that submit's own flag overrides",
+        )
     return p
 
 
@@ -141,37 +168,8 @@ def command_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     s = sub.add_parser("submit", help=COMMANDS["submit"], prog=f"{PROG} submit")
-    s.add_argument("--queue", default="default", help="queue name")
-    s.add_argument(
-        "--priority",
-        type=_int_in(MIN_PRIORITY, MAX_PRIORITY, "--priority"),
-        default=0,
-        help="0 (lowest) to 9",
-    )
-    s.add_argument(
-        "--retries",
-        type=_int_in(0, 1000, "--retries"),
-        default=None,
-        help="re-runs after a failure (default: server's)",
-    )
-    s.add_argument(
-        "--backoff",
-        type=_seconds("--backoff"),
-        default=None,
-        help="seconds before the first retry, doubling (default: server's)",
-    )
-    s.add_argument(
-        "--timeout",
-        type=_seconds("--timeout"),
-        default=None,
-        help="seconds an attempt may run, 0 = none (default: server's)",
-    )
-    s.add_argument(
-        "--delay",
-        type=_seconds("--delay"),
-        default=0.0,
-        help="do not start before this many seconds from now",
-    )
+    for flag, kind, text in SUBMIT_DEFAULTS:
+        s.add_argument(flag, type=kind, default=None, help=f"{text} (default: see {PROG} -h)")
     s.add_argument(
         "--env",
         type=_env_pair,
@@ -180,7 +178,6 @@ def command_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="environment variable for the job (repeatable)",
     )
-    s.add_argument("--cwd", default="", help="working directory on the worker")
     s.add_argument("--name", default="", help="label shown in listings")
     s.add_argument("--shell", action="store_true", help="run the single string with /bin/sh -c")
     s.add_argument(
@@ -195,13 +192,8 @@ def command_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
 
-    for name, text in (
-        ("status", "show a job"),
-        ("history", "every attempt of a job"),
-        ("cancel", "cancel a job"),
-        ("retry", "queue a failed/cancelled job again"),
-    ):
-        c = sub.add_parser(name, help=text)
+    for name in ("status", "history", "cancel", "retry"):
+        c = sub.add_parser(name, help=COMMANDS[name], prog=f"{PROG} {name}")
         c.add_argument("id", type=_job_id)
 
     lg = sub.add_parser("logs", help=COMMANDS["logs"], prog=f"{PROG} logs")
@@ -566,6 +558,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         gp.error(f"missing COMMAND (one of: {', '.join(COMMANDS)})")
     ns = command_parser().parse_args(args[at:])
     ns.server, ns.json, ns.rpc_timeout = g.server, g.json, g.rpc_timeout
+    if ns.command == "submit":
+        for flag in SUBMIT_FALLBACK:
+            key = flag[2:].replace("-", "_")
+            if getattr(ns, key) is None:
+                setattr(ns, key, getattr(g, key))
     try:
         parse_hostport(ns.server, "--server")
         if not 0 < ns.rpc_timeout < 86400:

@@ -513,3 +513,30 @@ def test_server_address_from_environment_and_config_file(cluster: Cluster, tmp_p
 
 def _ts(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def test_submit_options_default_from_environment_and_config(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    def queue_of(*args: str, env: dict[str, str]) -> str:
+        r = subprocess.run(
+            [str(BIN / "dts-client"), "--server", cluster.server.address, "--json", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+        assert r.returncode == 0, r.stderr
+        job = json.loads(r.stdout)
+        cluster.cli("cancel", str(job["id"]))
+        return str(job["queue"]) + f"/{job['priority']}"
+
+    conf = tmp_path / "client.conf"
+    conf.write_text("queue = fileq\npriority = 3\n")
+    env = clean_env(DTS_QUEUE="envq")
+    assert queue_of("submit", "--", "true", env=clean_env()) == "default/0"
+    assert queue_of("-c", str(conf), "submit", "--", "true", env=clean_env()) == "fileq/3"
+    assert queue_of("-c", str(conf), "submit", "--", "true", env=env) == "envq/3"
+    assert queue_of("-c", str(conf), "submit", "--queue", "flagq", "--", "true", env=env) == (
+        "flagq/3"
+    )
