@@ -93,9 +93,10 @@ class ServerConfig:
     process: ProcessConfig = ProcessConfig()
 
 
-def server_parser() -> ArgumentParser:
+def server_parser(env: Mapping[str, str] | None = None) -> ArgumentParser:
     p = new_parser("dts-server", "The dts coordinator: gRPC API, SQLite history, Redis queue.")
-    state_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0] or "."
+    environ = os.environ if env is None else env
+    state_dir = environ.get("STATE_DIRECTORY", "").split(":")[0] or "."
     p.add_argument("--listen", default=DEFAULT_SERVER, help="gRPC address HOST:PORT")
     p.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="Redis that carries the queue")
     p.add_argument("--key-prefix", default="dts:", help="prefix of every Redis key")
@@ -151,7 +152,7 @@ def server_parser() -> ArgumentParser:
 def load_server_config(
     argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 ) -> ServerConfig:
-    ns = _parse(server_parser(), argv, env)
+    ns = _parse(server_parser(env), argv, env)
     cfg = ServerConfig(
         listen=ns.listen,
         redis_url=ns.redis_url,
@@ -284,7 +285,7 @@ def _parse(
 def parse_hostport(value: str, what: str) -> tuple[str, int]:
     """Split HOST:PORT (IPv6 as [::1]:PORT); raises InvalidArgument naming `what`."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise InvalidArgument(f"{what} must be HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port)
 

@@ -100,6 +100,7 @@ class Execution:
         env.update(spec.env)
         env["DTS_JOB_ID"] = str(a.job_id)
         env["DTS_ATTEMPT"] = str(a.attempt)
+        cwd = spec.cwd or self.opts.default_cwd
         started = time.time()
         try:
             proc = subprocess.Popen(
@@ -108,12 +109,12 @@ class Execution:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=env,
-                cwd=spec.cwd or self.opts.default_cwd or None,
+                cwd=cwd or None,
                 start_new_session=True,
             )
         except OSError as e:
             code = EXIT_NOT_EXECUTABLE if isinstance(e, PermissionError) else EXIT_CANNOT_RUN
-            where = f" in {spec.cwd}" if spec.cwd else ""
+            where = f" in {cwd}" if cwd else ""
             return self._result(
                 Outcome.FAILED,
                 code,
@@ -129,6 +130,9 @@ class Execution:
         finally:
             proc.wait()
             self._on_reap(proc.pid)
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
         rc = proc.returncode
         code = rc if rc >= 0 else exit_code_for_signal(-rc)
         if outcome is Outcome.TIMED_OUT:
@@ -149,7 +153,12 @@ class Execution:
     def _supervise(
         self, proc: subprocess.Popen[bytes], timeout: float
     ) -> tuple[Outcome | None, bytes, bytes]:
-        """Read output until the group is gone; kill it on timeout, stop or leftovers."""
+        """Read output until the job and everything left in its group are gone.
+
+        Timeout or stop: TERM the group, KILL it after the grace. When the job's main process
+        exits (it is reaped at once, its group id stays reserved while members live), members
+        left in its group get the same treatment.
+        """
         assert proc.stdout is not None and proc.stderr is not None
         caps = {
             proc.stdout.fileno(): Capture(self.opts.max_output),
@@ -161,36 +170,40 @@ class Execution:
             os.set_blocking(fd, False)
             sel.register(fd, selectors.EVENT_READ)
         sel.register(pidfd, selectors.EVENT_READ)
+        pgid = proc.pid
         deadline = time.monotonic() + timeout if timeout > 0 else None
         outcome: Outcome | None = None
         exited = False
         term_at: float | None = None  # when the group got SIGTERM
         killed = False
+        open_pipes = len(caps)
         try:
             while True:
                 now = time.monotonic()
                 if term_at is None:
-                    if deadline is not None and now >= deadline:
+                    if not exited and deadline is not None and now >= deadline:
                         outcome = Outcome.TIMED_OUT
-                    elif self._stop_outcome is not None:
+                    elif not exited and self._stop_outcome is not None:
                         outcome = self._stop_outcome
-                    if outcome is not None or exited:  # exited: leftovers of the job's group
+                    if outcome is not None or (exited and _group_alive(pgid)):
                         term_at = now
-                        _killpg(proc.pid, signal.SIGTERM)
+                        _killpg(pgid, signal.SIGTERM)
                 elif not killed and now >= term_at + self.opts.kill_grace:
                     killed = True
-                    _killpg(proc.pid, signal.SIGKILL)
-                if exited and len(sel.get_map()) == 0:
-                    break
-                if killed and exited and term_at and now >= term_at + self.opts.kill_grace + 1:
-                    break  # something outside the group holds our pipes: stop waiting for it
-                wait = POLL
+                    _killpg(pgid, signal.SIGKILL)
+                if exited and not _group_alive(pgid):
+                    if open_pipes == 0:
+                        break
+                    if term_at is not None and now >= term_at + self.opts.kill_grace + 1:
+                        break  # something outside the group holds our pipes: stop waiting
+                wait = POLL if not exited else 0.05
                 if deadline is not None and term_at is None:
                     wait = min(wait, max(0.0, deadline - now))
                 for key, _ in sel.select(wait):
                     fd = int(key.fd)
                     if fd == pidfd:
                         exited = True
+                        proc.wait()  # reap now so the group probe sees only the leftovers
                         sel.unregister(pidfd)
                         continue
                     try:
@@ -201,6 +214,7 @@ class Execution:
                         caps[fd].feed(chunk)
                     else:
                         sel.unregister(fd)
+                        open_pipes -= 1
         finally:
             sel.close()
             os.close(pidfd)
@@ -211,6 +225,16 @@ class Execution:
     ) -> Result:
         a = self.assignment
         return Result(a.job_id, a.attempt, outcome, code, error, out, err, started, time.time())
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _killpg(pgid: int, sig: int) -> None:

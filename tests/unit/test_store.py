@@ -1,0 +1,448 @@
+"""Unit tests of dts.stores.sqlite.SqliteStore on a temporary database file."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from dts.domain import (
+    Attempt,
+    Job,
+    JobFilter,
+    JobSpec,
+    JobStatus,
+    Outcome,
+    Output,
+    StatCount,
+    WorkerInfo,
+    WorkerState,
+)
+from dts.errors import Internal, Unavailable
+from dts.stores.sqlite import SCHEMA_VERSION, SqliteStore
+
+S = JobStatus
+NASTY = "'; DROP TABLE jobs; --"
+
+
+def spec(*argv: str, **kw: object) -> JobSpec:
+    """A spec as the coordinator stores it: server defaults filled in."""
+    base = JobSpec(argv=argv or ("true",), **kw)  # type: ignore[arg-type]
+    return base.with_defaults(max_retries=2, backoff=1.5, timeout=30.0)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "dts.db"  # the parent directory does not exist yet
+
+
+@pytest.fixture
+def store(db: Path) -> Iterator[SqliteStore]:
+    s = SqliteStore(str(db), synchronous="normal")
+    yield s
+    s.close()
+
+
+def add(
+    store: SqliteStore,
+    *specs: JobSpec,
+    status: JobStatus = S.QUEUED,
+    created_at: float = 100.0,
+    run_at: float | None = None,
+) -> list[Job]:
+    """Insert `specs` in one transaction."""
+    with store.transaction() as tx:
+        return [tx.insert_job(sp, status, created_at, run_at) for sp in specs]
+
+
+def schema_version(path: Path) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return str(
+            conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        )
+    finally:
+        conn.close()
+
+
+# ---- jobs -------------------------------------------------------------------------------------
+
+
+def test_insert_get_update_in_a_transaction(store: SqliteStore) -> None:
+    full = spec(
+        "python3",
+        "-c",
+        "print(1)",
+        queue="q1",
+        priority=5,
+        delay=2.5,
+        env=(("A", "1"), ("B", "x y")),
+        cwd="/tmp",
+        name="first",
+    )
+    with store.transaction() as tx:
+        job = tx.insert_job(full, S.SCHEDULED, 1000.25, 1002.75)
+        assert job.id > 0
+        assert tx.get_job(job.id) == job  # visible inside its own transaction
+    assert job == Job(id=job.id, spec=full, status=S.SCHEDULED, created_at=1000.25, run_at=1002.75)
+    assert store.get_job(job.id) == job
+
+    running = replace(
+        job,
+        status=S.RUNNING,
+        attempts=1,
+        failures=1,
+        lost=2,
+        exit_code=3,
+        error="exited with code 3",
+        worker="host:1",
+        started_at=1003.0,
+        run_at=None,
+        lease_expires_at=1033.0,
+    )
+    with store.transaction() as tx:
+        tx.update_job(running)
+    assert store.get_job(job.id) == running
+    done = replace(running, status=S.FAILED, finished_at=1004.0, lease_expires_at=None)
+    with store.transaction() as tx:
+        tx.update_job(done)
+    assert store.get_job(job.id) == done
+
+
+def test_ids_increase(store: SqliteStore) -> None:
+    ids = [j.id for j in add(store, spec("a"), spec("b"), spec("c"))]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+
+
+def test_missing_job_is_none(store: SqliteStore) -> None:
+    assert store.get_job(12345) is None
+    with store.transaction() as tx:
+        assert tx.get_job(12345) is None
+
+
+def test_rollback_on_exception_leaves_nothing(store: SqliteStore) -> None:
+    (kept,) = add(store, spec("kept"))
+    with pytest.raises(RuntimeError, match="boom"), store.transaction() as tx:
+        new = tx.insert_job(spec("lost"), S.QUEUED, 1.0, None)
+        tx.update_job(replace(kept, status=S.RUNNING, attempts=1))
+        tx.add_attempt(Attempt(kept.id, 1, "w", 2.0))
+        raise RuntimeError("boom")
+    assert store.get_job(new.id) is None
+    assert store.get_job(kept.id) == kept
+    assert store.attempts(kept.id) == []
+    assert [j.id for j in store.list_jobs(JobFilter())] == [kept.id]
+    # the connection is usable again afterwards
+    (after,) = add(store, spec("after"))
+    assert store.get_job(after.id) is not None
+
+
+def test_transaction_commits_only_at_the_end(store: SqliteStore, db: Path) -> None:
+    with store.transaction() as tx:
+        job = tx.insert_job(spec("x"), S.QUEUED, 1.0, None)
+        other = sqlite3.connect(db)  # another connection sees nothing yet
+        try:
+            assert other.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
+        finally:
+            other.close()
+    assert store.get_job(job.id) == job
+
+
+def test_list_jobs_newest_first_with_filters_and_limit(store: SqliteStore) -> None:
+    a = add(store, spec("1", queue="a"), spec("2", queue="b"), spec("3", queue="a"))
+    s = add(store, spec("4", queue="a"), spec("5", queue="b"), status=S.SCHEDULED, run_at=500.0)
+    ids = [j.id for j in a + s]
+
+    def listed(**kw: object) -> list[int]:
+        return [j.id for j in store.list_jobs(JobFilter(**kw))]  # type: ignore[arg-type]
+
+    assert listed() == ids[::-1]
+    assert listed(limit=2) == ids[::-1][:2]
+    assert listed(status=S.QUEUED) == [ids[2], ids[1], ids[0]]
+    assert listed(queue="a") == [ids[3], ids[2], ids[0]]
+    assert listed(status=S.SCHEDULED, queue="b") == [ids[4]]
+    assert listed(status=S.QUEUED, queue="a", limit=1) == [ids[2]]
+    assert listed(status=S.RUNNING) == []
+    assert listed(queue="nope") == []
+
+
+def test_stats(store: SqliteStore) -> None:
+    add(store, spec(queue="a"), spec(queue="a"), spec(queue="b"))
+    add(store, spec(queue="a"), status=S.SCHEDULED, run_at=1.0)
+    assert store.stats() == [
+        StatCount("a", S.QUEUED, 2),
+        StatCount("a", S.SCHEDULED, 1),
+        StatCount("b", S.QUEUED, 1),
+    ]
+
+
+# ---- attempts and output ------------------------------------------------------------------------
+
+
+def test_attempts_and_output_round_trip(store: SqliteStore) -> None:
+    (job,) = add(store, spec("x"))
+    out = b"\xff\xfe\x00\x80 not utf-8 \xc3\x28" * 1000
+    err = b"\x00" * 10 + "h\u00e9".encode()
+    with store.transaction() as tx:
+        tx.add_attempt(Attempt(job.id, 1, "w1", 10.0))
+        tx.add_attempt(Attempt(job.id, 2, "w2", 20.0))
+        running = tx.get_attempt(job.id, 2)
+    assert running == Attempt(job.id, 2, "w2", 20.0)
+    assert store.output(job.id, 2) == Output(2, b"", b"")
+
+    first = Attempt(job.id, 1, "w1", 10.0, 11.5, 1, Outcome.FAILED, "exited with code 1")
+    second = Attempt(job.id, 2, "w2", 20.0, 21.0, 0, Outcome.SUCCEEDED)
+    with store.transaction() as tx:
+        tx.finish_attempt(first, Output(1, b"one", b""))
+        tx.finish_attempt(second, Output(2, out, err))
+
+    assert store.output(job.id, 2) == Output(2, out, err)
+    assert store.output(job.id, 1) == Output(1, b"one", b"")
+    assert store.attempts(job.id) == [
+        replace(first, stdout_bytes=3, stderr_bytes=0),
+        replace(second, stdout_bytes=len(out), stderr_bytes=len(err)),
+    ]
+    with store.transaction() as tx:
+        assert tx.get_attempt(job.id, 2) == store.attempts(job.id)[1]
+
+
+def test_finish_without_output_keeps_the_stored_output(store: SqliteStore) -> None:
+    (job,) = add(store, spec("x"))
+    with store.transaction() as tx:
+        tx.add_attempt(Attempt(job.id, 1, "w", 1.0))
+        tx.finish_attempt(
+            Attempt(job.id, 1, "w", 1.0, 2.0, 0, Outcome.SUCCEEDED), Output(1, b"o", b"e")
+        )
+    with store.transaction() as tx:
+        tx.finish_attempt(Attempt(job.id, 1, "w", 1.0, 3.0, None, Outcome.LOST, "lost"), None)
+    assert store.output(job.id, 1) == Output(1, b"o", b"e")
+    assert store.attempts(job.id)[0].outcome is Outcome.LOST
+
+
+def test_missing_attempt(store: SqliteStore) -> None:
+    (job,) = add(store, spec("x"))
+    assert store.output(job.id, 1) is None
+    assert store.attempts(job.id) == []
+    with store.transaction() as tx:
+        assert tx.get_attempt(job.id, 1) is None
+
+
+def test_attempt_of_a_missing_job_is_refused(store: SqliteStore) -> None:
+    with pytest.raises(sqlite3.Error), store.transaction() as tx:
+        tx.add_attempt(Attempt(999, 1, "w", 1.0))
+    assert store.attempts(999) == []
+
+
+# ---- scheduling queries -------------------------------------------------------------------------
+
+
+def test_due_jobs_earliest_first(store: SqliteStore) -> None:
+    late, early, future, exact = (
+        add(store, spec(n), status=S.SCHEDULED, run_at=t)[0]
+        for n, t in (("late", 50.0), ("early", 10.0), ("future", 1000.0), ("exact", 100.0))
+    )
+    add(store, spec("queued"))  # not scheduled: never due
+    assert store.due_jobs(100.0, 10) == [early.id, late.id, exact.id]  # run_at <= now
+    assert store.due_jobs(100.0, 2) == [early.id, late.id]
+    assert store.due_jobs(5.0, 10) == []
+    assert store.next_run_at() == 10.0
+    with store.transaction() as tx:
+        tx.update_job(replace(early, status=S.QUEUED, run_at=None))
+    assert store.next_run_at() == 50.0
+    assert future.id not in store.due_jobs(999.0, 10)
+
+
+def test_next_run_at_without_scheduled_jobs(store: SqliteStore) -> None:
+    add(store, spec("q"))
+    assert store.next_run_at() is None
+
+
+def test_expired_leases_oldest_first(store: SqliteStore) -> None:
+    jobs = add(store, spec("a"), spec("b"), spec("c"), spec("d"))
+    leases = [30.0, 10.0, 100.0, 20.0]
+    with store.transaction() as tx:
+        for j, until in zip(jobs, leases, strict=True):
+            tx.update_job(
+                replace(j, status=S.RUNNING, attempts=1, worker="w", lease_expires_at=until)
+            )
+        # a finished job's old lease does not count
+        tx.update_job(replace(jobs[3], status=S.SUCCEEDED, lease_expires_at=20.0))
+    a, b, c, _ = jobs
+    assert store.expired_leases(100.0, 10) == [b.id, a.id]  # strictly before now
+    assert store.expired_leases(100.1, 10) == [b.id, a.id, c.id]
+    assert store.expired_leases(100.1, 1) == [b.id]
+    assert store.expired_leases(5.0, 10) == []
+
+
+def test_renew_lease_is_fenced(store: SqliteStore) -> None:
+    (job,) = add(store, spec("a"))
+    running = replace(job, status=S.RUNNING, attempts=2, worker="w1", lease_expires_at=10.0)
+    with store.transaction() as tx:
+        tx.update_job(running)
+        assert tx.renew_lease(job.id, 2, "w1", 50.0) is True
+        assert tx.renew_lease(job.id, 1, "w1", 60.0) is False  # stale attempt
+        assert tx.renew_lease(job.id, 2, "w2", 60.0) is False  # another worker
+        assert tx.renew_lease(job.id + 1, 2, "w1", 60.0) is False
+    renewed = store.get_job(job.id)
+    assert renewed is not None and renewed.lease_expires_at == 50.0
+    with store.transaction() as tx:
+        tx.update_job(replace(running, status=S.SUCCEEDED))
+        assert tx.renew_lease(job.id, 2, "w1", 70.0) is False  # no longer running
+
+
+def test_running_of(store: SqliteStore) -> None:
+    a, b, c = add(store, spec("a"), spec("b"), spec("c"))
+    with store.transaction() as tx:
+        tx.update_job(replace(a, status=S.RUNNING, worker="w1", attempts=1))
+        tx.update_job(replace(b, status=S.RUNNING, worker="w2", attempts=1))
+        tx.update_job(replace(c, status=S.FAILED, worker="w1", attempts=1))
+    assert [j.id for j in store.running_of("w1")] == [a.id]
+    assert store.running_of("nobody") == []
+
+
+def test_queued_pages_by_id(store: SqliteStore) -> None:
+    jobs = add(store, *(spec(str(i)) for i in range(5)))
+    add(store, spec("sched"), status=S.SCHEDULED, run_at=1.0)
+    ids = [j.id for j in jobs]
+    assert [j.id for j in store.queued(0, 100)] == ids
+    assert [j.id for j in store.queued(0, 2)] == ids[:2]
+    assert [j.id for j in store.queued(ids[1], 2)] == ids[2:4]
+    assert store.queued(ids[-1], 10) == []
+    assert store.queued(0, 1)[0] == jobs[0]
+
+
+def test_statuses_across_chunks(store: SqliteStore) -> None:
+    jobs = add(store, *(spec(str(i)) for i in range(1200)))
+    wanted = [j.id for j in jobs[::2]] + [10**9, 10**9 + 1]
+    found = store.statuses(wanted)
+    assert set(found) == {j.id for j in jobs[::2]}
+    assert found[jobs[0].id] == jobs[0]
+    assert store.statuses([]) == {}
+
+
+# ---- workers ------------------------------------------------------------------------------------
+
+
+def test_workers_save_get_replace(store: SqliteStore) -> None:
+    w2 = WorkerInfo("w2", "h", 2, "s2", 1, ("default",), WorkerState.IDLE, 0, 1.0, 2.0)
+    w1 = WorkerInfo("w1", "h", 1, "s1", 4, ("hi", "lo"), WorkerState.BUSY, 3, 1.0, 5.0)
+    with store.transaction() as tx:
+        tx.save_worker(w2)
+        tx.save_worker(w1)
+        assert tx.get_worker("w1") == w1
+        assert tx.get_worker("nobody") is None
+    assert store.workers() == [w1, w2]
+    moved = replace(w1, pid=99, session="s3", state=WorkerState.DRAINING, last_heartbeat=9.0)
+    with store.transaction() as tx:
+        tx.save_worker(moved)
+    assert store.workers() == [moved, w2]
+
+
+# ---- file, schema, hostile text ---------------------------------------------------------------
+
+
+def test_reopening_keeps_data_and_schema_version(db: Path) -> None:
+    s = SqliteStore(str(db))
+    (job,) = add(s, spec("persist", name="kept"))
+    with s.transaction() as tx:
+        tx.add_attempt(Attempt(job.id, 1, "w", 1.0))
+        tx.finish_attempt(
+            Attempt(job.id, 1, "w", 1.0, 2.0, 0, Outcome.SUCCEEDED), Output(1, b"\xff", b"")
+        )
+    s.close()
+    assert schema_version(db) == str(SCHEMA_VERSION)
+
+    again = SqliteStore(str(db))
+    try:
+        assert again.get_job(job.id) == job
+        assert again.output(job.id, 1) == Output(1, b"\xff", b"")
+        (second,) = add(again, spec("more"))
+        assert second.id > job.id
+    finally:
+        again.close()
+    assert schema_version(db) == str(SCHEMA_VERSION)
+
+
+def test_newer_schema_version_is_refused(db: Path) -> None:
+    SqliteStore(str(db)).close()
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),)
+    )
+    conn.commit()
+    conn.close()
+    with pytest.raises(Internal, match=f"schema version {SCHEMA_VERSION + 1}"):
+        SqliteStore(str(db))
+    assert schema_version(db) == str(SCHEMA_VERSION + 1)  # left as it was
+
+
+def test_unopenable_path_is_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(Unavailable, match="cannot open database"):
+        SqliteStore(str(blocker / "dts.db"))
+
+
+def test_sql_metacharacters_round_trip(store: SqliteStore, db: Path) -> None:
+    hostile = spec(
+        "sh",
+        NASTY,
+        '"quoted" `tick` $x \\ % _ \u0000-free \u2603 \U0001f600',
+        env=((NASTY, NASTY), ("Q", "' OR 1=1 --")),
+        cwd=f"/tmp/{NASTY}",
+        name=NASTY + ' "; DELETE FROM attempts; --',
+        queue="q",
+    )
+    (job,) = add(store, hostile)
+    with store.transaction() as tx:
+        tx.update_job(replace(job, error=NASTY, worker=NASTY))
+        tx.save_worker(
+            WorkerInfo(NASTY, NASTY, 1, NASTY, 1, (NASTY,), WorkerState.IDLE, 0, 1.0, 1.0)
+        )
+        tx.add_attempt(Attempt(job.id, 1, NASTY, 1.0))
+        tx.finish_attempt(
+            Attempt(job.id, 1, NASTY, 1.0, 2.0, 1, Outcome.FAILED, NASTY),
+            Output(1, NASTY.encode(), b""),
+        )
+    got = store.get_job(job.id)
+    assert got is not None
+    assert got.spec == hostile
+    assert got.spec.argv[1].encode() == NASTY.encode()
+    assert (got.error, got.worker) == (NASTY, NASTY)
+    assert store.list_jobs(JobFilter(queue="q")) == [got]
+    assert store.workers()[0].name == NASTY
+    assert store.attempts(job.id)[0].error == NASTY
+    assert store.output(job.id, 1) == Output(1, NASTY.encode(), b"")
+    conn = sqlite3.connect(db)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        conn.close()
+    assert {"jobs", "attempts", "workers", "meta"} <= tables
+
+
+def test_concurrent_transactions_from_threads(store: SqliteStore) -> None:
+    ids: list[int] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(50):
+                (job,) = add(store, spec(f"t{n}-{i}"))
+                with lock:
+                    ids.append(job.id)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert len(ids) == len(set(ids)) == 200
+    assert len(store.list_jobs(JobFilter(limit=1000))) == 200
