@@ -10,9 +10,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dts import wire
+from dts.backoff import Backoff
 from dts.config import DEFAULT_SERVER
 from dts.domain import Attempt, Job, JobSpec, JobStatus, Output, StatCount, WorkerInfo
-from dts.errors import DeadlineExceeded
+from dts.errors import DeadlineExceeded, Unavailable
 from dts.v1 import dts_pb2 as pb
 from dts.v1 import dts_pb2_grpc as pb_grpc
 
@@ -57,13 +58,27 @@ class Client:
     def get(self, job_id: int) -> Job:
         return wire.job_from_pb(self._call(self.stub.GetJob, pb.JobRef(id=job_id)))
 
-    def wait(self, job_id: int, timeout: float | None = None) -> Job:
-        """Block until the job is final; raises DeadlineExceeded after `timeout` seconds."""
+    def wait(self, job_id: int, timeout: float | None = None, reconnect: float = 60.0) -> Job:
+        """Block until the job is final; raises DeadlineExceeded after `timeout` seconds.
+
+        A server that goes away (a restart) is waited for, up to `reconnect` seconds at a time.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
+        backoff = Backoff(base=0.1, cap=2.0)
+        down_since: float | None = None
         while True:
             left = 25.0 if deadline is None else min(25.0, max(0.0, deadline - time.monotonic()))
             req = pb.WaitRequest(id=job_id, timeout=left)
-            job = wire.job_from_pb(self._call(self.stub.WaitJob, req, left + self.timeout))
+            try:
+                job = wire.job_from_pb(self._call(self.stub.WaitJob, req, left + self.timeout))
+            except Unavailable:
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since > reconnect:
+                    raise
+                backoff.wait()
+                continue
+            down_since = None
+            backoff.reset()
             if job.status.final:
                 return job
             if deadline is not None and time.monotonic() >= deadline:

@@ -326,6 +326,22 @@ class Coordinator:
 
     # ---- background duties ----------------------------------------------------------------
 
+    def grace_leases(self) -> int:
+        """At start-up: give running jobs a full lease to let their workers reach us again.
+
+        While the server was down nobody could renew a lease; without this, every job that ran
+        through a restart would be declared lost at once and run twice.
+        """
+        with self.store.transaction() as tx:
+            n = tx.extend_leases(self.clock() + self.cfg.worker_timeout)
+        if n:
+            log.info(
+                "%d running job(s) get %gs for their workers to reconnect",
+                n,
+                self.cfg.worker_timeout,
+            )
+        return n
+
     def promote_due(self, limit: int = 1000) -> int:
         """Queue scheduled jobs whose time has come; returns how many."""
         now = self.clock()

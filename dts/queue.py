@@ -123,6 +123,11 @@ class RedisQueue:
         if job_ids:
             self.redis.zrem(self.keys.inflight, *[str(i) for i in job_ids])
 
+    def release(self, job_ids: Sequence[int]) -> None:
+        """Hand back ids we took but will not claim: the server puts them back at once."""
+        if job_ids:
+            self.redis.zadd(self.keys.inflight, {str(i): 0 for i in job_ids}, xx=True)
+
     def expired_inflight(self, limit: int) -> list[int]:
         """Ids taken from a queue whose taker never acknowledged them in time."""
         return [int(i) for i in self._expired(keys=[self.keys.inflight], args=[limit])]

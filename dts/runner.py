@@ -82,15 +82,21 @@ class Execution:
         self._on_reap = on_reap
         self._stop_outcome: Outcome | None = None
         self._stop_reason = ""
+        self._at_once = False
         self._lock = threading.Lock()
         self.pid: int | None = None
 
-    def stop(self, outcome: Outcome, reason: str) -> None:
-        """Kill the job: CANCELLED (user asked) or RELEASED (worker draining or fenced)."""
+    def stop(self, outcome: Outcome, reason: str, at_once: bool = False) -> None:
+        """Kill the job: CANCELLED (user asked) or RELEASED (worker draining or fenced).
+
+        `at_once` skips the TERM grace: a worker that lost its lease must stop the job before
+        the server hands it to another worker.
+        """
         with self._lock:
             if self._stop_outcome is None:
                 self._stop_outcome = outcome
                 self._stop_reason = reason
+            self._at_once = self._at_once or at_once
 
     def run(self) -> Result:
         a = self.assignment
@@ -188,7 +194,11 @@ class Execution:
                     if outcome is not None or (exited and _group_alive(pgid)):
                         term_at = now
                         _killpg(pgid, signal.SIGTERM)
-                elif not killed and now >= term_at + self.opts.kill_grace:
+                if (
+                    not killed
+                    and term_at is not None
+                    and (self._at_once or now >= term_at + self.opts.kill_grace)
+                ):
                     killed = True
                     _killpg(pgid, signal.SIGKILL)
                 if exited and not _group_alive(pgid):

@@ -66,6 +66,7 @@ class Server:
             raise Unavailable(f"cannot listen on {self.cfg.listen}: {e}") from e
         if self.port == 0:
             raise Unavailable(f"cannot listen on {self.cfg.listen} (address in use?)")
+        self.coordinator.grace_leases()
         self.coordinator.check_redis()
         self.coordinator.reconcile_needed.set()  # Redis may have lost jobs while we were down
         for loop in self.loops:

@@ -38,6 +38,9 @@ class Transaction(Protocol):
     def renew_lease(self, job_id: int, attempt: int, worker: str, until: float) -> bool:
         """Extend a running attempt's lease if `worker` still holds it; False otherwise."""
 
+    def extend_leases(self, until: float) -> int:
+        """Push every running lease out to at least `until`; returns how many."""
+
     def add_attempt(self, attempt: Attempt) -> None: ...
 
     def get_attempt(self, job_id: int, attempt: int) -> Attempt | None: ...

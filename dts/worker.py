@@ -40,6 +40,7 @@ log = logging.getLogger("dts.worker")
 PROG = "dts-worker"
 RPC_TIMEOUT = 10.0
 REPORT_BATCH = 256
+FENCE_FRACTION = 0.8  # of the lease: kill our jobs when no renewal got through for this long
 RETRYABLE = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -186,10 +187,13 @@ class Worker:
                 continue
             assignments = self._claim(ids)
             try:
-                self.queue.ack(ids)
+                if assignments is None:  # stopping before the server answered: hand them back
+                    self.queue.release(ids)
+                else:
+                    self.queue.ack(ids)
             except redis.RedisError as e:  # the server's inflight recovery copes with it
                 self.redis_link.down(e)
-            for a in assignments:
+            for a in assignments or ():
                 self._start(a)
 
     def _reload(self) -> None:
@@ -201,13 +205,13 @@ class Worker:
             return
         self.cfg = replace(self.cfg, process=logs.reload(self.cfg.process, fresh.process))
 
-    def _claim(self, ids: Sequence[int]) -> list[Assignment]:
+    def _claim(self, ids: Sequence[int]) -> list[Assignment] | None:
         def call() -> pb.ClaimResponse:
             req = pb.ClaimRequest(name=self.cfg.name, session=self.session, job_ids=ids)
             return self.stub.Claim(req, timeout=RPC_TIMEOUT)
 
         resp = self._call(call)
-        return [wire.assignment_from_pb(a) for a in resp.assignments] if resp else []
+        return [wire.assignment_from_pb(a) for a in resp.assignments] if resp else None
 
     def _call(self, fn: Callable[[], T]) -> T | None:
         """Call the server until it answers, with backoff; None if asked to stop first."""
@@ -305,6 +309,14 @@ class Worker:
         return [pb.Lease(job_id=j, attempt=n) for j, n in held]
 
     def _heartbeat_loop(self) -> None:
+        """Renew leases; stop jobs the server no longer gives us; self-fence when cut off.
+
+        The server renews a lease at the moment it receives the heartbeat, which is after we
+        sent it. So `sent + lease` is a lower bound of when the server may give our jobs to
+        another worker: we kill them before that, at FENCE_FRACTION of the lease.
+        """
+        last_renewed = time.monotonic()
+        fenced = False
         while not self._done.wait(self.heartbeat_interval):
             req = pb.HeartbeatRequest(
                 name=self.cfg.name,
@@ -312,11 +324,18 @@ class Worker:
                 leases=self._leases(),
                 draining=self._draining,
             )
+            sent = time.monotonic()
             try:
-                resp = self.stub.Heartbeat(req, timeout=max(2.0, self.heartbeat_interval * 2))
+                resp = self.stub.Heartbeat(req, timeout=max(0.5, self.lease_seconds / 4))
             except grpc.RpcError as e:
                 self.server_link.down(e.details() or e.code())
+                if (
+                    not fenced
+                    and time.monotonic() - last_renewed > self.lease_seconds * FENCE_FRACTION
+                ):
+                    fenced = self._self_fence(time.monotonic() - last_renewed)
                 continue
+            last_renewed, fenced = sent, False
             self.server_link.ok()
             if resp.reregister:
                 log.warning("server forgot this worker's session; registering again")
@@ -332,6 +351,25 @@ class Worker:
                         lease.attempt,
                     )
                     exe.stop(Outcome.CANCELLED, "cancelled")
+
+    def _self_fence(self, silent_for: float) -> bool:
+        with self._lock:
+            running = list(self._running.values())
+        if running:
+            log.error(
+                "no lease renewal for %.1fs (lease %gs): killing %d job(s) so they cannot "
+                "run twice; they will run again",
+                silent_for,
+                self.lease_seconds,
+                len(running),
+            )
+        for exe in running:
+            exe.stop(
+                Outcome.RELEASED,
+                f"lease lost: server unreachable for {silent_for:.1f}s",
+                at_once=True,
+            )
+        return True
 
     def _report_loop(self) -> None:
         backoff = Backoff(base=0.1, cap=5.0)

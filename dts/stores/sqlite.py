@@ -229,6 +229,14 @@ class SqliteTransaction:
         )
         return cur.rowcount == 1
 
+    def extend_leases(self, until: float) -> int:
+        cur = self._c.execute(
+            "UPDATE jobs SET lease_expires_at = ? WHERE status = 'running'"
+            " AND lease_expires_at < ?",
+            (until, until),
+        )
+        return cur.rowcount
+
     def add_attempt(self, attempt: Attempt) -> None:
         self._c.execute(
             "INSERT INTO attempts (job_id, attempt, worker, started_at, outcome)"
