@@ -113,7 +113,6 @@ SUBMIT_DEFAULTS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--backoff", _seconds("--backoff"), "seconds before the first retry, doubling after"),
     ("--timeout", _seconds("--timeout"), "seconds an attempt may run, 0 = none"),
     ("--delay", _seconds("--delay"), "do not start before this many seconds from now"),
-    ("--cwd", str, "working directory on the worker"),
 )
 # None: the server's default applies
 SUBMIT_FALLBACK: dict[str, Any] = {
@@ -123,7 +122,6 @@ SUBMIT_FALLBACK: dict[str, Any] = {
     "--backoff": None,
     "--timeout": None,
     "--delay": 0.0,
-    "--cwd": "",
 }
 GLOBAL_WITH_VALUE = {"--server", "--rpc-timeout", "-c", "--config", *SUBMIT_FALLBACK}
 
@@ -178,6 +176,7 @@ def command_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="environment variable for the job (repeatable)",
     )
+    s.add_argument("--cwd", default="", help="working directory on the worker")
     s.add_argument("--name", default="", help="label shown in listings")
     s.add_argument("--shell", action="store_true", help="run the single string with /bin/sh -c")
     s.add_argument(

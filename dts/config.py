@@ -210,8 +210,8 @@ def worker_parser() -> ArgumentParser:
     p.add_argument(
         "--concurrency",
         type=int,
-        default=os.cpu_count() or 1,
-        help="jobs run at once (default: CPU count)",
+        default=len(os.sched_getaffinity(0)) or 1,
+        help="jobs run at once (default: CPUs this process may use)",
     )
     p.add_argument(
         "--queues",

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from dts.domain import (
@@ -102,7 +102,7 @@ class Execution:
         a = self.assignment
         spec = a.spec
         argv = ["/bin/sh", "-c", spec.argv[0]] if spec.shell else list(spec.argv)
-        env = dict(os.environ)
+        env = job_environment(os.environ)
         env.update(spec.env)
         env["DTS_JOB_ID"] = str(a.job_id)
         env["DTS_ATTEMPT"] = str(a.attempt)
@@ -235,6 +235,25 @@ class Execution:
     ) -> Result:
         a = self.assignment
         return Result(a.job_id, a.attempt, outcome, code, error, out, err, started, time.time())
+
+
+# The worker's own settings and service-manager sockets are not the job's business (and the
+# Redis URL may carry a password).
+PRIVATE_ENV_PREFIXES = (
+    "DTS_",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "INVOCATION_ID",
+    "SUPERVISOR_",
+)
+
+
+def job_environment(worker_env: Mapping[str, str]) -> dict[str, str]:
+    """The environment a job starts from: the worker's, minus what is private to the worker."""
+    return {k: v for k, v in worker_env.items() if not k.startswith(PRIVATE_ENV_PREFIXES)}
 
 
 def _group_alive(pgid: int) -> bool:

@@ -358,3 +358,18 @@ def test_timeout_kills_group_members_ignoring_sigterm(tmp_path: Path, strays: li
     assert r.outcome is Outcome.TIMED_OUT
     bg = read_pid(pidfile, strays)
     wait_until(lambda: not pid_alive(bg), 1.0, what=f"group member {bg} to be killed")
+
+
+def test_job_environment_drops_what_is_private_to_the_worker() -> None:
+    from dts.runner import job_environment
+
+    env = job_environment(
+        {
+            "PATH": "/bin",
+            "DTS_REDIS_URL": "redis://:secret@h/0",
+            "NOTIFY_SOCKET": "/run/x",
+            "SUPERVISOR_ENABLED": "1",
+            "HOME": "/h",
+        }
+    )
+    assert env == {"PATH": "/bin", "HOME": "/h"}
