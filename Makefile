@@ -8,7 +8,7 @@ CMD ?= echo hello from dts
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help build all clean proto test test-unit lint format run run-server run-worker run-client
+.PHONY: help build all clean proto test test-unit test-chaos test-systemd lint format run run-server run-worker run-client
 
 help: ## show this list
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,6 +35,12 @@ test: build ## run the whole test suite against real redis-server, server and wo
 
 test-unit: build ## only the fast unit tests
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-chaos: build ## the fault-injection suite: kills, freezes, outages, network cuts, a soak
+	$(BIN)/pytest tests/chaos $(PYTEST_ARGS)
+
+test-systemd: build ## boot a real systemd in a container and drive the shipped units (root)
+	$(BIN)/pytest tests/systemd $(PYTEST_ARGS)
 
 lint: build ## ruff and mypy
 	$(BIN)/ruff check dts tests
