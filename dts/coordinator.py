@@ -42,6 +42,7 @@ from dts.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    SessionSuperseded,
     ShuttingDown,
     UnknownSession,
 )
@@ -442,8 +443,14 @@ class Coordinator:
 
     def _session(self, tx: Transaction, name: str, session: str) -> WorkerInfo:
         worker = tx.get_worker(name)
-        if worker is None or worker.session != session:
-            raise UnknownSession(f"worker {name} is not registered (or registered again)")
+        if worker is None:
+            raise UnknownSession(f"worker {name} is not registered")
+        if worker.session != session:
+            # Last registration wins: a restarted worker replaces its dead predecessor; a
+            # second live process with the same name is told to stop instead of fighting.
+            raise SessionSuperseded(
+                f"worker name {name} was registered again by {worker.host} pid {worker.pid}"
+            )
         return worker
 
     def _move(self, tx: Transaction, job: Job, status: JobStatus, **changes: object) -> Job:

@@ -44,6 +44,16 @@ class UnknownSession(FailedPrecondition):
     """Raised when a worker's session is not known to the server (it must register again)."""
 
 
+class AlreadyExists(DtsError):
+    """Raised when something that must be unique is taken."""
+
+    code = "ALREADY_EXISTS"
+
+
+class SessionSuperseded(AlreadyExists):
+    """Raised when another process registered under this worker's name after it did."""
+
+
 class Unavailable(DtsError):
     """Raised when the server, Redis or the store cannot be reached right now."""
 
@@ -85,6 +95,7 @@ BY_CODE: dict[str, type[DtsError]] = {
         InvalidArgument,
         NotFound,
         FailedPrecondition,
+        AlreadyExists,
         Unavailable,
         DeadlineExceeded,
         Unauthenticated,

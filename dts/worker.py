@@ -95,6 +95,7 @@ class Worker:
         self._slot_free = threading.Event()
         self._draining = False
         self._done = threading.Event()  # tells heartbeat and reporter to finish
+        self.exit_code = 0
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -119,7 +120,7 @@ class Worker:
             hb.join(RPC_TIMEOUT + 5)
             self._unregister()
             log.info("worker %s stopped", self.cfg.name)
-            return 0
+            return self.exit_code
         finally:
             self._stop_all(Outcome.RELEASED, "worker exited")
             self.guard.close()
@@ -225,6 +226,9 @@ class Worker:
                 if e.code() in RETRYABLE:
                     self.server_link.down(e.details() or e.code())
                     backoff.wait(self.signals.stop)
+                elif e.code() is grpc.StatusCode.ALREADY_EXISTS:
+                    self._superseded(e.details() or "")
+                    return None
                 elif e.code() is grpc.StatusCode.FAILED_PRECONDITION and self.session:
                     log.warning("server does not know session: %s; registering again", e.details())
                     if not self._register():
@@ -267,11 +271,11 @@ class Worker:
         self._outbox.put(result)
         self._slot_free.set()
 
-    def _stop_all(self, outcome: Outcome, reason: str) -> None:
+    def _stop_all(self, outcome: Outcome, reason: str, at_once: bool = False) -> None:
         with self._lock:
             running = list(self._running.values())
         for exe in running:
-            exe.stop(outcome, reason)
+            exe.stop(outcome, reason, at_once)
 
     def _drain(self) -> None:
         """Stop taking jobs; let running ones finish within the drain timeout, then stop them."""
@@ -284,9 +288,9 @@ class Worker:
                 self.cfg.drain_timeout,
                 len(threads),
             )
-        stops_seen = self.signals.stops
         deadline = time.monotonic() + self.cfg.drain_timeout
-        while time.monotonic() < deadline and self.signals.stops == stops_seen:
+        # a second SIGTERM (even one that came before the drain began) means: stop them now
+        while time.monotonic() < deadline and self.signals.stops < 2:
             with self._lock:
                 if not self._threads:
                     break
@@ -328,6 +332,9 @@ class Worker:
             try:
                 resp = self.stub.Heartbeat(req, timeout=max(0.5, self.lease_seconds / 4))
             except grpc.RpcError as e:
+                if e.code() is grpc.StatusCode.ALREADY_EXISTS:
+                    self._superseded(e.details() or "")
+                    return
                 self.server_link.down(e.details() or e.code())
                 if (
                     not fenced
@@ -351,6 +358,15 @@ class Worker:
                         lease.attempt,
                     )
                     exe.stop(Outcome.CANCELLED, "cancelled")
+
+    def _superseded(self, why: str) -> None:
+        """Another live process registered under our name: stop, rather than fight over it."""
+        if self.exit_code == 0:
+            log.error("%s; stopping this worker (give each worker a unique --name)", why)
+        self.exit_code = 1
+        self._stop_all(Outcome.RELEASED, "worker superseded", at_once=True)
+        self.signals.stop.set()
+        self.signals.wakeup.set()
 
     def _self_fence(self, silent_for: float) -> bool:
         with self._lock:

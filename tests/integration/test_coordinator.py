@@ -12,7 +12,13 @@ import pytest
 from dts.config import ServerConfig
 from dts.coordinator import Coordinator
 from dts.domain import JobSpec, JobStatus, Lease, Outcome, Result
-from dts.errors import FailedPrecondition, InvalidArgument, NotFound, UnknownSession
+from dts.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SessionSuperseded,
+    UnknownSession,
+)
 from dts.queue import Keys, RedisQueue
 from dts.stores.sqlite import SqliteStore
 from tests.harness import RedisProcess, wait_until
@@ -255,3 +261,16 @@ def test_wait_returns_when_the_job_ends(env: Env) -> None:
     t.start()
     assert env.c.wait(job.id, 10).status is JobStatus.SUCCEEDED
     t.join()
+
+
+def test_a_second_registration_supersedes_the_first_session(env: Env) -> None:
+    # Given a worker registered twice under one name (a restart, or a misconfigured twin)
+    old = env.worker("twin")
+    new = env.worker("twin")
+    # Then the old session is told it was superseded, and the new one works
+    with pytest.raises(SessionSuperseded, match="registered again"):
+        env.c.heartbeat("twin", old, [], False)
+    assert env.c.heartbeat("twin", new, [], False) == []
+    # and an unknown name is only asked to register
+    with pytest.raises(UnknownSession):
+        env.c.heartbeat("nobody", new, [], False)

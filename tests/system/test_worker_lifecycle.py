@@ -105,3 +105,15 @@ def test_worker_started_before_server_and_redis_connects_when_they_appear(
         w.stop()
         s.stop()
         r.kill()
+
+
+def test_a_second_live_worker_with_the_same_name_stops_the_first(fresh_cluster: Cluster) -> None:
+    # Given a worker, when another process registers with the same name
+    first = fresh_cluster.add_worker("same-name")
+    fresh_cluster.add_worker("same-name")
+    # Then the first one stops with a clear error instead of fighting over the name
+    assert first.wait(30) == 1
+    assert "was registered again" in first.output()
+    with fresh_cluster.client() as c:
+        job = c.submit_one(JobSpec(argv=("true",)))
+        assert c.wait(job.id, 30).status.value == "succeeded"
