@@ -1,0 +1,85 @@
+"""Worker slots and queue order, and two deployments sharing one Redis through key prefixes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dts.client import Client
+from dts.domain import JobSpec
+from tests.conftest import Cluster
+from tests.harness import RedisProcess, ServerProcess, WorkerProcess, wait_until
+
+
+def test_concurrency_runs_that_many_jobs_at_once(fresh_cluster: Cluster, tmp_path: Path) -> None:
+    # Given a worker with 3 slots and 6 jobs that each wait for a shared barrier file
+    fresh_cluster.add_worker("slots", "--concurrency", "3")
+    barrier = tmp_path / "go"
+    started = tmp_path / "started"
+    started.mkdir()
+    with fresh_cluster.client() as c:
+        jobs = c.submit(
+            [
+                JobSpec(
+                    argv=(
+                        f"touch {started}/$DTS_JOB_ID; "
+                        f"while [ ! -e {barrier} ]; do sleep 0.05; done",
+                    ),
+                    shell=True,
+                )
+                for _ in range(6)
+            ]
+        )
+        # Then exactly 3 run at once, and the rest wait for a free slot
+        wait_until(lambda: len(list(started.iterdir())) == 3, 20, what="3 jobs running")
+        running = [j for j in c.list_jobs(limit=6) if j.status.value == "running"]
+        assert len(running) == 3
+        assert len(list(started.iterdir())) == 3
+        barrier.touch()
+        for j in jobs:
+            assert c.wait(j.id, 30).status.value == "succeeded"
+
+
+def test_queues_are_served_in_the_order_given(fresh_cluster: Cluster) -> None:
+    # Given jobs waiting in queues "low" and "high" before any worker exists
+    with fresh_cluster.client() as c:
+        low = c.submit([JobSpec(argv=("true",), queue="low") for _ in range(3)])
+        high = c.submit([JobSpec(argv=("true",), queue="high") for _ in range(3)])
+        # When a single-slot worker serves "high,low"
+        fresh_cluster.add_worker("ordered", "--queues", "high,low", "--concurrency", "1")
+        done = [c.wait(j.id, 30) for j in low + high]
+    # Then every "high" job started before any "low" job
+    first_low = min(j.started_at or 0 for j in done[:3])
+    last_high = max(j.started_at or 0 for j in done[3:])
+    assert last_high < first_low
+
+
+def test_two_deployments_share_one_redis_by_key_prefix(
+    tmp_path: Path, redis_proc: RedisProcess
+) -> None:
+    # Given two servers with their own databases and prefixes on one Redis, a worker each
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a_dir.mkdir()
+    b_dir.mkdir()
+    a = ServerProcess(a_dir, redis_proc.url, prefix="alpha:")
+    b = ServerProcess(b_dir, redis_proc.url, prefix="beta:")
+    procs = [a, b]
+    try:
+        a.start()
+        b.start()
+        wa = WorkerProcess(a_dir, a.address, redis_proc.url, "wa")
+        wb = WorkerProcess(b_dir, b.address, redis_proc.url, "wb")
+        procs += [wa, wb]
+        wa.start()
+        wb.start()
+        # When each gets jobs
+        with Client(a.address) as ca, Client(b.address) as cb:
+            ja = ca.submit([JobSpec(argv=("true",)) for _ in range(10)])
+            jb = cb.submit([JobSpec(argv=("true",)) for _ in range(10)])
+            # Then each deployment's jobs ran on its own worker only
+            assert {ca.wait(j.id, 30).worker for j in ja} == {"wa"}
+            assert {cb.wait(j.id, 30).worker for j in jb} == {"wb"}
+        keys = {k.decode() for k in redis_proc.client().keys("*")}
+        assert keys and all(k.startswith(("alpha:", "beta:")) for k in keys)
+    finally:
+        for p in reversed(procs):
+            p.stop()
