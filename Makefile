@@ -8,7 +8,7 @@ CMD ?= echo hello from dts
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help build all clean proto test test-unit test-chaos test-systemd lint format run run-server run-worker run-client
+.PHONY: help build all clean proto test test-unit test-chaos test-systemd bench lint format run run-server run-worker run-client install uninstall
 
 help: ## show this list
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +42,9 @@ test-chaos: build ## the fault-injection suite: kills, freezes, outages, network
 test-systemd: build ## boot a real systemd in a container and drive the shipped units (root)
 	$(BIN)/pytest tests/systemd $(PYTEST_ARGS)
 
+bench: build ## benchmark throughput, submit rate, latency, scale, memory (BENCH_ARGS=--quick for a smoke run)
+	$(BIN)/python -m tests.bench.run $(BENCH_ARGS)
+
 lint: build ## ruff and mypy
 	$(BIN)/ruff check dts tests
 	$(BIN)/ruff format --check dts tests
@@ -62,3 +65,64 @@ run-worker: build ## run one dts-worker in the foreground
 
 run-client: build ## submit CMD='...' and wait for its result
 	$(BIN)/dts-client submit --wait --shell -- '$(CMD)'
+
+# ---- system install (root): `make install`, `make uninstall [PURGE=1]` -----------------------------
+# Where things go; the systemd units and etc/supervisor/dts.conf name /usr/local/bin and /etc/dts.
+PREFIX ?= /opt/dts
+BINDIR ?= /usr/local/bin
+CONFDIR ?= /etc/dts
+UNITDIR ?= /etc/systemd/system
+SUPERVISOR_CONF ?= /etc/supervisor/conf.d/dts-worker.conf
+# SUPERVISOR=1: also run the worker pool under supervisord (Debian's `supervisor` package):
+# install the [program:worker] section of etc/supervisor/dts.conf, as user dts, on its own.
+SUPERVISOR ?=
+PURGE ?=
+PIP_INSTALL_ARGS ?=
+PROGRAMS := dts-server dts-worker dts-client
+UNITS := dts-server.service dts-worker@.service dts-workers.target
+SYSTEMD_RUNNING = test -d /run/systemd/system
+
+install: ## (root) venv in /opt/dts, commands in /usr/local/bin, units, /etc/dts, user dts [SUPERVISOR=1]
+	@test "$$(id -u)" = 0 || { echo "make install: run as root" >&2; exit 1; }
+	$(PYTHON) -m venv $(PREFIX)
+	$(PREFIX)/bin/pip install --quiet --disable-pip-version-check $(PIP_INSTALL_ARGS) --upgrade .
+	for p in $(PROGRAMS); do ln -sfn $(PREFIX)/bin/$$p $(BINDIR)/$$p; done
+	getent group dts >/dev/null || groupadd --system dts
+	getent passwd dts >/dev/null || useradd --system --gid dts --home-dir /var/lib/dts \
+	  --no-create-home --shell /usr/sbin/nologin --comment "dts scheduler" dts
+	install -d -o dts -g dts -m 0750 /var/lib/dts
+	install -d -o dts -g dts -m 0755 /var/lib/dts-worker /var/log/dts
+	install -d -m 0755 $(CONFDIR) $(UNITDIR)
+	@# existing configs are the operator's: never overwritten
+	for f in etc/dts/*.conf; do \
+	  test -e $(CONFDIR)/$${f##*/} || install -m 0644 $$f $(CONFDIR)/; done
+	install -m 0644 $(addprefix systemd/,$(UNITS)) $(UNITDIR)/
+	if [ -n "$(SUPERVISOR)" ]; then \
+	  install -d $(dir $(SUPERVISOR_CONF)) && \
+	  awk '/^\[/ { keep = ($$0 == "[program:worker]") } keep' etc/supervisor/dts.conf \
+	    | sed -e 's/^;user=dts$$/user=dts/' -e 's/^;directory=/directory=/' > $(SUPERVISOR_CONF); \
+	fi
+	if $(SYSTEMD_RUNNING); then systemctl daemon-reload; fi
+	@echo "dts installed in $(PREFIX); next: systemctl enable --now dts-server"
+
+uninstall: ## (root) undo `make install`; keeps /etc/dts, /var/lib/dts*, /var/log/dts and user dts unless PURGE=1
+	@test "$$(id -u)" = 0 || { echo "make uninstall: run as root" >&2; exit 1; }
+	@# stop (the workers drain) and disable every instance that is enabled
+	if $(SYSTEMD_RUNNING); then \
+	  systemctl stop dts-workers.target 'dts-worker@*.service' dts-server.service || true; \
+	  systemctl disable dts-server.service dts-workers.target $$(cd $(UNITDIR) && \
+	    ls -d *.wants/dts-worker@*.service 2>/dev/null | xargs -rn1 basename | sort -u) || true; \
+	fi
+	if [ -e $(SUPERVISOR_CONF) ]; then \
+	  rm -f $(SUPERVISOR_CONF); \
+	  if command -v supervisorctl >/dev/null && supervisorctl pid >/dev/null 2>&1; then \
+	    supervisorctl update; fi; fi
+	rm -f $(addprefix $(UNITDIR)/,$(UNITS))
+	if $(SYSTEMD_RUNNING); then systemctl daemon-reload; systemctl reset-failed 'dts-*' || true; fi
+	for p in $(PROGRAMS); do \
+	  if [ "$$(readlink $(BINDIR)/$$p)" = $(PREFIX)/bin/$$p ]; then rm -f $(BINDIR)/$$p; fi; done
+	rm -rf $(PREFIX)
+	if [ -n "$(PURGE)" ]; then \
+	  rm -rf $(CONFDIR) /var/lib/dts /var/lib/dts-worker /var/log/dts; \
+	  if getent passwd dts >/dev/null; then userdel dts; fi; \
+	  if getent group dts >/dev/null; then groupdel dts; fi; fi

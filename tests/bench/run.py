@@ -1,0 +1,346 @@
+"""`make bench`: dts's throughput, submit rate, latency, scale and memory, from one run.
+
+Every figure is the median of --reps repetitions, and the machine's process-spawn rate is
+measured in the same run so ratios survive a change of machine speed. Results go to
+bench-results/dts.json and a Markdown table on stdout (and bench-results/dts.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dts.client import Client
+from dts.domain import JobSpec
+from tests.harness import BIN, RedisProcess, ServerProcess, WorkerProcess, wait_until
+
+QUIET = ("--log-level", "warning")
+SERVER_ARGS = tuple(os.environ.get("DTS_BENCH_SERVER_ARGS", "").split())
+
+
+def spawn_limit(n: int = 2000, threads: int = 2) -> float:
+    """Jobs/s of `subprocess.run(["true"])` from `threads` threads: the physical ceiling."""
+
+    def run(k: int) -> None:
+        for _ in range(k):
+            subprocess.run(["true"], check=True)
+
+    start = time.perf_counter()
+    ts = [threading.Thread(target=run, args=(n // threads,)) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return n / (time.perf_counter() - start)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+class Bench:
+    """One redis-server and dts-server per measurement, torn down afterwards."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def cluster(self, workers: int, concurrency: int) -> tuple[list[Any], Client, ServerProcess]:
+        d = Path(tempfile.mkdtemp(dir=self.root))
+        r = RedisProcess(d)
+        r.start()
+        s = ServerProcess(d, r.url, *QUIET, *SERVER_ARGS)
+        s.start()
+        ws = []
+        for i in range(workers):
+            w = WorkerProcess(
+                d, s.address, r.url, f"bench{i}", "--concurrency", str(concurrency), *QUIET
+            )
+            w.start()
+            ws.append(w)
+        return [r, s, *ws], Client(s.address, timeout=60), s
+
+    @staticmethod
+    def down(procs: list[Any], client: Client) -> None:
+        client.close()
+        for p in reversed(procs):
+            p.stop(timeout=30) if not isinstance(p, RedisProcess) else p.kill()
+
+    def throughput(self, n: int, workers: int = 1, concurrency: int = 2, backlog: int = 0) -> float:
+        procs, c, _ = self.cluster(workers, concurrency)
+        try:
+            if backlog:
+                for i in range(0, backlog, 20_000):
+                    c.submit([JobSpec(argv=("true",), queue="backlog")] * min(20_000, backlog - i))
+            jobs = c.submit([JobSpec(argv=("true",))] * n)
+            last = jobs[-1].id
+            wait_until(
+                lambda: (
+                    all(c.get(j).status.final for j in (jobs[0].id, last))
+                    and _count(c, "succeeded", "default") == n
+                ),
+                600,
+                0.2,
+            )
+            done = c.list_jobs(limit=n, queue="default")
+            first = min(j.started_at or 0 for j in done)
+            end = max(j.finished_at or 0 for j in done)
+            return n / (end - first)
+        finally:
+            self.down(procs, c)
+
+    def submit_rates(self, n: int) -> dict[str, float]:
+        procs, c, s = self.cluster(0, 1)
+        try:
+            start = time.perf_counter()
+            c.submit([JobSpec(argv=("true",), queue="q1")] * n)
+            batch = n / (time.perf_counter() - start)
+            lines = Path(self.root / "lines.txt")
+            lines.write_text("true\n" * n)
+            start = time.perf_counter()
+            subprocess.run(
+                [
+                    str(BIN / "dts-client"),
+                    "--server",
+                    s.address,
+                    "submit",
+                    "--queue",
+                    "q2",
+                    "--from-file",
+                    str(lines),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            from_file = n / (time.perf_counter() - start)
+            singles = min(n, 2000)
+            start = time.perf_counter()
+            for _ in range(singles):
+                c.submit_one(JobSpec(argv=("true",), queue="q3"))
+            single = singles / (time.perf_counter() - start)
+            return {"batch_per_s": batch, "from_file_per_s": from_file, "single_per_s": single}
+        finally:
+            self.down(procs, c)
+
+    def latency(self, n: int) -> dict[str, float]:
+        procs, c, _ = self.cluster(1, 2)
+        try:
+            to_start, to_end = [], []
+            for _ in range(n):
+                t0 = time.time()
+                job = c.submit_one(JobSpec(argv=("true",)))
+                done = c.wait(job.id, 30)
+                t1 = time.time()
+                to_start.append(((done.started_at or t0) - job.created_at) * 1000)
+                to_end.append((t1 - t0) * 1000)
+            return {
+                "start_p50_ms": pct(to_start, 50),
+                "start_p99_ms": pct(to_start, 99),
+                "finish_p50_ms": pct(to_end, 50),
+                "finish_p99_ms": pct(to_end, 99),
+            }
+        finally:
+            self.down(procs, c)
+
+    def memory(self, queued: int) -> dict[str, float]:
+        procs, c, s = self.cluster(1, 2)
+        try:
+            server, worker = s.pid, procs[2].pid
+            idle = {"server_idle_mb": rss_mb(server), "worker_idle_mb": rss_mb(worker)}
+            jobs = c.submit([JobSpec(argv=("true",))] * 2000)
+            time.sleep(0.5)  # sample while the 2,000 jobs are being worked
+            load = {"server_load_mb": rss_mb(server), "worker_load_mb": rss_mb(worker)}
+            wait_until(lambda: c.get(jobs[-1].id).status.final, 300, 0.2)
+            for i in range(0, queued, 20_000):
+                c.submit([JobSpec(argv=("true",), queue="parked")] * min(20_000, queued - i))
+            db = Path(s.db)
+            size = sum(p.stat().st_size for p in db.parent.glob(db.name + "*"))
+            return {
+                **idle,
+                **load,
+                "server_queued_mb": rss_mb(server),
+                "sqlite_bytes_per_job": size / (queued + 2000),
+            }
+        finally:
+            self.down(procs, c)
+
+    def history_reads(self, rows: int) -> dict[str, float]:
+        """list/status latency with `rows` jobs in history (rows written straight to SQLite)."""
+        procs, c, s = self.cluster(0, 1)
+        try:
+            c.submit([JobSpec(argv=("true",))])  # creates the schema
+            s.stop()
+            con = sqlite3.connect(s.db)
+            now = time.time()
+            con.executemany(
+                "INSERT INTO jobs (name, queue, priority, argv, shell, env, cwd, timeout,"
+                " max_retries, backoff, delay, status, attempts, created_at, started_at,"
+                " finished_at, exit_code, worker) VALUES ('', 'default', 0, '[\"true\"]', 0,"
+                " '[]', '', 0, 0, 1, 0, 'succeeded', 1, ?, ?, ?, 0, 'w')",
+                ((now, now, now) for _ in range(rows)),
+            )
+            con.commit()
+            con.close()
+            s.start()
+            ids = [rows // 2 + k for k in range(200)]
+            status = _timed(lambda: [c.get(i) for i in ids]) / len(ids)
+            listing = _timed(lambda: [c.list_jobs(limit=50) for _ in range(50)]) / 50
+            filtered = _timed(lambda: [c.list_jobs(limit=50, queue="default") for _ in range(50)])
+            return {
+                "status_ms": status * 1000,
+                "list_ms": listing * 1000,
+                "list_queue_ms": filtered / 50 * 1000,
+            }
+        finally:
+            self.down(procs, c)
+
+
+def _count(c: Client, status: str, queue: str) -> int:
+    return sum(s.count for s in c.stats() if s.status.value == status and s.queue == queue)
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def median_of(reps: int, fn: Callable[[], Any]) -> Any:
+    results = [fn() for _ in range(reps)]
+    if isinstance(results[0], dict):
+        return {k: statistics.median(r[k] for r in results) for k in results[0]}
+    return statistics.median(results)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n", type=int, default=5000, help="jobs per throughput run")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--history", type=int, default=1_000_000, help="rows for list/status")
+    ap.add_argument("--queued", type=int, default=100_000, help="backlog for scale and memory")
+    ap.add_argument("--latency-jobs", type=int, default=300)
+    ap.add_argument("--out", default="bench-results")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, one repetition (smoke)")
+    a = ap.parse_args()
+    if a.quick:
+        a.n, a.reps, a.history, a.queued, a.latency_jobs = 200, 1, 5000, 2000, 30
+    out = Path(a.out)
+    out.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dts-bench-") as tmp:
+        b = Bench(Path(tmp))
+        r: dict[str, Any] = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}",
+            "n": a.n,
+            "reps": a.reps,
+        }
+        step = _progress()
+        r["spawn_limit_per_s"] = median_of(a.reps, spawn_limit)
+        step("spawn limit", r["spawn_limit_per_s"])
+        r["throughput_c2"] = median_of(a.reps, lambda: b.throughput(a.n, 1, 2))
+        step("throughput c2", r["throughput_c2"])
+        r["throughput_c4"] = median_of(a.reps, lambda: b.throughput(a.n, 1, 4))
+        step("throughput c4", r["throughput_c4"])
+        r["spawn_fraction_c2"] = r["throughput_c2"] / r["spawn_limit_per_s"]
+        r["submit"] = median_of(a.reps, lambda: b.submit_rates(max(a.n, 10_000)))
+        step("submit", r["submit"])
+        r["latency"] = median_of(a.reps, lambda: b.latency(a.latency_jobs))
+        step("latency", r["latency"])
+        r["workers"] = {
+            str(k): median_of(a.reps, lambda k=k: b.throughput(a.n, k, 2)) for k in (1, 2, 4)
+        }
+        step("workers", r["workers"])
+        r["backlog"] = {
+            str(k): median_of(a.reps, lambda k=k: b.throughput(a.n, 1, 2, k))
+            for k in (0, a.queued // 10, a.queued)
+        }
+        step("backlog", r["backlog"])
+        r["history"] = b.history_reads(a.history)
+        step("history", r["history"])
+        r["memory"] = b.memory(a.queued)
+        step("memory", r["memory"])
+    (out / "dts.json").write_text(json.dumps(r, indent=2) + "\n")
+    table = render(r)
+    (out / "dts.md").write_text(table)
+    print(table)
+    return 0
+
+
+def _progress() -> Callable[[str, Any], None]:
+    start = time.monotonic()
+
+    def step(name: str, value: Any) -> None:
+        print(f"[{time.monotonic() - start:6.1f}s] {name}: {value}", file=sys.stderr, flush=True)
+
+    return step
+
+
+def render(r: dict[str, Any]) -> str:
+    lat, sub, mem, hist = r["latency"], r["submit"], r["memory"], r["history"]
+    rows = [
+        ("spawn limit (subprocess.run true, 2 threads)", f"{r['spawn_limit_per_s']:,.0f} /s"),
+        (
+            "throughput, 1 worker, concurrency 2",
+            f"{r['throughput_c2']:,.0f} jobs/s ({r['spawn_fraction_c2']:.0%} of spawn limit)",
+        ),
+        ("throughput, 1 worker, concurrency 4", f"{r['throughput_c4']:,.0f} jobs/s"),
+        (
+            "throughput, 1 / 2 / 4 workers (c2)",
+            " / ".join(f"{v:,.0f}" for v in r["workers"].values()),
+        ),
+        (
+            "throughput with 0 / 10% / 100% backlog queued",
+            " / ".join(f"{v:,.0f}" for v in r["backlog"].values())
+            + f" (backlog {max(map(int, r['backlog'])):,})",
+        ),
+        (
+            "submit: batch call / --from-file / single",
+            f"{sub['batch_per_s']:,.0f} / "
+            f"{sub['from_file_per_s']:,.0f} / {sub['single_per_s']:,.0f} per s",
+        ),
+        (
+            "latency submit→start p50 / p99",
+            f"{lat['start_p50_ms']:.1f} / {lat['start_p99_ms']:.1f} ms",
+        ),
+        (
+            "latency submit→finished p50 / p99",
+            f"{lat['finish_p50_ms']:.1f} / {lat['finish_p99_ms']:.1f} ms",
+        ),
+        (
+            "status / list / list --queue with history",
+            f"{hist['status_ms']:.1f} / {hist['list_ms']:.1f} / {hist['list_queue_ms']:.1f} ms",
+        ),
+        (
+            "RSS server idle / load / 100k queued",
+            f"{mem['server_idle_mb']:.0f} / "
+            f"{mem['server_load_mb']:.0f} / {mem['server_queued_mb']:.0f} MB",
+        ),
+        ("RSS worker idle / load", f"{mem['worker_idle_mb']:.0f} / {mem['worker_load_mb']:.0f} MB"),
+        ("SQLite bytes per job", f"{mem['sqlite_bytes_per_job']:,.0f}"),
+    ]
+    head = f"dts benchmark, {r['date']}, {r['machine']}; medians of {r['reps']}, N={r['n']}\n\n"
+    return head + "| measure | result |\n|---|---|\n" + "".join(f"| {a} | {b} |\n" for a, b in rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
