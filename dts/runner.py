@@ -97,6 +97,9 @@ class Execution:
                 self._stop_outcome = outcome
                 self._stop_reason = reason
             self._at_once = self._at_once or at_once
+            pid = self.pid
+        if at_once and pid is not None:
+            _killpg(pid, signal.SIGKILL)  # now, not at the supervising thread's next poll
 
     def run(self) -> Result:
         a = self.assignment
@@ -257,13 +260,26 @@ def job_environment(worker_env: Mapping[str, str]) -> dict[str, str]:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group is still running (zombies do not count)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    # Members exist, but orphans that already exited stay zombies until init reaps them;
+    # look closer before waiting on a group that is in fact dead.
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -48,6 +48,7 @@ RETRYABLE = (
 )
 
 T = TypeVar("T")
+Key = tuple[int, int]  # (job id, attempt)
 
 
 class Link:
@@ -56,16 +57,19 @@ class Link:
     def __init__(self, what: str) -> None:
         self.what = what
         self.up: bool | None = None
+        self.recovered = threading.Event()  # set while up: cuts retry waits short
 
     def ok(self) -> None:
         if self.up is not True:
             log.info("%s %s", self.what, "connected" if self.up is None else "available again")
         self.up = True
+        self.recovered.set()
 
     def down(self, err: object) -> None:
         if self.up is not False:
             log.warning("%s unavailable: %s (retrying with backoff)", self.what, err)
         self.up = False
+        self.recovered.clear()
 
 
 class Worker:
@@ -88,9 +92,11 @@ class Worker:
         self.server_link = Link(f"server {cfg.server}")
         self.redis_link = Link(f"redis {_safe_url(cfg.redis_url)}")
         self._lock = threading.Lock()
-        self._running: dict[int, Execution] = {}
-        self._threads: dict[int, threading.Thread] = {}
-        self._unreported: dict[int, Result] = {}
+        # keyed by (job id, attempt): a stale attempt of a job may still be dying here when
+        # the server hands us its next attempt
+        self._running: dict[Key, Execution] = {}
+        self._threads: dict[Key, threading.Thread] = {}
+        self._unreported: dict[Key, Result] = {}
         self._outbox: queue.Queue[Result] = queue.Queue()
         self._slot_free = threading.Event()
         self._draining = False
@@ -170,8 +176,11 @@ class Worker:
                 self._reload()
             free = self.cfg.concurrency - len(self._running)
             if free <= 0:
-                self._slot_free.wait(1.0)
+                self._slot_free.wait(0.2)
                 self._slot_free.clear()
+                continue
+            if self.server_link.up is False:  # cut off: leave the ids to workers that can claim
+                self.server_link.recovered.wait(0.5)
                 continue
             try:
                 ids = self.queue.pop(self.cfg.queues, free, self.lease_seconds)
@@ -188,7 +197,7 @@ class Worker:
                 continue
             assignments = self._claim(ids)
             try:
-                if assignments is None:  # stopping before the server answered: hand them back
+                if assignments is None:  # stopping, or the server is away: hand them back
                     self.queue.release(ids)
                 else:
                     self.queue.ack(ids)
@@ -207,17 +216,23 @@ class Worker:
         self.cfg = replace(self.cfg, process=logs.reload(self.cfg.process, fresh.process))
 
     def _claim(self, ids: Sequence[int]) -> list[Assignment] | None:
+        """Claim popped ids; None (hand them back) if stopping or the server stays away."""
+
         def call() -> pb.ClaimResponse:
             req = pb.ClaimRequest(name=self.cfg.name, session=self.session, job_ids=ids)
             return self.stub.Claim(req, timeout=RPC_TIMEOUT)
 
-        resp = self._call(call)
+        resp = self._call(call, give_up_after=min(2.0, self.lease_seconds / 2))
         return [wire.assignment_from_pb(a) for a in resp.assignments] if resp else None
 
-    def _call(self, fn: Callable[[], T]) -> T | None:
-        """Call the server until it answers, with backoff; None if asked to stop first."""
+    def _call(self, fn: Callable[[], T], give_up_after: float | None = None) -> T | None:
+        """Call the server until it answers, with backoff; None if asked to stop first (or
+        the server stayed unreachable for `give_up_after` seconds)."""
         backoff = Backoff(base=0.1, cap=5.0)
+        since = time.monotonic()
         while not self.signals.stop.is_set():
+            if give_up_after is not None and time.monotonic() - since > give_up_after:
+                return None
             try:
                 result = fn()
                 self.server_link.ok()
@@ -241,17 +256,26 @@ class Worker:
 
     def _start(self, a: Assignment) -> None:
         exe = Execution(a, self.run_opts, self.guard.add, self.guard.remove)
+        with self._lock:
+            stale = [(k, t) for k, t in self._threads.items() if k[0] == a.job_id]
+        for key, _ in stale:  # an older attempt of this job is still here: it is not ours now
+            self._running[key].stop(Outcome.RELEASED, "superseded by a newer attempt", True)
         thread = threading.Thread(
-            target=self._run_job, args=(exe,), name=f"dts-job-{a.job_id}", daemon=True
+            target=self._run_job,
+            args=(exe, [t for _, t in stale]),
+            name=f"dts-job-{a.job_id}",
+            daemon=True,
         )
         with self._lock:
-            self._running[a.job_id] = exe
-            self._threads[a.job_id] = thread
+            self._running[(a.job_id, a.attempt)] = exe
+            self._threads[(a.job_id, a.attempt)] = thread
         log.info("job %d attempt %d started: %s", a.job_id, a.attempt, a.spec.display[:200])
         thread.start()
 
-    def _run_job(self, exe: Execution) -> None:
+    def _run_job(self, exe: Execution, wait_for: Sequence[threading.Thread] = ()) -> None:
         a = exe.assignment
+        for t in wait_for:  # never two attempts of one job at once
+            t.join()
         try:
             result = exe.run()
         except Exception as e:  # a bug in the runner must not lose the job: report a failure
@@ -265,9 +289,9 @@ class Worker:
             f" (exit {result.exit_code})" if result.exit_code else "",
         )
         with self._lock:
-            self._unreported[a.job_id] = result
-            self._running.pop(a.job_id, None)
-            self._threads.pop(a.job_id, None)
+            self._unreported[(a.job_id, a.attempt)] = result
+            self._running.pop((a.job_id, a.attempt), None)
+            self._threads.pop((a.job_id, a.attempt), None)
         self._outbox.put(result)
         self._slot_free.set()
 
@@ -308,20 +332,31 @@ class Worker:
 
     def _leases(self) -> list[pb.Lease]:
         with self._lock:
-            held = [(e.assignment.job_id, e.assignment.attempt) for e in self._running.values()]
-            held += [(r.job_id, r.attempt) for r in self._unreported.values()]
+            held = [*self._running, *self._unreported]
         return [pb.Lease(job_id=j, attempt=n) for j, n in held]
 
     def _heartbeat_loop(self) -> None:
         """Renew leases; stop jobs the server no longer gives us; self-fence when cut off.
 
-        The server renews a lease at the moment it receives the heartbeat, which is after we
-        sent it. So `sent + lease` is a lower bound of when the server may give our jobs to
-        another worker: we kill them before that, at FENCE_FRACTION of the lease.
+        The server renews a lease when it receives the heartbeat, which is after we sent it,
+        so `sent + lease` is a lower bound of when the server may hand our jobs to another
+        worker. We kill them at `sent + FENCE_FRACTION * lease`: the fence deadline is waited
+        for on its own, and no heartbeat call may outlive it.
         """
         last_renewed = time.monotonic()
         fenced = False
-        while not self._done.wait(self.heartbeat_interval):
+        next_beat = last_renewed
+        while True:
+            now = time.monotonic()
+            fence_at = last_renewed + self.lease_seconds * FENCE_FRACTION
+            if not fenced and now >= fence_at:
+                fenced = self._self_fence(now - last_renewed)
+            wake = next_beat if fenced else min(next_beat, fence_at)
+            if self._done.wait(max(0.0, wake - now)):
+                return
+            if time.monotonic() < next_beat:
+                continue  # woke for the fence check only
+            next_beat = time.monotonic() + self.heartbeat_interval
             req = pb.HeartbeatRequest(
                 name=self.cfg.name,
                 session=self.session,
@@ -329,18 +364,16 @@ class Worker:
                 draining=self._draining,
             )
             sent = time.monotonic()
+            budget = self.lease_seconds / 4 if fenced else fence_at - sent
             try:
-                resp = self.stub.Heartbeat(req, timeout=max(0.5, self.lease_seconds / 4))
+                resp = self.stub.Heartbeat(
+                    req, timeout=max(0.05, min(self.lease_seconds / 4, budget))
+                )
             except grpc.RpcError as e:
                 if e.code() is grpc.StatusCode.ALREADY_EXISTS:
                     self._superseded(e.details() or "")
                     return
                 self.server_link.down(e.details() or e.code())
-                if (
-                    not fenced
-                    and time.monotonic() - last_renewed > self.lease_seconds * FENCE_FRACTION
-                ):
-                    fenced = self._self_fence(time.monotonic() - last_renewed)
                 continue
             last_renewed, fenced = sent, False
             self.server_link.ok()
@@ -350,8 +383,8 @@ class Worker:
                 continue
             for lease in resp.cancel:
                 with self._lock:
-                    exe = self._running.get(lease.job_id)
-                if exe is not None and exe.assignment.attempt == lease.attempt:
+                    exe = self._running.get((lease.job_id, lease.attempt))
+                if exe is not None:
                     log.info(
                         "job %d attempt %d: stopping (cancelled or no longer ours)",
                         lease.job_id,
@@ -421,7 +454,7 @@ class Worker:
                 if self._done.is_set() and self.signals.stops > 1:
                     log.error("giving up on %d unreported result(s)", len(batch))
                     return
-                backoff.wait()
+                backoff.wait(self.server_link.recovered)  # retry at once when it is back
         self.server_link.ok()
         backoff.reset()
         for ack in resp.acks:
@@ -434,8 +467,8 @@ class Worker:
     def _forget(self, batch: list[Result]) -> None:
         with self._lock:
             for r in batch:
-                if self._unreported.get(r.job_id) is r:
-                    del self._unreported[r.job_id]
+                if self._unreported.get((r.job_id, r.attempt)) is r:
+                    del self._unreported[(r.job_id, r.attempt)]
 
 
 def _safe_url(url: str) -> str:

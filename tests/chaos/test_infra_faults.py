@@ -7,8 +7,6 @@ import random
 import time
 from collections.abc import Callable
 
-import pytest
-
 from tests.chaos.conftest import ChaosCluster
 from tests.harness import wait_until
 
@@ -126,15 +124,6 @@ def test_worker_started_before_redis_and_server(chaos: Chaos) -> None:
     assert w.output().count("unavailable") <= 2, w.output()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: dts/wire.py:grpc_options sets no grpc.*reconnect_backoff_ms, so the channel's "
-        "own reconnect backoff (1 s x1.6 up to 120 s) governs, not the worker's 5 s cap "
-        "(dts/worker.py _call): after a 30 s outage the worker needs ~10-15 s to notice the "
-        "server is back"
-    ),
-)
 def test_worker_reconnects_within_its_backoff_cap_after_a_long_outage(chaos: Chaos) -> None:
     """Reconnects use capped backoff (5 s, dts/worker.py): after a server outage of any
     length a waiting worker registers within about that cap of the server's return."""

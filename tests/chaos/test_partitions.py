@@ -71,16 +71,6 @@ def _first_long(first: float, later: float = 0.5) -> str:
 
 
 @pytest.mark.parametrize("cut", ["blackhole", "drop"])
-@pytest.mark.xfail(
-    strict=True,
-    raises=FenceViolation,
-    reason=(
-        "BUG: self-fencing fires at ~1.0 x lease, not 0.8 x: dts/worker.py:320-336 checks the "
-        "fence only after a failed heartbeat, on the heartbeat schedule (interval lease/4 plus "
-        "the lease/4 RPC timeout), and the runner acts on stop() only every POLL=0.2 s "
-        "(dts/runner.py:26): the stale job outlives the server's lease"
-    ),
-)
 def test_cut_off_worker_fences_its_job_and_recovers(chaos: Chaos, cut: str) -> None:
     """A worker cut off from the server (sockets left half-open, or closed and refused) kills
     its job before the server's lease on it runs out (self-fencing), so two attempts never

@@ -7,7 +7,6 @@ import signal
 import time
 from collections.abc import Callable
 
-import pytest
 import redis
 
 from dts.domain import JobStatus, Outcome
@@ -137,16 +136,6 @@ def test_frozen_worker_is_replaced_and_its_late_reports_refused(chaos: Chaos) ->
     assert v.superseded == 1 and v.duplicate_starts == 2, v
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG: dts/worker.py keys _running/_threads/_unreported by job id (lines 244-245, "
-        "264-266, 346): a thawed worker re-claims the job it still runs as attempt 2; attempt "
-        "1 is then never stopped, or its thread's _running.pop(job_id) drops attempt 2, whose "
-        "lease lapses while the worker heartbeats: attempt 3, ... until FAILED (max-lost)"
-    ),
-)
 def test_frozen_sole_worker_does_not_run_two_attempts_of_a_job(chaos: Chaos) -> None:
     """A worker frozen past its lease while it is the only worker may get its own job back
     after SIGCONT (the server re-queued it): it must then stop the stale attempt, not run both
