@@ -77,6 +77,7 @@ SUPERVISOR_CONF ?= /etc/supervisor/conf.d/dts-worker.conf
 # install the [program:worker] section of etc/supervisor/dts.conf, as user dts, on its own.
 SUPERVISOR ?=
 PURGE ?=
+# e.g. "--no-index --find-links DIR" on a host without access to PyPI
 PIP_INSTALL_ARGS ?=
 PROGRAMS := dts-server dts-worker dts-client
 UNITS := dts-server.service dts-worker@.service dts-workers.target

@@ -430,6 +430,12 @@ class Coordinator:
             self.reconcile_needed.set()
         return total
 
+    def wake_waiters(self) -> None:
+        """Answer every pending WaitJob now, with the job as it is (used when stopping)."""
+        with self._waiters_lock:
+            waited = list(self._waiters)
+        self._notify(waited)
+
     def next_due(self) -> float | None:
         return self.store.next_run_at()
 

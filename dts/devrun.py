@@ -150,6 +150,54 @@ def env_value(text: str) -> str:
     return '"' + supervisor_value(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def supervisor_config(
+    template: str, bin_dir: Path, log_dir: Path, run_dir: Path, environment: dict[str, str]
+) -> str:
+    """etc/supervisor/dts.conf made runnable by an ordinary user: programs from `bin_dir`,
+    logs in `log_dir`, supervisord's own files (socket, pid file, log) in `run_dir`, the
+    programs' settings from `environment` (DTS_* variables), supervisord in the foreground."""
+    text = template.replace("/usr/local/bin/", supervisor_value(shlex.quote(f"{bin_dir}/")))
+    text = text.replace("/var/log/dts/", supervisor_value(f"{log_dir}/"))
+    # Installs may switch user and directory; a development run stays as the caller, in the
+    # run directory.
+    text = re.sub(r"(?m)^(user|directory)\s*=.*$", r";\g<0>", text)
+    sock = supervisor_value(str(run_dir / "supervisor.sock"))
+    return (
+        text
+        + f"""
+; ---- added by dts/devrun.py for `make run` ------------------------------------------------------
+
+[unix_http_server]
+file={sock}
+chmod=0700
+
+[supervisorctl]
+serverurl=unix://{sock}
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisord]
+nodaemon=true
+silent=true
+logfile={supervisor_value(str(log_dir / "supervisord.log"))}
+pidfile={supervisor_value(str(run_dir / "supervisord.pid"))}
+childlogdir={supervisor_value(str(log_dir))}
+environment={",".join(f"{k}={env_value(v)}" for k, v in environment.items())}
+"""
+    )
+
+
+def worker_names(config: str, host: str | None = None) -> list[str]:
+    """The names the config's [program:worker] processes register as (HOST-NN)."""
+    parser = configparser.RawConfigParser(inline_comment_prefixes=(";",))
+    parser.read_string(config)
+    first = int(parser.get("program:worker", "numprocs_start", fallback="0"))
+    count = int(parser.get("program:worker", "numprocs", fallback="1"))
+    host = host or platform.node()
+    return [f"{host}-{n:02d}" for n in range(first, first + count)]
+
+
 class DevCluster:
     """Redis (own or given), and supervisord running etc/supervisor/dts.conf from the venv."""
 
@@ -232,49 +280,18 @@ class DevCluster:
 
     def _write_supervisor_config(self) -> None:
         try:
-            text = SUPERVISOR_TEMPLATE.read_text()
+            template = SUPERVISOR_TEMPLATE.read_text()
         except OSError as e:
             raise StartupError(f"cannot read {SUPERVISOR_TEMPLATE}: {e}") from None
-        text = text.replace("/usr/local/bin/", supervisor_value(shlex.quote(f"{self.bin}/")))
-        text = text.replace("/var/log/dts/", supervisor_value(f"{self.log_dir}/"))
-        # Installs may switch user and directory; a development run stays as the caller,
-        # in the run directory.
-        text = re.sub(r"(?m)^(user|directory)\s*=.*$", r";\g<0>", text)
         environment = {
             "DTS_REDIS_URL": self.redis_url,
             "DTS_DB": str(self.dir / "dts.db"),
             "DTS_LISTEN": self.address,
             "DTS_SERVER": self.address,
         }
-        sock = supervisor_value(str(self.dir / "supervisor.sock"))
-        text += f"""
-; ---- added by dts/devrun.py for `make run` ------------------------------------------------------
-
-[unix_http_server]
-file={sock}
-chmod=0700
-
-[supervisorctl]
-serverurl=unix://{sock}
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisord]
-nodaemon=true
-silent=true
-logfile={supervisor_value(str(self.log_dir / "supervisord.log"))}
-pidfile={supervisor_value(str(self.dir / "supervisord.pid"))}
-childlogdir={supervisor_value(str(self.log_dir))}
-environment={",".join(f"{k}={env_value(v)}" for k, v in environment.items())}
-"""
+        text = supervisor_config(template, self.bin, self.log_dir, self.dir, environment)
         self.conf.write_text(text)
-        parser = configparser.RawConfigParser(inline_comment_prefixes=(";",))
-        parser.read_string(text)
-        first = int(parser.get("program:worker", "numprocs_start", fallback="0"))
-        count = int(parser.get("program:worker", "numprocs", fallback="1"))
-        host = platform.node()
-        self.worker_names = [f"{host}-{n:02d}" for n in range(first, first + count)]
+        self.worker_names = worker_names(text)
 
     def _start_supervisord(self) -> None:
         env = {k: v for k, v in os.environ.items() if k not in UNSUPERVISABLE}

@@ -22,8 +22,26 @@ PRIORITY = {
 
 
 def under_journald() -> bool:
-    """True when systemd connected stderr to the journal (it sets JOURNAL_STREAM)."""
-    return bool(os.environ.get("JOURNAL_STREAM"))
+    """True when stderr is connected to the journal.
+
+    systemd then sets JOURNAL_STREAM to the device and inode numbers of that stream. The
+    variable is inherited by children whose stderr goes elsewhere (a program supervisord
+    runs when supervisord itself is a systemd service, a job's own processes), so it counts
+    only when it names our stderr.
+    """
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):  # stderr closed or not a real file
+        return False
+    return value == f"{st.st_dev}:{st.st_ino}"
+
+
+def with_priority(text: str, levelno: int) -> str:
+    """Every line prefixed with `<N>`, so that journald files a traceback's lines under the
+    record's priority too (it reads each line of the stream as an entry of its own)."""
+    prefix = f"<{PRIORITY.get(levelno, 6)}>"
+    return "\n".join(prefix + line for line in text.split("\n"))
 
 
 class TextFormatter(logging.Formatter):
@@ -38,7 +56,7 @@ class TextFormatter(logging.Formatter):
         if record.exc_info:
             msg += "\n" + self.formatException(record.exc_info)
         if self.journald:  # journald stamps its own time and keeps the priority
-            return f"<{PRIORITY.get(record.levelno, 6)}>{record.levelname} {record.name}: {msg}"
+            return with_priority(f"{record.levelname} {record.name}: {msg}", record.levelno)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         return f"{stamp}.{int(record.msecs):03d}Z {record.levelname} {record.name}: {msg}"
 
@@ -62,7 +80,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             obj["exception"] = self.formatException(record.exc_info)
         line = json.dumps(obj)
-        return f"<{PRIORITY.get(record.levelno, 6)}>{line}" if self.journald else line
+        return with_priority(line, record.levelno) if self.journald else line
 
 
 class ReopenableFileHandler(logging.FileHandler):
@@ -107,6 +125,16 @@ def reload(current: ProcessConfig, fresh: ProcessConfig) -> ProcessConfig:
     if fresh.log_level == current.log_level:
         log.info("reload: log files reopened; log level stays %s", current.log_level)
         return current
-    logging.getLogger().setLevel(fresh.log_level.upper())
-    log.info("reload: log level %s -> %s", current.log_level, fresh.log_level)
-    return replace(current, log_level=fresh.log_level)
+    root = logging.getLogger()
+    text, old, new = (
+        "reload: log files reopened; log level %s -> %s",
+        current.log_level,
+        fresh.log_level,
+    )
+    if root.isEnabledFor(logging.INFO):  # said under the old level when the new one is quieter
+        log.info(text, old, new)
+        root.setLevel(new.upper())
+    else:
+        root.setLevel(new.upper())
+        log.info(text, old, new)
+    return replace(current, log_level=new)

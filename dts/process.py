@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import select
 import signal
@@ -83,33 +84,45 @@ class PidFile:
 
 
 class Readiness:
-    """How a daemon tells the process that started it whether it came up."""
+    """How a daemon tells the process that started it whether it came up.
+
+    The protocol, one line each on a pipe: `pid N` as soon as the daemon runs, then `ok` or
+    `error: REASON`. A closed pipe without either means the daemon died.
+    """
 
     def __init__(self, fd: int | None) -> None:
         self._fd = fd
+        if fd is not None:
+            self._write(f"pid {os.getpid()}\n")
 
     def ready(self) -> None:
         self._send("ok\n")
 
     def failed(self, reason: str) -> None:
-        self._send(f"error: {reason}\n")
+        self._send(f"error: {' '.join(reason.split())}\n")
 
-    def _send(self, text: str) -> None:
+    def _write(self, text: str) -> None:
         if self._fd is None:
             return
         try:
             os.write(self._fd, text.encode())
+        except OSError:  # the starting process is gone (killed): nobody to tell
             os.close(self._fd)
-        except OSError:
-            pass
-        self._fd = None
+            self._fd = None
+
+    def _send(self, text: str) -> None:
+        self._write(text)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def daemonize(prog: str, timeout: float = 30.0) -> Readiness:
     """Detach with python-daemon; the original process exits once the daemon reports ready.
 
     Returns (in the daemon) the Readiness to signal. The foreground process exits 0 on
-    'ready', or 1 with the daemon's reason on stderr.
+    'ready', or 1 with the daemon's reason on stderr (also when it is not ready in `timeout`
+    seconds: the daemon then keeps trying, and the message names its pid).
     """
     import daemon  # only the daemonizing path needs it
 
@@ -131,30 +144,60 @@ def daemonize(prog: str, timeout: float = 30.0) -> Readiness:
     return Readiness(w)
 
 
-def _await_daemon(prog: str, fd: int, pid: int, timeout: float) -> int:
+def _await_daemon(prog: str, fd: int, child: int, timeout: float) -> int:
+    """In the starting process: read the daemon's report; the exit code of the launch."""
     deadline = time.monotonic() + timeout
     data = b""
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+    timed_out = False
+    while not _reported(data):
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([fd], [], [], max(0.0, left))
         if not ready:
+            timed_out = True
             break
         chunk = os.read(fd, 4096)
         if not chunk:
             break
         data += chunk
-        if data.endswith(b"\n"):
-            break
     os.close(fd)
     with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)  # the intermediate child exits as soon as the daemon detached
-    text = data.decode(errors="replace").strip()
-    if text == "ok":
+        os.waitpid(child, 0)  # the intermediate child exits as soon as the daemon detached
+    lines = data.decode(errors="replace").splitlines()
+    pid = next((ln[4:] for ln in lines if ln.startswith("pid ")), "?")
+    last = next((ln for ln in lines if ln == "ok" or ln.startswith("error: ")), "")
+    if last == "ok":
         return 0
-    sys.stderr.write(f"{prog}: {text or 'daemon exited before it was ready'}\n")
+    if last.startswith("error: "):
+        message = last
+    elif timed_out:
+        message = (
+            f"error: not ready after {timeout:g}s; the daemon (pid {pid}) goes on trying "
+            "in the background (see its log)"
+        )
+    else:
+        message = f"error: the daemon (pid {pid}) exited before it was ready (see its log)"
+    sys.stderr.write(f"{prog}: {message}\n")
     return 1
 
 
+def _reported(data: bytes) -> bool:
+    """Whether the daemon's complete lines include its verdict (ok or error)."""
+    return any(ln == b"ok" or ln.startswith(b"error: ") for ln in data.split(b"\n")[:-1])
+
+
 def fail(prog: str, err: DtsError | OSError | str, code: int = 1) -> int:
-    """Print one line about a fatal problem and return the exit code."""
-    sys.stderr.write(f"{prog}: error: {err}\n")
+    """Print one line about a fatal problem and return the exit code.
+
+    Not when the problem was just logged to stderr: the log line says it already, and under
+    journald every stderr line must carry a priority prefix.
+    """
+    if not _errors_logged_to_stderr():
+        sys.stderr.write(f"{prog}: error: {err}\n")
     return code
+
+
+def _errors_logged_to_stderr() -> bool:
+    root = logging.getLogger()
+    return root.isEnabledFor(logging.ERROR) and any(
+        type(h) is logging.StreamHandler and h.stream is sys.stderr for h in root.handlers
+    )

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import replace
 
@@ -16,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dts import __version__, logs, wire
 from dts.background import DueScheduler, LeaseReaper, Loop, Reconciler
-from dts.config import ServerConfig, load_server_config
+from dts.config import ServerConfig, load_server_config, parse_hostport
 from dts.coordinator import Coordinator
 from dts.errors import DtsError, Unavailable
 from dts.notify import sd_notify
@@ -51,7 +53,8 @@ class Server:
         self.health = health.HealthServicer()
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.grpc_threads, thread_name_prefix="dts-rpc"),
-            options=wire.grpc_options(),
+            # no SO_REUSEPORT: a second server on a port in use must fail, not share it
+            options=[*wire.grpc_options(), ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=cfg.grpc_threads * 8,
         )
         pb_grpc.add_SchedulerServicer_to_server(SchedulerServicer(self.coordinator), self.grpc)
@@ -60,6 +63,10 @@ class Server:
         self.port = 0
 
     def start(self) -> None:
+        # Probe first: gRPC's own bind failure says neither why nor in our log format.
+        problem = _bind_error(self.cfg.listen)
+        if problem:
+            raise Unavailable(f"cannot listen on {self.cfg.listen}: {problem}")
         try:
             self.port = self.grpc.add_insecure_port(self.cfg.listen)
         except RuntimeError as e:
@@ -83,17 +90,41 @@ class Server:
             self.cfg.key_prefix,
         )
 
-    def stop(self, grace: float = 10.0) -> None:
-        # Shutdown order: say NOT_SERVING and refuse new jobs; let in-flight calls finish
-        # (grpc stop with grace); stop the background loops, which use the store; close the
-        # store last so every committed transaction is checkpointed cleanly.
+    def stop(self, grace: float = 10.0, hurry: Callable[[], bool] = lambda: False) -> None:
+        # Shutdown order: say NOT_SERVING and refuse new jobs; stop taking calls and let
+        # in-flight ones finish (grpc stop with grace, cut short when `hurry` says so: a
+        # second SIGTERM), answering long-polling WaitJob calls at once; stop the background
+        # loops, which use the store; close the store last so every committed transaction is
+        # checkpointed cleanly.
         self.health.enter_graceful_shutdown()
         self.coordinator.accepting = False
-        self.grpc.stop(grace).wait(grace + 1)
+        stopped = self.grpc.stop(grace)
+        self.coordinator.wake_waiters()  # long polls would hold the stop for up to 30 s
+        deadline = time.monotonic() + grace + 1
+        while not stopped.wait(0.1) and time.monotonic() < deadline:
+            if hurry():
+                self.grpc.stop(None)
+                stopped.wait(1)
+                break
+        self.coordinator.wake_waiters()  # one that registered just after the first wake-up
         for loop in self.loops:
             loop.stop()
         self.store.close()
         log.info("dts-server stopped")
+
+
+def _bind_error(address: str) -> str:
+    """Why listening on `address` fails (e.g. 'Address already in use'), or '' if it would
+    not. SO_REUSEADDR as gRPC sets it: a port left in TIME_WAIT by a restart is fine."""
+    host, port = parse_hostport(address, "--listen")
+    try:
+        family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+    except OSError as e:
+        return e.strerror or str(e)
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,7 +166,7 @@ def run(cfg: ServerConfig, readiness: Readiness) -> int:
             sd_notify("WATCHDOG=1")
         log.info("stopping (signal received); draining in-flight calls")
         sd_notify("STOPPING=1")
-        server.stop(grace=0.5 if signals.stops > 1 else 10.0)
+        server.stop(grace=0.5 if signals.stops > 1 else 10.0, hurry=lambda: signals.stops > 1)
     finally:
         if pidfile:
             pidfile.release()
