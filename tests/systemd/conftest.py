@@ -13,15 +13,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import IN_CI
 from tests.systemd.container import Container, rootfs, wait_for, wheelhouse
 
 
 @pytest.fixture(scope="session")
 def system_image() -> tuple[Path, Path]:
+    missing = ""
     if os.geteuid() != 0:
-        pytest.skip("the systemd tier needs root (debootstrap, systemd-nspawn)")
-    if not shutil.which("apt-get") and not shutil.which("systemd-nspawn"):
-        pytest.skip("the systemd tier needs a Debian host (apt-get) or systemd-nspawn")
+        missing = "the systemd tier needs root (debootstrap, systemd-nspawn)"
+    elif not shutil.which("apt-get") and not shutil.which("systemd-nspawn"):
+        missing = "the systemd tier needs a Debian host (apt-get) or systemd-nspawn"
+    if missing:
+        if IN_CI:  # in CI a skipped tier is a failure
+            pytest.fail(missing)
+        pytest.skip(missing)
     return rootfs(), wheelhouse()
 
 
