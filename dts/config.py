@@ -67,6 +67,8 @@ class ProcessConfig:
 
 
 def _process_config(ns: Any) -> ProcessConfig:
+    if ns.daemon and not ns.log_file:
+        raise InvalidArgument("--daemon needs --log-file: a daemon's stderr goes nowhere")
     return ProcessConfig(ns.log_level, ns.log_format, ns.log_file, ns.pidfile, ns.daemon)
 
 

@@ -424,7 +424,6 @@ class Coordinator:
                     ]
                 )
                 after = jobs[-1].id
-            self._redis_back()
         except redis.RedisError as e:
             self._redis_down(e)
             self.reconcile_needed.set()

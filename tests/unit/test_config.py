@@ -106,9 +106,15 @@ def test_default_config_file_is_read(isolated: Path) -> None:
 
 @pytest.mark.parametrize(("value", "expected"), [("true", True), ("false", False)])
 def test_flags_from_env_and_file(tmp_path: Path, value: str, expected: bool) -> None:
-    assert load_server_config([], env={"DTS_DAEMON": value}).process.daemon is expected
-    f = conf(tmp_path / "s.conf", daemon=value)
+    env = {"DTS_DAEMON": value, "DTS_LOG_FILE": str(tmp_path / "log")}
+    assert load_server_config([], env=env).process.daemon is expected
+    f = conf(tmp_path / "s.conf", daemon=value, log_file=str(tmp_path / "log"))
     assert load_server_config(["-c", f], env={}).process.daemon is expected
+
+
+def test_daemon_without_a_log_file_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="--daemon needs --log-file"):
+        load_server_config(["--daemon"], env={})
 
 
 def test_real_environment_does_not_leak_when_env_is_given(
