@@ -268,12 +268,34 @@ class Coordinator:
             tx.save_worker(replace(worker, state=state, running=len(leases), last_heartbeat=now))
         return stale
 
-    def claim(self, name: str, session: str, job_ids: Sequence[int]) -> list[Assignment]:
-        """Start the claimable jobs among `job_ids` (compare-and-set queued -> running)."""
+    def exchange(
+        self, name: str, session: str, results: Sequence[Result], job_ids: Sequence[int]
+    ) -> tuple[list[tuple[bool, str]], list[Assignment]]:
+        """Record finished attempts and claim new jobs, in one transaction.
+
+        A result with a stale fencing token is refused. A claim is a compare-and-set
+        queued -> running that starts a numbered attempt; ids that are not claimable
+        (delivered twice, cancelled) are left out.
+        """
         now = self.clock()
-        out = []
+        acks: list[tuple[bool, str]] = []
+        changed: list[Job] = []
+        assignments: list[Assignment] = []
         with self.store.transaction() as tx:
             self._session(tx, name, session)
+            for r in results:
+                job = tx.get_job(r.job_id)
+                if job is None:
+                    acks.append((False, f"no job with id {r.job_id}"))
+                elif (
+                    job.status is not JobStatus.RUNNING
+                    or job.attempts != r.attempt
+                    or job.worker != name
+                ):
+                    acks.append(self._late_report(tx, job, name, r))
+                else:
+                    changed.append(self._finish(tx, job, r, now))
+                    acks.append((True, ""))
             for job_id in job_ids:
                 job = tx.get_job(job_id)
                 if job is None or job.status is not JobStatus.QUEUED:
@@ -291,31 +313,9 @@ class Coordinator:
                     error="",
                 )
                 tx.add_attempt(Attempt(job.id, number, name, now))
-                out.append(Assignment(job.id, number, job.spec))
-        return out
-
-    def report(self, name: str, results: Sequence[Result]) -> list[tuple[bool, str]]:
-        """Record finished attempts; a result with a stale fencing token is refused."""
-        now = self.clock()
-        acks: list[tuple[bool, str]] = []
-        changed: list[Job] = []
-        with self.store.transaction() as tx:
-            for r in results:
-                job = tx.get_job(r.job_id)
-                if job is None:
-                    acks.append((False, f"no job with id {r.job_id}"))
-                    continue
-                if (
-                    job.status is not JobStatus.RUNNING
-                    or job.attempts != r.attempt
-                    or job.worker != name
-                ):
-                    acks.append(self._late_report(tx, job, name, r))
-                    continue
-                changed.append(self._finish(tx, job, r, now))
-                acks.append((True, ""))
+                assignments.append(Assignment(job.id, number, job.spec))
         self._after(changed)
-        return acks
+        return acks, assignments
 
     def unregister(self, name: str, session: str) -> None:
         with self.store.transaction() as tx:

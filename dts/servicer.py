@@ -123,19 +123,17 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         return pb.HeartbeatResponse(cancel=[wire.lease_to_pb(s) for s in stale])
 
     @rpc
-    def Claim(self, request: pb.ClaimRequest, context: Any) -> pb.ClaimResponse:
-        assignments = self.c.claim(request.name, request.session, list(request.job_ids))
-        return pb.ClaimResponse(assignments=[wire.assignment_to_pb(a) for a in assignments])
-
-    @rpc
-    def Report(self, request: pb.ReportRequest, context: Any) -> pb.ReportResponse:
+    def Exchange(self, request: pb.ExchangeRequest, context: Any) -> pb.ExchangeResponse:
         results = [wire.result_from_pb(r) for r in request.results]
-        acks = self.c.report(request.name, results)
-        return pb.ReportResponse(
+        acks, assignments = self.c.exchange(
+            request.name, request.session, results, list(request.claim)
+        )
+        return pb.ExchangeResponse(
             acks=[
                 pb.Ack(job_id=r.job_id, attempt=r.attempt, accepted=ok, reason=why)
                 for r, (ok, why) in zip(results, acks, strict=True)
-            ]
+            ],
+            assignments=[wire.assignment_to_pb(a) for a in assignments],
         )
 
     @rpc

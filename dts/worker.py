@@ -1,16 +1,16 @@
 """dts-worker: registers with the server, takes job ids from Redis, claims and runs them, and
 reports results; reconnects with backoff to both the server and Redis.
 
-Threads: the main loop fetches and claims; one thread per running job; a heartbeat thread
-renews leases and learns cancellations; a reporter thread delivers results in batches and
-keeps them while the server is away.
+Threads: one per slot (`--concurrency`), each a loop of "take an id from Redis, report the
+previous result and claim the id in one Exchange call, run the job"; a heartbeat thread
+renews leases, learns cancellations and self-fences; the main thread waits for signals and
+drains. A result stays with its slot until the server has it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import socket
 import sys
 import threading
@@ -39,7 +39,6 @@ log = logging.getLogger("dts.worker")
 
 PROG = "dts-worker"
 RPC_TIMEOUT = 10.0
-REPORT_BATCH = 256
 FENCE_FRACTION = 0.8  # of the lease: kill our jobs when no renewal got through for this long
 RETRYABLE = (
     grpc.StatusCode.UNAVAILABLE,
@@ -73,7 +72,7 @@ class Link:
 
 
 class Worker:
-    """One worker process: fetch loop, job threads, heartbeat and reporter."""
+    """One worker process: slot threads, heartbeat, and the main thread's signal handling."""
 
     def __init__(self, cfg: WorkerConfig, signals: Signals) -> None:
         self.cfg = cfg
@@ -95,12 +94,9 @@ class Worker:
         # keyed by (job id, attempt): a stale attempt of a job may still be dying here when
         # the server hands us its next attempt
         self._running: dict[Key, Execution] = {}
-        self._threads: dict[Key, threading.Thread] = {}
         self._unreported: dict[Key, Result] = {}
-        self._outbox: queue.Queue[Result] = queue.Queue()
-        self._slot_free = threading.Event()
         self._draining = False
-        self._done = threading.Event()  # tells heartbeat and reporter to finish
+        self._done = threading.Event()  # tells the heartbeat to finish
         self.exit_code = 0
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -114,15 +110,23 @@ class Worker:
             readiness.ready()
             sd_notify(f"READY=1\nSTATUS=registered as {self.cfg.name}")
             hb = threading.Thread(target=self._heartbeat_loop, name="dts-heartbeat", daemon=True)
-            rep = threading.Thread(target=self._report_loop, name="dts-reporter", daemon=True)
             hb.start()
-            rep.start()
-            self._fetch_loop()
+            slots = [
+                threading.Thread(target=self._slot_loop, name=f"dts-slot-{i}", daemon=True)
+                for i in range(self.cfg.concurrency)
+            ]
+            for t in slots:
+                t.start()
+            while not self.signals.stop.is_set():
+                self.signals.wakeup.wait(1.0)
+                self.signals.wakeup.clear()
+                if self.signals.hup.is_set():
+                    self.signals.hup.clear()
+                    self._reload()
             log.info("stopping: no new jobs; %d running", len(self._running))
             sd_notify("STOPPING=1")
-            self._drain()
+            self._drain(slots)
             self._done.set()
-            rep.join(RPC_TIMEOUT + 5)
             hb.join(RPC_TIMEOUT + 5)
             self._unregister()
             log.info("worker %s stopped", self.cfg.name)
@@ -164,47 +168,91 @@ class Worker:
         except grpc.RpcError as e:
             log.info("could not tell the server we stopped: %s", e.code())
 
-    # ---- fetching -------------------------------------------------------------------------
+    # ---- slots ----------------------------------------------------------------------------
 
-    def _fetch_loop(self) -> None:
-        backoff = Backoff(base=0.1, cap=5.0)
-        stop = self.signals.stop
+    def _slot_loop(self) -> None:
+        """Take, claim and run jobs one at a time; each result rides on the next claim."""
         assert self.queue is not None
-        while not stop.is_set():
-            if self.signals.hup.is_set():
-                self.signals.hup.clear()
-                self._reload()
-            free = self.cfg.concurrency - len(self._running)
-            if free <= 0:
-                self._slot_free.wait(0.2)
-                self._slot_free.clear()
-                continue
-            if self.server_link.up is False:  # cut off: leave the ids to workers that can claim
-                self.server_link.recovered.wait(0.5)
-                continue
-            try:
-                ids = self.queue.pop(self.cfg.queues, free, self.lease_seconds)
-                if not ids:
-                    self.queue.wait(self.cfg.queues, 1.0)
+        backoff = Backoff(base=0.1, cap=5.0)
+        result: Result | None = None
+        while True:
+            stopping = self.signals.stop.is_set()
+            if stopping and result is None:
+                return
+            ids: list[int] = []
+            if not stopping and self.server_link.up is not False:
+                try:
+                    ids = self.queue.pop(self.cfg.queues, 1, self.lease_seconds)
                     self.redis_link.ok()
-                    backoff.reset()
-                    continue
-                self.redis_link.ok()
-                backoff.reset()
-            except redis.RedisError as e:
-                self.redis_link.down(e)
-                backoff.wait(stop)
+                except redis.RedisError as e:
+                    self.redis_link.down(e)
+            if result is None and not ids:
+                self._idle(backoff)
                 continue
-            assignments = self._claim(ids)
+            resp = self._exchange([result] if result else [], ids)
             try:
-                if assignments is None:  # stopping, or the server is away: hand them back
+                if resp is None:  # stopping, or the server is away: hand the ids back
                     self.queue.release(ids)
                 else:
                     self.queue.ack(ids)
             except redis.RedisError as e:  # the server's inflight recovery copes with it
                 self.redis_link.down(e)
-            for a in assignments or ():
-                self._start(a)
+            if resp is None:
+                if result is not None and self.signals.stops > 1:
+                    log.error(
+                        "job %d attempt %d: result not delivered (stopping now)",
+                        result.job_id,
+                        result.attempt,
+                    )
+                    self._forget([result])
+                    return
+                backoff.wait(self.server_link.recovered)  # retry at once when it is back
+                continue
+            backoff.reset()
+            if result is not None:
+                self._forget([result])
+            result = None
+            for ack in resp.acks:
+                if not ack.accepted:
+                    log.warning(
+                        "job %d attempt %d: result refused: %s", ack.job_id, ack.attempt, ack.reason
+                    )
+            for a in resp.assignments:
+                result = self._run(wire.assignment_from_pb(a))
+
+    def _idle(self, backoff: Backoff) -> None:
+        """Nothing to report and nothing queued: wait for an enqueue, or for a link to heal."""
+        assert self.queue is not None
+        if self.server_link.up is False:
+            self.server_link.recovered.wait(0.5)
+            return
+        try:
+            self.queue.wait(self.cfg.queues, 1.0)
+            self.redis_link.ok()
+            backoff.reset()
+        except redis.RedisError as e:
+            self.redis_link.down(e)
+            backoff.wait(self.signals.stop)
+
+    def _exchange(self, results: list[Result], ids: list[int]) -> pb.ExchangeResponse | None:
+        """Report `results` and claim `ids` in one call. Claims are given up after a short
+        while without the server (the ids go back to other workers); results are kept
+        trying until a second stop signal."""
+        req = pb.ExchangeRequest(
+            name=self.cfg.name,
+            session=self.session,
+            results=[wire.result_to_pb(r) for r in results],
+            claim=ids,
+        )
+
+        def call() -> pb.ExchangeResponse:
+            req.session = self.session  # it changes when we register again
+            resp: pb.ExchangeResponse = self.stub.Exchange(req, timeout=RPC_TIMEOUT)
+            return resp
+
+        if ids:
+            return self._call(call, give_up_after=min(2.0, self.lease_seconds / 2))
+        return self._call(call, until=lambda: self.signals.stops > 1)
 
     def _reload(self) -> None:
         """SIGHUP: reopen log files and apply a changed log level."""
@@ -215,24 +263,18 @@ class Worker:
             return
         self.cfg = replace(self.cfg, process=logs.reload(self.cfg.process, fresh.process))
 
-    def _claim(self, ids: Sequence[int]) -> list[Assignment] | None:
-        """Claim popped ids; None (hand them back) if stopping or the server stays away."""
-
-        def call() -> pb.ClaimResponse:
-            req = pb.ClaimRequest(name=self.cfg.name, session=self.session, job_ids=ids)
-            return self.stub.Claim(req, timeout=RPC_TIMEOUT)
-
-        resp = self._call(call, give_up_after=min(2.0, self.lease_seconds / 2))
-        return [wire.assignment_from_pb(a) for a in resp.assignments] if resp else None
-
-    def _call(self, fn: Callable[[], T], give_up_after: float | None = None) -> T | None:
-        """Call the server until it answers, with backoff; None if asked to stop first (or
-        the server stayed unreachable for `give_up_after` seconds)."""
+    def _call(
+        self,
+        fn: Callable[[], T],
+        give_up_after: float | None = None,
+        until: Callable[[], bool] | None = None,
+    ) -> T | None:
+        """Call the server until it answers, with backoff. None when `until()` says stop
+        (default: a stop signal) or the server stayed away for `give_up_after` seconds."""
         backoff = Backoff(base=0.1, cap=5.0)
         since = time.monotonic()
-        while not self.signals.stop.is_set():
-            if give_up_after is not None and time.monotonic() - since > give_up_after:
-                return None
+        stop = until or self.signals.stop.is_set
+        while True:  # at least one try, even when already stopping
             try:
                 result = fn()
                 self.server_link.ok()
@@ -240,7 +282,12 @@ class Worker:
             except grpc.RpcError as e:
                 if e.code() in RETRYABLE:
                     self.server_link.down(e.details() or e.code())
-                    backoff.wait(self.signals.stop)
+                    give_up = give_up_after is not None and (
+                        time.monotonic() - since > give_up_after
+                    )
+                    if stop() or give_up:
+                        return None
+                    self._pause(backoff.next_delay(), stop)
                 elif e.code() is grpc.StatusCode.ALREADY_EXISTS:
                     self._superseded(e.details() or "")
                     return None
@@ -250,32 +297,31 @@ class Worker:
                         return None
                 else:
                     raise wire.error_from_rpc(e, self.cfg.server) from None
-        return None
+
+    def _pause(self, delay: float, stop: Callable[[], bool]) -> None:
+        """Sleep `delay`, cut short when the server is back or `stop()` turns true."""
+        end = time.monotonic() + delay
+        while not stop() and time.monotonic() < end:
+            if self.server_link.recovered.wait(min(0.1, max(0.0, end - time.monotonic()))):
+                return
 
     # ---- running --------------------------------------------------------------------------
 
-    def _start(self, a: Assignment) -> None:
+    def _run(self, a: Assignment) -> Result:
+        """Run one attempt in this slot's thread; its result is kept until reported."""
+        key = (a.job_id, a.attempt)
         exe = Execution(a, self.run_opts, self.guard.add, self.guard.remove)
         with self._lock:
-            stale = [(k, t) for k, t in self._threads.items() if k[0] == a.job_id]
-        for key, _ in stale:  # an older attempt of this job is still here: it is not ours now
-            self._running[key].stop(Outcome.RELEASED, "superseded by a newer attempt", True)
-        thread = threading.Thread(
-            target=self._run_job,
-            args=(exe, [t for _, t in stale]),
-            name=f"dts-job-{a.job_id}",
-            daemon=True,
-        )
-        with self._lock:
-            self._running[(a.job_id, a.attempt)] = exe
-            self._threads[(a.job_id, a.attempt)] = thread
+            stale = [e for k, e in self._running.items() if k[0] == a.job_id]
+            self._running[key] = exe
+        for old in stale:  # an older attempt of this job is still here: it is not ours now
+            old.stop(Outcome.RELEASED, "superseded by a newer attempt", at_once=True)
+        deadline = time.monotonic() + self.cfg.kill_grace + 5
+        while stale and time.monotonic() < deadline:  # never two attempts of one job at once
+            with self._lock:
+                stale = [e for e in stale if e in self._running.values()]
+            time.sleep(0.01)
         log.info("job %d attempt %d started: %s", a.job_id, a.attempt, a.spec.display[:200])
-        thread.start()
-
-    def _run_job(self, exe: Execution, wait_for: Sequence[threading.Thread] = ()) -> None:
-        a = exe.assignment
-        for t in wait_for:  # never two attempts of one job at once
-            t.join()
         try:
             result = exe.run()
         except Exception as e:  # a bug in the runner must not lose the job: report a failure
@@ -289,11 +335,9 @@ class Worker:
             f" (exit {result.exit_code})" if result.exit_code else "",
         )
         with self._lock:
-            self._unreported[(a.job_id, a.attempt)] = result
-            self._running.pop((a.job_id, a.attempt), None)
-            self._threads.pop((a.job_id, a.attempt), None)
-        self._outbox.put(result)
-        self._slot_free.set()
+            self._unreported[key] = result
+            self._running.pop(key, None)
+        return result
 
     def _stop_all(self, outcome: Outcome, reason: str, at_once: bool = False) -> None:
         with self._lock:
@@ -301,34 +345,32 @@ class Worker:
         for exe in running:
             exe.stop(outcome, reason, at_once)
 
-    def _drain(self) -> None:
-        """Stop taking jobs; let running ones finish within the drain timeout, then stop them."""
+    def _drain(self, slots: list[threading.Thread]) -> None:
+        """Let running jobs finish within the drain timeout (or until a second stop signal),
+        then stop the rest; every slot delivers its last result before it ends."""
         self._draining = True
-        with self._lock:
-            threads = list(self._threads.values())
-        if threads:
+        if self._running:
             log.info(
                 "draining: waiting up to %gs for %d running job(s)",
                 self.cfg.drain_timeout,
-                len(threads),
+                len(self._running),
             )
         deadline = time.monotonic() + self.cfg.drain_timeout
         # a second SIGTERM (even one that came before the drain began) means: stop them now
         while time.monotonic() < deadline and self.signals.stops < 2:
-            with self._lock:
-                if not self._threads:
-                    break
-            self._slot_free.wait(0.2)
-            self._slot_free.clear()
-        with self._lock:
-            left = list(self._threads.values())
-        if left:
-            log.warning("stopping %d job(s) that did not finish; they will run again", len(left))
+            if not any(t.is_alive() for t in slots):
+                return
+            self.signals.wakeup.wait(0.1)
+            self.signals.wakeup.clear()
+        if self._running:
+            log.warning(
+                "stopping %d job(s) that did not finish; they will run again", len(self._running)
+            )
             self._stop_all(Outcome.RELEASED, "worker stopped before the job finished")
-            for t in left:
-                t.join(self.cfg.kill_grace + 5)
+        for t in slots:
+            t.join(self.cfg.kill_grace + RPC_TIMEOUT + 5)
 
-    # ---- heartbeat and reports ------------------------------------------------------------
+    # ---- heartbeat ------------------------------------------------------------
 
     def _leases(self) -> list[pb.Lease]:
         with self._lock:
@@ -419,50 +461,6 @@ class Worker:
                 at_once=True,
             )
         return True
-
-    def _report_loop(self) -> None:
-        backoff = Backoff(base=0.1, cap=5.0)
-        while True:
-            try:
-                first = self._outbox.get(timeout=0.2)
-            except queue.Empty:
-                if self._done.is_set():
-                    return
-                continue
-            batch = [first]
-            while len(batch) < REPORT_BATCH:
-                try:
-                    batch.append(self._outbox.get_nowait())
-                except queue.Empty:
-                    break
-            self._deliver(batch, backoff)
-
-    def _deliver(self, batch: list[Result], backoff: Backoff) -> None:
-        req = pb.ReportRequest(
-            name=self.cfg.name, session=self.session, results=[wire.result_to_pb(r) for r in batch]
-        )
-        while True:
-            try:
-                resp = self.stub.Report(req, timeout=RPC_TIMEOUT)
-                break
-            except grpc.RpcError as e:
-                if e.code() not in RETRYABLE:
-                    log.error("server refused %d result(s): %s", len(batch), e.details())
-                    self._forget(batch)
-                    return
-                self.server_link.down(e.details() or e.code())
-                if self._done.is_set() and self.signals.stops > 1:
-                    log.error("giving up on %d unreported result(s)", len(batch))
-                    return
-                backoff.wait(self.server_link.recovered)  # retry at once when it is back
-        self.server_link.ok()
-        backoff.reset()
-        for ack in resp.acks:
-            if not ack.accepted:
-                log.warning(
-                    "job %d attempt %d: result refused: %s", ack.job_id, ack.attempt, ack.reason
-                )
-        self._forget(batch)
 
     def _forget(self, batch: list[Result]) -> None:
         with self._lock:

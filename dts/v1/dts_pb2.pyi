@@ -852,36 +852,6 @@ class HeartbeatResponse(_message.Message):
 Global___HeartbeatResponse: _TypeAlias = HeartbeatResponse  # noqa: Y015
 
 @_typing.final
-class ClaimRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    NAME_FIELD_NUMBER: _builtins.int
-    SESSION_FIELD_NUMBER: _builtins.int
-    JOB_IDS_FIELD_NUMBER: _builtins.int
-    name: _builtins.str
-    """worker name"""
-    session: _builtins.str
-    """from RegisterResponse"""
-    @_builtins.property
-    def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """ids taken from the Redis queue"""
-
-    def __init__(
-        self,
-        *,
-        name: _builtins.str = ...,
-        session: _builtins.str = ...,
-        job_ids: _abc.Iterable[_builtins.int] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_ids", b"job_ids", "name", b"name", "session", b"session"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ClaimRequest: _TypeAlias = ClaimRequest  # noqa: Y015
-
-@_typing.final
 class Assignment(_message.Message):
     """A job a worker may now run."""
 
@@ -912,28 +882,6 @@ class Assignment(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Assignment: _TypeAlias = Assignment  # noqa: Y015
-
-@_typing.final
-class ClaimResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ASSIGNMENTS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assignment]:
-        """ids that were not claimable are left out"""
-
-    def __init__(
-        self,
-        *,
-        assignments: _abc.Iterable[Global___Assignment] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ClaimResponse: _TypeAlias = ClaimResponse  # noqa: Y015
 
 @_typing.final
 class Result(_message.Message):
@@ -992,36 +940,6 @@ class Result(_message.Message):
 Global___Result: _TypeAlias = Result  # noqa: Y015
 
 @_typing.final
-class ReportRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    NAME_FIELD_NUMBER: _builtins.int
-    SESSION_FIELD_NUMBER: _builtins.int
-    RESULTS_FIELD_NUMBER: _builtins.int
-    name: _builtins.str
-    """worker name"""
-    session: _builtins.str
-    """from RegisterResponse"""
-    @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___Result]:
-        """one or many"""
-
-    def __init__(
-        self,
-        *,
-        name: _builtins.str = ...,
-        session: _builtins.str = ...,
-        results: _abc.Iterable[Global___Result] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "results", b"results", "session", b"session"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ReportRequest: _TypeAlias = ReportRequest  # noqa: Y015
-
-@_typing.final
 class Ack(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1054,26 +972,70 @@ class Ack(_message.Message):
 Global___Ack: _TypeAlias = Ack  # noqa: Y015
 
 @_typing.final
-class ReportResponse(_message.Message):
+class ExchangeRequest(_message.Message):
+    """Report finished attempts and claim new jobs in one round trip (and one transaction)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    CLAIM_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """worker name"""
+    session: _builtins.str
+    """from RegisterResponse"""
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___Result]:
+        """finished attempts to record (may be empty)"""
+
+    @_builtins.property
+    def claim(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """ids taken from the Redis queue to start (may be empty)"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        session: _builtins.str = ...,
+        results: _abc.Iterable[Global___Result] | None = ...,
+        claim: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim", b"claim", "name", b"name", "results", b"results", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExchangeRequest: _TypeAlias = ExchangeRequest  # noqa: Y015
+
+@_typing.final
+class ExchangeResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACKS_FIELD_NUMBER: _builtins.int
+    ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Ack]:
         """one per result, in order"""
+
+    @_builtins.property
+    def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assignment]:
+        """claimed jobs; unclaimable ids are left out"""
 
     def __init__(
         self,
         *,
         acks: _abc.Iterable[Global___Ack] | None = ...,
+        assignments: _abc.Iterable[Global___Assignment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "assignments", b"assignments"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ReportResponse: _TypeAlias = ReportResponse  # noqa: Y015
+Global___ExchangeResponse: _TypeAlias = ExchangeResponse  # noqa: Y015
 
 @_typing.final
 class UnregisterRequest(_message.Message):

@@ -517,15 +517,10 @@ class WorkerServiceStub:
                 request_serializer=dts_dot_v1_dot_dts__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=dts_dot_v1_dot_dts__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
-        self.Claim = channel.unary_unary(
-                '/dts.v1.WorkerService/Claim',
-                request_serializer=dts_dot_v1_dot_dts__pb2.ClaimRequest.SerializeToString,
-                response_deserializer=dts_dot_v1_dot_dts__pb2.ClaimResponse.FromString,
-                _registered_method=True)
-        self.Report = channel.unary_unary(
-                '/dts.v1.WorkerService/Report',
-                request_serializer=dts_dot_v1_dot_dts__pb2.ReportRequest.SerializeToString,
-                response_deserializer=dts_dot_v1_dot_dts__pb2.ReportResponse.FromString,
+        self.Exchange = channel.unary_unary(
+                '/dts.v1.WorkerService/Exchange',
+                request_serializer=dts_dot_v1_dot_dts__pb2.ExchangeRequest.SerializeToString,
+                response_deserializer=dts_dot_v1_dot_dts__pb2.ExchangeResponse.FromString,
                 _registered_method=True)
         self.Unregister = channel.unary_unary(
                 '/dts.v1.WorkerService/Unregister',
@@ -552,15 +547,8 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Claim(self, request, context):
-        """start jobs (compare-and-set)
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Report(self, request, context):
-        """finish attempts
+    def Exchange(self, request, context):
+        """report results, claim jobs
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -586,15 +574,10 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     request_deserializer=dts_dot_v1_dot_dts__pb2.HeartbeatRequest.FromString,
                     response_serializer=dts_dot_v1_dot_dts__pb2.HeartbeatResponse.SerializeToString,
             ),
-            'Claim': grpc.unary_unary_rpc_method_handler(
-                    servicer.Claim,
-                    request_deserializer=dts_dot_v1_dot_dts__pb2.ClaimRequest.FromString,
-                    response_serializer=dts_dot_v1_dot_dts__pb2.ClaimResponse.SerializeToString,
-            ),
-            'Report': grpc.unary_unary_rpc_method_handler(
-                    servicer.Report,
-                    request_deserializer=dts_dot_v1_dot_dts__pb2.ReportRequest.FromString,
-                    response_serializer=dts_dot_v1_dot_dts__pb2.ReportResponse.SerializeToString,
+            'Exchange': grpc.unary_unary_rpc_method_handler(
+                    servicer.Exchange,
+                    request_deserializer=dts_dot_v1_dot_dts__pb2.ExchangeRequest.FromString,
+                    response_serializer=dts_dot_v1_dot_dts__pb2.ExchangeResponse.SerializeToString,
             ),
             'Unregister': grpc.unary_unary_rpc_method_handler(
                     servicer.Unregister,
@@ -668,7 +651,7 @@ class WorkerService:
             _registered_method=True)
 
     @staticmethod
-    def Claim(request,
+    def Exchange(request,
             target,
             options=(),
             channel_credentials=None,
@@ -681,36 +664,9 @@ class WorkerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/dts.v1.WorkerService/Claim',
-            dts_dot_v1_dot_dts__pb2.ClaimRequest.SerializeToString,
-            dts_dot_v1_dot_dts__pb2.ClaimResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Report(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/dts.v1.WorkerService/Report',
-            dts_dot_v1_dot_dts__pb2.ReportRequest.SerializeToString,
-            dts_dot_v1_dot_dts__pb2.ReportResponse.FromString,
+            '/dts.v1.WorkerService/Exchange',
+            dts_dot_v1_dot_dts__pb2.ExchangeRequest.SerializeToString,
+            dts_dot_v1_dot_dts__pb2.ExchangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

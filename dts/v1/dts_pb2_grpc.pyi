@@ -179,10 +179,8 @@ class WorkerServiceStub:
     """join, get a session"""
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_dts_pb2.HeartbeatRequest, _dts_pb2.HeartbeatResponse]
     """renew leases, learn cancellations"""
-    Claim: _grpc.UnaryUnaryMultiCallable[_dts_pb2.ClaimRequest, _dts_pb2.ClaimResponse]
-    """start jobs (compare-and-set)"""
-    Report: _grpc.UnaryUnaryMultiCallable[_dts_pb2.ReportRequest, _dts_pb2.ReportResponse]
-    """finish attempts"""
+    Exchange: _grpc.UnaryUnaryMultiCallable[_dts_pb2.ExchangeRequest, _dts_pb2.ExchangeResponse]
+    """report results, claim jobs"""
     Unregister: _grpc.UnaryUnaryMultiCallable[_dts_pb2.UnregisterRequest, _dts_pb2.UnregisterResponse]
     """leave cleanly"""
 
@@ -195,10 +193,8 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     """join, get a session"""
     Heartbeat: _aio.UnaryUnaryMultiCallable[_dts_pb2.HeartbeatRequest, _dts_pb2.HeartbeatResponse]  # type: ignore[assignment]
     """renew leases, learn cancellations"""
-    Claim: _aio.UnaryUnaryMultiCallable[_dts_pb2.ClaimRequest, _dts_pb2.ClaimResponse]  # type: ignore[assignment]
-    """start jobs (compare-and-set)"""
-    Report: _aio.UnaryUnaryMultiCallable[_dts_pb2.ReportRequest, _dts_pb2.ReportResponse]  # type: ignore[assignment]
-    """finish attempts"""
+    Exchange: _aio.UnaryUnaryMultiCallable[_dts_pb2.ExchangeRequest, _dts_pb2.ExchangeResponse]  # type: ignore[assignment]
+    """report results, claim jobs"""
     Unregister: _aio.UnaryUnaryMultiCallable[_dts_pb2.UnregisterRequest, _dts_pb2.UnregisterResponse]  # type: ignore[assignment]
     """leave cleanly"""
 
@@ -222,20 +218,12 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         """renew leases, learn cancellations"""
 
     @_abc_1.abstractmethod
-    def Claim(
+    def Exchange(
         self,
-        request: _dts_pb2.ClaimRequest,
+        request: _dts_pb2.ExchangeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_dts_pb2.ClaimResponse, _abc.Awaitable[_dts_pb2.ClaimResponse]]:
-        """start jobs (compare-and-set)"""
-
-    @_abc_1.abstractmethod
-    def Report(
-        self,
-        request: _dts_pb2.ReportRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_dts_pb2.ReportResponse, _abc.Awaitable[_dts_pb2.ReportResponse]]:
-        """finish attempts"""
+    ) -> _typing.Union[_dts_pb2.ExchangeResponse, _abc.Awaitable[_dts_pb2.ExchangeResponse]]:
+        """report results, claim jobs"""
 
     @_abc_1.abstractmethod
     def Unregister(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from dts.config import ServerConfig
 from dts.coordinator import Coordinator
-from dts.domain import JobSpec, JobStatus, Lease, Outcome, Result
+from dts.domain import Assignment, JobSpec, JobStatus, Lease, Outcome, Result
 from dts.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -41,8 +41,17 @@ class Env:
     clock: Clock
     redis: RedisProcess
 
+    sessions: dict[str, str] = field(default_factory=dict)
+
     def worker(self, name: str = "w1", queues: tuple[str, ...] = ("default",)) -> str:
-        return self.c.register(name, "host", 1, 2, queues)
+        self.sessions[name] = self.c.register(name, "host", 1, 2, queues)
+        return self.sessions[name]
+
+    def claim(self, name: str, session: str, ids: list[int]) -> list[Assignment]:
+        return self.c.exchange(name, session, [], ids)[1]
+
+    def report(self, name: str, results: list[Result]) -> list[tuple[bool, str]]:
+        return self.c.exchange(name, self.sessions[name], results, [])[0]
 
     def take(
         self,
@@ -52,7 +61,7 @@ class Env:
         queues: tuple[str, ...] = ("default",),
     ) -> list[int]:
         ids = self.q.pop(queues, count, 30)
-        assignments = self.c.claim(name, session, ids)
+        assignments = self.claim(name, session, ids)
         self.q.ack(ids)
         return [a.job_id for a in assignments]
 
@@ -95,15 +104,15 @@ def test_claim_is_a_compare_and_set(env: Env) -> None:
     job = env.c.submit([spec()])[0]
     s1, s2 = env.worker("w1"), env.worker("w2")
     # When both workers claim it, then only the first gets it
-    assert [a.job_id for a in env.c.claim("w1", s1, [job.id])] == [job.id]
-    assert env.c.claim("w2", s2, [job.id]) == []
+    assert [a.job_id for a in env.claim("w1", s1, [job.id])] == [job.id]
+    assert env.claim("w2", s2, [job.id]) == []
     assert env.c.get(job.id).worker == "w1"
 
 
 def test_claim_with_an_unknown_session_is_refused(env: Env) -> None:
     job = env.c.submit([spec()])[0]
     with pytest.raises(UnknownSession):
-        env.c.claim("ghost", "nope", [job.id])
+        env.claim("ghost", "nope", [job.id])
 
 
 def test_report_success_makes_the_job_final_with_output(env: Env) -> None:
@@ -111,7 +120,7 @@ def test_report_success_makes_the_job_final_with_output(env: Env) -> None:
     s = env.worker()
     env.take("w1", s)
     r = Result(job.id, 1, Outcome.SUCCEEDED, 0, "", b"out\xff", b"err")
-    assert env.c.report("w1", [r]) == [(True, "")]
+    assert env.report("w1", [r]) == [(True, "")]
     done = env.c.get(job.id)
     assert done.status is JobStatus.SUCCEEDED and done.exit_code == 0
     out = env.c.logs(job.id, 0)
@@ -128,12 +137,12 @@ def test_a_stale_fencing_token_is_rejected(env: Env) -> None:
     assert env.c.get(job.id).status is JobStatus.QUEUED
     assert env.take("w2", s2) == [job.id]
     # When the first worker comes back with its result
-    acks = env.c.report("w1", [Result(job.id, 1, Outcome.FAILED, 1, "boom")])
+    acks = env.report("w1", [Result(job.id, 1, Outcome.FAILED, 1, "boom")])
     # Then it is refused and the job keeps running as attempt 2
     assert acks[0][0] is False and "stale attempt 1" in acks[0][1]
     current = env.c.get(job.id)
     assert (current.status, current.attempts, current.worker) == (JobStatus.RUNNING, 2, "w2")
-    assert env.c.report("w2", [ok(job.id, 2)]) == [(True, "")]
+    assert env.report("w2", [ok(job.id, 2)]) == [(True, "")]
     hist = env.c.history(job.id)
     assert [(a.attempt, a.outcome) for a in hist] == [(1, Outcome.LOST), (2, Outcome.SUCCEEDED)]
     assert "lost" in hist[0].error
@@ -169,7 +178,7 @@ def test_failure_retries_with_backoff_then_fails(env: Env) -> None:
     job = env.c.submit([spec(max_retries=1, backoff=4.0)])[0]
     s = env.worker()
     env.take("w1", s)
-    env.c.report("w1", [Result(job.id, 1, Outcome.FAILED, 2, "exited with code 2")])
+    env.report("w1", [Result(job.id, 1, Outcome.FAILED, 2, "exited with code 2")])
     waiting = env.c.get(job.id)
     assert waiting.status is JobStatus.SCHEDULED
     assert waiting.run_at == pytest.approx(env.clock.now + 4.0)  # rand 0.5 = no jitter
@@ -177,7 +186,7 @@ def test_failure_retries_with_backoff_then_fails(env: Env) -> None:
     env.clock.now += 4.0
     assert env.c.promote_due() == 1
     assert env.take("w1", s) == [job.id]
-    env.c.report("w1", [Result(job.id, 2, Outcome.TIMED_OUT, 124, "timed out after 1s")])
+    env.report("w1", [Result(job.id, 2, Outcome.TIMED_OUT, 124, "timed out after 1s")])
     final = env.c.get(job.id)
     assert (final.status, final.exit_code, final.error) == (
         JobStatus.FAILED,
@@ -190,7 +199,7 @@ def test_released_jobs_run_again_without_counting_a_failure(env: Env) -> None:
     job = env.c.submit([spec()])[0]
     s = env.worker()
     env.take("w1", s)
-    env.c.report("w1", [Result(job.id, 1, Outcome.RELEASED, None, "worker stopped")])
+    env.report("w1", [Result(job.id, 1, Outcome.RELEASED, None, "worker stopped")])
     again = env.c.get(job.id)
     assert again.status is JobStatus.QUEUED and again.failures == 0
     assert env.take("w1", s) == [job.id]
@@ -213,7 +222,7 @@ def test_output_of_a_cancelled_running_attempt_is_kept(env: Env) -> None:
     s = env.worker()
     env.take("w1", s)
     env.c.cancel(job.id)
-    env.c.report("w1", [Result(job.id, 1, Outcome.CANCELLED, 143, "cancelled", b"partial")])
+    env.report("w1", [Result(job.id, 1, Outcome.CANCELLED, 143, "cancelled", b"partial")])
     assert env.c.logs(job.id, 1).stdout == b"partial"
     assert env.c.get(job.id).status is JobStatus.CANCELLED
 
@@ -257,7 +266,7 @@ def test_wait_returns_when_the_job_ends(env: Env) -> None:
     job = env.c.submit([spec()])[0]
     s = env.worker()
     env.take("w1", s)
-    t = threading.Timer(0.2, lambda: env.c.report("w1", [ok(job.id)]))
+    t = threading.Timer(0.2, lambda: env.report("w1", [ok(job.id)]))
     t.start()
     assert env.c.wait(job.id, 10).status is JobStatus.SUCCEEDED
     t.join()
