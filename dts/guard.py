@@ -47,10 +47,9 @@ class Guard:
         with self._lock:
             if self._proc is None or self._proc.stdin is None or self._broken:
                 return
-            try:
-                self._proc.stdin.write(line.encode())
-                self._proc.stdin.flush()
-            except (BrokenPipeError, ValueError):
+            try:  # one short write to the pipe: atomic, no buffering to flush
+                os.write(self._proc.stdin.fileno(), line.encode())
+            except (BrokenPipeError, ValueError, OSError):
                 self._broken = True
                 log.error("job guard exited: jobs may outlive this worker if it is killed")
 

@@ -111,10 +111,12 @@ class Execution:
         env["DTS_ATTEMPT"] = str(a.attempt)
         cwd = spec.cwd or self.opts.default_cwd
         started = time.time()
+        if self._stop_outcome is not None:  # stopped before it started: nothing to kill
+            return self._result(self._stop_outcome, None, self._stop_reason, b"", b"", started)
         try:
             proc = subprocess.Popen(
                 argv,
-                stdin=subprocess.DEVNULL,
+                stdin=_devnull(),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=env,
@@ -238,6 +240,16 @@ class Execution:
     ) -> Result:
         a = self.assignment
         return Result(a.job_id, a.attempt, outcome, code, error, out, err, started, time.time())
+
+
+_DEVNULL: list[int] = []
+
+
+def _devnull() -> int:
+    """One /dev/null descriptor for every job's stdin (subprocess would open one per job)."""
+    if not _DEVNULL:
+        _DEVNULL.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    return _DEVNULL[0]
 
 
 # The worker's own settings and service-manager sockets are not the job's business (and the

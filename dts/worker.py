@@ -39,6 +39,9 @@ log = logging.getLogger("dts.worker")
 
 PROG = "dts-worker"
 RPC_TIMEOUT = 10.0
+PREFETCH_BELOW = 0.5  # seconds: jobs shorter than this are claimed a few at a time, early
+PREFETCH = 4  # jobs a slot claims at once while its jobs are short
+MAX_RESULT_DELAY = 0.05  # seconds a finished result may wait to ride on the next claim
 FENCE_FRACTION = 0.8  # of the lease: kill our jobs when no renewal got through for this long
 RETRYABLE = (
     grpc.StatusCode.UNAVAILABLE,
@@ -171,54 +174,104 @@ class Worker:
     # ---- slots ----------------------------------------------------------------------------
 
     def _slot_loop(self) -> None:
-        """Take, claim and run jobs one at a time; each result rides on the next claim."""
-        assert self.queue is not None
+        """Claim and run jobs; results ride on the next claim.
+
+        While jobs are short (under PREFETCH_BELOW), the slot claims a few at a time
+        (PREFETCH) and sends each Exchange while it runs a job, so round trips neither sit
+        between jobs nor happen once per job. After a long job it claims one job at a time,
+        and only when free, leaving the rest to idle workers.
+        """
         backoff = Backoff(base=0.1, cap=5.0)
-        result: Result | None = None
+        done: list[Result] = []  # finished here, not yet acknowledged by the server
+        ready: list[Execution] = []  # claimed here, not yet started
+        to_ack: list[int] = []  # ids claimed (or found unclaimable): to drop from inflight
+        short = False
+        oldest = 0.0  # when the oldest unsent result finished
         while True:
             stopping = self.signals.stop.is_set()
-            if stopping and result is None:
+            if ready:
+                exe = ready.pop(0)
+                if stopping:  # hand it back at once: it has not started
+                    exe.stop(Outcome.RELEASED, "worker stopping before the job started")
+                refill = short and not stopping and not ready
+                flush = (
+                    refill
+                    or len(done) >= PREFETCH
+                    or (bool(done) and time.monotonic() - oldest > MAX_RESULT_DELAY)
+                )
+                ids = self._take(PREFETCH if refill else 0, to_ack) if flush else []
+                sent = list(done) if flush else []
+                call = self._exchange_async(sent, ids) if sent or ids else None
+                result = self._execute(exe)
+                short = result.finished_at - result.started_at < PREFETCH_BELOW
+                if call is not None:
+                    resp = self._collect(call, sent, ids)
+                    self._absorb(resp, sent, ids, done, ready, to_ack)
+                if not done:
+                    oldest = time.monotonic()
+                done.append(result)
+                continue
+            if stopping and not done:
+                self._take(0, to_ack)
                 return
-            ids: list[int] = []
-            if not stopping and self.server_link.up is not False:
-                try:
-                    ids = self.queue.pop(self.cfg.queues, 1, self.lease_seconds)
-                    self.redis_link.ok()
-                except redis.RedisError as e:
-                    self.redis_link.down(e)
-            if result is None and not ids:
+            ids = self._take(0 if stopping else PREFETCH if short else 1, to_ack)
+            if not done and not ids:
                 self._idle(backoff)
                 continue
-            resp = self._exchange([result] if result else [], ids)
-            try:
-                if resp is None:  # stopping, or the server is away: hand the ids back
-                    self.queue.release(ids)
-                else:
-                    self.queue.ack(ids)
-            except redis.RedisError as e:  # the server's inflight recovery copes with it
-                self.redis_link.down(e)
-            if resp is None:
-                if result is not None and self.signals.stops > 1:
-                    log.error(
-                        "job %d attempt %d: result not delivered (stopping now)",
-                        result.job_id,
-                        result.attempt,
-                    )
-                    self._forget([result])
+            sent = list(done)
+            resp = self._exchange(sent, ids)
+            if not self._absorb(resp, sent, ids, done, ready, to_ack):
+                if done and self.signals.stops > 1:
+                    log.error("%d result(s) not delivered (stopping now)", len(done))
+                    self._forget(done)
                     return
                 backoff.wait(self.server_link.recovered)  # retry at once when it is back
                 continue
             backoff.reset()
-            if result is not None:
-                self._forget([result])
-            result = None
-            for ack in resp.acks:
-                if not ack.accepted:
-                    log.warning(
-                        "job %d attempt %d: result refused: %s", ack.job_id, ack.attempt, ack.reason
-                    )
-            for a in resp.assignments:
-                result = self._run(wire.assignment_from_pb(a))
+
+    def _take(self, count: int, to_ack: list[int]) -> list[int]:
+        """Pop up to `count` ids (acknowledging `to_ack` on the way); [] if Redis is away."""
+        assert self.queue is not None
+        if count == 0 and not to_ack:
+            return []
+        if self.server_link.up is False:
+            count = 0  # cut off from the server: leave ids to workers that can claim them
+        try:
+            ids = self.queue.pop(self.cfg.queues, count, self.lease_seconds, to_ack)
+            self.redis_link.ok()
+        except redis.RedisError as e:
+            self.redis_link.down(e)
+            return []
+        to_ack.clear()
+        return ids
+
+    def _absorb(
+        self,
+        resp: pb.ExchangeResponse | None,
+        sent: list[Result],
+        ids: list[int],
+        done: list[Result],
+        ready: list[Execution],
+        to_ack: list[int],
+    ) -> bool:
+        """Apply an Exchange answer; False (ids handed back, results kept) if there was none."""
+        if resp is None:
+            try:
+                if ids and self.queue is not None:
+                    self.queue.release(ids)
+            except redis.RedisError as e:  # the server's inflight recovery copes with it
+                self.redis_link.down(e)
+            return False
+        to_ack.extend(ids)
+        self._forget(sent)
+        del done[: len(sent)]
+        for ack in resp.acks:
+            if not ack.accepted:
+                log.warning(
+                    "job %d attempt %d: result refused: %s", ack.job_id, ack.attempt, ack.reason
+                )
+        ready.extend(self._hold(wire.assignment_from_pb(a)) for a in resp.assignments)
+        return True
 
     def _idle(self, backoff: Backoff) -> None:
         """Nothing to report and nothing queued: wait for an enqueue, or for a link to heal."""
@@ -233,6 +286,29 @@ class Worker:
         except redis.RedisError as e:
             self.redis_link.down(e)
             backoff.wait(self.signals.stop)
+
+    def _exchange_async(
+        self, results: list[Result], ids: list[int]
+    ) -> grpc.Future[pb.ExchangeResponse]:
+        req = pb.ExchangeRequest(
+            name=self.cfg.name,
+            session=self.session,
+            results=[wire.result_to_pb(r) for r in results],
+            claim=ids,
+        )
+        return self.stub.Exchange.future(req, timeout=RPC_TIMEOUT)
+
+    def _collect(
+        self, call: grpc.Future[pb.ExchangeResponse], results: list[Result], ids: list[int]
+    ) -> pb.ExchangeResponse | None:
+        """The answer to an Exchange sent with `_exchange_async`; on failure, the patient
+        synchronous path takes over (backoff, registering again, giving up claims)."""
+        try:
+            resp: pb.ExchangeResponse = call.result()
+            self.server_link.ok()
+            return resp
+        except grpc.RpcError:
+            return self._exchange(results, ids)
 
     def _exchange(self, results: list[Result], ids: list[int]) -> pb.ExchangeResponse | None:
         """Report `results` and claim `ids` in one call. Claims are given up after a short
@@ -307,13 +383,19 @@ class Worker:
 
     # ---- running --------------------------------------------------------------------------
 
-    def _run(self, a: Assignment) -> Result:
-        """Run one attempt in this slot's thread; its result is kept until reported."""
-        key = (a.job_id, a.attempt)
+    def _hold(self, a: Assignment) -> Execution:
+        """A claimed attempt, known to the heartbeat (renewed, cancellable) before it starts."""
         exe = Execution(a, self.run_opts, self.guard.add, self.guard.remove)
         with self._lock:
-            stale = [e for k, e in self._running.items() if k[0] == a.job_id]
-            self._running[key] = exe
+            self._running[(a.job_id, a.attempt)] = exe
+        return exe
+
+    def _execute(self, exe: Execution) -> Result:
+        """Run a held attempt in this slot's thread; its result is kept until reported."""
+        a = exe.assignment
+        key = (a.job_id, a.attempt)
+        with self._lock:
+            stale = [e for k, e in self._running.items() if k[0] == a.job_id and e is not exe]
         for old in stale:  # an older attempt of this job is still here: it is not ours now
             old.stop(Outcome.RELEASED, "superseded by a newer attempt", at_once=True)
         deadline = time.monotonic() + self.cfg.kill_grace + 5
