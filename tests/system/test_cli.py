@@ -220,16 +220,32 @@ def test_from_file_reads_stdin(cluster: Cluster) -> None:
 # ---- priorities -------------------------------------------------------------------------------
 
 
-def test_higher_priority_runs_first_and_fifo_within_a_priority(cluster: Cluster) -> None:
-    # Given jobs on a queue no worker serves yet, in mixed priorities
+def test_higher_priority_runs_first_and_fifo_within_a_priority(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Given jobs on a queue no worker serves yet, in mixed priorities, each noting its run
+    ledger = tmp_path / "order"
     plan = [0, 5, 0, 9, 5, 9, 0]
-    ids = [submit(cluster, "--queue", "prio", "--priority", str(p), "--", "true") for p in plan]
+    ids = [
+        submit(
+            cluster,
+            "--queue",
+            "prio",
+            "--priority",
+            str(p),
+            "--shell",
+            "--",
+            f"echo $DTS_JOB_ID >> {ledger}",
+        )
+        for p in plan
+    ]
     # When one single-slot worker starts on that queue
     cluster.add_worker("prio-worker", "--queues", "prio", "--concurrency", "1")
     with cluster.client() as c:
-        jobs = [c.wait(i, 30) for i in ids]
-    # Then they started by priority, and in submit order within a priority
-    order = [j.id for j in sorted(jobs, key=lambda j: j.started_at or 0)]
+        for i in ids:
+            c.wait(i, 30)
+    # Then they ran by priority, and in submit order within a priority
+    order = [int(x) for x in ledger.read_text().split()]
     expected = [i for p in (9, 5, 0) for i, q in zip(ids, plan, strict=True) if q == p]
     assert order == expected
 

@@ -39,18 +39,22 @@ def test_concurrency_runs_that_many_jobs_at_once(fresh_cluster: Cluster, tmp_pat
             assert c.wait(j.id, 30).status.value == "succeeded"
 
 
-def test_queues_are_served_in_the_order_given(fresh_cluster: Cluster) -> None:
-    # Given jobs waiting in queues "low" and "high" before any worker exists
+def test_queues_are_served_in_the_order_given(fresh_cluster: Cluster, tmp_path: Path) -> None:
+    # Given jobs waiting in queues "low" and "high" before any worker exists, each noting its run
+    ledger = tmp_path / "order"
     with fresh_cluster.client() as c:
-        low = c.submit([JobSpec(argv=("true",), queue="low") for _ in range(3)])
-        high = c.submit([JobSpec(argv=("true",), queue="high") for _ in range(3)])
+        low = c.submit(
+            [JobSpec(argv=(f"echo low >> {ledger}",), shell=True, queue="low") for _ in range(3)]
+        )
+        high = c.submit(
+            [JobSpec(argv=(f"echo high >> {ledger}",), shell=True, queue="high") for _ in range(3)]
+        )
         # When a single-slot worker serves "high,low"
         fresh_cluster.add_worker("ordered", "--queues", "high,low", "--concurrency", "1")
-        done = [c.wait(j.id, 30) for j in low + high]
-    # Then every "high" job started before any "low" job
-    first_low = min(j.started_at or 0 for j in done[:3])
-    last_high = max(j.started_at or 0 for j in done[3:])
-    assert last_high < first_low
+        for j in low + high:
+            c.wait(j.id, 30)
+    # Then every "high" job ran before any "low" job
+    assert ledger.read_text().split() == ["high"] * 3 + ["low"] * 3
 
 
 def test_two_deployments_share_one_redis_by_key_prefix(
