@@ -36,6 +36,15 @@ def redis_proc(tmp_path: Path) -> Iterator[RedisProcess]:
     r.kill()
 
 
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server shared by a module's tests (each test uses its own key prefix or db)."""
+    r = RedisProcess(tmp_path_factory.mktemp("redis"))
+    r.start()
+    yield r.url
+    r.kill()
+
+
 @dataclass
 class Cluster:
     """A redis-server, a dts-server and workers, plus the CLI pointed at them."""

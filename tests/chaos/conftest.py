@@ -368,6 +368,13 @@ class ChaosCluster:
             "1",
             *extra,
         )
+        self._launch(name, w, wait)
+        if wait:
+            assert w.alive(), w.output()[-3000:]
+        return w
+
+    def _launch(self, name: str, w: WorkerProcess, wait: bool) -> None:
+        """Start a worker (new or in place of a dead one); wait for its new registration."""
         before = log_count(w, f"worker {name} registered")
         self._procs.append(w)
         w.start(wait=False)
@@ -378,24 +385,13 @@ class ChaosCluster:
                 30,
                 what=f"worker {name} to register",
             )
-            assert w.alive(), w.output()[-3000:]
-        return w
 
     def restart_worker(self, name: str, wait: bool = True) -> WorkerProcess:
         old = self.workers[name]
         assert not old.alive(), f"worker {name} is still running"
         extra = old.argv[old.argv.index("--name") + 2 :]
         w = WorkerProcess(self.root, old.server, self.redis_url, name, *extra)
-        before = log_count(w, f"worker {name} registered")
-        self._procs.append(w)
-        w.start(wait=False)
-        self.workers[name] = w
-        if wait:
-            wait_until(
-                lambda: log_count(w, f"worker {name} registered") > before or not w.alive(),
-                30,
-                what=f"worker {name} to register again",
-            )
+        self._launch(name, w, wait)
         return w
 
     def proxy(self, target_port: int | None = None) -> TcpProxy:

@@ -22,7 +22,6 @@ from dts.client import Client
 from dts.domain import JobSpec
 from tests.harness import (
     BIN,
-    RedisProcess,
     ServerProcess,
     WorkerProcess,
     clean_env,
@@ -89,14 +88,6 @@ class Daemons:
     def cleanup(self) -> None:
         for pid in self.pids:
             kill_quietly(pid)
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    r = RedisProcess(tmp_path_factory.mktemp("redis"))
-    r.start()
-    yield r.url
-    r.kill()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ import pytest
 from dts import logs
 from tests.harness import (
     BIN,
-    RedisProcess,
     clean_env,
     free_port,
     pid_alive,
@@ -32,14 +30,6 @@ from tests.harness import (
 ISO_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) ")
 PRIORITY_LINE = re.compile(r"^<([0-7])>")
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d")
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    r = RedisProcess(tmp_path_factory.mktemp("redis"))
-    r.start()
-    yield r.url
-    r.kill()
 
 
 def journal_env(stream: Path) -> dict[str, str]:
