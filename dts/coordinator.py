@@ -54,6 +54,7 @@ log = logging.getLogger("dts.coordinator")
 MAX_BATCH = 100_000  # jobs in one submit call
 MAX_LIST = 10_000  # jobs in one listing
 MAX_WAIT = 30.0  # seconds one WaitJob call may block
+WORKER_RETENTION = 86400.0  # seconds a stopped or lost worker stays listed
 
 
 class Coordinator:
@@ -583,13 +584,13 @@ class Coordinator:
         )
 
     def _mark_lost_workers(self, now: float) -> None:
+        """Mark silent workers lost; forget stopped or lost ones after WORKER_RETENTION."""
         limit = now - self.cfg.worker_timeout
-        stale = [
-            w
-            for w in self.store.workers()
-            if w.last_heartbeat < limit and w.state not in (WorkerState.LOST, WorkerState.STOPPED)
-        ]
-        if not stale:
+        gone = (WorkerState.LOST, WorkerState.STOPPED)
+        workers = self.store.workers()
+        stale = [w for w in workers if w.last_heartbeat < limit and w.state not in gone]
+        old = [w for w in workers if w.last_heartbeat < now - WORKER_RETENTION and w.state in gone]
+        if not stale and not old:
             return
         with self.store.transaction() as tx:
             for w in stale:
@@ -597,6 +598,9 @@ class Coordinator:
                 log.warning(
                     "worker %s lost (no heartbeat for %.0fs)", w.name, now - w.last_heartbeat
                 )
+            for w in old:
+                tx.delete_worker(w.name)
+                log.info("worker %s forgotten (%s for a day)", w.name, w.state)
 
     def _after(self, jobs: Sequence[Job]) -> None:
         """Tell Redis, the scheduler and waiters about jobs changed by a committed transaction."""

@@ -52,6 +52,8 @@ class Transaction(Protocol):
 
     def get_worker(self, name: str) -> WorkerInfo | None: ...
 
+    def delete_worker(self, name: str) -> None: ...
+
 
 class Store(Protocol):
     """Durable home of jobs, their history and the worker registry."""

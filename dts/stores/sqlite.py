@@ -299,6 +299,9 @@ class SqliteTransaction:
         ).fetchone()
         return _worker(row) if row else None
 
+    def delete_worker(self, name: str) -> None:
+        self._c.execute("DELETE FROM workers WHERE name = ?", (name,))
+
 
 class SqliteStore:
     """A Store on one SQLite file. Thread-safe: one connection, one lock."""

@@ -283,3 +283,16 @@ def test_a_second_registration_supersedes_the_first_session(env: Env) -> None:
     # and an unknown name is only asked to register
     with pytest.raises(UnknownSession):
         env.c.heartbeat("nobody", new, [], False)
+
+
+def test_silent_workers_are_lost_then_forgotten_after_a_day(env: Env) -> None:
+    env.worker("quiet")
+    env.worker("leaver")
+    env.c.unregister("leaver", env.sessions["leaver"])
+    env.clock.now += 11  # past the 10 s worker timeout
+    env.c.reap_leases()
+    states = {w.name: w.state.value for w in env.c.workers()}
+    assert states == {"quiet": "lost", "leaver": "stopped"}
+    env.clock.now += 86400
+    env.c.reap_leases()
+    assert env.c.workers() == []
