@@ -32,10 +32,11 @@ def grpc_options() -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
-        # reconnect quickly after an outage: gRPC's own default backs off to 2 minutes
+        # reconnect quickly after an outage: gRPC's own default backs off to 2 minutes, and
+        # its backoff must not add to the callers' own (dts.backoff, capped at 5 s)
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 5_000),
+        ("grpc.max_reconnect_backoff_ms", 1_000),
     ]
 
 

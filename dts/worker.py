@@ -39,6 +39,7 @@ log = logging.getLogger("dts.worker")
 
 PROG = "dts-worker"
 RPC_TIMEOUT = 10.0
+REGISTER_WAIT = 5.0  # seconds one registration call waits for the server to be reachable
 PREFETCH_BELOW = 0.5  # seconds: jobs shorter than this are claimed a few at a time, early
 PREFETCH = 4  # jobs a slot claims at once while its jobs are short
 MAX_RESULT_DELAY = 0.05  # seconds a finished result may wait to ride on the next claim
@@ -147,7 +148,11 @@ class Worker:
             concurrency=self.cfg.concurrency,
             queues=list(self.cfg.queues),
         )
-        resp = self._call(lambda: self.stub.Register(request, timeout=RPC_TIMEOUT))
+        # wait_for_ready: while the server is away the call waits for the channel to connect,
+        # so registration follows the server's return at once instead of after a backoff
+        resp = self._call(
+            lambda: self.stub.Register(request, timeout=REGISTER_WAIT, wait_for_ready=True)
+        )
         if resp is None:
             return False
         self.session = resp.session
@@ -363,7 +368,8 @@ class Worker:
                     )
                     if stop() or give_up:
                         return None
-                    self._pause(backoff.next_delay(), stop)
+                    if e.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:  # that one waited
+                        self._pause(backoff.next_delay(), stop)
                 elif e.code() is grpc.StatusCode.ALREADY_EXISTS:
                     self._superseded(e.details() or "")
                     return None
