@@ -206,11 +206,14 @@ class Worker:
                 )
                 ids = self._take(PREFETCH if refill else 0, to_ack) if flush else []
                 sent = list(done) if flush else []
-                call = self._exchange_async(sent, ids) if sent or ids else None
+                req, call = None, None
+                if sent or ids:  # sent while the job runs; collected after it
+                    req = self._request(sent, ids)
+                    call = self.stub.Exchange.future(req, timeout=RPC_TIMEOUT)
                 result = self._execute(exe)
                 short = result.finished_at - result.started_at < PREFETCH_BELOW
-                if call is not None:
-                    resp = self._collect(call, sent, ids)
+                if req is not None and call is not None:
+                    resp = self._collect(call, req)
                     self._absorb(resp, sent, ids, done, ready, to_ack)
                 if not done:
                     oldest = time.monotonic()
@@ -224,7 +227,7 @@ class Worker:
                 self._idle(backoff)
                 continue
             sent = list(done)
-            resp = self._exchange(sent, ids)
+            resp = self._exchange(self._request(sent, ids))
             if not self._absorb(resp, sent, ids, done, ready, to_ack):
                 if done and self.signals.stops > 1:
                     log.error("%d result(s) not delivered (stopping now)", len(done))
@@ -292,46 +295,37 @@ class Worker:
             self.redis_link.down(e)
             backoff.wait(self.signals.stop)
 
-    def _exchange_async(
-        self, results: list[Result], ids: list[int]
-    ) -> grpc.Future[pb.ExchangeResponse]:
-        req = pb.ExchangeRequest(
+    def _request(self, results: list[Result], ids: list[int]) -> pb.ExchangeRequest:
+        return pb.ExchangeRequest(
             name=self.cfg.name,
             session=self.session,
             results=[wire.result_to_pb(r) for r in results],
             claim=ids,
         )
-        return self.stub.Exchange.future(req, timeout=RPC_TIMEOUT)
 
     def _collect(
-        self, call: grpc.Future[pb.ExchangeResponse], results: list[Result], ids: list[int]
+        self, call: grpc.Future[pb.ExchangeResponse], req: pb.ExchangeRequest
     ) -> pb.ExchangeResponse | None:
-        """The answer to an Exchange sent with `_exchange_async`; on failure, the patient
+        """The answer to an Exchange sent while the job ran; on failure, the patient
         synchronous path takes over (backoff, registering again, giving up claims)."""
         try:
             resp: pb.ExchangeResponse = call.result()
             self.server_link.ok()
             return resp
         except grpc.RpcError:
-            return self._exchange(results, ids)
+            return self._exchange(req)
 
-    def _exchange(self, results: list[Result], ids: list[int]) -> pb.ExchangeResponse | None:
-        """Report `results` and claim `ids` in one call. Claims are given up after a short
+    def _exchange(self, req: pb.ExchangeRequest) -> pb.ExchangeResponse | None:
+        """Report results and claim ids in one call. Claims are given up after a short
         while without the server (the ids go back to other workers); results are kept
         trying until a second stop signal."""
-        req = pb.ExchangeRequest(
-            name=self.cfg.name,
-            session=self.session,
-            results=[wire.result_to_pb(r) for r in results],
-            claim=ids,
-        )
 
         def call() -> pb.ExchangeResponse:
             req.session = self.session  # it changes when we register again
             resp: pb.ExchangeResponse = self.stub.Exchange(req, timeout=RPC_TIMEOUT)
             return resp
 
-        if ids:
+        if req.claim:
             return self._call(call, give_up_after=min(2.0, self.lease_seconds / 2))
         return self._call(call, until=lambda: self.signals.stops > 1)
 
