@@ -4,6 +4,7 @@ restarted under load, a worker started before Redis and the server exist."""
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable
 
@@ -63,7 +64,8 @@ def test_redis_outage_of_ten_seconds_under_load(chaos: Chaos) -> None:
     for w in workers:
         log = w.output()
         assert _unavailable_lines(log, "redis") == 1, log[-3000:]
-        assert log.count("available again") == 1, log[-3000:]
+        # the Redis link's recovery, once (a slow heartbeat may flap the server link apart)
+        assert len(re.findall(r"redis \S+ available again", log)) == 1, log[-3000:]
     assert _unavailable_lines(c.server_log(), "redis") == 1
 
 
