@@ -281,10 +281,15 @@ class Coordinator:
         now = self.clock()
         acks: list[tuple[bool, str]] = []
         changed: list[Job] = []
-        assignments: list[Assignment] = []
         with self.store.transaction() as tx:
             self._session(tx, name, session)
+            # the common case in bulk: a success from the worker that holds the attempt
+            ok = [r for r in results if r.outcome is Outcome.SUCCEEDED]
+            succeeded = tx.finish_succeeded(name, ok, now) if ok else set()
             for r in results:
+                if (r.job_id, r.attempt) in succeeded and r.outcome is Outcome.SUCCEEDED:
+                    acks.append((True, ""))
+                    continue
                 job = tx.get_job(r.job_id)
                 if job is None:
                     acks.append((False, f"no job with id {r.job_id}"))
@@ -297,25 +302,16 @@ class Coordinator:
                 else:
                     changed.append(self._finish(tx, job, r, now))
                     acks.append((True, ""))
-            for job_id in job_ids:
-                job = tx.get_job(job_id)
-                if job is None or job.status is not JobStatus.QUEUED:
-                    continue  # duplicate delivery, cancelled, or not ours: harmless
-                number = job.attempts + 1
-                job = self._move(
-                    tx,
-                    job,
-                    JobStatus.RUNNING,
-                    attempts=number,
-                    worker=name,
-                    started_at=now,
-                    lease_expires_at=now + self.cfg.worker_timeout,
-                    exit_code=None,
-                    error="",
-                )
-                tx.add_attempt(Attempt(job.id, number, name, now))
-                assignments.append(Assignment(job.id, number, job.spec))
+            # a claim is a compare-and-set queued -> running that starts a numbered attempt;
+            # ids that are not claimable (delivered twice, cancelled) are left out
+            assignments = tx.claim_queued(job_ids, name, now, now + self.cfg.worker_timeout)
+        if log.isEnabledFor(logging.INFO):
+            for key in sorted(succeeded):
+                log.info("job %d running -> succeeded worker=%s attempt=%d", key[0], name, key[1])
+            for a in assignments:
+                log.info("job %d queued -> running worker=%s attempt=%d", a.job_id, name, a.attempt)
         self._after(changed)
+        self._notify([job_id for job_id, _ in succeeded])
         return acks, assignments
 
     def unregister(self, name: str, session: str) -> None:

@@ -1,18 +1,22 @@
 """The job guard: a tiny sidecar process that kills a worker's jobs when the worker dies.
 
 PR_SET_PDEATHSIG is not delivered everywhere, so the worker starts this guard in its own
-session and tells it, over a pipe, which process groups it runs. When the pipe reaches EOF
-(the worker exited or was killed outright, SIGKILL included) the guard kills every group still
-listed: TERM, then KILL after a grace. Only the worker reports results, so an orphaned job
-could never report one anyway; the guard makes sure it does not keep running either.
+session and keeps the process groups of its running jobs in a table in shared memory (a
+memfd both map). Listing a job is a store to memory: no system call, no wake-up. The guard
+only waits for EOF on a pipe from the worker; at EOF (the worker exited or was killed
+outright, SIGKILL included) it kills every group still in the table: TERM, then KILL after a
+grace. Only the worker reports results, so an orphaned job could never report one anyway; the
+guard makes sure it does not keep running either.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -20,38 +24,59 @@ import time
 
 log = logging.getLogger("dts.guard")
 
+ENTRY = struct.Struct("=q")  # one process group id; 0 is a free entry
+
 
 class Guard:
-    """The worker's handle on its guard process."""
+    """The worker's handle on its guard process and on the table of groups it watches."""
 
-    def __init__(self, grace: float) -> None:
+    def __init__(self, grace: float, capacity: int = 1024) -> None:
         self.grace = grace
+        self.capacity = capacity
         self._proc: subprocess.Popen[bytes] | None = None
+        self._table: mmap.mmap | None = None
         self._lock = threading.Lock()
-        self._broken = False
+        self._where: dict[int, int] = {}  # pgid -> entry index
+        self._free = list(range(capacity - 1, -1, -1))
+        self._warned = False
 
     def start(self) -> None:
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "dts.guard", str(self.grace)],
-            stdin=subprocess.PIPE,
-            start_new_session=True,  # a signal to the worker's group must not reach the guard
-        )
+        fd = os.memfd_create("dts-guard", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, self.capacity * ENTRY.size)
+            self._table = mmap.mmap(fd, self.capacity * ENTRY.size)
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "dts.guard", str(self.grace), str(fd)],
+                stdin=subprocess.PIPE,
+                pass_fds=(fd,),
+                start_new_session=True,  # a signal to the worker's group must not reach the guard
+            )
+        finally:
+            os.close(fd)
 
     def add(self, pgid: int) -> None:
-        self._send(f"+{pgid}\n")
+        with self._lock:
+            if self._table is None or pgid in self._where:
+                return
+            if not self._free or (self._proc is not None and self._proc.poll() is not None):
+                self._warn("job guard exited" if self._free else "job guard table full")
+                return
+            index = self._free.pop()
+            ENTRY.pack_into(self._table, index * ENTRY.size, pgid)
+            self._where[pgid] = index
 
     def remove(self, pgid: int) -> None:
-        self._send(f"-{pgid}\n")
-
-    def _send(self, line: str) -> None:
         with self._lock:
-            if self._proc is None or self._proc.stdin is None or self._broken:
+            index = self._where.pop(pgid, None)
+            if index is None or self._table is None:
                 return
-            try:  # one short write to the pipe: atomic, no buffering to flush
-                os.write(self._proc.stdin.fileno(), line.encode())
-            except (BrokenPipeError, ValueError, OSError):
-                self._broken = True
-                log.error("job guard exited: jobs may outlive this worker if it is killed")
+            ENTRY.pack_into(self._table, index * ENTRY.size, 0)
+            self._free.append(index)
+
+    def _warn(self, why: str) -> None:
+        if not self._warned:
+            self._warned = True
+            log.error("%s: jobs may outlive this worker if it is killed", why)
 
     def close(self) -> None:
         """Tell the guard we are done (it kills whatever is still listed) and reap it."""
@@ -67,6 +92,17 @@ class Guard:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        with self._lock:
+            if self._table is not None:
+                self._table.close()
+                self._table = None
+
+
+def listed(fd: int) -> set[int]:
+    """The process groups in the table behind `fd`."""
+    size = os.fstat(fd).st_size
+    data = os.pread(fd, size, 0)
+    return {pgid for (pgid,) in ENTRY.iter_unpack(data) if pgid > 0}
 
 
 def _alive(pgid: int) -> bool:
@@ -92,16 +128,13 @@ def _kill_all(pgids: set[int], grace: float) -> None:
 
 
 def main() -> int:
-    grace = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
+    grace = float(sys.argv[1])
+    table = int(sys.argv[2])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # only EOF on stdin ends the guard
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    pgids: set[int] = set()
-    for raw in sys.stdin.buffer:
-        line = raw.strip()
-        if line[:1] == b"+":
-            pgids.add(int(line[1:]))
-        elif line[:1] == b"-":
-            pgids.discard(int(line[1:]))
+    while os.read(0, 4096):  # the worker writes nothing: this returns at its exit
+        pass
+    pgids = listed(table)
     if pgids:
         _kill_all(pgids, grace)
     return 0

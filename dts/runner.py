@@ -4,8 +4,10 @@ timeout and cancellation enforced by killing the whole group (TERM, then KILL af
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import threading
@@ -64,6 +66,7 @@ class RunOptions:
     max_output: int = 1 << 20
     kill_grace: float = 5.0
     default_cwd: str = ""
+    base_env: Mapping[str, str] | None = None  # jobs' starting environment; None: derive it
 
 
 class Execution:
@@ -105,7 +108,8 @@ class Execution:
         a = self.assignment
         spec = a.spec
         argv = ["/bin/sh", "-c", spec.argv[0]] if spec.shell else list(spec.argv)
-        env = job_environment(os.environ)
+        base = self.opts.base_env
+        env = dict(base) if base is not None else job_environment(os.environ)
         env.update(spec.env)
         env["DTS_JOB_ID"] = str(a.job_id)
         env["DTS_ATTEMPT"] = str(a.attempt)
@@ -114,15 +118,7 @@ class Execution:
         if self._stop_outcome is not None:  # stopped before it started: nothing to kill
             return self._result(self._stop_outcome, None, self._stop_reason, b"", b"", started)
         try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=_devnull(),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                cwd=cwd or None,
-                start_new_session=True,
-            )
+            child = Child.spawn(argv, env, cwd)
         except OSError as e:
             code = EXIT_NOT_EXECUTABLE if isinstance(e, PermissionError) else EXIT_CANNOT_RUN
             where = f" in {cwd}" if cwd else ""
@@ -134,17 +130,14 @@ class Execution:
                 b"",
                 started,
             )
-        self.pid = proc.pid
-        self._on_spawn(proc.pid)
+        self.pid = child.pid
+        self._on_spawn(child.pid)
         try:
-            outcome, out, err = self._supervise(proc, spec.timeout or 0.0)
+            outcome, out, err = self._supervise(child, spec.timeout or 0.0)
         finally:
-            proc.wait()
-            self._on_reap(proc.pid)
-            for pipe in (proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
-        rc = proc.returncode
+            rc = child.reap()
+            self._on_reap(child.pid)
+            child.close()
         code = rc if rc >= 0 else exit_code_for_signal(-rc)
         if outcome is Outcome.TIMED_OUT:
             return self._result(
@@ -161,27 +154,24 @@ class Execution:
             )
         return self._result(Outcome.FAILED, code, f"exited with code {rc}", out, err, started)
 
-    def _supervise(
-        self, proc: subprocess.Popen[bytes], timeout: float
-    ) -> tuple[Outcome | None, bytes, bytes]:
+    def _supervise(self, child: Child, timeout: float) -> tuple[Outcome | None, bytes, bytes]:
         """Read output until the job and everything left in its group are gone.
 
         Timeout or stop: TERM the group, KILL it after the grace. When the job's main process
         exits (it is reaped at once, its group id stays reserved while members live), members
         left in its group get the same treatment.
         """
-        assert proc.stdout is not None and proc.stderr is not None
         caps = {
-            proc.stdout.fileno(): Capture(self.opts.max_output),
-            proc.stderr.fileno(): Capture(self.opts.max_output),
+            child.stdout: Capture(self.opts.max_output),
+            child.stderr: Capture(self.opts.max_output),
         }
-        pidfd = os.pidfd_open(proc.pid)
+        pidfd = os.pidfd_open(child.pid)
         sel = selectors.DefaultSelector()
         for fd in caps:
             os.set_blocking(fd, False)
             sel.register(fd, selectors.EVENT_READ)
         sel.register(pidfd, selectors.EVENT_READ)
-        pgid = proc.pid
+        pgid = child.pid
         deadline = time.monotonic() + timeout if timeout > 0 else None
         outcome: Outcome | None = None
         exited = False
@@ -218,7 +208,7 @@ class Execution:
                     fd = int(key.fd)
                     if fd == pidfd:
                         exited = True
-                        proc.wait()  # reap now so the group probe sees only the leftovers
+                        child.reap()  # now, so the group probe sees only the leftovers
                         sel.unregister(pidfd)
                         continue
                     try:
@@ -233,7 +223,7 @@ class Execution:
         finally:
             sel.close()
             os.close(pidfd)
-        return (outcome, caps[proc.stdout.fileno()].value(), caps[proc.stderr.fileno()].value())
+        return (outcome, caps[child.stdout].value(), caps[child.stderr].value())
 
     def _result(
         self, outcome: Outcome, code: int | None, error: str, out: bytes, err: bytes, started: float
@@ -242,7 +232,115 @@ class Execution:
         return Result(a.job_id, a.attempt, outcome, code, error, out, err, started, time.time())
 
 
+class Child:
+    """A job's main process: its pid, the read ends of its stdout and stderr, and its reaping.
+
+    Started with posix_spawn (no copy of the worker's page tables, no Python code between
+    fork and exec), in a session of its own with default signal dispositions. posix_spawn
+    cannot change directory before exec here, so a job with a working directory other than
+    the worker's takes subprocess.Popen, which can.
+    """
+
+    def __init__(self, pid: int, stdout: int, stderr: int, popen: subprocess.Popen[bytes] | None):
+        self.pid = pid
+        self.stdout = stdout
+        self.stderr = stderr
+        self._popen = popen
+        self._status: int | None = None
+
+    @classmethod
+    def spawn(cls, argv: list[str], env: dict[str, str], cwd: str) -> Child:
+        if cwd and os.path.realpath(cwd) != _here():
+            proc = subprocess.Popen(
+                argv,
+                stdin=_devnull(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+            assert proc.stdout is not None and proc.stderr is not None
+            return cls(proc.pid, proc.stdout.fileno(), proc.stderr.fileno(), proc)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        program = argv[0]
+        search = os.posix_spawnp
+        if "/" not in program and env.get("PATH") != os.environ.get("PATH"):
+            # posix_spawnp searches the worker's PATH; the job asked for its own
+            found = shutil.which(program, path=env.get("PATH", os.defpath))
+            if found is None:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+            program, search = found, os.posix_spawn
+        try:
+            pid = search(
+                program,
+                argv,
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, _devnull(), 0),
+                    (os.POSIX_SPAWN_DUP2, out_w, 1),
+                    (os.POSIX_SPAWN_DUP2, err_w, 2),
+                ],
+                setsid=True,
+                setsigdef=DEFAULT_SIGNALS,
+            )
+        except BaseException:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (out_w, err_w):
+                os.close(fd)
+        return cls(pid, out_r, err_r, None)
+
+    def reap(self) -> int:
+        """Wait for the process to exit (once); its return code, -N for signal N."""
+        if self._popen is not None:
+            return self._popen.wait()
+        if self._status is None:
+            _, status = os.waitpid(self.pid, 0)
+            self._status = os.waitstatus_to_exitcode(status)
+        return self._status
+
+    def close(self) -> None:
+        if self._popen is not None:
+            for pipe in (self._popen.stdout, self._popen.stderr):
+                if pipe is not None:
+                    pipe.close()
+            return
+        for fd in (self.stdout, self.stderr):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+# Python ignores SIGPIPE (and SIGXFSZ); a job starts with every signal at its default, as a
+# job started from a shell would.
+DEFAULT_SIGNALS = tuple(
+    s
+    for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    if s in signal.valid_signals()
+)
+
 _DEVNULL: list[int] = []
+
+
+def _here() -> str:
+    try:
+        return os.getcwd()
+    except OSError:  # the worker's directory is gone
+        return ""
+
+
+def close_inherited_fds() -> None:
+    """Mark every descriptor above stderr close-on-exec, so jobs (started with posix_spawn,
+    which closes nothing itself) get none the worker inherited from whoever started it."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd > 2:
+                with contextlib.suppress(OSError):
+                    os.set_inheritable(fd, False)
 
 
 def _devnull() -> int:

@@ -12,15 +12,19 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from dts.domain import (
+    Assignment,
     Attempt,
     Job,
     JobFilter,
     JobSpec,
     JobStatus,
     Output,
+    Result,
     StatCount,
     WorkerInfo,
 )
+
+Key = tuple[int, int]  # (job id, attempt)
 
 
 class Transaction(Protocol):
@@ -40,6 +44,18 @@ class Transaction(Protocol):
 
     def extend_leases(self, until: float) -> int:
         """Push every running lease out to at least `until`; returns how many."""
+
+    def claim_queued(
+        self, job_ids: Sequence[int], worker: str, now: float, lease_until: float
+    ) -> list[Assignment]:
+        """The one claim rule, as a compare-and-set per id, in the order given: a job still
+        queued becomes running under `worker` with its next attempt (recorded as started
+        at `now`, its lease until `lease_until`); ids of jobs not queued are skipped."""
+
+    def finish_succeeded(self, worker: str, results: Sequence[Result], now: float) -> set[Key]:
+        """Record successful results of attempts `worker` still runs (compare-and-set on
+        status, attempt and worker): those jobs succeed. Returns the (job id, attempt) keys
+        recorded; the rest are left untouched for the caller to judge."""
 
     def add_attempt(self, attempt: Attempt) -> None: ...
 

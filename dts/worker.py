@@ -31,7 +31,7 @@ from dts.guard import Guard
 from dts.notify import sd_notify
 from dts.process import PidFile, Readiness, Signals, daemonize, fail
 from dts.queue import Keys, RedisQueue
-from dts.runner import Execution, RunOptions
+from dts.runner import Execution, RunOptions, close_inherited_fds, job_environment
 from dts.v1 import dts_pb2 as pb
 from dts.v1 import dts_pb2_grpc as pb_grpc
 
@@ -41,8 +41,9 @@ PROG = "dts-worker"
 RPC_TIMEOUT = 10.0
 REGISTER_WAIT = 5.0  # seconds one registration call waits for the server to be reachable
 PREFETCH_BELOW = 0.5  # seconds: jobs shorter than this are claimed a few at a time, early
-PREFETCH = 4  # jobs a slot claims at once while its jobs are short
-MAX_RESULT_DELAY = 0.05  # seconds a finished result may wait to ride on the next claim
+PREFETCH_WORK = 0.05  # seconds of (estimated) work a slot may claim ahead of what it runs
+PREFETCH_MAX = 32  # jobs a slot claims at once, however short they are
+MAX_RESULT_DELAY = 0.1  # seconds a finished result may wait to ride on the next claim
 FENCE_FRACTION = 0.8  # of the lease: kill our jobs when no renewal got through for this long
 RETRYABLE = (
     grpc.StatusCode.UNAVAILABLE,
@@ -52,6 +53,8 @@ RETRYABLE = (
 
 T = TypeVar("T")
 Key = tuple[int, int]  # (job id, attempt)
+# an Exchange on its way: the call, its request, the results in it, the ids it claims
+InFlight = tuple["grpc.Future[pb.ExchangeResponse]", pb.ExchangeRequest, list[Result], list[int]]
 
 
 class Link:
@@ -90,8 +93,10 @@ class Worker:
         self.session = ""
         self.lease_seconds = 30.0
         self.heartbeat_interval = 1.0
-        self.run_opts = RunOptions(cfg.max_output, cfg.kill_grace, cfg.cwd)
-        self.guard = Guard(cfg.kill_grace)
+        self.run_opts = RunOptions(
+            cfg.max_output, cfg.kill_grace, cfg.cwd, base_env=job_environment(os.environ)
+        )
+        self.guard = Guard(cfg.kill_grace, capacity=max(1024, 4 * cfg.concurrency))
         self.server_link = Link(f"server {cfg.server}")
         self.redis_link = Link(f"redis {_safe_url(cfg.redis_url)}")
         self._lock = threading.Lock()
@@ -181,48 +186,59 @@ class Worker:
     def _slot_loop(self) -> None:
         """Claim and run jobs; results ride on the next claim.
 
-        While jobs are short (under PREFETCH_BELOW), the slot claims a few at a time
-        (PREFETCH) and sends each Exchange while it runs a job, so round trips neither sit
-        between jobs nor happen once per job. After a long job it claims one job at a time,
-        and only when free, leaving the rest to idle workers.
+        While jobs are short (under PREFETCH_BELOW), the slot claims several at a time and
+        sends each Exchange while it goes on running jobs, so round trips neither sit between
+        jobs nor happen once per job: the next batch is asked for when half of the current
+        one is left. How many: about PREFETCH_WORK seconds of work by the slot's average job,
+        so a slot never sits on more than a few milliseconds of other workers' work. After a
+        long job it claims one job at a time, and only when free, leaving the rest to idle
+        workers.
         """
         backoff = Backoff(base=0.1, cap=5.0)
         done: list[Result] = []  # finished here, not yet acknowledged by the server
         ready: list[Execution] = []  # claimed here, not yet started
         to_ack: list[int] = []  # ids claimed (or found unclaimable): to drop from inflight
         short = False
+        batch = 1  # jobs to claim at once: PREFETCH_WORK by the average job, while short
+        average = PREFETCH_BELOW  # seconds: moving average of this slot's job durations
         oldest = 0.0  # when the oldest unsent result finished
+        pending: InFlight | None = None  # an Exchange sent while jobs run
         while True:
             stopping = self.signals.stop.is_set()
+            if pending is not None and (not ready or pending[0].done()):
+                call, req, sent, ids = pending
+                pending = None
+                self._absorb(self._collect(call, req), sent, ids, done, ready, to_ack)
+                continue
             if ready:
                 exe = ready.pop(0)
                 if stopping:  # hand it back at once: it has not started
                     exe.stop(Outcome.RELEASED, "worker stopping before the job started")
-                refill = short and not stopping and not ready
-                flush = (
-                    refill
-                    or len(done) >= PREFETCH
-                    or (bool(done) and time.monotonic() - oldest > MAX_RESULT_DELAY)
-                )
-                ids = self._take(PREFETCH if refill else 0, to_ack) if flush else []
-                sent = list(done) if flush else []
-                req, call = None, None
-                if sent or ids:  # sent while the job runs; collected after it
-                    req = self._request(sent, ids)
-                    call = self.stub.Exchange.future(req, timeout=RPC_TIMEOUT)
+                if pending is None:
+                    refill = short and not stopping and len(ready) < max(1, batch // 2)
+                    if (
+                        refill
+                        or len(done) >= 2 * batch  # refills carry them, mostly
+                        or (bool(done) and time.monotonic() - oldest > MAX_RESULT_DELAY)
+                    ):
+                        ids = self._take(batch if refill else 0, to_ack)
+                        if done or ids:
+                            req = self._request(list(done), ids)
+                            call = self.stub.Exchange.future(req, timeout=RPC_TIMEOUT)
+                            pending = (call, req, list(done), ids)
                 result = self._execute(exe)
-                short = result.finished_at - result.started_at < PREFETCH_BELOW
-                if req is not None and call is not None:
-                    resp = self._collect(call, req)
-                    self._absorb(resp, sent, ids, done, ready, to_ack)
-                if not done:
-                    oldest = time.monotonic()
+                took = max(0.0, result.finished_at - result.started_at)
+                short = took < PREFETCH_BELOW
+                average = took if not short else 0.8 * average + 0.2 * took
+                batch = prefetch_count(average) if short else 1
+                if len(done) == (len(pending[2]) if pending else 0):
+                    oldest = time.monotonic()  # the first result not yet sent
                 done.append(result)
                 continue
             if stopping and not done:
                 self._take(0, to_ack)
                 return
-            ids = self._take(0 if stopping else PREFETCH if short else 1, to_ack)
+            ids = self._take(0 if stopping else batch, to_ack)
             if not done and not ids:
                 self._idle(backoff)
                 continue
@@ -551,6 +567,14 @@ class Worker:
                     del self._unreported[(r.job_id, r.attempt)]
 
 
+def prefetch_count(average: float) -> int:
+    """Jobs to claim at once when a slot's jobs take `average` seconds: PREFETCH_WORK's worth,
+    at least one, at most PREFETCH_MAX."""
+    if average <= 0:
+        return PREFETCH_MAX
+    return max(1, min(PREFETCH_MAX, int(PREFETCH_WORK / average)))
+
+
 def _safe_url(url: str) -> str:
     """The Redis URL without a password, for logs."""
     scheme, sep, rest = url.partition("://")
@@ -565,6 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DtsError as e:
         return fail(PROG, e, 2)
     readiness = daemonize(PROG) if cfg.process.daemon else Readiness(None)
+    close_inherited_fds()  # jobs must not get what the worker inherited
     logs.setup(cfg.process)
     signals = Signals()
     signals.install()

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from dts.domain import (
+    Assignment,
     Attempt,
     Job,
     JobFilter,
@@ -18,12 +19,13 @@ from dts.domain import (
     JobStatus,
     Outcome,
     Output,
+    Result,
     StatCount,
     WorkerInfo,
     WorkerState,
 )
 from dts.errors import Internal, Unavailable
-from dts.store import chunks
+from dts.store import Key, chunks
 
 SCHEMA_VERSION = 1
 
@@ -87,10 +89,12 @@ SCHEMA = [
     )""",
 ]
 
+SPEC_COLUMNS = (
+    "id, name, queue, priority, argv, shell, env, cwd, timeout, max_retries, backoff, delay"
+)
 JOB_COLUMNS = (
-    "id, name, queue, priority, argv, shell, env, cwd, timeout, max_retries, backoff, delay, "
-    "status, attempts, failures, lost, exit_code, error, worker, created_at, started_at, "
-    "finished_at, run_at, lease_expires_at"
+    f"{SPEC_COLUMNS}, status, attempts, failures, lost, exit_code, error, worker, created_at, "
+    "started_at, finished_at, run_at, lease_expires_at"
 )
 ATTEMPT_COLUMNS = (
     "job_id, attempt, worker, started_at, finished_at, exit_code, outcome, error, "
@@ -102,22 +106,9 @@ WORKER_COLUMNS = (
 
 
 def _job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
-    spec = JobSpec(
-        argv=tuple(json.loads(row[4])),
-        shell=bool(row[5]),
-        queue=row[2],
-        priority=row[3],
-        max_retries=row[9],
-        backoff=row[10],
-        timeout=row[8],
-        delay=row[11],
-        env=tuple((k, v) for k, v in json.loads(row[6])),
-        cwd=row[7],
-        name=row[1],
-    )
     return Job(
         id=row[0],
-        spec=spec,
+        spec=_spec(row),
         status=JobStatus(row[12]),
         attempts=row[13],
         failures=row[14],
@@ -130,6 +121,23 @@ def _job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
         finished_at=row[21],
         run_at=row[22],
         lease_expires_at=row[23],
+    )
+
+
+def _spec(row: sqlite3.Row | tuple[Any, ...]) -> JobSpec:
+    """The spec from a row whose first 12 columns are SPEC_COLUMNS."""
+    return JobSpec(
+        argv=tuple(json.loads(row[4])),
+        shell=bool(row[5]),
+        queue=row[2],
+        priority=row[3],
+        max_retries=row[9],
+        backoff=row[10],
+        timeout=row[8],
+        delay=row[11],
+        env=tuple((k, v) for k, v in json.loads(row[6])),
+        cwd=row[7],
+        name=row[1],
     )
 
 
@@ -236,6 +244,48 @@ class SqliteTransaction:
             (until, until),
         )
         return cur.rowcount
+
+    def claim_queued(
+        self, job_ids: Sequence[int], worker: str, now: float, lease_until: float
+    ) -> list[Assignment]:
+        claimed: list[Assignment] = []
+        for job_id in job_ids:
+            row = self._c.execute(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = ?,"
+                " started_at = ?, lease_expires_at = ?, exit_code = NULL, error = ''"
+                f" WHERE id = ? AND status = 'queued' RETURNING {SPEC_COLUMNS}, attempts",
+                (worker, now, lease_until, job_id),
+            ).fetchone()
+            if row is not None:
+                claimed.append(Assignment(job_id, row[12], _spec(row)))
+        self._c.executemany(
+            "INSERT INTO attempts (job_id, attempt, worker, started_at, outcome)"
+            " VALUES (?,?,?,?,?)",
+            ((a.job_id, a.attempt, worker, now, Outcome.RUNNING.value) for a in claimed),
+        )
+        return claimed
+
+    def finish_succeeded(self, worker: str, results: Sequence[Result], now: float) -> set[Key]:
+        recorded: set[Key] = set()
+        for r in results:
+            cur = self._c.execute(
+                "UPDATE jobs SET status = 'succeeded', exit_code = ?, error = '',"
+                " finished_at = ?, lease_expires_at = NULL"
+                " WHERE id = ? AND status = 'running' AND attempts = ? AND worker = ?",
+                (r.exit_code or 0, now, r.job_id, r.attempt, worker),
+            )
+            if cur.rowcount == 1:
+                recorded.add((r.job_id, r.attempt))
+        self._c.executemany(
+            "UPDATE attempts SET finished_at = ?, exit_code = ?, outcome = 'succeeded',"
+            " error = '', stdout = ?, stderr = ? WHERE job_id = ? AND attempt = ?",
+            (
+                (now, r.exit_code or 0, r.stdout, r.stderr, r.job_id, r.attempt)
+                for r in results
+                if (r.job_id, r.attempt) in recorded
+            ),
+        )
+        return recorded
 
     def add_attempt(self, attempt: Attempt) -> None:
         self._c.execute(

@@ -373,3 +373,49 @@ def test_job_environment_drops_what_is_private_to_the_worker() -> None:
         }
     )
     assert env == {"PATH": "/bin", "HOME": "/h"}
+
+
+def test_a_job_finds_its_program_on_its_own_path(tmp_path: Path) -> None:
+    # Given a program that is only on the PATH the job asks for
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    prog = bin_dir / "dts-only-here"
+    prog.write_text("#!/bin/sh\necho found me\n")
+    prog.chmod(0o755)
+    # When a job runs it by name with that PATH
+    r = run(job("dts-only-here", env=(("PATH", f"{bin_dir}:/usr/bin:/bin"),)))
+    # Then it runs, as it would from a shell with that PATH
+    assert (r.outcome, r.stdout) == (Outcome.SUCCEEDED, b"found me\n")
+    # And with its own PATH lacking the program, it fails with 127 naming it
+    r = run(job("dts-only-here", env=(("PATH", "/usr/bin:/bin"),)))
+    assert (r.outcome, r.exit_code) == (Outcome.FAILED, 127)
+    assert "dts-only-here" in r.error
+
+
+@pytest.mark.parametrize("where", ["worker's directory", "own directory"])
+def test_a_job_starts_with_no_signal_ignored(tmp_path: Path, where: str) -> None:
+    # Python ignores SIGPIPE; a job must not inherit that (`yes | head` would print errors)
+    cwd = str(tmp_path) if where == "own directory" else ""
+    r = run(job("grep", "^SigIgn", "/proc/self/status", cwd=cwd))
+    mask = int(r.stdout.split()[1], 16)
+    ignored = {n + 1 for n in range(64) if mask >> n & 1}
+    # signals 32 and 33 are the C library's own, set up afresh by the job's libc
+    assert ignored <= {32, 33}, f"ignored signals {sorted(ignored)}"
+
+
+def test_a_job_gets_no_descriptor_the_worker_inherited() -> None:
+    from dts.runner import close_inherited_fds
+
+    # Given a descriptor the worker inherited from whoever started it
+    r, w = os.pipe()
+    inherited = os.dup2(w, 250, inheritable=True)
+    try:
+        close_inherited_fds()
+        # When a job lists its open descriptors
+        out = run(job("ls", "/proc/self/fd")).stdout.split()
+        # Then the inherited one is not among them
+        assert b"250" not in out
+        assert {b"0", b"1", b"2"} <= set(out)
+    finally:
+        for fd in (r, w, inherited):
+            os.close(fd)
