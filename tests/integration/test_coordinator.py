@@ -296,3 +296,30 @@ def test_silent_workers_are_lost_then_forgotten_after_a_day(env: Env) -> None:
     env.clock.now += 86400
     env.c.reap_leases()
     assert env.c.workers() == []
+
+
+def test_successes_in_bulk_are_fenced_like_any_report(env: Env) -> None:
+    # Given three jobs: one w1 runs, one w2 runs, one w1 lost and w2 now runs as attempt 2
+    a, b, c = (j.id for j in env.c.submit([spec(), spec(), spec()]))
+    s1, s2 = env.worker("w1"), env.worker("w2")
+    assert [x.job_id for x in env.claim("w1", s1, [a, c])] == [a, c]
+    env.clock.now += 11
+    env.c.reap_leases()  # both of w1's leases expire; a and c are queued again
+    assert [x.job_id for x in env.claim("w2", s2, [c, b])] == [c, b]  # order kept
+    assert [x.job_id for x in env.claim("w1", s1, [a, b])] == [a]  # b is w2's: skipped
+    # When w1 reports success for a (its attempt 2), for c (stale attempt 1) and for b
+    # (not its job), and w2 reports a failure of b in the same breath as a success of c
+    acks = env.report("w1", [ok(a, 2), ok(c, 1), ok(b, 1)])
+    # Then only a's success is recorded; the others are refused and change nothing
+    assert [ok_ for ok_, _ in acks] == [True, False, False]
+    assert env.c.get(a).status is JobStatus.SUCCEEDED
+    assert (env.c.get(c).status, env.c.get(c).attempts) == (JobStatus.RUNNING, 2)
+    assert (env.c.get(b).status, env.c.get(b).worker) == (JobStatus.RUNNING, "w2")
+    acks = env.report("w2", [Result(b, 1, Outcome.FAILED, 3, "exit 3"), ok(c, 2)])
+    assert acks == [(True, ""), (True, "")]
+    assert (env.c.get(b).status, env.c.get(b).exit_code) == (JobStatus.FAILED, 3)
+    assert env.c.get(c).status is JobStatus.SUCCEEDED
+    assert [(h.attempt, h.outcome) for h in env.c.history(c)] == [
+        (1, Outcome.LOST),
+        (2, Outcome.SUCCEEDED),
+    ]
