@@ -69,6 +69,24 @@ end
 return out
 """
 
+# KEYS: queue, wake   ARGV: wake tokens, then (score, id) pairs
+# Adds the ids that are not there yet, then leaves wake tokens for idle workers (at most
+# ARGV[1] waiting). Returns how many ids were new.
+ENQUEUE_SCRIPT = """
+local added = 0
+for i = 2, #ARGV, 2 do
+  added = added + redis.call('ZADD', KEYS[1], 'NX', ARGV[i], ARGV[i + 1])
+end
+local tokens = tonumber(ARGV[1])
+local room = tokens - redis.call('LLEN', KEYS[2])
+local n = math.min(room, math.floor(#ARGV / 2))
+for i = 1, n do
+  redis.call('LPUSH', KEYS[2], '1')
+end
+return added
+"""
+ENQUEUE_CHUNK = 2000  # ids per script call: Lua's stack and Redis's latency stay small
+
 # KEYS: inflight   ARGV: max count
 # Ids whose inflight deadline (on Redis's clock) has passed.
 EXPIRED_SCRIPT = """
@@ -95,22 +113,26 @@ class RedisQueue:
         self.keys = keys
         self._pop = client.register_script(POP_SCRIPT)
         self._expired = client.register_script(EXPIRED_SCRIPT)
+        self._enqueue = client.register_script(ENQUEUE_SCRIPT)
 
     def enqueue(self, jobs: Sequence[QueuedJob]) -> int:
         """Add jobs to their queues (idempotent), wake idle workers; returns how many were new."""
         if not jobs:
             return 0
-        by_queue: dict[str, dict[str, int]] = defaultdict(dict)
+        by_queue: dict[str, list[int]] = defaultdict(list)
         for j in jobs:
-            by_queue[j.queue][str(j.job_id)] = score(j.priority, j.job_id)
+            by_queue[j.queue].extend((score(j.priority, j.job_id), j.job_id))
+        if len(by_queue) == 1 and len(jobs) <= ENQUEUE_CHUNK:  # one round trip, no pipeline
+            ((name, args),) = by_queue.items()
+            return int(
+                self._enqueue([self.keys.queue(name), self.keys.wake(name)], [WAKE_TOKENS, *args])
+            )
         pipe = self.redis.pipeline(transaction=False)
-        for name, members in by_queue.items():
-            pipe.zadd(self.keys.queue(name), members, nx=True)
-            wake = self.keys.wake(name)
-            pipe.lpush(wake, *["1"] * min(len(members), WAKE_TOKENS))
-            pipe.ltrim(wake, 0, WAKE_TOKENS - 1)
-        replies = pipe.execute()
-        return sum(int(r) for r in replies[::3])
+        for name, args in by_queue.items():
+            keys = [self.keys.queue(name), self.keys.wake(name)]
+            for i in range(0, len(args), 2 * ENQUEUE_CHUNK):
+                self._enqueue(keys, [WAKE_TOKENS, *args[i : i + 2 * ENQUEUE_CHUNK]], client=pipe)
+        return sum(int(r) for r in pipe.execute())
 
     def pop(
         self, queues: Sequence[str], count: int, lease_seconds: float, ack: Sequence[int] = ()
