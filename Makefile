@@ -6,9 +6,11 @@ BIN := $(VENV)/bin
 RUN_DIR ?= .run
 CMD ?= echo hello from dts
 PYTEST_ARGS ?=
+PEERS_VENV ?= .venv-peers
+PEERS_REQ := tests/bench/peers-requirements.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help build all clean proto test test-unit test-chaos test-systemd bench lint format run run-server run-worker run-client install uninstall
+.PHONY: help build all clean proto test test-unit test-chaos test-systemd bench bench-peers lint format run run-server run-worker run-client install uninstall
 
 help: ## show this list
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,6 +46,25 @@ test-systemd: build ## boot a real systemd in a container and drive the shipped 
 
 bench: build ## benchmark throughput, submit rate, latency, scale, memory (BENCH_ARGS=--quick for a smoke run)
 	$(BIN)/python -m tests.bench.run $(BENCH_ARGS)
+
+# A fresh .venv-peers whenever the pinned set changes. If the set will not install whole, each pin
+# is tried on its own, the peers that did not install are reported failed by the benchmark, and
+# the stamp is left unmade so the next run tries again.
+$(PEERS_VENV)/.installed: $(PEERS_REQ)
+	rm -rf $(PEERS_VENV)
+	$(PYTHON) -m venv $(PEERS_VENV)
+	if $(PEERS_VENV)/bin/pip install --quiet --disable-pip-version-check -r $(PEERS_REQ); then \
+	  touch $@; \
+	else \
+	  echo "bench-peers: the pinned set did not install; trying each pin on its own" >&2; \
+	  grep -Ev '^[[:space:]]*(#|$$)' $(PEERS_REQ) | while read -r req; do \
+	    $(PEERS_VENV)/bin/pip install --quiet --disable-pip-version-check "$$req" \
+	      || echo "bench-peers: could not install $$req" >&2; \
+	  done; \
+	fi
+
+bench-peers: build $(PEERS_VENV)/.installed ## the same shell-job workload on dts, Celery, RQ, Dramatiq, huey, arq (.venv-peers)
+	$(BIN)/python -m tests.bench.peers --venv $(PEERS_VENV) $(BENCH_ARGS)
 
 lint: build ## ruff and mypy
 	$(BIN)/ruff check dts tests
