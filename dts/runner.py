@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import selectors
+import select
 import shutil
 import signal
 import subprocess
@@ -166,11 +166,11 @@ class Execution:
             child.stderr: Capture(self.opts.max_output),
         }
         pidfd = os.pidfd_open(child.pid)
-        sel = selectors.DefaultSelector()
+        poller = select.poll()  # no descriptor of its own to create and close, unlike epoll
         for fd in caps:
             os.set_blocking(fd, False)
-            sel.register(fd, selectors.EVENT_READ)
-        sel.register(pidfd, selectors.EVENT_READ)
+            poller.register(fd, select.POLLIN)
+        poller.register(pidfd, select.POLLIN)
         pgid = child.pid
         deadline = time.monotonic() + timeout if timeout > 0 else None
         outcome: Outcome | None = None
@@ -204,12 +204,11 @@ class Execution:
                 wait = POLL if not exited else 0.05
                 if deadline is not None and term_at is None:
                     wait = min(wait, max(0.0, deadline - now))
-                for key, _ in sel.select(wait):
-                    fd = int(key.fd)
+                for fd, _ in poller.poll(wait * 1000):
                     if fd == pidfd:
                         exited = True
                         child.reap()  # now, so the group probe sees only the leftovers
-                        sel.unregister(pidfd)
+                        poller.unregister(pidfd)
                         continue
                     try:
                         chunk = os.read(fd, READ_CHUNK)
@@ -218,10 +217,9 @@ class Execution:
                     if chunk:
                         caps[fd].feed(chunk)
                     else:
-                        sel.unregister(fd)
+                        poller.unregister(fd)
                         open_pipes -= 1
         finally:
-            sel.close()
             os.close(pidfd)
         return (outcome, caps[child.stdout].value(), caps[child.stderr].value())
 

@@ -419,19 +419,22 @@ class Worker:
             with self._lock:
                 stale = [e for e in stale if e in self._running.values()]
             time.sleep(0.01)
-        log.info("job %d attempt %d started: %s", a.job_id, a.attempt, a.spec.display[:200])
+        verbose = log.isEnabledFor(logging.INFO)
+        if verbose:
+            log.info("job %d attempt %d started: %s", a.job_id, a.attempt, a.spec.display[:200])
         try:
             result = exe.run()
         except Exception as e:  # a bug in the runner must not lose the job: report a failure
             log.exception("job %d: runner failed", a.job_id)
             result = Result(a.job_id, a.attempt, Outcome.FAILED, None, f"worker error: {e}")
-        log.info(
-            "job %d attempt %d %s%s",
-            a.job_id,
-            a.attempt,
-            result.outcome,
-            f" (exit {result.exit_code})" if result.exit_code else "",
-        )
+        if verbose:
+            log.info(
+                "job %d attempt %d %s%s",
+                a.job_id,
+                a.attempt,
+                result.outcome,
+                f" (exit {result.exit_code})" if result.exit_code else "",
+            )
         with self._lock:
             self._unreported[key] = result
             self._running.pop(key, None)
