@@ -41,8 +41,8 @@ PROG = "dts-worker"
 RPC_TIMEOUT = 10.0
 REGISTER_WAIT = 5.0  # seconds one registration call waits for the server to be reachable
 PREFETCH_BELOW = 0.5  # seconds: jobs shorter than this are claimed a few at a time, early
-PREFETCH_WORK = 0.05  # seconds of (estimated) work a slot may claim ahead of what it runs
-PREFETCH_MAX = 32  # jobs a slot claims at once, however short they are
+PREFETCH_WORK = 0.1  # seconds of (estimated) work a slot may claim ahead of what it runs
+PREFETCH_MAX = 64  # jobs a slot claims at once, however short they are
 MAX_RESULT_DELAY = 0.1  # seconds a finished result may wait to ride on the next claim
 FENCE_FRACTION = 0.8  # of the lease: kill our jobs when no renewal got through for this long
 RETRYABLE = (
@@ -190,9 +190,9 @@ class Worker:
         sends each Exchange while it goes on running jobs, so round trips neither sit between
         jobs nor happen once per job: the next batch is asked for when half of the current
         one is left. How many: about PREFETCH_WORK seconds of work by the slot's average job,
-        so a slot never sits on more than a few milliseconds of other workers' work. After a
-        long job it claims one job at a time, and only when free, leaving the rest to idle
-        workers.
+        so a slot sits on at most about a tenth of a second of other workers' work. After a
+        long job it hands back what it claimed ahead (but the next job) and then claims one
+        job at a time, and only when free, leaving the rest to idle workers.
         """
         backoff = Backoff(base=0.1, cap=5.0)
         done: list[Result] = []  # finished here, not yet acknowledged by the server
@@ -234,6 +234,13 @@ class Worker:
                 if len(done) == (len(pending[2]) if pending else 0):
                     oldest = time.monotonic()  # the first result not yet sent
                 done.append(result)
+                if not short and len(ready) > 1:
+                    # claimed ahead while jobs were short, and now they are long: keep the
+                    # next one, hand the rest back so idle workers need not wait behind us
+                    for held in ready[1:]:
+                        held.stop(Outcome.RELEASED, "handed back unstarted: jobs here got long")
+                        done.append(self._execute(held))
+                    del ready[1:]
                 continue
             if stopping and not done:
                 self._take(0, to_ack)

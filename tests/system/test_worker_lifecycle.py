@@ -117,3 +117,29 @@ def test_a_second_live_worker_with_the_same_name_stops_the_first(fresh_cluster: 
     with fresh_cluster.client() as c:
         job = c.submit_one(JobSpec(argv=("true",)))
         assert c.wait(job.id, 30).status.value == "succeeded"
+
+
+def test_jobs_claimed_ahead_are_handed_back_when_jobs_turn_long(fresh_cluster: Cluster) -> None:
+    # Given one worker racing through short jobs, so it claims many ahead, with long jobs
+    # at the end of the queue
+    fresh_cluster.add_worker("busy", "--concurrency", "1")
+    with fresh_cluster.client() as c:
+        jobs = c.submit([JobSpec(argv=("true",))] * 300 + [JobSpec(argv=("sleep", "2"))] * 6)
+        long_ids = [j.id for j in jobs[300:]]
+        wait_until(lambda: c.get(long_ids[0]).status.value == "running", 60, what="long job")
+        held = [i for i in long_ids if c.get(i).worker == "busy"]
+        assert len(held) >= 3, "precondition: the worker claimed several long jobs ahead"
+        # When a second worker comes along while the first runs its first long job
+        fresh_cluster.add_worker("idle", "--concurrency", "1")
+        # Then after that job the first worker hands back what it had not started, and the
+        # second one runs some of it; nothing fails or runs twice
+        done = wait_until(
+            lambda: all((j := c.get(i)).status.final for i in long_ids) and long_ids, 60
+        )
+        ran_on = {i: c.get(i).worker for i in done}
+        assert "idle" in ran_on.values(), ran_on
+        assert all(c.get(i).status.value == "succeeded" for i in long_ids)
+        for i in long_ids:
+            outcomes = [a.outcome.value for a in c.history(i)]
+            assert outcomes.count("succeeded") == 1, (i, outcomes)
+            assert set(outcomes) <= {"succeeded", "released"}, (i, outcomes)

@@ -7,6 +7,7 @@ from dts.worker import PREFETCH_MAX, PREFETCH_WORK, prefetch_count
 
 def test_short_jobs_are_claimed_many_at_a_time_up_to_the_cap() -> None:
     assert prefetch_count(0.001) == min(PREFETCH_MAX, int(PREFETCH_WORK / 0.001))
+    assert prefetch_count(0.001) > 1
     assert prefetch_count(0.0) == PREFETCH_MAX
     assert prefetch_count(1e-6) == PREFETCH_MAX
 
