@@ -200,7 +200,7 @@ class Worker:
         to_ack: list[int] = []  # ids claimed (or found unclaimable): to drop from inflight
         short = False
         batch = 1  # jobs to claim at once: PREFETCH_WORK by the average job, while short
-        average = PREFETCH_BELOW  # seconds: moving average of this slot's job durations
+        average = PREFETCH_BELOW  # seconds: this slot's recent job durations, on average
         oldest = 0.0  # when the oldest unsent result finished
         pending: InFlight | None = None  # an Exchange sent while jobs run
         while True:
@@ -228,8 +228,9 @@ class Worker:
                             pending = (call, req, list(done), ids)
                 result = self._execute(exe)
                 took = max(0.0, result.finished_at - result.started_at)
+                # a moving average while jobs stay short; the first short one sets it afresh
+                average = 0.8 * average + 0.2 * took if short and took < PREFETCH_BELOW else took
                 short = took < PREFETCH_BELOW
-                average = took if not short else 0.8 * average + 0.2 * took
                 batch = prefetch_count(average) if short else 1
                 if len(done) == (len(pending[2]) if pending else 0):
                     oldest = time.monotonic()  # the first result not yet sent
