@@ -1,0 +1,281 @@
+"""Who may call what: bearer tokens with roles, checked by a server interceptor, and the
+channel and port credentials (TLS, mutual TLS) of clients, workers and the server."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from dts.errors import InvalidArgument
+
+log = logging.getLogger("dts.auth")
+
+HEADER = "authorization"
+SCHEME = "Bearer "
+MIN_TOKEN_CHARS = 16
+TOKEN_ENV = "DTS_TOKEN"
+
+
+class Role(StrEnum):
+    """What a credential may do: submit and read jobs, run them, or both."""
+
+    CLIENT = "client"
+    WORKER = "worker"
+    ADMIN = "admin"
+
+
+# Which roles may call each service; anything not listed needs no credential (health checks).
+SERVICE_ROLES: dict[str, frozenset[Role]] = {
+    "/dts.v1.Scheduler/": frozenset({Role.CLIENT, Role.ADMIN}),
+    "/dts.v1.WorkerService/": frozenset({Role.WORKER, Role.ADMIN}),
+}
+
+
+@dataclass(frozen=True)
+class Credential:
+    """One accepted token: its role and, for a worker, the one worker name it may use."""
+
+    role: Role
+    token: str
+    name: str = ""
+
+
+def load_tokens(path: str) -> list[Credential]:
+    """Read a tokens file: one `ROLE TOKEN [WORKER-NAME]` per line, `#` starts a comment.
+
+    Raises InvalidArgument naming the file and line for anything malformed."""
+    try:
+        text = Path(path).read_text()
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise InvalidArgument(f"--tokens-file {path}: {e.strerror or e}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("tokens file %s can be read by other users (chmod 600 it)", path)
+    creds: list[Credential] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        fields = line.split()
+        where = f"--tokens-file {path} line {number}"
+        if len(fields) not in (2, 3):
+            raise InvalidArgument(f"{where}: expected ROLE TOKEN [WORKER-NAME]")
+        try:
+            role = Role(fields[0])
+        except ValueError:
+            roles = ", ".join(r.value for r in Role)
+            raise InvalidArgument(f"{where}: role must be one of {roles}") from None
+        token = fields[1]
+        check_token(token, where)
+        if len(fields) == 3 and role is not Role.WORKER:
+            raise InvalidArgument(f"{where}: only a worker token is bound to a worker name")
+        creds.append(Credential(role, token, fields[2] if len(fields) == 3 else ""))
+    if not creds:
+        raise InvalidArgument(f"--tokens-file {path}: no tokens in it")
+    if len({c.token for c in creds}) != len(creds):
+        raise InvalidArgument(f"--tokens-file {path}: a token appears twice")
+    return creds
+
+
+def check_token(token: str, where: str) -> None:
+    if len(token) < MIN_TOKEN_CHARS or not token.isascii() or not token.isprintable():
+        raise InvalidArgument(
+            f"{where}: a token must be at least {MIN_TOKEN_CHARS} printable ASCII characters"
+        )
+
+
+def read_token(token_file: str, env: dict[str, str] | None = None) -> str:
+    """The token a client or worker presents: from --token-file, else $DTS_TOKEN, else none."""
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as e:
+            raise InvalidArgument(f"--token-file {token_file}: {e.strerror or e}") from None
+        where = f"--token-file {token_file}"
+    else:
+        token = (os.environ if env is None else env).get(TOKEN_ENV, "").strip()
+        where = f"${TOKEN_ENV}"
+    if token:
+        check_token(token, where)
+    return token
+
+
+def is_loopback(address: str) -> bool:
+    """Whether HOST:PORT names this machine's loopback interface."""
+    host = address.rpartition(":")[0].strip("[]") or address
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# ---- server side ------------------------------------------------------------------------------
+
+
+class TokenAuth(grpc.ServerInterceptor):
+    """Refuses calls without a known token (UNAUTHENTICATED) or with a token whose role may
+    not call the method, or a worker token used under another worker's name
+    (PERMISSION_DENIED)."""
+
+    def __init__(self, creds: Sequence[Credential]) -> None:
+        self._creds = [(c, c.token.encode()) for c in creds]
+
+    def lookup(self, presented: str) -> Credential | None:
+        """The credential of a token, comparing in constant time against every one."""
+        given = presented.encode()
+        found = None
+        for cred, token in self._creds:  # no early exit: timing says nothing of which
+            if hmac.compare_digest(given, token):
+                found = cred
+        return found
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        method: str = details.method
+        roles = next((r for prefix, r in SERVICE_ROLES.items() if method.startswith(prefix)), None)
+        if roles is None:
+            return continuation(details)
+        header = dict(details.invocation_metadata or ()).get(HEADER, "")
+        if not isinstance(header, str) or not header.startswith(SCHEME):
+            return _refuse(grpc.StatusCode.UNAUTHENTICATED, "a token is required (--token-file)")
+        cred = self.lookup(header[len(SCHEME) :].strip())
+        if cred is None:
+            return _refuse(grpc.StatusCode.UNAUTHENTICATED, "unknown token")
+        call = method.rsplit("/", 1)[-1]
+        if cred.role not in roles:
+            return _refuse(
+                grpc.StatusCode.PERMISSION_DENIED, f"a {cred.role} token may not call {call}"
+            )
+        handler = continuation(details)
+        if not cred.name or handler is None or handler.unary_unary is None:
+            return handler
+        return _bind_name(handler, cred.name, call)
+
+
+def _refuse(code: grpc.StatusCode, message: str) -> Any:
+    def abort(request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(code, message)
+
+    return grpc.unary_unary_rpc_method_handler(abort)
+
+
+def _bind_name(handler: Any, name: str, call: str) -> Any:
+    """A worker token bound to a name may only act as that worker."""
+    inner: Callable[[Any, grpc.ServicerContext], Any] = handler.unary_unary
+
+    def checked(request: Any, context: grpc.ServicerContext) -> Any:
+        if getattr(request, "name", name) != name:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this token belongs to worker {name}; {call} as {request.name} refused",
+            )
+        return inner(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        checked,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The server's certificate and key, and (for mutual TLS) the CA clients must present."""
+
+    cert: str
+    key: str
+    client_ca: str = ""
+
+    def credentials(self) -> grpc.ServerCredentials:
+        ca = _read(self.client_ca, "--tls-client-ca") if self.client_ca else None
+        return grpc.ssl_server_credentials(
+            [(_read(self.key, "--tls-key"), _read(self.cert, "--tls-cert"))],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+
+
+# ---- client side ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChannelSecurity:
+    """How a client or worker reaches the server: TLS trust and identity, and its token."""
+
+    ca: str = ""  # CA that signed the server's certificate: TLS when set
+    cert: str = ""  # our certificate and key, for servers that require mutual TLS
+    key: str = ""
+    token: str = ""
+    plaintext_token: bool = False  # the operator allows a token without TLS to loopback
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.ca)
+
+
+def open_channel(
+    address: str, sec: ChannelSecurity, options: list[tuple[str, Any]]
+) -> grpc.Channel:
+    """A channel to `address` with TLS when configured and the token on every call.
+
+    A token is never sent in plaintext, except to a loopback address when allowed."""
+    if sec.token and not sec.tls and not (sec.plaintext_token and is_loopback(address)):
+        raise InvalidArgument(
+            f"refusing to send a token without TLS to {address} "
+            "(give --tls-ca, or --plaintext-token for a server on this machine)"
+        )
+    if sec.tls:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=_read(sec.ca, "--tls-ca"),
+            private_key=_read(sec.key, "--tls-key") if sec.key else None,
+            certificate_chain=_read(sec.cert, "--tls-cert") if sec.cert else None,
+        )
+        channel = grpc.secure_channel(address, creds, options=options)
+    else:
+        channel = grpc.insecure_channel(address, options=options)
+    if sec.token:
+        channel = grpc.intercept_channel(channel, _Bearer(sec.token))
+    return channel
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor):
+    """Adds `authorization: Bearer TOKEN` to every call."""
+
+    def __init__(self, token: str) -> None:
+        self._header = (HEADER, SCHEME + token)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        metadata = [*(details.metadata or ()), self._header]
+        return continuation(_with_metadata(details, metadata), request)
+
+
+class _Details(grpc.ClientCallDetails):
+    def __init__(self, base: Any, metadata: list[tuple[str, str]]) -> None:
+        self.method = base.method
+        self.timeout = base.timeout
+        self.metadata = tuple(metadata)
+        self.credentials = base.credentials
+        self.wait_for_ready = base.wait_for_ready
+        self.compression = getattr(base, "compression", None)
+
+
+def _with_metadata(details: Any, metadata: list[tuple[str, str]]) -> _Details:
+    return _Details(details, metadata)
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise InvalidArgument(f"{what} {path}: {e.strerror or e}") from None

@@ -1,0 +1,103 @@
+"""Tokens files, token lookup and where a token may be sent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dts.auth import (
+    ChannelSecurity,
+    Credential,
+    Role,
+    TokenAuth,
+    is_loopback,
+    load_tokens,
+    open_channel,
+    read_token,
+)
+from dts.errors import InvalidArgument
+
+CLIENT = "c" * 32
+WORKER = "w" * 32
+
+
+def _tokens(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "tokens"
+    path.write_text(text)
+    path.chmod(0o600)
+    return str(path)
+
+
+def test_tokens_file_lines_give_roles_and_worker_names(tmp_path: Path) -> None:
+    path = _tokens(tmp_path, f"# ops\nclient {CLIENT}\n\nworker {WORKER} node-1  # bound\n")
+    assert load_tokens(path) == [
+        Credential(Role.CLIENT, CLIENT),
+        Credential(Role.WORKER, WORKER, "node-1"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("root " + CLIENT, "line 1: role must be one of client, worker, admin"),
+        ("client short", "line 1: a token must be at least 16"),
+        (f"client {CLIENT} name", "line 1: only a worker token is bound"),
+        (f"client {CLIENT}\nworker {CLIENT}", "a token appears twice"),
+        ("client", "line 1: expected ROLE TOKEN"),
+        ("# nothing\n", "no tokens in it"),
+    ],
+)
+def test_a_bad_tokens_file_is_refused_naming_the_line(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        load_tokens(_tokens(tmp_path, text))
+
+
+def test_a_missing_tokens_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="nowhere: No such file"):
+        load_tokens(str(tmp_path / "nowhere"))
+
+
+def test_lookup_finds_the_credential_of_a_token_and_nothing_else() -> None:
+    auth = TokenAuth([Credential(Role.CLIENT, CLIENT), Credential(Role.WORKER, WORKER)])
+    assert auth.lookup(CLIENT) == Credential(Role.CLIENT, CLIENT)
+    assert auth.lookup(WORKER) == Credential(Role.WORKER, WORKER)
+    assert auth.lookup(CLIENT[:-1]) is None
+    assert auth.lookup("") is None
+
+
+def test_token_comes_from_the_file_before_the_environment(tmp_path: Path) -> None:
+    f = tmp_path / "t"
+    f.write_text(CLIENT + "\n")
+    assert read_token(str(f), {"DTS_TOKEN": WORKER}) == CLIENT
+    assert read_token("", {"DTS_TOKEN": WORKER}) == WORKER
+    assert read_token("", {}) == ""
+    with pytest.raises(InvalidArgument, match=r"\$DTS_TOKEN: a token must be"):
+        read_token("", {"DTS_TOKEN": "short"})
+
+
+@pytest.mark.parametrize(
+    ("address", "loopback"),
+    [
+        ("127.0.0.1:1", True),
+        ("127.3.4.5:1", True),
+        ("[::1]:1", True),
+        ("localhost:1", True),
+        ("10.0.0.1:1", False),
+        ("example.com:1", False),
+        ("[2001:db8::1]:1", False),
+    ],
+)
+def test_loopback_addresses(address: str, loopback: bool) -> None:
+    assert is_loopback(address) is loopback
+
+
+def test_a_token_is_never_sent_in_plaintext_off_this_machine() -> None:
+    sec = ChannelSecurity(token=CLIENT, plaintext_token=True)
+    with pytest.raises(InvalidArgument, match=r"without TLS to 10\.0\.0\.1:50051"):
+        open_channel("10.0.0.1:50051", sec, [])
+    with pytest.raises(InvalidArgument, match=r"without TLS to 127\.0\.0\.1:50051"):
+        open_channel("127.0.0.1:50051", ChannelSecurity(token=CLIENT), [])
+    open_channel("127.0.0.1:50051", sec, []).close()  # allowed: loopback, and asked for
