@@ -8,7 +8,7 @@ import ipaddress
 import logging
 import os
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -94,7 +94,7 @@ def check_token(token: str, where: str) -> None:
         )
 
 
-def read_token(token_file: str, env: dict[str, str] | None = None) -> str:
+def read_token(token_file: str, env: Mapping[str, str] | None = None) -> str:
     """The token a client or worker presents: from --token-file, else $DTS_TOKEN, else none."""
     if token_file:
         try:
@@ -130,6 +130,10 @@ class TokenAuth(grpc.ServerInterceptor):
     (PERMISSION_DENIED)."""
 
     def __init__(self, creds: Sequence[Credential]) -> None:
+        self._creds = [(c, c.token.encode()) for c in creds]
+
+    def replace(self, creds: Sequence[Credential]) -> None:
+        """Put a new set of tokens in force (one assignment: calls see the old or the new)."""
         self._creds = [(c, c.token.encode()) for c in creds]
 
     def lookup(self, presented: str) -> Credential | None:
@@ -224,17 +228,22 @@ class ChannelSecurity:
         return bool(self.ca)
 
 
+def check_channel(address: str, sec: ChannelSecurity) -> None:
+    """Refuse settings that would send a token in plaintext off this machine."""
+    if sec.token and not sec.tls and not (sec.plaintext_token and is_loopback(address)):
+        raise InvalidArgument(
+            f"refusing to send a token without TLS to {address} "
+            "(give --tls-ca, or --plaintext-token for a server on this machine)"
+        )
+
+
 def open_channel(
     address: str, sec: ChannelSecurity, options: list[tuple[str, Any]]
 ) -> grpc.Channel:
     """A channel to `address` with TLS when configured and the token on every call.
 
     A token is never sent in plaintext, except to a loopback address when allowed."""
-    if sec.token and not sec.tls and not (sec.plaintext_token and is_loopback(address)):
-        raise InvalidArgument(
-            f"refusing to send a token without TLS to {address} "
-            "(give --tls-ca, or --plaintext-token for a server on this machine)"
-        )
+    check_channel(address, sec)
     if sec.tls:
         creds = grpc.ssl_channel_credentials(
             root_certificates=_read(sec.ca, "--tls-ca"),

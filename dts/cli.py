@@ -11,7 +11,13 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from dts.client import Client
-from dts.config import DEFAULT_SERVER, new_parser, parse_hostport
+from dts.config import (
+    DEFAULT_SERVER,
+    add_channel_options,
+    channel_security,
+    new_parser,
+    parse_hostport,
+)
 from dts.domain import (
     MAX_PRIORITY,
     MIN_PRIORITY,
@@ -123,7 +129,17 @@ SUBMIT_FALLBACK: dict[str, Any] = {
     "--timeout": None,
     "--delay": 0.0,
 }
-GLOBAL_WITH_VALUE = {"--server", "--rpc-timeout", "-c", "--config", *SUBMIT_FALLBACK}
+GLOBAL_WITH_VALUE = {
+    "--server",
+    "--rpc-timeout",
+    "-c",
+    "--config",
+    "--token-file",
+    "--tls-ca",
+    "--tls-cert",
+    "--tls-key",
+    *SUBMIT_FALLBACK,
+}
 
 
 def global_parser() -> argparse.ArgumentParser:
@@ -135,6 +151,7 @@ def global_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", default=DEFAULT_SERVER, help="dts-server address HOST:PORT")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--rpc-timeout", type=float, default=10.0, help="seconds to wait for a reply")
+    add_channel_options(p)
     for flag, kind, text in SUBMIT_DEFAULTS:
         p.add_argument(
             flag,
@@ -566,9 +583,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parse_hostport(ns.server, "--server")
         if not 0 < ns.rpc_timeout < 86400:
             raise InvalidArgument(f"--rpc-timeout must be between 0 and 86400, got {g.rpc_timeout}")
+        client = Client(ns.server, timeout=ns.rpc_timeout, security=channel_security(g))
     except InvalidArgument as e:
         gp.error(str(e))
-    client = Client(ns.server, timeout=ns.rpc_timeout)
     cli = Cli(client, ns.json)
     try:
         return int(getattr(cli, ns.command.replace("-", "_"))(ns))

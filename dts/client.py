@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dts import wire
+from dts.auth import ChannelSecurity, open_channel
 from dts.backoff import Backoff
 from dts.config import DEFAULT_SERVER
 from dts.domain import Attempt, Job, JobSpec, JobStatus, Output, StatCount, WorkerInfo
@@ -23,10 +24,15 @@ T = TypeVar("T")
 class Client:
     """A connection to dts-server. Every method raises a dts.errors.DtsError on failure."""
 
-    def __init__(self, address: str = DEFAULT_SERVER, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        address: str = DEFAULT_SERVER,
+        timeout: float = 10.0,
+        security: ChannelSecurity | None = None,
+    ) -> None:
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(address, options=wire.grpc_options())
+        self.channel = open_channel(address, security or ChannelSecurity(), wire.grpc_options())
         self.stub = pb_grpc.SchedulerStub(self.channel)
 
     def close(self) -> None:

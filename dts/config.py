@@ -10,11 +10,20 @@ import os
 import socket
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import configargparse
 
+from dts.auth import (
+    TOKEN_ENV,
+    ChannelSecurity,
+    ServerTls,
+    check_channel,
+    is_loopback,
+    load_tokens,
+    read_token,
+)
 from dts.errors import InvalidArgument
 
 ENV_PREFIX = "DTS_"
@@ -92,6 +101,9 @@ class ServerConfig:
     reconcile_interval: float = 60.0
     grpc_threads: int = 32
     sqlite_synchronous: str = "full"
+    tokens_file: str = ""
+    tls: ServerTls | None = None
+    plaintext_tokens: bool = False
     process: ProcessConfig = ProcessConfig()
 
 
@@ -147,6 +159,24 @@ def server_parser(env: Mapping[str, str] | None = None) -> ArgumentParser:
         choices=("full", "normal"),
         help="full: a submit survives power loss; normal: survives a process crash",
     )
+    p.add_argument(
+        "--tokens-file",
+        default="",
+        help="require a token on every call: lines of ROLE TOKEN [WORKER-NAME] "
+        "(roles client, worker, admin); re-read on SIGHUP",
+    )
+    p.add_argument("--tls-cert", default="", help="serve TLS with this certificate (PEM)")
+    p.add_argument("--tls-key", default="", help="private key of --tls-cert (PEM)")
+    p.add_argument(
+        "--tls-client-ca",
+        default="",
+        help="mutual TLS: callers must present a certificate signed by this CA (PEM)",
+    )
+    p.add_argument(
+        "--plaintext-tokens",
+        action="store_true",
+        help="accept tokens without TLS (only when listening on a loopback address)",
+    )
     _add_process_options(p)
     return p
 
@@ -169,9 +199,19 @@ def load_server_config(
         reconcile_interval=ns.reconcile_interval,
         grpc_threads=ns.grpc_threads,
         sqlite_synchronous=ns.sqlite_synchronous,
+        tokens_file=ns.tokens_file,
+        tls=_server_tls(ns),
+        plaintext_tokens=ns.plaintext_tokens,
         process=_process_config(ns),
     )
     parse_hostport(cfg.listen, "--listen")
+    if cfg.tokens_file:
+        load_tokens(cfg.tokens_file)  # refuse a bad file now, with its line
+        if cfg.tls is None and not (cfg.plaintext_tokens and is_loopback(cfg.listen)):
+            raise InvalidArgument(
+                "--tokens-file without TLS would let tokens cross the network in plaintext: "
+                "give --tls-cert and --tls-key (or --plaintext-tokens on a loopback --listen)"
+            )
     _check_redis_url(cfg.redis_url)
     _positive("--worker-timeout", cfg.worker_timeout)
     _non_negative("--default-retries", cfg.default_retries)
@@ -202,6 +242,7 @@ class WorkerConfig:
     kill_grace: float = 5.0
     max_output: int = 1 << 20
     cwd: str = ""
+    security: ChannelSecurity = field(default_factory=ChannelSecurity)
     process: ProcessConfig = ProcessConfig()
 
 
@@ -240,6 +281,7 @@ def worker_parser() -> ArgumentParser:
         help="bytes of stdout and of stderr kept per attempt",
     )
     p.add_argument("--cwd", default="", help="working directory of jobs that name none")
+    add_channel_options(p)
     _add_process_options(p)
     return p
 
@@ -259,9 +301,11 @@ def load_worker_config(
         kill_grace=ns.kill_grace,
         max_output=ns.max_output,
         cwd=ns.cwd,
+        security=channel_security(ns, env),
         process=_process_config(ns),
     )
     parse_hostport(cfg.server, "--server")
+    check_channel(cfg.server, cfg.security)
     _check_redis_url(cfg.redis_url)
     _positive("--concurrency", cfg.concurrency)
     if not queues:
@@ -270,6 +314,51 @@ def load_worker_config(
     _non_negative("--kill-grace", cfg.kill_grace)
     _positive("--max-output", cfg.max_output)
     return cfg
+
+
+# ---- security of the server connection (worker and client) -----------------------------------
+
+
+def add_channel_options(p: Any) -> None:
+    p.add_argument(
+        "--token-file",
+        default="",
+        help=f"file holding the token to present (default: ${TOKEN_ENV}, else none)",
+    )
+    p.add_argument("--tls-ca", default="", help="reach the server over TLS; trust this CA (PEM)")
+    p.add_argument("--tls-cert", default="", help="mutual TLS: our certificate (PEM)")
+    p.add_argument("--tls-key", default="", help="mutual TLS: private key of --tls-cert (PEM)")
+    p.add_argument(
+        "--plaintext-token",
+        action="store_true",
+        help="send the token without TLS (only to a server on a loopback address)",
+    )
+
+
+def channel_security(ns: Any, env: Mapping[str, str] | None = None) -> ChannelSecurity:
+    if bool(ns.tls_cert) != bool(ns.tls_key):
+        raise InvalidArgument("--tls-cert and --tls-key go together")
+    if ns.tls_cert and not ns.tls_ca:
+        raise InvalidArgument("--tls-cert needs --tls-ca (mutual TLS is TLS first)")
+    return ChannelSecurity(
+        ca=ns.tls_ca,
+        cert=ns.tls_cert,
+        key=ns.tls_key,
+        token=read_token(ns.token_file, env),
+        plaintext_token=ns.plaintext_token,
+    )
+
+
+def _server_tls(ns: Any) -> ServerTls | None:
+    if bool(ns.tls_cert) != bool(ns.tls_key):
+        raise InvalidArgument("--tls-cert and --tls-key go together")
+    if ns.tls_client_ca and not ns.tls_cert:
+        raise InvalidArgument("--tls-client-ca needs --tls-cert and --tls-key")
+    if not ns.tls_cert:
+        return None
+    tls = ServerTls(ns.tls_cert, ns.tls_key, ns.tls_client_ca)
+    tls.credentials()  # refuse unreadable files now, naming them
+    return tls
 
 
 # ---- helpers ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dts import __version__, logs, wire
+from dts.auth import TokenAuth, load_tokens
 from dts.background import DueScheduler, LeaseReaper, Loop, Reconciler
 from dts.config import ServerConfig, load_server_config, parse_hostport
 from dts.coordinator import Coordinator
@@ -51,11 +52,13 @@ class Server:
             Reconciler(self.coordinator),
         ]
         self.health = health.HealthServicer()
+        self.auth = TokenAuth(load_tokens(cfg.tokens_file)) if cfg.tokens_file else None
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.grpc_threads, thread_name_prefix="dts-rpc"),
             # no SO_REUSEPORT: a second server on a port in use must fail, not share it
             options=[*wire.grpc_options(), ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=cfg.grpc_threads * 8,
+            interceptors=[self.auth] if self.auth else [],
         )
         pb_grpc.add_SchedulerServicer_to_server(SchedulerServicer(self.coordinator), self.grpc)
         pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self.coordinator), self.grpc)
@@ -68,7 +71,11 @@ class Server:
         if problem:
             raise Unavailable(f"cannot listen on {self.cfg.listen}: {problem}")
         try:
-            self.port = self.grpc.add_insecure_port(self.cfg.listen)
+            if self.cfg.tls is not None:
+                creds = self.cfg.tls.credentials()
+                self.port = self.grpc.add_secure_port(self.cfg.listen, creds)
+            else:
+                self.port = self.grpc.add_insecure_port(self.cfg.listen)
         except RuntimeError as e:
             raise Unavailable(f"cannot listen on {self.cfg.listen}: {e}") from e
         if self.port == 0:
@@ -82,13 +89,26 @@ class Server:
         for name in ("", *SERVICES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "dts-server %s listening on %s (db %s, redis %s, prefix %r)",
+            "dts-server %s listening on %s%s (db %s, redis %s, prefix %r)",
             __version__,
             self.cfg.listen,
+            _security_note(self.cfg),
             self.cfg.db,
             self.cfg.redis_url,
             self.cfg.key_prefix,
         )
+
+    def reload_tokens(self) -> None:
+        """SIGHUP: read the tokens file again; on any error keep the tokens in force."""
+        if self.auth is None:
+            return
+        try:
+            creds = load_tokens(self.cfg.tokens_file)
+        except DtsError as e:
+            log.error("reload: tokens not reloaded, the old ones stay in force: %s", e)
+            return
+        self.auth.replace(creds)
+        log.info("reload: %d token(s) in force", len(creds))
 
     def stop(self, grace: float = 10.0, hurry: Callable[[], bool] = lambda: False) -> None:
         # Shutdown order: say NOT_SERVING and refuse new jobs; stop taking calls and let
@@ -163,6 +183,7 @@ def run(cfg: ServerConfig, readiness: Readiness) -> int:
             if signals.hup.is_set():
                 signals.hup.clear()
                 cfg = _reload(cfg)
+                server.reload_tokens()
             sd_notify("WATCHDOG=1")
         log.info("stopping (signal received); draining in-flight calls")
         sd_notify("STOPPING=1")
@@ -171,6 +192,11 @@ def run(cfg: ServerConfig, readiness: Readiness) -> int:
         if pidfile:
             pidfile.release()
     return 0
+
+
+def _security_note(cfg: ServerConfig) -> str:
+    tls = "" if cfg.tls is None else " with mutual TLS" if cfg.tls.client_ca else " with TLS"
+    return tls + (", tokens required" if cfg.tokens_file else "")
 
 
 def _reload(cfg: ServerConfig) -> ServerConfig:

@@ -287,4 +287,8 @@ def error_from_rpc(e: grpc.RpcError, address: str) -> errors.DtsError:
         return errors.Unavailable(f"cannot reach dts-server at {address}: {details}")
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return errors.DeadlineExceeded(f"dts-server at {address} did not answer in time")
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        return errors.Unauthenticated(f"dts-server at {address} refused the credentials: {details}")
+    if code is grpc.StatusCode.PERMISSION_DENIED:
+        return errors.PermissionDenied(f"dts-server at {address} does not allow it: {details}")
     return errors.from_code(code.name, details)

@@ -23,6 +23,7 @@ import grpc
 import redis
 
 from dts import __version__, logs, wire
+from dts.auth import open_channel
 from dts.backoff import Backoff
 from dts.config import WorkerConfig, load_worker_config
 from dts.domain import Assignment, Outcome, Result
@@ -45,6 +46,7 @@ PREFETCH_WORK = 0.1  # seconds of (estimated) work a slot may claim ahead of wha
 PREFETCH_MAX = 64  # jobs a slot claims at once, however short they are
 MAX_RESULT_DELAY = 0.1  # seconds a finished result may wait to ride on the next claim
 FENCE_FRACTION = 0.8  # of the lease: kill our jobs when no renewal got through for this long
+REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 RETRYABLE = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -84,7 +86,7 @@ class Worker:
     def __init__(self, cfg: WorkerConfig, signals: Signals) -> None:
         self.cfg = cfg
         self.signals = signals
-        self.channel = grpc.insecure_channel(cfg.server, options=wire.grpc_options())
+        self.channel = open_channel(cfg.server, cfg.security, wire.grpc_options())
         self.stub = pb_grpc.WorkerServiceStub(self.channel)
         self.redis = redis.Redis.from_url(
             cfg.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10
@@ -114,8 +116,8 @@ class Worker:
         self.guard.start()
         try:
             if not self._register():
-                readiness.failed("stopped before registering")
-                return 0
+                readiness.failed("refused" if self.exit_code else "stopped before registering")
+                return self.exit_code
             readiness.ready()
             sd_notify(f"READY=1\nSTATUS=registered as {self.cfg.name}")
             hb = threading.Thread(target=self._heartbeat_loop, name="dts-heartbeat", daemon=True)
@@ -391,6 +393,9 @@ class Worker:
                 elif e.code() is grpc.StatusCode.ALREADY_EXISTS:
                     self._superseded(e.details() or "")
                     return None
+                elif e.code() in REFUSED:
+                    self._refused(e)
+                    return None
                 elif e.code() is grpc.StatusCode.FAILED_PRECONDITION and self.session:
                     log.warning("server does not know session: %s; registering again", e.details())
                     if not self._register():
@@ -524,6 +529,9 @@ class Worker:
                 if e.code() is grpc.StatusCode.ALREADY_EXISTS:
                     self._superseded(e.details() or "")
                     return
+                if e.code() in REFUSED:
+                    self._refused(e)
+                    return
                 self.server_link.down(e.details() or e.code())
                 continue
             last_renewed, fenced = sent, False
@@ -542,6 +550,20 @@ class Worker:
                         lease.attempt,
                     )
                     exe.stop(Outcome.CANCELLED, "cancelled")
+
+    def _refused(self, e: grpc.RpcError) -> None:
+        """The server refused our credentials: nothing we send will be accepted; stop."""
+        if self.exit_code == 0:
+            log.error(
+                "server %s refused this worker's credentials (%s): %s; stopping",
+                self.cfg.server,
+                e.code().name,
+                e.details(),
+            )
+        self.exit_code = 1
+        self._stop_all(Outcome.RELEASED, "worker credentials refused", at_once=True)
+        self.signals.stop.set()
+        self.signals.wakeup.set()
 
     def _superseded(self, why: str) -> None:
         """Another live process registered under our name: stop, rather than fight over it."""

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from dts.auth import ChannelSecurity
 from dts.client import Client
 from dts.errors import DtsError
 
@@ -153,8 +154,10 @@ class ServerProcess(Proc):
         port: int | None = None,
         db: Path | None = None,
         prefix: str = "dts:",
+        probe: ChannelSecurity | None = None,
     ) -> None:
         self.port = port or free_port()
+        self.probe = probe  # how start() reaches the server to see it serving
         self.db = db or workdir / "dts.db"
         self.address = f"127.0.0.1:{self.port}"
         super().__init__(
@@ -176,7 +179,7 @@ class ServerProcess(Proc):
 
     def start(self) -> None:
         super().start()
-        with Client(self.address, timeout=2) as c:
+        with Client(self.address, timeout=2, security=self.probe) as c:
             wait_until(
                 lambda: not self.alive() or c.health() == "SERVING",
                 20,
@@ -188,9 +191,19 @@ class ServerProcess(Proc):
 class WorkerProcess(Proc):
     """A dts-worker."""
 
-    def __init__(self, workdir: Path, server: str, redis_url: str, name: str, *extra: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        server: str,
+        redis_url: str,
+        name: str,
+        *extra: str,
+        probe: ChannelSecurity | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.server = server
+        self.probe = probe  # how wait_registered() reaches the server
         super().__init__(
             [
                 str(BIN / "dts-worker"),
@@ -203,7 +216,7 @@ class WorkerProcess(Proc):
                 *extra,
             ],
             workdir / f"worker-{name}.log",
-            env=clean_env(),
+            env=env or clean_env(),
         )
 
     def start(self, wait: bool = True) -> None:
@@ -212,7 +225,7 @@ class WorkerProcess(Proc):
             self.wait_registered()
 
     def wait_registered(self, timeout: float = 20.0) -> None:
-        with Client(self.server, timeout=2) as c:
+        with Client(self.server, timeout=2, security=self.probe) as c:
             wait_until(
                 lambda: (
                     any(

@@ -133,9 +133,7 @@ def test_jobs_claimed_ahead_are_handed_back_when_jobs_turn_long(fresh_cluster: C
         fresh_cluster.add_worker("idle", "--concurrency", "1")
         # Then after that job the first worker hands back what it had not started, and the
         # second one runs some of it; nothing fails or runs twice
-        done = wait_until(
-            lambda: all((j := c.get(i)).status.final for i in long_ids) and long_ids, 60
-        )
+        done = wait_until(lambda: all(c.get(i).status.final for i in long_ids) and long_ids, 60)
         ran_on = {i: c.get(i).worker for i in done}
         assert "idle" in ran_on.values(), ran_on
         assert all(c.get(i).status.value == "succeeded" for i in long_ids)

@@ -1,0 +1,288 @@
+"""Access control end to end: tokens with roles, TLS and mutual TLS, through the real programs."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dts.auth import ChannelSecurity
+from dts.client import Client
+from dts.domain import JobSpec
+from dts.errors import PermissionDenied, Unauthenticated
+from tests.harness import (
+    BIN,
+    RedisProcess,
+    ServerProcess,
+    WorkerProcess,
+    clean_env,
+    run_cli,
+    wait_until,
+)
+
+CLIENT = "client-token-" + "c" * 20
+WORKER = "worker-token-" + "w" * 20
+BOUND = "bound-worker-" + "b" * 20
+ADMIN = "admin-token-" + "a" * 20
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    path.chmod(0o600)
+    return str(path)
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+@dataclass
+class Pki:
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+    other_ca: str
+
+
+def _issue(d: Path, name: str, ca: Path, ca_key: Path, ext: str) -> tuple[str, str]:
+    key, csr, cert, extfile = (d / f"{name}{s}" for s in (".key", ".csr", ".pem", ".ext"))
+    extfile.write_text(ext + "\n")
+    _openssl(
+        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}",
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(extfile),
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+def _ca(d: Path, name: str) -> tuple[Path, Path]:
+    key, cert = d / f"{name}.key", d / f"{name}.pem"
+    _openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={name}",
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    d = tmp_path_factory.mktemp("pki")
+    ca, ca_key = _ca(d, "dts-test-ca")
+    other, _ = _ca(d, "some-other-ca")
+    server = _issue(d, "server", ca, ca_key, "subjectAltName=IP:127.0.0.1,DNS:localhost")
+    client = _issue(d, "worker-1", ca, ca_key, "extendedKeyUsage=clientAuth")
+    return Pki(str(ca), *server, *client, str(other))
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
+    r = RedisProcess(tmp_path)
+    r.start()
+    yield r
+    r.kill()
+
+
+def _tokens(tmp_path: Path, *lines: str) -> str:
+    return _write(tmp_path / "tokens", "".join(f"{ln}\n" for ln in lines))
+
+
+def _token_file(tmp_path: Path, token: str) -> str:
+    return _write(tmp_path / f"t-{token[:6]}", token + "\n")
+
+
+def _server(
+    tmp_path: Path, r: RedisProcess, *args: str, probe: ChannelSecurity | None = None
+) -> ServerProcess:
+    s = ServerProcess(tmp_path, r.url, *args, probe=probe)
+    s.start()
+    return s
+
+
+def test_tokens_decide_who_may_do_what(tmp_path: Path, redis_server: RedisProcess) -> None:
+    # Given a server that requires tokens (plaintext allowed: it listens on loopback)
+    tokens = _tokens(
+        tmp_path,
+        f"client {CLIENT}",
+        f"worker {WORKER}",
+        f"worker {BOUND} w-bound",
+        f"admin {ADMIN}",
+    )
+    s = _server(tmp_path, redis_server, "--tokens-file", tokens, "--plaintext-tokens")
+    as_client = ChannelSecurity(token=CLIENT, plaintext_token=True)
+    as_worker = ChannelSecurity(token=WORKER, plaintext_token=True)
+    try:
+        # A worker with a worker token registers and runs a client's job
+        w = WorkerProcess(
+            tmp_path, s.address, redis_server.url, "w1",
+            "--token-file", _token_file(tmp_path, WORKER), "--plaintext-token",
+            probe=as_client,
+        )  # fmt: skip
+        w.start()
+        ok = run_cli(
+            s.address, "--token-file", _token_file(tmp_path, CLIENT), "--plaintext-token",
+            "submit", "--wait", "--", "echo", "allowed",
+        )  # fmt: skip
+        assert (ok.returncode, ok.stdout) == (0, "allowed\n"), ok.stderr
+        # The token may also come from DTS_TOKEN
+        env = clean_env(DTS_TOKEN=ADMIN)
+        listed = run_cli(s.address, "--plaintext-token", "list", env=env)
+        assert listed.returncode == 0 and "echo allowed" in listed.stdout, listed.stderr
+
+        # Without a token, or with an unknown one: refused, one line, exit 1
+        for args, why in (
+            ((), "a token is required"),
+            (("--token-file", _token_file(tmp_path, "x" * 24), "--plaintext-token"), "unknown"),
+        ):
+            r = run_cli(s.address, *args, "list")
+            assert r.returncode == 1, r
+            assert r.stderr.count("\n") == 1 and "refused the credentials" in r.stderr, r.stderr
+            assert why in r.stderr and "Traceback" not in r.stderr
+        # A worker token cannot submit; a client token cannot claim or report
+        r = run_cli(
+            s.address, "--token-file", _token_file(tmp_path, WORKER), "--plaintext-token",
+            "submit", "--", "true",
+        )  # fmt: skip
+        assert r.returncode == 1 and "a worker token may not call Submit" in r.stderr, r.stderr
+        with Client(s.address, security=as_worker) as c, pytest.raises(PermissionDenied):
+            c.submit([JobSpec(argv=("true",))])
+        from dts.v1 import dts_pb2 as pb
+        from dts.v1 import dts_pb2_grpc as pb_grpc
+
+        with Client(s.address, security=as_client) as c:
+            stub = pb_grpc.WorkerServiceStub(c.channel)
+            with pytest.raises(Exception) as e:
+                stub.Exchange(pb.ExchangeRequest(name="w1", claim=[1]), timeout=5)
+            assert "PERMISSION_DENIED" in str(e.value)
+        # A worker token bound to a name serves only under that name
+        impostor = WorkerProcess(
+            tmp_path, s.address, redis_server.url, "w-other",
+            "--token-file", _token_file(tmp_path, BOUND), "--plaintext-token",
+        )  # fmt: skip
+        impostor.start(wait=False)
+        assert impostor.wait(20) == 1
+        assert "belongs to worker w-bound" in impostor.output()
+        # A worker without a token stops at once with one clear line
+        anonymous = WorkerProcess(tmp_path, s.address, redis_server.url, "w-anon")
+        anonymous.start(wait=False)
+        assert anonymous.wait(20) == 1
+        assert "refused this worker's credentials" in anonymous.output()
+        assert "Traceback" not in anonymous.output()
+        w.stop()
+    finally:
+        s.stop()
+
+
+def test_sighup_rereads_the_tokens_file(tmp_path: Path, redis_server: RedisProcess) -> None:
+    tokens = _tokens(tmp_path, f"client {CLIENT}")
+    s = _server(tmp_path, redis_server, "--tokens-file", tokens, "--plaintext-tokens")
+    new = "rotated-client-" + "r" * 20
+    try:
+        with Client(s.address, security=ChannelSecurity(token=CLIENT, plaintext_token=True)) as c:
+            assert c.list_jobs() == []
+            # When the file changes and the server gets SIGHUP
+            _tokens(tmp_path, f"client {new}")
+            s.signal(signal.SIGHUP)
+            # Then the old token is refused and the new one works
+            wait_until(lambda: _refused(c), 10, what="old token refused")
+        with Client(s.address, security=ChannelSecurity(token=new, plaintext_token=True)) as c:
+            assert c.list_jobs() == []
+        # And a broken file on SIGHUP keeps the tokens in force, saying why
+        _tokens(tmp_path, "nonsense")
+        s.signal(signal.SIGHUP)
+        wait_until(lambda: "tokens not reloaded" in s.output(), 10)
+        with Client(s.address, security=ChannelSecurity(token=new, plaintext_token=True)) as c:
+            assert c.list_jobs() == []
+    finally:
+        s.stop()
+
+
+def _refused(c: Client) -> bool:
+    try:
+        c.list_jobs()
+    except Unauthenticated:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--tokens-file", "TOKENS"), "without TLS would let tokens cross the network"),
+        (
+            ("--tokens-file", "TOKENS", "--plaintext-tokens", "--listen", "0.0.0.0:50051"),
+            "without TLS would let tokens cross the network",
+        ),
+        (("--tls-cert", "CERT"), "--tls-cert and --tls-key go together"),
+        (("--tls-cert", "CERT", "--tls-key", "NOWHERE"), "--tls-key NOWHERE"),
+    ],
+)
+def test_unsafe_or_broken_security_settings_stop_the_server(
+    tmp_path: Path, pki: Pki, args: tuple[str, ...], message: str
+) -> None:
+    tokens = _tokens(tmp_path, f"client {CLIENT}")
+    subst = {"TOKENS": tokens, "CERT": pki.server_cert, "NOWHERE": str(tmp_path / "none")}
+    argv = [subst.get(a, a) for a in args]
+    message = message.replace("NOWHERE", subst["NOWHERE"])
+    r = subprocess.run(
+        [str(BIN / "dts-server"), "--db", str(tmp_path / "db"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(),
+    )
+    assert r.returncode == 2, r
+    assert message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_tls_and_tokens(tmp_path: Path, redis_server: RedisProcess, pki: Pki) -> None:
+    # Given a TLS server that requires tokens
+    tokens = _tokens(tmp_path, f"client {CLIENT}", f"worker {WORKER}")
+    tls = ("--tls-cert", pki.server_cert, "--tls-key", pki.server_key)
+    as_client = ChannelSecurity(ca=pki.ca, token=CLIENT)
+    s = _server(tmp_path, redis_server, *tls, "--tokens-file", tokens, probe=as_client)
+    try:
+        w = WorkerProcess(
+            tmp_path, s.address, redis_server.url, "w1",
+            "--tls-ca", pki.ca, "--token-file", _token_file(tmp_path, WORKER),
+            probe=as_client,
+        )  # fmt: skip
+        w.start()
+        # A client that trusts the CA gets through, token and all (no plaintext flag needed)
+        client_args = ("--tls-ca", pki.ca, "--token-file", _token_file(tmp_path, CLIENT))
+        ok = run_cli(s.address, *client_args, "submit", "--wait", "--", "echo", "over tls")
+        assert (ok.returncode, ok.stdout) == (0, "over tls\n"), ok.stderr
+        # A client that trusts another CA, or speaks plaintext, cannot reach it
+        for args in (("--tls-ca", pki.other_ca), ()):
+            r = run_cli(s.address, *args, "--rpc-timeout", "3", "list")
+            assert r.returncode == 3 and "cannot reach dts-server" in r.stderr, r
+        w.stop()
+    finally:
+        s.stop()
+
+
+def test_mutual_tls_admits_only_certified_workers(
+    tmp_path: Path, redis_server: RedisProcess, pki: Pki
+) -> None:
+    tls = ("--tls-cert", pki.server_cert, "--tls-key", pki.server_key, "--tls-client-ca", pki.ca)
+    certified = ChannelSecurity(ca=pki.ca, cert=pki.client_cert, key=pki.client_key)
+    s = _server(tmp_path, redis_server, *tls, probe=certified)
+    try:
+        mine = ("--tls-ca", pki.ca, "--tls-cert", pki.client_cert, "--tls-key", pki.client_key)
+        w = WorkerProcess(tmp_path, s.address, redis_server.url, "w1", *mine, probe=certified)
+        w.start()
+        ok = run_cli(s.address, *mine, "submit", "--wait", "--", "echo", "mutual")
+        assert (ok.returncode, ok.stdout) == (0, "mutual\n"), ok.stderr
+        r = run_cli(s.address, "--tls-ca", pki.ca, "--rpc-timeout", "3", "list")
+        assert r.returncode == 3, r  # no client certificate: the handshake fails
+        w.stop()
+    finally:
+        s.stop()
