@@ -7,6 +7,7 @@ options become one frozen, validated config object.
 from __future__ import annotations
 
 import os
+import pwd
 import socket
 import sys
 from collections.abc import Mapping, Sequence
@@ -242,6 +243,7 @@ class WorkerConfig:
     kill_grace: float = 5.0
     max_output: int = 1 << 20
     cwd: str = ""
+    run_as: str = ""
     security: ChannelSecurity = field(default_factory=ChannelSecurity)
     process: ProcessConfig = ProcessConfig()
 
@@ -281,6 +283,11 @@ def worker_parser() -> ArgumentParser:
         help="bytes of stdout and of stderr kept per attempt",
     )
     p.add_argument("--cwd", default="", help="working directory of jobs that name none")
+    p.add_argument(
+        "--run-as",
+        default="",
+        help="run jobs as this user (name or uid; the worker must run as root)",
+    )
     add_channel_options(p)
     _add_process_options(p)
     return p
@@ -301,6 +308,7 @@ def load_worker_config(
         kill_grace=ns.kill_grace,
         max_output=ns.max_output,
         cwd=ns.cwd,
+        run_as=ns.run_as,
         security=channel_security(ns, env),
         process=_process_config(ns),
     )
@@ -313,6 +321,8 @@ def load_worker_config(
     _non_negative("--drain-timeout", cfg.drain_timeout)
     _non_negative("--kill-grace", cfg.kill_grace)
     _positive("--max-output", cfg.max_output)
+    if cfg.run_as:
+        _check_run_as(cfg.run_as)
     return cfg
 
 
@@ -347,6 +357,15 @@ def channel_security(ns: Any, env: Mapping[str, str] | None = None) -> ChannelSe
         token=read_token(ns.token_file, env),
         plaintext_token=ns.plaintext_token,
     )
+
+
+def _check_run_as(user: str) -> None:
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        raise InvalidArgument(f"--run-as: no user {user!r} on this machine") from None
+    if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
+        raise InvalidArgument("--run-as needs the worker to run as root")
 
 
 def _server_tls(ns: Any) -> ServerTls | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import pwd
 import select
 import shutil
 import signal
@@ -60,6 +61,24 @@ class Capture:
 
 
 @dataclass(frozen=True)
+class RunAs:
+    """The unprivileged user jobs run as (the worker itself runs as root)."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+    @classmethod
+    def lookup(cls, name: str) -> RunAs:
+        """The user `name` (or a numeric uid); raises KeyError if there is none."""
+        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
+        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
+
+
+@dataclass(frozen=True)
 class RunOptions:
     """How the worker runs every job."""
 
@@ -67,6 +86,7 @@ class RunOptions:
     kill_grace: float = 5.0
     default_cwd: str = ""
     base_env: Mapping[str, str] | None = None  # jobs' starting environment; None: derive it
+    run_as: RunAs | None = None  # run jobs as this user instead of the worker's
 
 
 class Execution:
@@ -110,6 +130,9 @@ class Execution:
         argv = ["/bin/sh", "-c", spec.argv[0]] if spec.shell else list(spec.argv)
         base = self.opts.base_env
         env = dict(base) if base is not None else job_environment(os.environ)
+        user = self.opts.run_as
+        if user is not None:
+            env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
         env.update(spec.env)
         env["DTS_JOB_ID"] = str(a.job_id)
         env["DTS_ATTEMPT"] = str(a.attempt)
@@ -118,7 +141,7 @@ class Execution:
         if self._stop_outcome is not None:  # stopped before it started: nothing to kill
             return self._result(self._stop_outcome, None, self._stop_reason, b"", b"", started)
         try:
-            child = Child.spawn(argv, env, cwd)
+            child = Child.spawn(argv, env, cwd, user)
         except OSError as e:
             code = EXIT_NOT_EXECUTABLE if isinstance(e, PermissionError) else EXIT_CANNOT_RUN
             where = f" in {cwd}" if cwd else ""
@@ -235,8 +258,8 @@ class Child:
 
     Started with posix_spawn (no copy of the worker's page tables, no Python code between
     fork and exec), in a session of its own with default signal dispositions. posix_spawn
-    cannot change directory before exec here, so a job with a working directory other than
-    the worker's takes subprocess.Popen, which can.
+    cannot change directory or user before exec here, so a job with a working directory
+    other than the worker's, or run as another user, takes subprocess.Popen, which can.
     """
 
     def __init__(self, pid: int, stdout: int, stderr: int, popen: subprocess.Popen[bytes] | None):
@@ -247,16 +270,21 @@ class Child:
         self._status: int | None = None
 
     @classmethod
-    def spawn(cls, argv: list[str], env: dict[str, str], cwd: str) -> Child:
-        if cwd and os.path.realpath(cwd) != _here():
+    def spawn(
+        cls, argv: list[str], env: dict[str, str], cwd: str, user: RunAs | None = None
+    ) -> Child:
+        if user is not None or (cwd and os.path.realpath(cwd) != _here()):
             proc = subprocess.Popen(
                 argv,
                 stdin=_devnull(),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=env,
-                cwd=cwd,
+                cwd=cwd or None,
                 start_new_session=True,
+                user=user.uid if user else None,
+                group=user.gid if user else None,
+                extra_groups=list(user.groups) if user else None,
             )
             assert proc.stdout is not None and proc.stderr is not None
             return cls(proc.pid, proc.stdout.fileno(), proc.stderr.fileno(), proc)

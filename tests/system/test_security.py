@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -286,3 +287,29 @@ def test_mutual_tls_admits_only_certified_workers(
         w.stop()
     finally:
         s.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root (CI is)")
+def test_worker_runs_jobs_as_the_run_as_user(tmp_path: Path, redis_server: RedisProcess) -> None:
+    s = _server(tmp_path, redis_server)
+    try:
+        w = WorkerProcess(tmp_path, s.address, redis_server.url, "w1", "--run-as", "nobody")
+        w.start()
+        r = run_cli(s.address, "submit", "--wait", "--shell", "--", "id -un; echo $HOME")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines()[0] == "nobody"
+        w.stop()
+    finally:
+        s.stop()
+
+
+def test_run_as_an_unknown_user_is_a_usage_error(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [str(BIN / "dts-worker"), "--run-as", "dts-no-such-user"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(),
+    )
+    assert r.returncode == 2
+    assert r.stderr == "dts-worker: error: --run-as: no user 'dts-no-such-user' on this machine\n"

@@ -419,3 +419,39 @@ def test_a_job_gets_no_descriptor_the_worker_inherited() -> None:
     finally:
         for fd in (r, w, inherited):
             os.close(fd)
+
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root (CI is)")
+
+
+@ROOT_ONLY
+def test_run_as_runs_the_job_as_that_user_with_its_home(tmp_path: Path) -> None:
+    from dts.runner import RunAs
+
+    # Given a worker (root) told to run jobs as nobody
+    opts = RunOptions(kill_grace=0.5, run_as=RunAs.lookup("nobody"))
+    # When a job prints who it is
+    r = run(job("sh", "-c", 'id -un; id -u; echo "$HOME $USER $LOGNAME"'), opts)
+    # Then it ran as nobody, with nobody's HOME and names, and no root group kept
+    nobody = RunAs.lookup("nobody")
+    assert r.outcome is Outcome.SUCCEEDED, r.error
+    assert r.stdout.decode().splitlines() == [
+        "nobody",
+        str(nobody.uid),
+        f"{nobody.home} nobody nobody",
+    ]
+    groups = run(job("id", "-G"), opts).stdout.split()
+    assert b"0" not in groups
+    # And it cannot write where only root may
+    denied = run(job("touch", str(tmp_path / "x")), opts)
+    if (tmp_path.stat().st_mode & 0o002) == 0:
+        assert denied.outcome is Outcome.FAILED
+
+
+@ROOT_ONLY
+def test_run_as_jobs_are_still_killed_as_a_group_on_timeout(tmp_path: Path) -> None:
+    from dts.runner import RunAs
+
+    opts = RunOptions(kill_grace=0.3, run_as=RunAs.lookup("nobody"))
+    r = run(job("sh", "-c", "sleep 30 & wait", timeout=0.5), opts)
+    assert (r.outcome, r.exit_code) == (Outcome.TIMED_OUT, 124)
