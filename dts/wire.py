@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import grpc
+from google.protobuf.message import DecodeError
 
 from dts import errors
 from dts.domain import (
@@ -292,3 +296,27 @@ def error_from_rpc(e: grpc.RpcError, address: str) -> errors.DtsError:
     if code is grpc.StatusCode.PERMISSION_DENIED:
         return errors.PermissionDenied(f"dts-server at {address} does not allow it: {details}")
     return errors.from_code(code.name, details)
+
+
+class DecodeGuard(grpc.ServerInterceptor):
+    """Answers a request that does not parse (corrupt wire format, invalid UTF-8 in a string
+    field) with INVALID_ARGUMENT naming the problem, instead of gRPC's INTERNAL and a
+    traceback in the log: the handler gets the raw bytes and parses them itself."""
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        parse: Callable[[bytes], Any] = handler.request_deserializer
+        inner: Callable[[Any, grpc.ServicerContext], Any] = handler.unary_unary
+
+        def guarded(raw: bytes, context: grpc.ServicerContext) -> Any:
+            try:
+                request = parse(raw)
+            except DecodeError as e:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request does not parse: {e}")
+            return inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded, request_deserializer=None, response_serializer=handler.response_serializer
+        )
