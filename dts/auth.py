@@ -179,10 +179,11 @@ def _bind_name(handler: Any, name: str, call: str) -> Any:
     inner: Callable[[Any, grpc.ServicerContext], Any] = handler.unary_unary
 
     def checked(request: Any, context: grpc.ServicerContext) -> Any:
-        if getattr(request, "name", name) != name:
+        claimed = getattr(request, "name", None)  # anything without a name is refused too
+        if claimed != name:
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"this token belongs to worker {name}; {call} as {request.name} refused",
+                f"this token belongs to worker {name}; {call} as {claimed} refused",
             )
         return inner(request, context)
 

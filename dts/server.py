@@ -58,7 +58,8 @@ class Server:
             # no SO_REUSEPORT: a second server on a port in use must fail, not share it
             options=[*wire.grpc_options(), ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=cfg.grpc_threads * 8,
-            interceptors=[*([self.auth] if self.auth else []), wire.DecodeGuard()],
+            # DecodeGuard first: it parses the request for every handler behind it
+            interceptors=[wire.DecodeGuard(), *([self.auth] if self.auth else [])],
         )
         pb_grpc.add_SchedulerServicer_to_server(SchedulerServicer(self.coordinator), self.grpc)
         pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self.coordinator), self.grpc)
