@@ -15,8 +15,10 @@ from dts.config import (
     DEFAULT_SERVER,
     add_channel_options,
     channel_security,
+    count_arg,
     new_parser,
     parse_hostport,
+    size_arg,
 )
 from dts.domain import (
     MAX_PRIORITY,
@@ -25,6 +27,7 @@ from dts.domain import (
     Job,
     JobSpec,
     JobStatus,
+    Limits,
     StatCount,
     WorkerInfo,
     validate_spec,
@@ -195,6 +198,42 @@ def command_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--cwd", default="", help="working directory on the worker")
     s.add_argument("--name", default="", help="label shown in listings")
+    # resource limits: a job can lower its worker's (dts-worker --max-*), not raise them
+    s.add_argument(
+        "--max-output",
+        type=size_arg,
+        default=0,
+        metavar="SIZE",
+        help="bytes of stdout and of stderr to keep (K, M, G; default: the worker's cap)",
+    )
+    s.add_argument(
+        "--max-cpu",
+        type=count_arg,
+        default=0,
+        metavar="SECONDS",
+        help="CPU seconds each process of the job may use (SIGXCPU, then SIGKILL)",
+    )
+    s.add_argument(
+        "--max-memory",
+        type=size_arg,
+        default=0,
+        metavar="SIZE",
+        help="address space of each process of the job (K, M, G)",
+    )
+    s.add_argument(
+        "--max-files",
+        type=count_arg,
+        default=0,
+        metavar="N",
+        help="open files of each process of the job",
+    )
+    s.add_argument(
+        "--max-processes",
+        type=count_arg,
+        default=0,
+        metavar="N",
+        help="processes of the job's user on the worker (not enforced for root)",
+    )
     s.add_argument("--shell", action="store_true", help="run the single string with /bin/sh -c")
     s.add_argument(
         "--wait",
@@ -254,6 +293,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "timeout": s.timeout,
         "env": dict(s.env),
         "cwd": s.cwd,
+        "limits": limits_json(s.limits),
         "exit_code": job.exit_code,
         "error": job.error,
         "worker": job.worker,
@@ -261,6 +301,17 @@ def job_json(job: Job) -> dict[str, Any]:
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
         "run_at": iso(job.run_at),
+    }
+
+
+def limits_json(limits: Limits) -> dict[str, int | None]:
+    """Each limit the job set; null where it set none (its worker's own limit applies)."""
+    return {
+        "cpu_seconds": limits.cpu or None,
+        "memory_bytes": limits.memory or None,
+        "open_files": limits.files or None,
+        "processes": limits.processes or None,
+        "output_bytes": limits.output or None,
     }
 
 
@@ -343,6 +394,13 @@ class Cli:
             env=tuple(ns.env),
             cwd=ns.cwd,
             name=ns.name,
+            limits=Limits(
+                cpu=ns.max_cpu,
+                memory=ns.max_memory,
+                files=ns.max_files,
+                processes=ns.max_processes,
+                output=ns.max_output,
+            ),
         )
         if ns.from_file:
             if cmd:
@@ -416,8 +474,12 @@ class Cli:
             "run_at",
         )
         width = max(len(k) for k in keys) + 1
-        text = "\n".join(f"{k + ':':<{width}} {'' if obj[k] is None else obj[k]}" for k in keys)
-        self.out(obj, text)
+        lines = [f"{k + ':':<{width}} {'' if obj[k] is None else obj[k]}" for k in keys]
+        if job.spec.limits.any:
+            lines.insert(
+                keys.index("max_retries") + 1, f"{'limits:':<{width}} {job.spec.limits.describe()}"
+            )
+        self.out(obj, "\n".join(lines))
         return 0
 
     def list(self, ns: argparse.Namespace) -> int:

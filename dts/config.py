@@ -6,6 +6,7 @@ options become one frozen, validated config object.
 
 from __future__ import annotations
 
+import argparse
 import os
 import pwd
 import socket
@@ -25,7 +26,9 @@ from dts.auth import (
     load_tokens,
     read_token,
 )
+from dts.domain import MAX_LIMIT, NO_LIMITS, Limits, parse_size
 from dts.errors import InvalidArgument
+from dts.sandbox import check_pass_env, find_prlimit
 
 ENV_PREFIX = "DTS_"
 CONFIG_DIR = "/etc/dts"
@@ -244,6 +247,9 @@ class WorkerConfig:
     max_output: int = 1 << 20
     cwd: str = ""
     run_as: str = ""
+    pass_env: tuple[str, ...] = ()
+    max_timeout: float = 0.0
+    limits: Limits = NO_LIMITS  # cpu, memory, files, processes (output is max_output)
     security: ChannelSecurity = field(default_factory=ChannelSecurity)
     process: ProcessConfig = ProcessConfig()
 
@@ -278,15 +284,52 @@ def worker_parser() -> ArgumentParser:
     )
     p.add_argument(
         "--max-output",
-        type=int,
+        type=size_arg,
         default=1 << 20,
-        help="bytes of stdout and of stderr kept per attempt",
+        help="bytes of stdout and of stderr kept per attempt (K, M, G suffixes; jobs may ask "
+        "for less)",
+    )
+    p.add_argument(
+        "--max-timeout",
+        type=float,
+        default=0.0,
+        help="seconds any attempt may run, whatever its own timeout (0: no cap)",
+    )
+    p.add_argument(
+        "--max-cpu",
+        type=count_arg,
+        default=0,
+        help="seconds of CPU time per job process (RLIMIT_CPU; 0: none; jobs may ask for less)",
+    )
+    p.add_argument(
+        "--max-memory",
+        type=size_arg,
+        default=0,
+        help="bytes of address space per job process (RLIMIT_AS, K/M/G; 0: none)",
+    )
+    p.add_argument(
+        "--max-files",
+        type=count_arg,
+        default=0,
+        help="open files per job process (RLIMIT_NOFILE; 0: the worker's own limit)",
+    )
+    p.add_argument(
+        "--max-processes",
+        type=count_arg,
+        default=0,
+        help="processes of the jobs' user (RLIMIT_NPROC, not enforced for root; 0: none)",
     )
     p.add_argument("--cwd", default="", help="working directory of jobs that name none")
     p.add_argument(
         "--run-as",
         default="",
         help="run jobs as this user (name or uid; the worker must run as root)",
+    )
+    p.add_argument(
+        "--pass-env",
+        default="",
+        help="comma-separated variables (or globs such as AWS_*, or *) of the worker's "
+        "environment that jobs get besides PATH, LANG, LANGUAGE, LC_*, TZ and TMPDIR",
     )
     add_channel_options(p)
     _add_process_options(p)
@@ -309,6 +352,11 @@ def load_worker_config(
         max_output=ns.max_output,
         cwd=ns.cwd,
         run_as=ns.run_as,
+        pass_env=tuple(v.strip() for v in ns.pass_env.split(",") if v.strip()),
+        max_timeout=ns.max_timeout,
+        limits=Limits(
+            cpu=ns.max_cpu, memory=ns.max_memory, files=ns.max_files, processes=ns.max_processes
+        ),
         security=channel_security(ns, env),
         process=_process_config(ns),
     )
@@ -321,8 +369,19 @@ def load_worker_config(
     _non_negative("--drain-timeout", cfg.drain_timeout)
     _non_negative("--kill-grace", cfg.kill_grace)
     _positive("--max-output", cfg.max_output)
+    _non_negative("--max-timeout", cfg.max_timeout)
+    if cfg.max_timeout == float("inf"):
+        raise InvalidArgument("--max-timeout must be a number of seconds (0: no cap)")
     if cfg.run_as:
         _check_run_as(cfg.run_as)
+    problem = check_pass_env(cfg.pass_env)
+    if problem:
+        raise InvalidArgument(problem)
+    if cfg.limits.rlimits and find_prlimit() is None:
+        raise InvalidArgument(
+            "--max-cpu, --max-memory, --max-files and --max-processes need prlimit "
+            "(util-linux), which is not installed"
+        )
     return cfg
 
 
@@ -381,6 +440,28 @@ def _server_tls(ns: Any) -> ServerTls | None:
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+
+
+def size_arg(text: str) -> int:
+    """An argparse type: bytes, with K, M, G or T (binary) allowed."""
+    try:
+        value = parse_size(text)
+    except InvalidArgument as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if value > MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"size too large: {text!r}")
+    return value
+
+
+def count_arg(text: str) -> int:
+    """An argparse type: a whole number from 0 on."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_LIMIT}, got {value}")
+    return value
 
 
 def _parse(

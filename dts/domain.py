@@ -5,7 +5,8 @@ Pure data and rules: nothing here imports gRPC, Redis or SQLite.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import re
+from dataclasses import astuple, dataclass, replace
 from enum import StrEnum
 from typing import Final
 
@@ -75,6 +76,79 @@ def can_transition(old: JobStatus, new: JobStatus) -> bool:
     return (old, new) in TRANSITIONS
 
 
+def lower_limit(a: int, b: int) -> int:
+    """The stricter of two limits where 0 means none."""
+    return b if a == 0 else a if b == 0 else min(a, b)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of each attempt of a job; 0 means none asked for.
+
+    A job's limits can only lower the ones its worker's operator set (`within`), never
+    raise them.
+    """
+
+    cpu: int = 0  # seconds of CPU time (RLIMIT_CPU: SIGXCPU, then SIGKILL a second later)
+    memory: int = 0  # bytes of address space (RLIMIT_AS)
+    files: int = 0  # open file descriptors (RLIMIT_NOFILE)
+    processes: int = 0  # processes and threads of the job's user (RLIMIT_NPROC)
+    output: int = 0  # bytes kept of stdout and of stderr
+
+    def within(self, cap: Limits) -> Limits:
+        """These limits, lowered to `cap` wherever `cap` is stricter or these set none."""
+        return Limits(
+            *(lower_limit(a, b) for a, b in zip(astuple(self), astuple(cap), strict=True))
+        )
+
+    @property
+    def any(self) -> bool:
+        return any(astuple(self))
+
+    @property
+    def rlimits(self) -> bool:
+        """Whether any of the kernel-enforced limits (all but output) is set."""
+        return bool(self.cpu or self.memory or self.files or self.processes)
+
+    def describe(self) -> str:
+        """The set limits as a user would write them, e.g. 'cpu 10s, memory 512M'."""
+        parts = []
+        if self.cpu:
+            parts.append(f"cpu {self.cpu}s")
+        if self.memory:
+            parts.append(f"memory {format_size(self.memory)}")
+        if self.files:
+            parts.append(f"files {self.files}")
+        if self.processes:
+            parts.append(f"processes {self.processes}")
+        if self.output:
+            parts.append(f"output {format_size(self.output)}")
+        return ", ".join(parts)
+
+
+NO_LIMITS: Final = Limits()
+SIZE_UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '4096', '64K', '512M', '2G' (binary units; 'KiB', 'MB' and the like too)."""
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise InvalidArgument(f"not a size (bytes, or with K, M, G, T): {text!r}")
+    return int(m[1]) * SIZE_UNITS[m[2].upper()]
+
+
+_SIZE: Final = re.compile(r"(\d{1,19})\s*([kKmMgGtT]?)(?:[iI]?[bB])?")
+
+
+def format_size(n: int) -> str:
+    """The shortest exact form of `n` bytes: 1536 -> '1536', 2097152 -> '2M'."""
+    for unit in ("T", "G", "M", "K"):
+        if n >= SIZE_UNITS[unit] and n % SIZE_UNITS[unit] == 0:
+            return f"{n // SIZE_UNITS[unit]}{unit}"
+    return str(n)
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """What to run and how: the part of a job a client chooses."""
@@ -90,6 +164,7 @@ class JobSpec:
     env: tuple[tuple[str, str], ...] = ()
     cwd: str = ""
     name: str = ""
+    limits: Limits = NO_LIMITS
 
     def with_defaults(self, max_retries: int, backoff: float, timeout: float) -> JobSpec:
         """This spec with every unset option taken from the server's defaults."""
@@ -250,6 +325,9 @@ MAX_SECONDS: Final = 10 * 365 * 86400.0
 MAX_COMMAND_BYTES: Final = 128 * 1024
 MAX_NAME_CHARS: Final = 200
 MAX_ENV_ENTRIES: Final = 256
+MAX_ENV_BYTES: Final = 128 * 1024  # all names and values of one job's environment
+MAX_CWD_BYTES: Final = 4096
+MAX_LIMIT: Final = 1 << 62  # any resource limit (a 64-bit rlim_t with room to spare)
 QUEUE_NAME_CHARS: Final = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
 )
@@ -296,9 +374,30 @@ def validate_spec(spec: JobSpec) -> None:
     if len(spec.env) > MAX_ENV_ENTRIES:
         raise InvalidArgument(f"at most {MAX_ENV_ENTRIES} environment variables")
     for key, value in spec.env:
-        if not key or "=" in key or "\0" in key or "\0" in value:
+        if not key or "=" in key or "\0" in key:
             raise InvalidArgument(f"invalid environment variable name {key!r}")
+        if "\0" in value:
+            raise InvalidArgument(f"environment variable {key} must not contain NUL bytes")
+    env_bytes = sum(_utf8_len(k) + _utf8_len(v) + 2 for k, v in spec.env)
+    if env_bytes > MAX_ENV_BYTES:
+        raise InvalidArgument(f"environment is larger than {MAX_ENV_BYTES} bytes")
     if "\0" in spec.cwd:
         raise InvalidArgument("cwd must not contain NUL bytes")
+    if _utf8_len(spec.cwd) > MAX_CWD_BYTES:
+        raise InvalidArgument(f"cwd is longer than {MAX_CWD_BYTES} bytes")
     if len(spec.name) > MAX_NAME_CHARS:
         raise InvalidArgument(f"name is longer than {MAX_NAME_CHARS} characters")
+    validate_limits(spec.limits)
+
+
+def validate_limits(limits: Limits, what: str = "limit") -> None:
+    """Raise InvalidArgument naming the first limit out of range."""
+    for name, value in zip(
+        ("cpu", "memory", "files", "processes", "output"), astuple(limits), strict=True
+    ):
+        if not 0 <= value <= MAX_LIMIT:
+            raise InvalidArgument(f"{what} {name} must be between 0 and {MAX_LIMIT}, got {value}")
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import pwd
 import select
 import shutil
 import signal
@@ -14,16 +13,19 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dts.domain import (
     EXIT_CANNOT_RUN,
     EXIT_TIMED_OUT,
+    NO_LIMITS,
     Assignment,
+    Limits,
     Outcome,
     Result,
     exit_code_for_signal,
 )
+from dts.sandbox import RunAs, job_environment, limited_argv, within_hard_limits
 
 READ_CHUNK = 65536
 POLL = 0.2  # seconds between checks for a stop request while a job runs
@@ -61,32 +63,20 @@ class Capture:
 
 
 @dataclass(frozen=True)
-class RunAs:
-    """The unprivileged user jobs run as (the worker itself runs as root)."""
-
-    name: str
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    home: str
-
-    @classmethod
-    def lookup(cls, name: str) -> RunAs:
-        """The user `name` (or a numeric uid); raises KeyError if there is none."""
-        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
-        groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
-        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
-
-
-@dataclass(frozen=True)
 class RunOptions:
     """How the worker runs every job."""
 
-    max_output: int = 1 << 20
+    max_output: int = 1 << 20  # the operator's cap of kept output (jobs may ask for less)
     kill_grace: float = 5.0
     default_cwd: str = ""
     base_env: Mapping[str, str] | None = None  # jobs' starting environment; None: derive it
     run_as: RunAs | None = None  # run jobs as this user instead of the worker's
+    limits_cap: Limits = NO_LIMITS  # the operator's resource limits (jobs may ask for lower ones)
+    max_timeout: float = 0.0  # the operator's cap of a job's timeout; 0: none
+    prlimit: str | None = None  # util-linux prlimit, needed by jobs with resource limits
+
+    def caps(self) -> Limits:
+        return replace(self.limits_cap, output=self.max_output)
 
 
 class Execution:
@@ -128,27 +118,40 @@ class Execution:
         a = self.assignment
         spec = a.spec
         argv = ["/bin/sh", "-c", spec.argv[0]] if spec.shell else list(spec.argv)
-        base = self.opts.base_env
-        env = dict(base) if base is not None else job_environment(os.environ)
         user = self.opts.run_as
-        if user is not None:
-            env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
+        base = self.opts.base_env
+        env = dict(base) if base is not None else job_environment(os.environ, (), user)
         env.update(spec.env)
         env["DTS_JOB_ID"] = str(a.job_id)
         env["DTS_ATTEMPT"] = str(a.attempt)
         cwd = spec.cwd or self.opts.default_cwd
+        limits = within_hard_limits(spec.limits.within(self.opts.caps()))
+        timeout = _lower(spec.timeout or 0.0, self.opts.max_timeout)
         started = time.time()
         if self._stop_outcome is not None:  # stopped before it started: nothing to kill
             return self._result(self._stop_outcome, None, self._stop_reason, b"", b"", started)
+        if limits.rlimits and self.opts.prlimit is None:
+            return self._result(
+                Outcome.FAILED,
+                EXIT_CANNOT_RUN,
+                f"cannot apply resource limits ({replace(limits, output=0).describe()}): "
+                "prlimit (util-linux) is not installed on this worker",
+                b"",
+                b"",
+                started,
+            )
         try:
+            if limits.rlimits and self.opts.prlimit is not None:
+                argv = limited_argv(self.opts.prlimit, limits, argv, env.get("PATH", os.defpath))
             child = Child.spawn(argv, env, cwd, user)
         except OSError as e:
             code = EXIT_NOT_EXECUTABLE if isinstance(e, PermissionError) else EXIT_CANNOT_RUN
             where = f" in {cwd}" if cwd else ""
+            program = spec.argv[0] if not spec.shell else argv[0]
             return self._result(
                 Outcome.FAILED,
                 code,
-                f"cannot run {argv[0]}{where}: {e.strerror or e}",
+                f"cannot run {e.filename or program}{where}: {e.strerror or e}",
                 b"",
                 b"",
                 started,
@@ -156,15 +159,17 @@ class Execution:
         self.pid = child.pid
         self._on_spawn(child.pid)
         try:
-            outcome, out, err = self._supervise(child, spec.timeout or 0.0)
+            outcome, out, err = self._supervise(child, timeout, limits.output)
         finally:
             rc = child.reap()
             self._on_reap(child.pid)
             child.close()
         code = rc if rc >= 0 else exit_code_for_signal(-rc)
         if outcome is Outcome.TIMED_OUT:
+            by_worker = self.opts.max_timeout and timeout == self.opts.max_timeout
+            capped = " (the worker's max-timeout)" if by_worker and timeout != spec.timeout else ""
             return self._result(
-                outcome, EXIT_TIMED_OUT, f"timed out after {spec.timeout:g}s", out, err, started
+                outcome, EXIT_TIMED_OUT, f"timed out after {timeout:g}s{capped}", out, err, started
             )
         if outcome is not None:
             return self._result(outcome, code, self._stop_reason, out, err, started)
@@ -172,22 +177,24 @@ class Execution:
             return self._result(Outcome.SUCCEEDED, 0, "", out, err, started)
         if rc < 0:
             name = signal.Signals(-rc).name if -rc in signal.valid_signals() else str(-rc)
-            return self._result(
-                Outcome.FAILED, code, f"killed by signal {-rc} ({name})", out, err, started
-            )
+            why = f"killed by signal {-rc} ({name})"
+            if limits.cpu and (
+                -rc == signal.SIGXCPU or (-rc == signal.SIGKILL and child.cpu_time >= limits.cpu)
+            ):
+                why = f"CPU time limit of {limits.cpu}s reached ({why})"
+            return self._result(Outcome.FAILED, code, why, out, err, started)
         return self._result(Outcome.FAILED, code, f"exited with code {rc}", out, err, started)
 
-    def _supervise(self, child: Child, timeout: float) -> tuple[Outcome | None, bytes, bytes]:
+    def _supervise(
+        self, child: Child, timeout: float, max_output: int
+    ) -> tuple[Outcome | None, bytes, bytes]:
         """Read output until the job and everything left in its group are gone.
 
         Timeout or stop: TERM the group, KILL it after the grace. When the job's main process
         exits (it is reaped at once, its group id stays reserved while members live), members
         left in its group get the same treatment.
         """
-        caps = {
-            child.stdout: Capture(self.opts.max_output),
-            child.stderr: Capture(self.opts.max_output),
-        }
+        caps = {child.stdout: Capture(max_output), child.stderr: Capture(max_output)}
         pidfd = os.pidfd_open(child.pid)
         poller = select.poll()  # no descriptor of its own to create and close, unlike epoll
         for fd in caps:
@@ -268,6 +275,7 @@ class Child:
         self.stderr = stderr
         self._popen = popen
         self._status: int | None = None
+        self.cpu_time = 0.0  # seconds of CPU the process (and children it waited for) used
 
     @classmethod
     def spawn(
@@ -322,11 +330,12 @@ class Child:
 
     def reap(self) -> int:
         """Wait for the process to exit (once); its return code, -N for signal N."""
-        if self._popen is not None:
-            return self._popen.wait()
         if self._status is None:
-            _, status = os.waitpid(self.pid, 0)
+            _, status, usage = os.wait4(self.pid, 0)
             self._status = os.waitstatus_to_exitcode(status)
+            self.cpu_time = usage.ru_utime + usage.ru_stime
+            if self._popen is not None:
+                self._popen.returncode = self._status  # reaped here, not by Popen
         return self._status
 
     def close(self) -> None:
@@ -376,25 +385,6 @@ def _devnull() -> int:
     return _DEVNULL[0]
 
 
-# The worker's own settings and service-manager sockets are not the job's business (and the
-# Redis URL may carry a password).
-PRIVATE_ENV_PREFIXES = (
-    "DTS_",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "INVOCATION_ID",
-    "SUPERVISOR_",
-)
-
-
-def job_environment(worker_env: Mapping[str, str]) -> dict[str, str]:
-    """The environment a job starts from: the worker's, minus what is private to the worker."""
-    return {k: v for k, v in worker_env.items() if not k.startswith(PRIVATE_ENV_PREFIXES)}
-
-
 def _group_alive(pgid: int) -> bool:
     """Whether any process of the group is still running (zombies do not count)."""
     try:
@@ -417,6 +407,11 @@ def _group_alive(pgid: int) -> bool:
             if int(fields[2]) == pgid and fields[0] != b"Z":
                 return True
     return False
+
+
+def _lower(a: float, b: float) -> float:
+    """The stricter of two limits where 0 means none."""
+    return b if a == 0 else a if b == 0 else min(a, b)
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -16,6 +16,7 @@ from dts.domain import (
     JobSpec,
     JobStatus,
     Lease,
+    Limits,
     Outcome,
     Result,
     StatCount,
@@ -94,6 +95,8 @@ def spec_to_pb(spec: JobSpec) -> pb.JobSpec:
         cwd=spec.cwd,
         name=spec.name,
     )
+    if spec.limits.any:
+        msg.limits.CopyFrom(limits_to_pb(spec.limits))
     if spec.max_retries is not None:
         msg.max_retries = spec.max_retries
     if spec.backoff is not None:
@@ -116,6 +119,23 @@ def spec_from_pb(msg: pb.JobSpec) -> JobSpec:
         env=tuple(sorted(msg.env.items())),
         cwd=msg.cwd,
         name=msg.name,
+        limits=limits_from_pb(msg.limits),
+    )
+
+
+def limits_to_pb(limits: Limits) -> pb.Limits:
+    return pb.Limits(
+        cpu_seconds=limits.cpu,
+        memory_bytes=limits.memory,
+        open_files=limits.files,
+        processes=limits.processes,
+        output_bytes=limits.output,
+    )
+
+
+def limits_from_pb(msg: pb.Limits) -> Limits:
+    return Limits(
+        msg.cpu_seconds, msg.memory_bytes, msg.open_files, msg.processes, msg.output_bytes
     )
 
 

@@ -32,7 +32,8 @@ from dts.guard import Guard
 from dts.notify import sd_notify
 from dts.process import PidFile, Readiness, Signals, daemonize, fail
 from dts.queue import Keys, RedisQueue
-from dts.runner import Execution, RunAs, RunOptions, close_inherited_fds, job_environment
+from dts.runner import Execution, RunOptions, close_inherited_fds
+from dts.sandbox import RunAs, default_cwd, find_prlimit, job_environment
 from dts.v1 import dts_pb2 as pb
 from dts.v1 import dts_pb2_grpc as pb_grpc
 
@@ -95,12 +96,16 @@ class Worker:
         self.session = ""
         self.lease_seconds = 30.0
         self.heartbeat_interval = 1.0
+        run_as = RunAs.lookup(cfg.run_as) if cfg.run_as else None
         self.run_opts = RunOptions(
             cfg.max_output,
             cfg.kill_grace,
-            cfg.cwd,
-            base_env=job_environment(os.environ),
-            run_as=RunAs.lookup(cfg.run_as) if cfg.run_as else None,
+            default_cwd(cfg.cwd, run_as),
+            base_env=job_environment(os.environ, cfg.pass_env, run_as),
+            run_as=run_as,
+            limits_cap=cfg.limits,
+            max_timeout=cfg.max_timeout,
+            prlimit=find_prlimit(),
         )
         self.guard = Guard(cfg.kill_grace, capacity=max(1024, 4 * cfg.concurrency))
         self.server_link = Link(f"server {cfg.server}")

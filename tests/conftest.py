@@ -60,8 +60,10 @@ class Cluster:
     def client(self) -> Client:
         return Client(self.server.address)
 
-    def add_worker(self, name: str, *extra: str, wait: bool = True) -> WorkerProcess:
-        w = WorkerProcess(self.dir, self.server.address, self.redis.url, name, *extra)
+    def add_worker(
+        self, name: str, *extra: str, wait: bool = True, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        w = WorkerProcess(self.dir, self.server.address, self.redis.url, name, *extra, env=env)
         w.start(wait=wait)
         self.workers.append(w)
         return w

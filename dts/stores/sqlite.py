@@ -8,15 +8,18 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import astuple
 from typing import Any
 
 from dts.domain import (
+    NO_LIMITS,
     Assignment,
     Attempt,
     Job,
     JobFilter,
     JobSpec,
     JobStatus,
+    Limits,
     Outcome,
     Output,
     Result,
@@ -27,7 +30,7 @@ from dts.domain import (
 from dts.errors import Internal, Unavailable
 from dts.store import Key, chunks
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -55,7 +58,8 @@ SCHEMA = [
         started_at REAL,
         finished_at REAL,
         run_at REAL,
-        lease_expires_at REAL
+        lease_expires_at REAL,
+        limits TEXT NOT NULL DEFAULT ''  -- JSON object of the limits set; '' for none
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id)",
     "CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (queue, id)",
@@ -89,8 +93,14 @@ SCHEMA = [
     )""",
 ]
 
+# Statements that bring a database of version N-1 to version N (a new one is made at the latest
+# version by SCHEMA).
+MIGRATIONS: dict[int, list[str]] = {
+    2: ["ALTER TABLE jobs ADD COLUMN limits TEXT NOT NULL DEFAULT ''"],
+}
+
 SPEC_COLUMNS = (
-    "id, name, queue, priority, argv, shell, env, cwd, timeout, max_retries, backoff, delay"
+    "id, name, queue, priority, argv, shell, env, cwd, timeout, max_retries, backoff, delay, limits"
 )
 JOB_COLUMNS = (
     f"{SPEC_COLUMNS}, status, attempts, failures, lost, exit_code, error, worker, created_at, "
@@ -109,23 +119,23 @@ def _job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
     return Job(
         id=row[0],
         spec=_spec(row),
-        status=JobStatus(row[12]),
-        attempts=row[13],
-        failures=row[14],
-        lost=row[15],
-        exit_code=row[16],
-        error=row[17],
-        worker=row[18],
-        created_at=row[19],
-        started_at=row[20],
-        finished_at=row[21],
-        run_at=row[22],
-        lease_expires_at=row[23],
+        status=JobStatus(row[13]),
+        attempts=row[14],
+        failures=row[15],
+        lost=row[16],
+        exit_code=row[17],
+        error=row[18],
+        worker=row[19],
+        created_at=row[20],
+        started_at=row[21],
+        finished_at=row[22],
+        run_at=row[23],
+        lease_expires_at=row[24],
     )
 
 
 def _spec(row: sqlite3.Row | tuple[Any, ...]) -> JobSpec:
-    """The spec from a row whose first 12 columns are SPEC_COLUMNS."""
+    """The spec from a row whose first 13 columns are SPEC_COLUMNS."""
     return JobSpec(
         argv=tuple(json.loads(row[4])),
         shell=bool(row[5]),
@@ -138,7 +148,24 @@ def _spec(row: sqlite3.Row | tuple[Any, ...]) -> JobSpec:
         env=tuple((k, v) for k, v in json.loads(row[6])),
         cwd=row[7],
         name=row[1],
+        limits=_limits(row[12]),
     )
+
+
+LIMIT_FIELDS = ("cpu", "memory", "files", "processes", "output")
+
+
+def _limits(text: str) -> Limits:
+    if not text:
+        return NO_LIMITS
+    stored = json.loads(text)
+    return Limits(**{k: int(stored.get(k, 0)) for k in LIMIT_FIELDS})
+
+
+def _limits_json(limits: Limits) -> str:
+    if not limits.any:
+        return ""
+    return json.dumps({k: v for k, v in zip(LIMIT_FIELDS, astuple(limits), strict=True) if v})
 
 
 def _attempt(row: tuple[Any, ...]) -> Attempt:
@@ -182,7 +209,8 @@ class SqliteTransaction:
     ) -> Job:
         cur = self._c.execute(
             "INSERT INTO jobs (name, queue, priority, argv, shell, env, cwd, timeout, max_retries,"
-            " backoff, delay, status, created_at, run_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " backoff, delay, status, created_at, run_at, limits)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 spec.name,
                 spec.queue,
@@ -198,6 +226,7 @@ class SqliteTransaction:
                 status.value,
                 created_at,
                 run_at,
+                _limits_json(spec.limits),
             ),
         )
         job_id = cur.lastrowid
@@ -257,7 +286,7 @@ class SqliteTransaction:
                 (worker, now, lease_until, job_id),
             ).fetchone()
             if row is not None:
-                claimed.append(Assignment(job_id, row[12], _spec(row)))
+                claimed.append(Assignment(job_id, row[13], _spec(row)))
         self._c.executemany(
             "INSERT INTO attempts (job_id, attempt, worker, started_at, outcome)"
             " VALUES (?,?,?,?,?)",
@@ -375,16 +404,26 @@ class SqliteStore:
         with self._lock:
             self._c.execute("BEGIN IMMEDIATE")
             try:
-                for statement in SCHEMA:
-                    self._c.execute(statement)
-                row = self._c.execute(
-                    "SELECT value FROM meta WHERE key = 'schema_version'"
+                known = self._c.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
                 ).fetchone()
+                row = (
+                    self._c.execute(
+                        "SELECT value FROM meta WHERE key = 'schema_version'"
+                    ).fetchone()
+                    if known
+                    else None
+                )
                 version = int(row[0]) if row else 0
                 if version > SCHEMA_VERSION:
                     raise Internal(
                         f"{self.path} has schema version {version}; this dts knows {SCHEMA_VERSION}"
                     )
+                for target in range(version + 1, SCHEMA_VERSION + 1) if version else ():
+                    for statement in MIGRATIONS.get(target, []):
+                        self._c.execute(statement)
+                for statement in SCHEMA:
+                    self._c.execute(statement)
                 self._c.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),

@@ -103,6 +103,46 @@ OUTCOME_RELEASED: Outcome.ValueType  # 6
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
 @_typing.final
+class Limits(_message.Message):
+    """Resource limits of each attempt; 0 = none asked for. The worker runs a job with the
+    stricter of these and its own limits: a job can lower its worker's limits, not raise them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPU_SECONDS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    OPEN_FILES_FIELD_NUMBER: _builtins.int
+    PROCESSES_FIELD_NUMBER: _builtins.int
+    OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
+    cpu_seconds: _builtins.int
+    """CPU time (RLIMIT_CPU): SIGXCPU at this, SIGKILL a second later"""
+    memory_bytes: _builtins.int
+    """address space (RLIMIT_AS): allocations beyond it fail"""
+    open_files: _builtins.int
+    """open file descriptors (RLIMIT_NOFILE)"""
+    processes: _builtins.int
+    """processes and threads of the job's user (RLIMIT_NPROC)"""
+    output_bytes: _builtins.int
+    """bytes of stdout and of stderr kept (head and tail)"""
+    def __init__(
+        self,
+        *,
+        cpu_seconds: _builtins.int = ...,
+        memory_bytes: _builtins.int = ...,
+        open_files: _builtins.int = ...,
+        processes: _builtins.int = ...,
+        output_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_seconds", b"cpu_seconds", "memory_bytes", b"memory_bytes", "open_files", b"open_files", "output_bytes", b"output_bytes", "processes", b"processes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Limits: _TypeAlias = Limits  # noqa: Y015
+
+@_typing.final
 class JobSpec(_message.Message):
     """What a client asks to run."""
 
@@ -139,6 +179,7 @@ class JobSpec(_message.Message):
     ENV_FIELD_NUMBER: _builtins.int
     CWD_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     shell: _builtins.bool
     """run argv[0] with /bin/sh -c"""
     queue: _builtins.str
@@ -165,6 +206,10 @@ class JobSpec(_message.Message):
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """extra environment variables for the command"""
 
+    @_builtins.property
+    def limits(self) -> Global___Limits:
+        """resource limits; unset: the worker's own"""
+
     def __init__(
         self,
         *,
@@ -179,10 +224,11 @@ class JobSpec(_message.Message):
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         cwd: _builtins.str = ...,
         name: _builtins.str = ...,
+        limits: Global___Limits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_backoff", b"_backoff", "_max_retries", b"_max_retries", "_timeout", b"_timeout", "backoff", b"backoff", "max_retries", b"max_retries", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_backoff", b"_backoff", "_max_retries", b"_max_retries", "_timeout", b"_timeout", "backoff", b"backoff", "limits", b"limits", "max_retries", b"max_retries", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backoff", b"_backoff", "_max_retries", b"_max_retries", "_timeout", b"_timeout", "argv", b"argv", "backoff", b"backoff", "cwd", b"cwd", "delay", b"delay", "env", b"env", "max_retries", b"max_retries", "name", b"name", "priority", b"priority", "queue", b"queue", "shell", b"shell", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backoff", b"_backoff", "_max_retries", b"_max_retries", "_timeout", b"_timeout", "argv", b"argv", "backoff", b"backoff", "cwd", b"cwd", "delay", b"delay", "env", b"env", "limits", b"limits", "max_retries", b"max_retries", "name", b"name", "priority", b"priority", "queue", b"queue", "shell", b"shell", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__backoff: _TypeAlias = _typing.Literal["backoff"]  # noqa: Y015
     _WhichOneofArgType__backoff: _TypeAlias = _typing.Literal["_backoff", b"_backoff"]  # noqa: Y015

@@ -68,6 +68,18 @@ numbers = st.one_of(
     st.sampled_from([-1.0, 0.0, 1e-9, 1e300, -math.inf, math.nan]),
 )
 ints = st.integers(min_value=-(2**31), max_value=2**31 - 1)
+int64s = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.sampled_from([-1, 0, 1, 2**62, 2**62 + 1, 2**63 - 1]),
+)
+limits = st.builds(
+    pb.Limits,
+    cpu_seconds=int64s,
+    memory_bytes=int64s,
+    open_files=int64s,
+    processes=int64s,
+    output_bytes=int64s,
+)
 specs = st.builds(
     pb.JobSpec,
     argv=st.lists(text, max_size=4),
@@ -81,6 +93,7 @@ specs = st.builds(
     env=st.dictionaries(text, text, max_size=4),
     cwd=text,
     name=text,
+    limits=limits,
 )
 
 

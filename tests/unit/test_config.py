@@ -24,6 +24,7 @@ from dts.config import (
     load_worker_config,
     parse_hostport,
 )
+from dts.domain import Limits
 from dts.errors import InvalidArgument
 
 REPO = Path(__file__).resolve().parents[2]
@@ -220,6 +221,20 @@ def test_sample_config_documents_the_defaults(prog: str, tmp_path: Path) -> None
     ) == (loader(["--name", "n"] if prog == "worker" else [], env={}))
 
 
+@pytest.mark.parametrize("prog", ["server", "worker"])
+def test_sample_config_lists_every_option(prog: str) -> None:
+    text = (REPO / "etc" / "dts" / f"{prog}.conf").read_text()
+    listed = set(re.findall(r"^(?:# )?([a-z][a-z-]*) =", text, re.MULTILINE))
+    parser = dts.config.server_parser() if prog == "server" else dts.config.worker_parser()
+    options = {
+        opt[2:]
+        for action in parser._actions
+        for opt in action.option_strings
+        if opt.startswith("--") and opt not in ("--help", "--config")
+    }
+    assert options - listed == set(), f"etc/dts/{prog}.conf does not list these"
+
+
 # ---- worker -----------------------------------------------------------------------------------
 
 
@@ -231,6 +246,41 @@ def test_worker_defaults() -> None:
     assert cfg.queues == ("default",)
     assert cfg.name == f"{socket.gethostname()}:{os.getpid()}"
     assert (cfg.kill_grace, cfg.drain_timeout, cfg.max_output) == (5.0, 60.0, 1 << 20)
+
+
+def test_worker_limits_and_pass_env() -> None:
+    cfg = load_worker_config(
+        [
+            "--max-memory",
+            "2G",
+            "--max-cpu",
+            "60",
+            "--max-files",
+            "256",
+            "--max-processes",
+            "500",
+            "--max-output",
+            "64K",
+            "--max-timeout",
+            "3600",
+            "--pass-env",
+            "AWS_*, HTTPS_PROXY,",
+        ],
+        env={},
+    )
+    assert cfg.limits == Limits(cpu=60, memory=2 << 30, files=256, processes=500)
+    assert (cfg.max_output, cfg.max_timeout) == (64 << 10, 3600.0)
+    assert cfg.pass_env == ("AWS_*", "HTTPS_PROXY")
+    assert load_worker_config([], env={}).limits == Limits()
+
+
+def test_bad_worker_limits_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "--max-memory" in usage_error(capsys, ["--max-memory", "lots"], worker=True)
+    assert "--max-files" in usage_error(capsys, ["--max-files", "-1"], worker=True)
+    with pytest.raises(InvalidArgument, match="--max-timeout"):
+        load_worker_config(["--max-timeout", "-5"], env={})
+    with pytest.raises(InvalidArgument, match="--pass-env"):
+        load_worker_config(["--pass-env", "A=B"], env={})
 
 
 def test_worker_precedence_flag_env_file_default(tmp_path: Path) -> None:

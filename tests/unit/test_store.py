@@ -16,6 +16,7 @@ from dts.domain import (
     JobFilter,
     JobSpec,
     JobStatus,
+    Limits,
     Outcome,
     Output,
     StatCount,
@@ -364,6 +365,57 @@ def test_reopening_keeps_data_and_schema_version(db: Path) -> None:
     finally:
         again.close()
     assert schema_version(db) == str(SCHEMA_VERSION)
+
+
+# The jobs table as dts wrote it at schema version 1, before per-job limits.
+SCHEMA_V1_JOBS = """CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, queue TEXT NOT NULL,
+    priority INTEGER NOT NULL, argv TEXT NOT NULL, shell INTEGER NOT NULL, env TEXT NOT NULL,
+    cwd TEXT NOT NULL, timeout REAL NOT NULL, max_retries INTEGER NOT NULL, backoff REAL NOT NULL,
+    delay REAL NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0, lost INTEGER NOT NULL DEFAULT 0, exit_code INTEGER,
+    error TEXT NOT NULL DEFAULT '', worker TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL,
+    started_at REAL, finished_at REAL, run_at REAL, lease_expires_at REAL)"""
+
+
+def test_a_version_1_database_is_migrated_and_keeps_its_jobs(db: Path) -> None:
+    # Given a database written by dts at schema version 1, with a job in it
+    db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    conn.execute(SCHEMA_V1_JOBS)
+    conn.execute(
+        "INSERT INTO jobs (name, queue, priority, argv, shell, env, cwd, timeout, max_retries,"
+        " backoff, delay, status, created_at) VALUES"
+        " ('old', 'default', 3, '[\"echo\", \"hi\"]', 0, '[[\"A\", \"1\"]]', '', 5, 1, 2, 0,"
+        " 'succeeded', 100)"
+    )
+    conn.commit()
+    conn.close()
+    # When this dts opens it
+    s = SqliteStore(str(db))
+    try:
+        # Then the old job reads back whole, with no limits, and the schema is current
+        old = s.get_job(1)
+        assert old is not None and old.status is S.SUCCEEDED
+        assert old.spec == JobSpec(
+            argv=("echo", "hi"),
+            queue="default",
+            priority=3,
+            max_retries=1,
+            backoff=2.0,
+            timeout=5.0,
+            env=(("A", "1"),),
+            name="old",
+        )
+        assert schema_version(db) == str(SCHEMA_VERSION)
+        # And new jobs keep their limits
+        limited = spec("x", limits=Limits(cpu=3, output=10))
+        (new,) = add(s, limited)
+        assert s.get_job(new.id) == new and new.spec.limits == Limits(cpu=3, output=10)
+    finally:
+        s.close()
 
 
 def test_newer_schema_version_is_refused(db: Path) -> None:

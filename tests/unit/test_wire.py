@@ -16,6 +16,7 @@ from dts.domain import (
     JobSpec,
     JobStatus,
     Lease,
+    Limits,
     Outcome,
     Result,
     StatCount,
@@ -44,6 +45,7 @@ FULL_SPEC = JobSpec(
     env=(("A", "1"), ("B", "two words"), ("EMPTY", "")),
     cwd="/srv/work",
     name="nightly \u2603",
+    limits=Limits(cpu=60, memory=1 << 30, files=256, processes=100, output=4096),
 )
 MINIMAL_SPEC = JobSpec(argv=("true",))
 
@@ -55,6 +57,7 @@ MINIMAL_SPEC = JobSpec(argv=("true",))
         MINIMAL_SPEC,
         JobSpec(argv=("echo $HOME | wc -c",), shell=True),
         JobSpec(argv=("true",), max_retries=0, backoff=0.0, timeout=0.0),  # set, but zero
+        JobSpec(argv=("true",), limits=Limits(output=1)),  # one limit only
     ],
 )
 def test_spec_round_trip(spec: JobSpec) -> None:
