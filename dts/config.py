@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import configargparse
+from redis.connection import parse_url as parse_redis_url
 
 from dts.auth import (
     TOKEN_ENV,
@@ -486,6 +487,10 @@ def _check_redis_url(url: str) -> None:
         raise InvalidArgument(
             f"--redis-url must start with redis://, rediss:// or unix://: {url!r}"
         )
+    try:  # what redis-py would refuse later, with a traceback: a bad port or query value
+        parse_redis_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as e:
+        raise InvalidArgument(f"--redis-url: {e}") from None
 
 
 def _positive(name: str, value: float) -> None:

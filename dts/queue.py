@@ -8,6 +8,7 @@ dies before claiming it is put back by the server instead of being lost.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,15 @@ from dts.domain import MAX_PRIORITY
 
 ID_BITS = 43  # job ids below 2**43 keep every score exact in a double
 WAKE_TOKENS = 64  # idle workers woken at most per enqueue batch
+
+
+def redacted_url(url: str) -> str:
+    """A Redis URL fit for logs: its user and password, and a password query value, as ***."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return scheme + sep + authority + slash + re.sub(r"([?&]password=)[^&]*", r"\1***", tail)
 
 
 @dataclass(frozen=True)

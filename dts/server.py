@@ -24,7 +24,7 @@ from dts.coordinator import Coordinator
 from dts.errors import DtsError, Unavailable
 from dts.notify import sd_notify
 from dts.process import PidFile, Readiness, Signals, daemonize, fail
-from dts.queue import Keys, RedisQueue
+from dts.queue import Keys, RedisQueue, redacted_url
 from dts.servicer import SchedulerServicer, WorkerServicer
 from dts.stores.sqlite import SqliteStore
 from dts.v1 import dts_pb2_grpc as pb_grpc
@@ -95,7 +95,7 @@ class Server:
             self.cfg.listen,
             _security_note(self.cfg),
             self.cfg.db,
-            self.cfg.redis_url,
+            redacted_url(self.cfg.redis_url),
             self.cfg.key_prefix,
         )
 

@@ -31,7 +31,7 @@ from dts.errors import DtsError
 from dts.guard import Guard
 from dts.notify import sd_notify
 from dts.process import PidFile, Readiness, Signals, daemonize, fail
-from dts.queue import Keys, RedisQueue
+from dts.queue import Keys, RedisQueue, redacted_url
 from dts.runner import Execution, RunOptions, close_inherited_fds
 from dts.sandbox import RunAs, default_cwd, find_prlimit, job_environment
 from dts.v1 import dts_pb2 as pb
@@ -109,7 +109,7 @@ class Worker:
         )
         self.guard = Guard(cfg.kill_grace, capacity=max(1024, 4 * cfg.concurrency))
         self.server_link = Link(f"server {cfg.server}")
-        self.redis_link = Link(f"redis {_safe_url(cfg.redis_url)}")
+        self.redis_link = Link(f"redis {redacted_url(cfg.redis_url)}")
         self._lock = threading.Lock()
         # keyed by (job id, attempt): a stale attempt of a job may still be dying here when
         # the server hands us its next attempt
@@ -615,14 +615,6 @@ def prefetch_count(average: float) -> int:
     if average <= 0:
         return PREFETCH_MAX
     return max(1, min(PREFETCH_MAX, int(PREFETCH_WORK / average)))
-
-
-def _safe_url(url: str) -> str:
-    """The Redis URL without a password, for logs."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -108,11 +108,22 @@ class Proc:
 
 
 class RedisProcess(Proc):
-    """A private redis-server on a free loopback port, without persistence."""
+    """A private redis-server on a free loopback port, without persistence.
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    `extra` adds redis-server options (later ones win, so `--port 0 --tls-port P` makes it
+    TLS only); `url` is how dts and the tests reach it (default: plain, no password).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        extra: Sequence[str] = (),
+        url: str | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.dir = workdir
+        self._url = url
         exe = shutil.which("redis-server") or "/usr/bin/redis-server"
         super().__init__(
             [
@@ -127,20 +138,25 @@ class RedisProcess(Proc):
                 "no",
                 "--dir",
                 str(workdir),
+                *extra,
             ],
             workdir / f"redis-{self.port}.log",
         )
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self._url or f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5)
+        return redis.Redis.from_url(self.url, socket_timeout=5)
 
     def start(self) -> None:
         super().start()
-        wait_until(lambda: self.client().ping(), 10, what=f"redis on {self.port}")
+        try:
+            wait_until(lambda: self.client().ping(), 10, what=f"redis on {self.port}")
+        except AssertionError:
+            self.kill()
+            raise
 
 
 class ServerProcess(Proc):

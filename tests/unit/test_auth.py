@@ -101,3 +101,23 @@ def test_a_token_is_never_sent_in_plaintext_off_this_machine() -> None:
     with pytest.raises(InvalidArgument, match=r"without TLS to 127\.0\.0\.1:50051"):
         open_channel("127.0.0.1:50051", ChannelSecurity(token=CLIENT), [])
     open_channel("127.0.0.1:50051", sec, []).close()  # allowed: loopback, and asked for
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://:s3cret@h:6379/0", "redis://***@h:6379/0"),
+        ("redis://dts:s3cret@h:6379/0", "redis://***@h:6379/0"),
+        (
+            "rediss://dts:p@ss@h:6380/0?ssl_ca_certs=/ca.pem",
+            "rediss://***@h:6380/0?ssl_ca_certs=/ca.pem",
+        ),
+        ("redis://h/0?password=s3cret&db=1", "redis://h/0?password=***&db=1"),
+        ("unix://dts:s3cret@/run/redis.sock?db=0", "unix://***@/run/redis.sock?db=0"),
+    ],
+)
+def test_redis_urls_are_logged_without_credentials(url: str, shown: str) -> None:
+    from dts.queue import redacted_url
+
+    assert redacted_url(url) == shown

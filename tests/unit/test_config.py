@@ -162,6 +162,8 @@ def test_db_default_uses_the_first_state_directory(monkeypatch: pytest.MonkeyPat
         ["--redis-url", "http://127.0.0.1:6379"],
         ["--redis-url", "127.0.0.1:6379"],
         ["--redis-url", ""],
+        ["--redis-url", "redis://127.0.0.1:port/0"],
+        ["--redis-url", "redis://127.0.0.1:6379/0?socket_timeout=soon"],
         ["--db", ""],
     ],
 )
