@@ -27,7 +27,16 @@ from dts.auth import (
     load_tokens,
     read_token,
 )
-from dts.domain import MAX_LIMIT, NO_LIMITS, Limits, parse_size
+from dts.domain import (
+    MAX_CONCURRENCY,
+    MAX_LIMIT,
+    MAX_NAME_CHARS,
+    MAX_WORKER_QUEUES,
+    NO_LIMITS,
+    Limits,
+    parse_size,
+    validate_queue_name,
+)
 from dts.errors import InvalidArgument
 from dts.sandbox import check_pass_env, find_prlimit
 
@@ -364,9 +373,21 @@ def load_worker_config(
     parse_hostport(cfg.server, "--server")
     check_channel(cfg.server, cfg.security)
     _check_redis_url(cfg.redis_url)
-    _positive("--concurrency", cfg.concurrency)
+    if not 1 <= cfg.concurrency <= MAX_CONCURRENCY:
+        raise InvalidArgument(
+            f"--concurrency must be between 1 and {MAX_CONCURRENCY}, got {cfg.concurrency}"
+        )
     if not queues:
         raise InvalidArgument("--queues must name at least one queue")
+    if len(queues) > MAX_WORKER_QUEUES:
+        raise InvalidArgument(f"--queues: at most {MAX_WORKER_QUEUES} queues")
+    for queue in queues:
+        try:
+            validate_queue_name(queue)
+        except InvalidArgument as e:
+            raise InvalidArgument(f"--queues: {e}") from None
+    if len(cfg.name) > MAX_NAME_CHARS:
+        raise InvalidArgument(f"--name is longer than {MAX_NAME_CHARS} characters")
     _non_negative("--drain-timeout", cfg.drain_timeout)
     _non_negative("--kill-grace", cfg.kill_grace)
     _positive("--max-output", cfg.max_output)

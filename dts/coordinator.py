@@ -21,6 +21,10 @@ from dts.backoff import compute_backoff
 from dts.config import ServerConfig
 from dts.domain import (
     EXIT_CANNOT_RUN,
+    MAX_CONCURRENCY,
+    MAX_HOST_CHARS,
+    MAX_NAME_CHARS,
+    MAX_WORKER_QUEUES,
     Assignment,
     Attempt,
     Job,
@@ -35,6 +39,7 @@ from dts.domain import (
     WorkerInfo,
     WorkerState,
     can_transition,
+    validate_queue_name,
     validate_spec,
 )
 from dts.errors import (
@@ -207,10 +212,18 @@ class Coordinator:
     def register(
         self, name: str, host: str, pid: int, concurrency: int, queues: Sequence[str]
     ) -> str:
-        if not name or len(name) > 200:
-            raise InvalidArgument("worker name must be 1-200 characters")
-        if concurrency < 1 or not queues:
-            raise InvalidArgument("a worker needs concurrency >= 1 and at least one queue")
+        if not name or len(name) > MAX_NAME_CHARS:
+            raise InvalidArgument(f"worker name must be 1-{MAX_NAME_CHARS} characters")
+        if len(host) > MAX_HOST_CHARS:
+            raise InvalidArgument(f"host name is longer than {MAX_HOST_CHARS} characters")
+        if not 1 <= concurrency <= MAX_CONCURRENCY or not queues:
+            raise InvalidArgument(
+                f"a worker needs concurrency 1-{MAX_CONCURRENCY} and at least one queue"
+            )
+        if len(queues) > MAX_WORKER_QUEUES:
+            raise InvalidArgument(f"a worker takes jobs from at most {MAX_WORKER_QUEUES} queues")
+        for queue in queues:
+            validate_queue_name(queue)
         session = uuid.uuid4().hex
         now = self.clock()
         requeued: list[Job] = []

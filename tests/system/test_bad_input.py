@@ -156,6 +156,12 @@ def test_worker_calls_from_strangers_are_refused_properly(stubs: tuple[Any, Any]
         lambda: work.Unregister(pb.UnregisterRequest(name="ghost", session="x")),
         lambda: work.Register(pb.RegisterRequest(name="", concurrency=0)),
         lambda: work.Register(pb.RegisterRequest(name="n" * 10_000, concurrency=1, queues=["q"])),
+        lambda: work.Register(
+            pb.RegisterRequest(name="n", host="h" * 300, concurrency=1, queues=["q"])
+        ),
+        lambda: work.Register(pb.RegisterRequest(name="n", concurrency=10**9, queues=["q"])),
+        lambda: work.Register(pb.RegisterRequest(name="n", concurrency=1, queues=["bad name!"])),
+        lambda: work.Register(pb.RegisterRequest(name="n", concurrency=1, queues=["q"] * 1000)),
     ):
         code, details = status_of(call)
         assert code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT), (

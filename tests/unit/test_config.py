@@ -285,6 +285,22 @@ def test_bad_worker_limits_are_usage_errors(capsys: pytest.CaptureFixture[str]) 
         load_worker_config(["--pass-env", "A=B"], env={})
 
 
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--queues", "ok,bad name"], "--queues"),
+        (["--queues", ",".join(f"q{i}" for i in range(65))], "--queues"),
+        (["--name", "n" * 201], "--name"),
+        (["--concurrency", "10001"], "--concurrency"),
+    ],
+)
+def test_worker_settings_the_server_would_refuse_are_refused_at_start(
+    argv: list[str], flag: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=flag):
+        load_worker_config(argv, env={})
+
+
 def test_worker_precedence_flag_env_file_default(tmp_path: Path) -> None:
     f = conf(tmp_path / "w.conf", concurrency="2", queues="fromfile", kill_grace="1.5")
     env = {"DTS_CONCURRENCY": "3", "DTS_QUEUES": "fromenv"}
