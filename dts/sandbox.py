@@ -63,7 +63,7 @@ def job_environment(
 
     From the worker's own: PATH, LANG, LANGUAGE, TZ, TMPDIR and LC_*, plus what `pass_env`
     names (NAME, a glob such as AWS_*, or * for everything not private to the worker).
-    HOME, USER and LOGNAME are those of the user the job runs as (`user`, else the worker's).
+    HOME, USER and LOGNAME are those of `user` (--run-as) if given, else the worker's own.
     """
     env: dict[str, str] = {}
     for key, value in worker_env.items():
@@ -76,11 +76,17 @@ def job_environment(
         ):
             env[key] = value
     env.setdefault("PATH", DEFAULT_PATH)
-    who = user or _own_user()
-    if who is not None:
-        env.update(HOME=who.home, USER=who.name, LOGNAME=who.name)
-    else:  # the worker's uid has no passwd entry (a container): keep what it was given
-        env.update({k: worker_env[k] for k in ("HOME", "USER", "LOGNAME") if k in worker_env})
+    if user is not None:
+        env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
+        return env
+    # the worker's own user: what its service manager set (a unit's Environment=HOME=...)
+    # comes first, its passwd entry fills in the rest
+    me = _own_user()
+    own = {"HOME": me.home, "USER": me.name, "LOGNAME": me.name} if me else {}
+    for key in ("HOME", "USER", "LOGNAME"):
+        found = worker_env.get(key) or own.get(key)
+        if found:
+            env[key] = found
     return env
 
 

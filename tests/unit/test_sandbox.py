@@ -24,7 +24,6 @@ WORKER_ENV = {
     "LC_TIME": "de_DE.UTF-8",
     "TZ": "Europe/Berlin",
     "TMPDIR": "/var/tmp",
-    "HOME": "/somewhere/else",
     "AWS_SECRET_ACCESS_KEY": "s3cr3t",
     "AWS_REGION": "eu-central-1",
     "DATABASE_URL": "postgres://admin:pw@db/prod",
@@ -66,6 +65,11 @@ def test_pass_env_adds_names_and_globs_but_no_glob_reaches_the_workers_own() -> 
         **job_environment(WORKER_ENV),
         "NOTIFY_SOCKET": "/run/systemd/notify",
     }
+
+
+def test_the_workers_own_home_is_kept_when_its_service_manager_set_one() -> None:
+    env = job_environment({**WORKER_ENV, "HOME": "/var/lib/dts-worker"})
+    assert (env["HOME"], env["USER"]) == ("/var/lib/dts-worker", ME.name)
 
 
 def test_a_job_without_path_gets_a_standard_one() -> None:
