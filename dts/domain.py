@@ -6,7 +6,7 @@ Pure data and rules: nothing here imports gRPC, Redis or SQLite.
 from __future__ import annotations
 
 import re
-from dataclasses import astuple, dataclass, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Final
 
@@ -97,13 +97,19 @@ class Limits:
 
     def within(self, cap: Limits) -> Limits:
         """These limits, lowered to `cap` wherever `cap` is stricter or these set none."""
+        if self == NO_LIMITS:
+            return cap
         return Limits(
-            *(lower_limit(a, b) for a, b in zip(astuple(self), astuple(cap), strict=True))
+            lower_limit(self.cpu, cap.cpu),
+            lower_limit(self.memory, cap.memory),
+            lower_limit(self.files, cap.files),
+            lower_limit(self.processes, cap.processes),
+            lower_limit(self.output, cap.output),
         )
 
     @property
     def any(self) -> bool:
-        return any(astuple(self))
+        return self != NO_LIMITS
 
     @property
     def rlimits(self) -> bool:
@@ -395,11 +401,15 @@ def validate_spec(spec: JobSpec) -> None:
 
 def validate_limits(limits: Limits, what: str = "limit") -> None:
     """Raise InvalidArgument naming the first limit out of range."""
-    for name, value in zip(
-        ("cpu", "memory", "files", "processes", "output"), astuple(limits), strict=True
-    ):
+    if limits == NO_LIMITS:
+        return
+    values = (limits.cpu, limits.memory, limits.files, limits.processes, limits.output)
+    for name, value in zip(LIMIT_NAMES, values, strict=True):
         if not 0 <= value <= MAX_LIMIT:
             raise InvalidArgument(f"{what} {name} must be between 0 and {MAX_LIMIT}, got {value}")
+
+
+LIMIT_NAMES: Final = ("cpu", "memory", "files", "processes", "output")
 
 
 def _utf8_len(text: str) -> int:

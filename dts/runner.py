@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import select
 import shutil
@@ -75,8 +76,10 @@ class RunOptions:
     max_timeout: float = 0.0  # the operator's cap of a job's timeout; 0: none
     prlimit: str | None = None  # util-linux prlimit, needed by jobs with resource limits
 
+    @functools.cached_property
     def caps(self) -> Limits:
-        return replace(self.limits_cap, output=self.max_output)
+        """The operator's limits, output included, within the worker's own hard rlimits."""
+        return within_hard_limits(replace(self.limits_cap, output=self.max_output))
 
 
 class Execution:
@@ -125,7 +128,8 @@ class Execution:
         env["DTS_JOB_ID"] = str(a.job_id)
         env["DTS_ATTEMPT"] = str(a.attempt)
         cwd = spec.cwd or self.opts.default_cwd
-        limits = within_hard_limits(spec.limits.within(self.opts.caps()))
+        caps = self.opts.caps
+        limits = caps if spec.limits == NO_LIMITS else within_hard_limits(spec.limits.within(caps))
         timeout = _lower(spec.timeout or 0.0, self.opts.max_timeout)
         started = time.time()
         if self._stop_outcome is not None:  # stopped before it started: nothing to kill

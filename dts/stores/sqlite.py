@@ -8,7 +8,6 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import astuple
 from typing import Any
 
 from dts.domain import (
@@ -165,7 +164,8 @@ def _limits(text: str) -> Limits:
 def _limits_json(limits: Limits) -> str:
     if not limits.any:
         return ""
-    return json.dumps({k: v for k, v in zip(LIMIT_FIELDS, astuple(limits), strict=True) if v})
+    values = (limits.cpu, limits.memory, limits.files, limits.processes, limits.output)
+    return json.dumps({k: v for k, v in zip(LIMIT_FIELDS, values, strict=True) if v})
 
 
 def _attempt(row: tuple[Any, ...]) -> Attempt:
