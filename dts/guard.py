@@ -39,6 +39,8 @@ class Guard:
         self._where: dict[int, int] = {}  # pgid -> entry index
         self._free = list(range(capacity - 1, -1, -1))
         self._warned = False
+        self._checked = float("-inf")  # when _guard_alive last asked
+        self._alive = True
 
     def start(self) -> None:
         fd = os.memfd_create("dts-guard", os.MFD_CLOEXEC)
@@ -58,7 +60,7 @@ class Guard:
         with self._lock:
             if self._table is None or pgid in self._where:
                 return
-            if not self._free or (self._proc is not None and self._proc.poll() is not None):
+            if not self._free or not self._guard_alive():
                 self._warn("job guard exited" if self._free else "job guard table full")
                 return
             index = self._free.pop()
@@ -72,6 +74,14 @@ class Guard:
                 return
             ENTRY.pack_into(self._table, index * ENTRY.size, 0)
             self._free.append(index)
+
+    def _guard_alive(self) -> bool:
+        """Whether the guard process still runs (asked of the kernel at most once a second)."""
+        now = time.monotonic()
+        if now - self._checked >= 1.0:
+            self._checked = now
+            self._alive = self._proc is None or self._proc.poll() is None
+        return self._alive
 
     def _warn(self, why: str) -> None:
         if not self._warned:

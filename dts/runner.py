@@ -199,12 +199,14 @@ class Execution:
         left in its group get the same treatment.
         """
         caps = {child.stdout: Capture(max_output), child.stderr: Capture(max_output)}
-        pidfd = os.pidfd_open(child.pid)
+        # Reads happen only when poll says a pipe is readable, so the pipes stay blocking. The
+        # main process's exit is usually seen as EOF on both pipes and a reap that finds it
+        # gone; a pidfd is opened only for jobs that live past the first poll or that close
+        # their output before they exit.
         poller = select.poll()  # no descriptor of its own to create and close, unlike epoll
         for fd in caps:
-            os.set_blocking(fd, False)
             poller.register(fd, select.POLLIN)
-        poller.register(pidfd, select.POLLIN)
+        pidfd: int | None = None
         pgid = child.pid
         deadline = time.monotonic() + timeout if timeout > 0 else None
         outcome: Outcome | None = None
@@ -212,6 +214,7 @@ class Execution:
         term_at: float | None = None  # when the group got SIGTERM
         killed = False
         open_pipes = len(caps)
+        leftovers = False  # members of the group left after its main process exited
         try:
             while True:
                 now = time.monotonic()
@@ -220,7 +223,7 @@ class Execution:
                         outcome = Outcome.TIMED_OUT
                     elif not exited and self._stop_outcome is not None:
                         outcome = self._stop_outcome
-                    if outcome is not None or (exited and _group_alive(pgid)):
+                    if outcome is not None or (exited and (leftovers := _group_alive(pgid))):
                         term_at = now
                         _killpg(pgid, signal.SIGTERM)
                 if (
@@ -230,15 +233,25 @@ class Execution:
                 ):
                     killed = True
                     _killpg(pgid, signal.SIGKILL)
-                if exited and not _group_alive(pgid):
+                if exited and not (leftovers if term_at is None else _group_alive(pgid)):
                     if open_pipes == 0:
                         break
                     if term_at is not None and now >= term_at + self.opts.kill_grace + 1:
                         break  # something outside the group holds our pipes: stop waiting
+                if not exited and pidfd is None and open_pipes == 0:
+                    exited = child.reaped_now()
+                    if not exited:  # it closed its output but runs on: watch its exit
+                        pidfd = os.pidfd_open(child.pid)
+                        poller.register(pidfd, select.POLLIN)
+                    continue
                 wait = POLL if not exited else 0.05
                 if deadline is not None and term_at is None:
                     wait = min(wait, max(0.0, deadline - now))
-                for fd, _ in poller.poll(wait * 1000):
+                events = poller.poll(wait * 1000)
+                if not events and not exited and pidfd is None:
+                    pidfd = os.pidfd_open(child.pid)  # a longer job: learn its exit at once
+                    poller.register(pidfd, select.POLLIN)
+                for fd, _ in events:
                     if fd == pidfd:
                         exited = True
                         child.reap()  # now, so the group probe sees only the leftovers
@@ -254,7 +267,8 @@ class Execution:
                         poller.unregister(fd)
                         open_pipes -= 1
         finally:
-            os.close(pidfd)
+            if pidfd is not None:
+                os.close(pidfd)
         return (outcome, caps[child.stdout].value(), caps[child.stderr].value())
 
     def _result(
@@ -304,7 +318,7 @@ class Child:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         program = argv[0]
         search = os.posix_spawnp
-        if "/" not in program and env.get("PATH") != os.environ.get("PATH"):
+        if "/" not in program and env.get("PATH") != _worker_path():
             # posix_spawnp searches the worker's PATH; the job asked for its own
             found = shutil.which(program, path=env.get("PATH", os.defpath))
             if found is None:
@@ -335,12 +349,23 @@ class Child:
     def reap(self) -> int:
         """Wait for the process to exit (once); its return code, -N for signal N."""
         if self._status is None:
-            _, status, usage = os.wait4(self.pid, 0)
-            self._status = os.waitstatus_to_exitcode(status)
-            self.cpu_time = usage.ru_utime + usage.ru_stime
-            if self._popen is not None:
-                self._popen.returncode = self._status  # reaped here, not by Popen
+            self._wait(0)
+        assert self._status is not None
         return self._status
+
+    def reaped_now(self) -> bool:
+        """Reap the process if it has exited already; whether it has."""
+        return self._status is not None or self._wait(os.WNOHANG)
+
+    def _wait(self, options: int) -> bool:
+        pid, status, usage = os.wait4(self.pid, options)
+        if pid == 0:
+            return False
+        self._status = os.waitstatus_to_exitcode(status)
+        self.cpu_time = usage.ru_utime + usage.ru_stime
+        if self._popen is not None:
+            self._popen.returncode = self._status  # reaped here, not by Popen
+        return True
 
     def close(self) -> None:
         if self._popen is not None:
@@ -349,8 +374,10 @@ class Child:
                     pipe.close()
             return
         for fd in (self.stdout, self.stderr):
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 (once per job: a plain try costs less than contextlib.suppress)
                 os.close(fd)
+            except OSError:
+                pass
 
 
 # Python ignores SIGPIPE (and SIGXFSZ); a job starts with every signal at its default, as a
@@ -362,6 +389,12 @@ DEFAULT_SIGNALS = tuple(
 )
 
 _DEVNULL: list[int] = []
+
+
+@functools.cache
+def _worker_path() -> str | None:
+    """The worker's own PATH, which posix_spawnp searches (os.environ decodes on every read)."""
+    return os.environ.get("PATH")
 
 
 def _here() -> str:

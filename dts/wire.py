@@ -10,6 +10,7 @@ from google.protobuf.message import DecodeError
 
 from dts import errors
 from dts.domain import (
+    NO_LIMITS,
     Assignment,
     Attempt,
     Job,
@@ -119,7 +120,7 @@ def spec_from_pb(msg: pb.JobSpec) -> JobSpec:
         env=tuple(sorted(msg.env.items())),
         cwd=msg.cwd,
         name=msg.name,
-        limits=limits_from_pb(msg.limits),
+        limits=limits_from_pb(msg.limits) if msg.HasField("limits") else NO_LIMITS,
     )
 
 

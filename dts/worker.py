@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TypeVar
@@ -114,6 +115,7 @@ class Worker:
         # keyed by (job id, attempt): a stale attempt of a job may still be dying here when
         # the server hands us its next attempt
         self._running: dict[Key, Execution] = {}
+        self._held: Counter[int] = Counter()  # job id -> its attempts in _running
         self._unreported: dict[Key, Result] = {}
         self._draining = False
         self._done = threading.Event()  # tells the heartbeat to finish
@@ -426,6 +428,7 @@ class Worker:
         exe = Execution(a, self.run_opts, self.guard.add, self.guard.remove)
         with self._lock:
             self._running[(a.job_id, a.attempt)] = exe
+            self._held[a.job_id] += 1
         return exe
 
     def _execute(self, exe: Execution) -> Result:
@@ -433,7 +436,11 @@ class Worker:
         a = exe.assignment
         key = (a.job_id, a.attempt)
         with self._lock:
-            stale = [e for k, e in self._running.items() if k[0] == a.job_id and e is not exe]
+            stale = (
+                [e for k, e in self._running.items() if k[0] == a.job_id and e is not exe]
+                if self._held[a.job_id] > 1
+                else []
+            )
         for old in stale:  # an older attempt of this job is still here: it is not ours now
             old.stop(Outcome.RELEASED, "superseded by a newer attempt", at_once=True)
         deadline = time.monotonic() + self.cfg.kill_grace + 5
@@ -459,7 +466,10 @@ class Worker:
             )
         with self._lock:
             self._unreported[key] = result
-            self._running.pop(key, None)
+            if self._running.pop(key, None) is not None:
+                self._held[a.job_id] -= 1
+                if not self._held[a.job_id]:
+                    del self._held[a.job_id]
         return result
 
     def _stop_all(self, outcome: Outcome, reason: str, at_once: bool = False) -> None:
