@@ -30,6 +30,7 @@ from dts.errors import Internal, Unavailable
 from dts.store import Key, chunks
 
 SCHEMA_VERSION = 2
+BATCH_ROWS = 400  # rows one statement touches by an IN list (SQLite allows 32,766 variables)
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -278,15 +279,18 @@ class SqliteTransaction:
         self, job_ids: Sequence[int], worker: str, now: float, lease_until: float
     ) -> list[Assignment]:
         claimed: list[Assignment] = []
-        for job_id in job_ids:
-            row = self._c.execute(
+        for part in chunks(job_ids, BATCH_ROWS):
+            marks = ",".join("?" * len(part))
+            rows = self._c.execute(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = ?,"
                 " started_at = ?, lease_expires_at = ?, exit_code = NULL, error = ''"
-                f" WHERE id = ? AND status = 'queued' RETURNING {SPEC_COLUMNS}, attempts",
-                (worker, now, lease_until, job_id),
-            ).fetchone()
-            if row is not None:
-                claimed.append(Assignment(job_id, row[13], _spec(row)))
+                f" WHERE id IN ({marks}) AND status = 'queued' RETURNING {SPEC_COLUMNS}, attempts",
+                (worker, now, lease_until, *part),
+            ).fetchall()
+            claimed += (Assignment(row[0], row[13], _spec(row)) for row in rows)
+        if len(claimed) > 1:  # RETURNING has no order: keep the order the ids were taken in
+            position = {job_id: i for i, job_id in enumerate(job_ids)}
+            claimed.sort(key=lambda a: position[a.job_id])
         self._c.executemany(
             "INSERT INTO attempts (job_id, attempt, worker, started_at, outcome)"
             " VALUES (?,?,?,?,?)",
@@ -296,22 +300,34 @@ class SqliteTransaction:
 
     def finish_succeeded(self, worker: str, results: Sequence[Result], now: float) -> set[Key]:
         recorded: set[Key] = set()
-        for r in results:
-            cur = self._c.execute(
-                "UPDATE jobs SET status = 'succeeded', exit_code = ?, error = '',"
+        for i in range(0, len(results), BATCH_ROWS):
+            part = results[i : i + BATCH_ROWS]
+            pairs = ",".join("(?,?)" for _ in part)
+            rows = self._c.execute(
+                "UPDATE jobs SET status = 'succeeded', exit_code = 0, error = '',"
                 " finished_at = ?, lease_expires_at = NULL"
-                " WHERE id = ? AND status = 'running' AND attempts = ? AND worker = ?",
-                (r.exit_code or 0, now, r.job_id, r.attempt, worker),
+                f" WHERE status = 'running' AND worker = ? AND (id, attempts) IN (VALUES {pairs})"
+                " RETURNING id, attempts",
+                (now, worker, *(v for r in part for v in (r.job_id, r.attempt))),
+            ).fetchall()
+            recorded.update((job_id, attempt) for job_id, attempt in rows)
+        quiet = [(r.job_id, r.attempt) for r in results if not (r.stdout or r.stderr)]
+        quiet = [key for key in quiet if key in recorded]
+        for i in range(0, len(quiet), BATCH_ROWS):
+            keys = quiet[i : i + BATCH_ROWS]
+            pairs = ",".join("(?,?)" for _ in keys)
+            self._c.execute(
+                "UPDATE attempts SET finished_at = ?, exit_code = 0, outcome = 'succeeded',"
+                f" error = '' WHERE (job_id, attempt) IN (VALUES {pairs})",
+                (now, *(v for key in keys for v in key)),
             )
-            if cur.rowcount == 1:
-                recorded.add((r.job_id, r.attempt))
         self._c.executemany(
-            "UPDATE attempts SET finished_at = ?, exit_code = ?, outcome = 'succeeded',"
+            "UPDATE attempts SET finished_at = ?, exit_code = 0, outcome = 'succeeded',"
             " error = '', stdout = ?, stderr = ? WHERE job_id = ? AND attempt = ?",
             (
-                (now, r.exit_code or 0, r.stdout, r.stderr, r.job_id, r.attempt)
+                (now, r.stdout, r.stderr, r.job_id, r.attempt)
                 for r in results
-                if (r.job_id, r.attempt) in recorded
+                if (r.stdout or r.stderr) and (r.job_id, r.attempt) in recorded
             ),
         )
         return recorded

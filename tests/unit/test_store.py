@@ -498,3 +498,63 @@ def test_concurrent_transactions_from_threads(store: SqliteStore) -> None:
     assert errors == []
     assert len(ids) == len(set(ids)) == 200
     assert len(store.list_jobs(JobFilter(limit=1000))) == 200
+
+
+def test_claims_in_bulk_keep_the_order_taken_and_only_take_queued_jobs(
+    store: SqliteStore,
+) -> None:
+    from dts.stores.sqlite import BATCH_ROWS
+
+    # Given more queued jobs than one statement takes, and one that is not queued
+    jobs = add(store, *[spec(f"job{i}") for i in range(BATCH_ROWS + 50)])
+    (held,) = add(store, spec("scheduled"), status=S.SCHEDULED, run_at=500.0)
+    wanted = [j.id for j in reversed(jobs)] + [held.id, jobs[0].id]  # a duplicate too
+    # When a worker claims them in an order of its own
+    with store.transaction() as tx:
+        claimed = tx.claim_queued(wanted, "w1", 200.0, 230.0)
+    # Then every queued one is claimed once, in that order, as attempt 1 with its spec
+    assert [a.job_id for a in claimed] == [j.id for j in reversed(jobs)]
+    assert {a.attempt for a in claimed} == {1}
+    assert claimed[-1].spec == jobs[0].spec
+    after = store.get_job(jobs[0].id)
+    assert after is not None and (after.status, after.worker, after.attempts) == (
+        S.RUNNING,
+        "w1",
+        1,
+    )
+    assert store.attempts(jobs[0].id)[0].outcome is Outcome.RUNNING
+    assert store.get_job(held.id).status is S.SCHEDULED  # type: ignore[union-attr]
+
+
+def test_successes_in_bulk_are_fenced_and_keep_their_output(store: SqliteStore) -> None:
+    from dts.domain import Result
+
+    jobs = add(store, *[spec(f"job{i}") for i in range(4)])
+    with store.transaction() as tx:
+        tx.claim_queued([j.id for j in jobs], "w1", 200.0, 230.0)
+    a, b, c, d = (j.id for j in jobs)
+    results = [
+        Result(a, 1, Outcome.SUCCEEDED, 0),  # quiet
+        Result(b, 1, Outcome.SUCCEEDED, 0, stdout=b"out", stderr=b"err"),
+        Result(c, 2, Outcome.SUCCEEDED, 0),  # a stale attempt
+        Result(d, 1, Outcome.SUCCEEDED, 0, stdout=b"x"),
+    ]
+    with store.transaction() as tx:
+        recorded = tx.finish_succeeded("w1", results, 300.0)
+        assert tx.finish_succeeded("intruder", [Result(d, 1, Outcome.SUCCEEDED, 0)], 1) == set()
+    assert recorded == {(a, 1), (b, 1), (d, 1)}
+    assert store.get_job(c).status is S.RUNNING  # type: ignore[union-attr]
+    for job_id, out, err in ((a, b"", b""), (b, b"out", b"err"), (d, b"x", b"")):
+        job = store.get_job(job_id)
+        assert job is not None and (job.status, job.exit_code, job.finished_at) == (
+            S.SUCCEEDED,
+            0,
+            300.0,
+        )
+        (attempt,) = store.attempts(job_id)
+        assert (attempt.outcome, attempt.finished_at, attempt.exit_code) == (
+            Outcome.SUCCEEDED,
+            300.0,
+            0,
+        )
+        assert store.output(job_id, 1) == Output(1, out, err)
