@@ -54,9 +54,9 @@ class Client:
 
     def submit(self, specs: Sequence[JobSpec]) -> list[Job]:
         """Submit many jobs in one round trip; they are durable when this returns."""
-        req = pb.SubmitRequest(jobs=[wire.spec_to_pb(s) for s in specs])
+        req = pb.SubmitRequest(jobs=[wire.spec_to_pb(s) for s in specs], ids_only=True)
         resp = self._call(self.stub.Submit, req, max(self.timeout, 60.0))
-        return [wire.job_from_pb(j) for j in resp.jobs]
+        return wire.submitted_jobs(specs, resp)
 
     def submit_one(self, spec: JobSpec) -> Job:
         return self.submit([spec])[0]

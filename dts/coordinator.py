@@ -102,18 +102,15 @@ class Coordinator:
                 raise InvalidArgument(f"job {i + 1}: {e}" if len(specs) > 1 else str(e)) from e
         cfg = self.cfg
         now = self.clock()
-        jobs = []
+        full = [
+            s.with_defaults(cfg.default_retries, cfg.default_backoff, cfg.default_timeout)
+            for s in specs
+        ]
         with self.store.transaction() as tx:
-            for spec in specs:
-                full = spec.with_defaults(
-                    cfg.default_retries, cfg.default_backoff, cfg.default_timeout
-                )
-                if full.delay > 0:
-                    jobs.append(tx.insert_job(full, JobStatus.SCHEDULED, now, now + full.delay))
-                else:
-                    jobs.append(tx.insert_job(full, JobStatus.QUEUED, now, None))
-        for job in jobs:
-            log.info("job %d %s: %s", job.id, job.status, job.spec.display[:200])
+            jobs = tx.insert_jobs(full, now)
+        if log.isEnabledFor(logging.INFO):
+            for job in jobs:
+                log.info("job %d %s: %s", job.id, job.status, job.spec.display[:200])
         self._enqueue([j for j in jobs if j.status is JobStatus.QUEUED])
         if any(j.status is JobStatus.SCHEDULED for j in jobs):
             self.due_changed.set()

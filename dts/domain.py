@@ -6,7 +6,7 @@ Pure data and rules: nothing here imports gRPC, Redis or SQLite.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
@@ -174,11 +174,22 @@ class JobSpec:
 
     def with_defaults(self, max_retries: int, backoff: float, timeout: float) -> JobSpec:
         """This spec with every unset option taken from the server's defaults."""
-        return replace(
-            self,
-            max_retries=self.max_retries if self.max_retries is not None else max_retries,
-            backoff=self.backoff if self.backoff is not None else backoff,
-            timeout=self.timeout if self.timeout is not None else timeout,
+        if self.max_retries is not None and self.backoff is not None and self.timeout is not None:
+            return self
+        # a direct construction: dataclasses.replace costs several times more, once per job
+        return JobSpec(
+            self.argv,
+            self.shell,
+            self.queue,
+            self.priority,
+            self.max_retries if self.max_retries is not None else max_retries,
+            self.backoff if self.backoff is not None else backoff,
+            self.timeout if self.timeout is not None else timeout,
+            self.delay,
+            self.env,
+            self.cwd,
+            self.name,
+            self.limits,
         )
 
     @property
@@ -216,6 +227,20 @@ class Job:
     @property
     def max_retries(self) -> int:
         return self.spec.max_retries or 0
+
+
+def submitted_job(job_id: int, spec: JobSpec, now: float) -> Job:
+    """A job as a submit at `now` creates it: scheduled for its delay if it has one, else
+    queued. The server stores it so; a client rebuilds it so from a lean submit answer."""
+    if spec.delay > 0:
+        return Job(
+            id=job_id,
+            spec=spec,
+            status=JobStatus.SCHEDULED,
+            created_at=now,
+            run_at=now + spec.delay,
+        )
+    return Job(id=job_id, spec=spec, status=JobStatus.QUEUED, created_at=now)
 
 
 @dataclass(frozen=True)

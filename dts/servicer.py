@@ -51,6 +51,15 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     @rpc
     def Submit(self, request: pb.SubmitRequest, context: Any) -> pb.SubmitResponse:
         jobs = self.c.submit([wire.spec_from_pb(s) for s in request.jobs])
+        if request.ids_only:
+            cfg = self.c.cfg
+            return pb.SubmitResponse(
+                ids=[j.id for j in jobs],
+                created_at=jobs[0].created_at,
+                default_retries=cfg.default_retries,
+                default_backoff=cfg.default_backoff,
+                default_timeout=cfg.default_timeout,
+            )
         return pb.SubmitResponse(jobs=[wire.job_to_pb(j) for j in jobs])
 
     @rpc

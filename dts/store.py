@@ -34,6 +34,9 @@ class Transaction(Protocol):
         self, spec: JobSpec, status: JobStatus, created_at: float, run_at: float | None
     ) -> Job: ...
 
+    def insert_jobs(self, specs: Sequence[JobSpec], now: float) -> list[Job]:
+        """Add jobs submitted at `now`, in order, as `domain.submitted_job` makes them."""
+
     def get_job(self, job_id: int) -> Job | None: ...
 
     def update_job(self, job: Job) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from itertools import pairwise
 from typing import Any
 
 import grpc
@@ -23,6 +25,7 @@ from dts.domain import (
     StatCount,
     WorkerInfo,
     WorkerState,
+    submitted_job,
 )
 from dts.v1 import dts_pb2 as pb
 
@@ -138,6 +141,34 @@ def limits_from_pb(msg: pb.Limits) -> Limits:
     return Limits(
         msg.cpu_seconds, msg.memory_bytes, msg.open_files, msg.processes, msg.output_bytes
     )
+
+
+def as_received(spec: JobSpec) -> JobSpec:
+    """`spec` as the server reads it off the wire: environment sorted by name (one entry a
+    name), an empty queue name as the default queue."""
+    if (not spec.env or _sorted_unique(spec.env)) and spec.queue:
+        return spec
+    return replace(spec, env=tuple(sorted(dict(spec.env).items())), queue=spec.queue or "default")
+
+
+def _sorted_unique(env: tuple[tuple[str, str], ...]) -> bool:
+    return all(a[0] < b[0] for a, b in pairwise(env))
+
+
+def submitted_jobs(specs: Sequence[JobSpec], resp: pb.SubmitResponse) -> list[Job]:
+    """The jobs a Submit created: from the answer's whole jobs, or (ids_only) rebuilt from
+    what was sent, the ids, the submit time and the server's defaults."""
+    if resp.jobs or not resp.ids:
+        return [job_from_pb(j) for j in resp.jobs]
+    if len(resp.ids) != len(specs):
+        raise errors.Internal(f"server answered {len(resp.ids)} ids for {len(specs)} jobs")
+    retries, backoff, timeout = resp.default_retries, resp.default_backoff, resp.default_timeout
+    return [
+        submitted_job(
+            job_id, as_received(spec).with_defaults(retries, backoff, timeout), resp.created_at
+        )
+        for job_id, spec in zip(resp.ids, specs, strict=True)
+    ]
 
 
 def job_to_pb(job: Job) -> pb.Job:

@@ -25,6 +25,7 @@ from dts.domain import (
     StatCount,
     WorkerInfo,
     WorkerState,
+    submitted_job,
 )
 from dts.errors import Internal, Unavailable
 from dts.store import Key, chunks
@@ -92,6 +93,36 @@ SCHEMA = [
         last_heartbeat REAL NOT NULL
     )""",
 ]
+
+INSERT_COLUMNS = (
+    "name, queue, priority, argv, shell, env, cwd, timeout, max_retries, backoff, delay, status,"
+    " created_at, run_at, limits"
+)
+INSERT_MARKS = ",".join("?" * 15)
+INSERT_ROWS = 1000  # jobs one INSERT statement adds (15 variables each; SQLite allows 32,766)
+
+
+def _insert_row(
+    spec: JobSpec, status: JobStatus, created_at: float, run_at: float | None
+) -> tuple[Any, ...]:
+    return (
+        spec.name,
+        spec.queue,
+        spec.priority,
+        json.dumps(list(spec.argv)),
+        int(spec.shell),
+        json.dumps([list(kv) for kv in spec.env]) if spec.env else "[]",
+        spec.cwd,
+        spec.timeout or 0.0,
+        spec.max_retries or 0,
+        spec.backoff or 0.0,
+        spec.delay,
+        status.value,
+        created_at,
+        run_at,
+        _limits_json(spec.limits),
+    )
+
 
 # Statements that bring a database of version N-1 to version N (a new one is made at the latest
 # version by SCHEMA).
@@ -209,31 +240,32 @@ class SqliteTransaction:
         self, spec: JobSpec, status: JobStatus, created_at: float, run_at: float | None
     ) -> Job:
         cur = self._c.execute(
-            "INSERT INTO jobs (name, queue, priority, argv, shell, env, cwd, timeout, max_retries,"
-            " backoff, delay, status, created_at, run_at, limits)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                spec.name,
-                spec.queue,
-                spec.priority,
-                json.dumps(list(spec.argv)),
-                int(spec.shell),
-                json.dumps([list(kv) for kv in spec.env]),
-                spec.cwd,
-                spec.timeout or 0.0,
-                spec.max_retries or 0,
-                spec.backoff or 0.0,
-                spec.delay,
-                status.value,
-                created_at,
-                run_at,
-                _limits_json(spec.limits),
-            ),
+            f"INSERT INTO jobs ({INSERT_COLUMNS}) VALUES ({INSERT_MARKS})",
+            _insert_row(spec, status, created_at, run_at),
         )
         job_id = cur.lastrowid
         if job_id is None:
             raise Internal("insert returned no id")
         return Job(id=job_id, spec=spec, status=status, created_at=created_at, run_at=run_at)
+
+    def insert_jobs(self, specs: Sequence[JobSpec], now: float) -> list[Job]:
+        jobs: list[Job] = []
+        for i in range(0, len(specs), INSERT_ROWS):
+            part = specs[i : i + INSERT_ROWS]
+            made = [submitted_job(0, spec, now) for spec in part]
+            values = [v for job in made for v in _insert_row(job.spec, job.status, now, job.run_at)]
+            rows = self._c.execute(
+                f"INSERT INTO jobs ({INSERT_COLUMNS}) VALUES "
+                + ",".join(f"({INSERT_MARKS})" for _ in part)
+                + " RETURNING id",
+                values,
+            ).fetchall()
+            # ids grow in insertion order (AUTOINCREMENT); RETURNING promises no order
+            ids = sorted(row[0] for row in rows)
+            if len(ids) != len(made):
+                raise Internal(f"inserted {len(ids)} jobs of {len(made)}")
+            jobs += (submitted_job(i, spec, now) for spec, i in zip(part, ids, strict=True))
+        return jobs
 
     def get_job(self, job_id: int) -> Job | None:
         row = self._c.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()

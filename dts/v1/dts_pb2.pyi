@@ -432,6 +432,9 @@ class SubmitRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
+    IDS_ONLY_FIELD_NUMBER: _builtins.int
+    ids_only: _builtins.bool
+    """answer with ids, not whole jobs (see SubmitResponse)"""
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobSpec]:
         """one or many; all stored in one transaction"""
@@ -440,10 +443,11 @@ class SubmitRequest(_message.Message):
         self,
         *,
         jobs: _abc.Iterable[Global___JobSpec] | None = ...,
+        ids_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids_only", b"ids_only", "jobs", b"jobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -454,18 +458,39 @@ class SubmitResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
+    IDS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    DEFAULT_RETRIES_FIELD_NUMBER: _builtins.int
+    DEFAULT_BACKOFF_FIELD_NUMBER: _builtins.int
+    DEFAULT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    created_at: _builtins.float
+    default_retries: _builtins.int
+    default_backoff: _builtins.float
+    default_timeout: _builtins.float
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
-        """in request order"""
+        """in request order; empty when the request set ids_only"""
+
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """With ids_only: the new jobs' ids in request order, their submit time, and the server's
+        defaults for retries, backoff and timeout, which a caller fills into the specs that set
+        none to have the jobs as stored (domain.submitted_job) without shipping them back.
+        """
 
     def __init__(
         self,
         *,
         jobs: _abc.Iterable[Global___Job] | None = ...,
+        ids: _abc.Iterable[_builtins.int] | None = ...,
+        created_at: _builtins.float = ...,
+        default_retries: _builtins.int = ...,
+        default_backoff: _builtins.float = ...,
+        default_timeout: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "default_backoff", b"default_backoff", "default_retries", b"default_retries", "default_timeout", b"default_timeout", "ids", b"ids", "jobs", b"jobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -87,3 +87,33 @@ def test_two_deployments_share_one_redis_by_key_prefix(
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+def test_jobs_a_submit_returns_are_the_jobs_the_server_stored(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # Given a server with defaults of its own (the client learns them from the lean answer)
+    s = ServerProcess(
+        tmp_path, redis_url, "--default-retries", "2", "--default-backoff", "3",
+        "--default-timeout", "40", prefix="lean:",
+    )  # fmt: skip
+    s.start()
+    try:
+        from dts.domain import Limits
+
+        specs = [
+            JobSpec(argv=("true",), delay=3600),
+            JobSpec(argv=("echo", "x"), env=(("Z", "1"), ("A", "2"), ("Z", "3")), queue=""),
+            JobSpec(argv=("x",), shell=True, max_retries=0, backoff=0.5, timeout=0.0, delay=99),
+            JobSpec(argv=("sleep", "1"), limits=Limits(cpu=5, output=10), name="n", cwd="/"),
+        ]
+        # When they are submitted, many at once
+        with Client(s.address) as c:
+            jobs = c.submit(specs * 3)
+            # Then each returned job is exactly what the server reads back, defaults and all
+            assert [c.get(job.id) for job in jobs] == jobs
+            assert [j.id for j in jobs] == sorted(j.id for j in jobs)
+            assert jobs[0].spec.max_retries == 2 and jobs[0].spec.timeout == 40
+            assert jobs[1].spec.env == (("A", "2"), ("Z", "3")) and jobs[1].spec.queue == "default"
+    finally:
+        s.stop()
