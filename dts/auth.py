@@ -152,14 +152,20 @@ class TokenAuth(grpc.ServerInterceptor):
             return continuation(details)
         header = dict(details.invocation_metadata or ()).get(HEADER, "")
         if not isinstance(header, str) or not header.startswith(SCHEME):
-            return _refuse(grpc.StatusCode.UNAUTHENTICATED, "a token is required (--token-file)")
+            return _refuse(
+                continuation(details),
+                grpc.StatusCode.UNAUTHENTICATED,
+                "a token is required (--token-file)",
+            )
         cred = self.lookup(header[len(SCHEME) :].strip())
         if cred is None:
-            return _refuse(grpc.StatusCode.UNAUTHENTICATED, "unknown token")
+            return _refuse(continuation(details), grpc.StatusCode.UNAUTHENTICATED, "unknown token")
         call = method.rsplit("/", 1)[-1]
         if cred.role not in roles:
             return _refuse(
-                grpc.StatusCode.PERMISSION_DENIED, f"a {cred.role} token may not call {call}"
+                continuation(details),
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"a {cred.role} token may not call {call}",
             )
         handler = continuation(details)
         if not cred.name or handler is None or handler.unary_unary is None:
@@ -167,10 +173,14 @@ class TokenAuth(grpc.ServerInterceptor):
         return _bind_name(handler, cred.name, call)
 
 
-def _refuse(code: grpc.StatusCode, message: str) -> Any:
+def _refuse(handler: Any, code: grpc.StatusCode, message: str) -> Any:
+    """A handler of the same kind as `handler` that only refuses."""
+
     def abort(request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(code, message)
 
+    if handler is not None and handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(abort)
     return grpc.unary_unary_rpc_method_handler(abort)
 
 
@@ -259,7 +269,7 @@ def open_channel(
     return channel
 
 
-class _Bearer(grpc.UnaryUnaryClientInterceptor):
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
     """Adds `authorization: Bearer TOKEN` to every call."""
 
     def __init__(self, token: str) -> None:
@@ -268,6 +278,10 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor):
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         metadata = [*(details.metadata or ()), self._header]
         return continuation(_with_metadata(details, metadata), request)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        metadata = [*(details.metadata or ()), self._header]
+        return continuation(_with_metadata(details, metadata), requests)
 
 
 class _Details(grpc.ClientCallDetails):

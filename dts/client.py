@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from dts.backoff import Backoff
 from dts.config import DEFAULT_SERVER
 from dts.domain import Attempt, Job, JobSpec, JobStatus, Output, StatCount, WorkerInfo
 from dts.errors import DeadlineExceeded, Unavailable
+from dts.pipeline import PendingSubmit, StreamUnsupported, SubmitPipe
 from dts.v1 import dts_pb2 as pb
 from dts.v1 import dts_pb2_grpc as pb_grpc
 
@@ -34,8 +36,14 @@ class Client:
         self.timeout = timeout
         self.channel = open_channel(address, security or ChannelSecurity(), wire.grpc_options())
         self.stub = pb_grpc.SchedulerStub(self.channel)
+        self._pipe: SubmitPipe | None = None
+        self._pipe_lock = threading.Lock()
+        self._streams = True  # False once the server turned out to know no SubmitStream
 
     def close(self) -> None:
+        with self._pipe_lock:
+            if self._pipe is not None:
+                self._pipe.close()
         self.channel.close()
 
     def __enter__(self) -> Client:
@@ -58,8 +66,30 @@ class Client:
         resp = self._call(self.stub.Submit, req, max(self.timeout, 60.0))
         return wire.submitted_jobs(specs, resp)
 
+    def submit_async(self, specs: Sequence[JobSpec]) -> PendingSubmit:
+        """Send a submit without waiting for its answer; `result()` of what this returns waits.
+
+        Submits made this way go over one SubmitStream call, in order, so a caller can keep
+        many on their way (the server stores the ones that arrive together in one commit).
+        Each is durable when its result() returns."""
+        pending = PendingSubmit(specs, lambda: self.submit(specs))
+        if not self._streams:
+            pending._settle(None, StreamUnsupported())
+            return pending
+        request = pb.SubmitRequest(jobs=[wire.spec_to_pb(s) for s in specs], ids_only=True)
+        with self._pipe_lock:
+            if self._pipe is None or not self._pipe.send(request, pending):
+                self._pipe = SubmitPipe(self.stub.SubmitStream, self.address, self._no_streams)
+                self._pipe.send(request, pending)
+                self._pipe.start()
+        return pending
+
     def submit_one(self, spec: JobSpec) -> Job:
-        return self.submit([spec])[0]
+        """Submit one job and wait until it is stored (over the client's SubmitStream)."""
+        return self.submit_async([spec]).result(self.timeout)[0]
+
+    def _no_streams(self) -> None:
+        self._streams = False
 
     def get(self, job_id: int) -> Job:
         return wire.job_from_pb(self._call(self.stub.GetJob, pb.JobRef(id=job_id)))

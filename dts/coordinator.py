@@ -43,6 +43,7 @@ from dts.domain import (
     validate_spec,
 )
 from dts.errors import (
+    DtsError,
     FailedPrecondition,
     Internal,
     InvalidArgument,
@@ -89,6 +90,50 @@ class Coordinator:
     # ---- client-facing --------------------------------------------------------------------
 
     def submit(self, specs: Sequence[JobSpec]) -> list[Job]:
+        """Store the jobs (durable when this returns) and queue the ones due now."""
+        (outcome,) = self.store_submits([specs])
+        if isinstance(outcome, DtsError):
+            raise outcome
+        self.queue_submitted(outcome)
+        return outcome
+
+    def store_submits(self, batches: Sequence[Sequence[JobSpec]]) -> list[list[Job] | DtsError]:
+        """Store several submits in one transaction (one commit for all: group commit).
+
+        Each batch is judged on its own: a refused one gets its error in its place and keeps
+        nothing; the others are stored. `queue_submitted` must follow for the stored jobs.
+        """
+        outcomes: list[list[Job] | DtsError] = []
+        valid: list[Sequence[JobSpec]] = []
+        for specs in batches:
+            try:
+                self._check_submit(specs)
+            except DtsError as e:
+                outcomes.append(e)
+                continue
+            outcomes.append([])
+            valid.append(specs)
+        if not valid:
+            return outcomes
+        cfg = self.cfg
+        now = self.clock()
+        defaults = (cfg.default_retries, cfg.default_backoff, cfg.default_timeout)
+        with self.store.transaction() as tx:
+            stored = [tx.insert_jobs([s.with_defaults(*defaults) for s in b], now) for b in valid]
+        if log.isEnabledFor(logging.INFO):
+            for jobs in stored:
+                for job in jobs:
+                    log.info("job %d %s: %s", job.id, job.status, job.spec.display[:200])
+        it = iter(stored)
+        return [o if isinstance(o, DtsError) else next(it) for o in outcomes]
+
+    def queue_submitted(self, jobs: Sequence[Job]) -> None:
+        """After a submit's commit: put its due jobs in Redis, tell the scheduler of the rest."""
+        self._enqueue([j for j in jobs if j.status is JobStatus.QUEUED])
+        if any(j.status is JobStatus.SCHEDULED for j in jobs):
+            self.due_changed.set()
+
+    def _check_submit(self, specs: Sequence[JobSpec]) -> None:
         if not self.accepting:
             raise ShuttingDown("server is shutting down; not accepting jobs")
         if not specs:
@@ -100,21 +145,6 @@ class Coordinator:
                 validate_spec(spec)
             except InvalidArgument as e:
                 raise InvalidArgument(f"job {i + 1}: {e}" if len(specs) > 1 else str(e)) from e
-        cfg = self.cfg
-        now = self.clock()
-        full = [
-            s.with_defaults(cfg.default_retries, cfg.default_backoff, cfg.default_timeout)
-            for s in specs
-        ]
-        with self.store.transaction() as tx:
-            jobs = tx.insert_jobs(full, now)
-        if log.isEnabledFor(logging.INFO):
-            for job in jobs:
-                log.info("job %d %s: %s", job.id, job.status, job.spec.display[:200])
-        self._enqueue([j for j in jobs if j.status is JobStatus.QUEUED])
-        if any(j.status is JobStatus.SCHEDULED for j in jobs):
-            self.due_changed.set()
-        return jobs
 
     def get(self, job_id: int) -> Job:
         job = self.store.get_job(job_id)

@@ -157,6 +157,18 @@ class RedisQueue:
         """Block until an enqueue wakes us or `timeout` passes; True when woken."""
         return self.redis.blpop([self.keys.wake(q) for q in queues], timeout=timeout) is not None
 
+    def wait_and_pop(
+        self, queues: Sequence[str], timeout: float, count: int, lease_seconds: float
+    ) -> list[int]:
+        """`wait`, then `pop`, in one round trip: Redis runs the pop the moment the wait ends
+        (a connection's commands run in order), so a woken worker has its ids at once."""
+        keys = [self.keys.inflight, *(self.keys.queue(q) for q in queues)]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.blpop([self.keys.wake(q) for q in queues], timeout=timeout)
+        self._pop(keys=keys, args=[count, lease_seconds], client=pipe)
+        _, ids = pipe.execute()
+        return [int(i) for i in ids]
+
     def ack(self, job_ids: Sequence[int]) -> None:
         """The ids were claimed (or found unclaimable): they need no recovery."""
         if job_ids:

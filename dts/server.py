@@ -61,7 +61,8 @@ class Server:
             # DecodeGuard first: it parses the request for every handler behind it
             interceptors=[wire.DecodeGuard(), *([self.auth] if self.auth else [])],
         )
-        pb_grpc.add_SchedulerServicer_to_server(SchedulerServicer(self.coordinator), self.grpc)
+        self.scheduler = SchedulerServicer(self.coordinator)
+        pb_grpc.add_SchedulerServicer_to_server(self.scheduler, self.grpc)
         pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self.coordinator), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         self.port = 0
@@ -114,11 +115,13 @@ class Server:
     def stop(self, grace: float = 10.0, hurry: Callable[[], bool] = lambda: False) -> None:
         # Shutdown order: say NOT_SERVING and refuse new jobs; stop taking calls and let
         # in-flight ones finish (grpc stop with grace, cut short when `hurry` says so: a
-        # second SIGTERM), answering long-polling WaitJob calls at once; stop the background
+        # second SIGTERM), answering long-polling WaitJob calls at once and ending open
+        # SubmitStreams once they have answered what they read; stop the background
         # loops, which use the store; close the store last so every committed transaction is
         # checkpointed cleanly.
         self.health.enter_graceful_shutdown()
         self.coordinator.accepting = False
+        self.scheduler.end_streams()  # long-lived SubmitStreams would hold the stop too
         stopped = self.grpc.stop(grace)
         self.coordinator.wake_waiters()  # long polls would hold the stop for up to 30 s
         deadline = time.monotonic() + grace + 1
@@ -128,6 +131,7 @@ class Server:
                 stopped.wait(1)
                 break
         self.coordinator.wake_waiters()  # one that registered just after the first wake-up
+        self.scheduler.end_streams()
         for loop in self.loops:
             loop.stop()
         self.store.close()

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 
 from dts import wire
 from dts.coordinator import Coordinator
-from dts.errors import DtsError, InvalidArgument, UnknownSession
+from dts.domain import Job
+from dts.errors import DeadlineExceeded, DtsError, InvalidArgument, UnknownSession
 from dts.v1 import dts_pb2 as pb
 from dts.v1 import dts_pb2_grpc as pb_grpc
 
@@ -36,6 +39,28 @@ def rpc(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def stream_rpc(fn: F) -> F:
+    """`rpc` for handlers that yield their answers."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, requests: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            yield from fn(self, requests, context)
+        except DtsError as e:
+            context.abort(wire.status_code(e), e.message)
+        except Exception:
+            log.exception("internal error in %s", fn.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, "internal server error (see the server log)")
+
+    return wrapper  # type: ignore[return-value]
+
+
+MAX_GROUP = 256  # submits of one stream stored in one transaction
+STREAM_IDLE = 60.0  # seconds a SubmitStream may sit unused before the server ends it
+END = object()  # the stream's requests are over (or the server is stopping)
+Inbox = queue.SimpleQueue[object]
+
+
 def _id(value: int) -> int:
     if value <= 0:
         raise InvalidArgument(f"job id must be a positive integer, got {value}")
@@ -47,19 +72,61 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
 
     def __init__(self, coordinator: Coordinator) -> None:
         self.c = coordinator
+        self._inboxes: set[Inbox] = set()
+        self._lock = threading.Lock()
+        self._ended = False
+
+    def end_streams(self) -> None:
+        """The server is stopping: answer what each open SubmitStream has read, then end it."""
+        with self._lock:
+            self._ended = True
+            for inbox in self._inboxes:
+                inbox.put(END)
+
+    @stream_rpc
+    def SubmitStream(
+        self, requests: Iterator[pb.SubmitRequest], context: Any
+    ) -> Iterator[pb.SubmitResponse]:
+        """Submits answered in order. A reader thread takes requests off the wire as they come,
+        so the ones that arrive while a group is being stored go together into the next
+        group: one transaction, one commit. A group's jobs go to Redis after its answers."""
+        inbox: Inbox = queue.SimpleQueue()
+        with self._lock:
+            self._inboxes.add(inbox)
+            if self._ended:
+                inbox.put(END)
+        threading.Thread(
+            target=_read_into, args=(requests, inbox), name="dts-submit-reader", daemon=True
+        ).start()
+        try:
+            while True:
+                try:
+                    first = inbox.get(timeout=STREAM_IDLE)
+                except queue.Empty:
+                    raise DeadlineExceeded(f"submit stream idle for {STREAM_IDLE:g}s") from None
+                group, last = _group(first, inbox)
+                if group:
+                    outcomes = self.c.store_submits(
+                        [[wire.spec_from_pb(spec) for spec in req.jobs] for req in group]
+                    )
+                    for outcome in outcomes:
+                        yield _lean_answer(outcome, self.c)
+                    for outcome in outcomes:
+                        if not isinstance(outcome, DtsError):
+                            self.c.queue_submitted(outcome)
+                if last is END:
+                    return
+                if isinstance(last, DtsError):
+                    raise last
+        finally:
+            with self._lock:
+                self._inboxes.discard(inbox)
 
     @rpc
     def Submit(self, request: pb.SubmitRequest, context: Any) -> pb.SubmitResponse:
         jobs = self.c.submit([wire.spec_from_pb(s) for s in request.jobs])
         if request.ids_only:
-            cfg = self.c.cfg
-            return pb.SubmitResponse(
-                ids=[j.id for j in jobs],
-                created_at=jobs[0].created_at,
-                default_retries=cfg.default_retries,
-                default_backoff=cfg.default_backoff,
-                default_timeout=cfg.default_timeout,
-            )
+            return _lean_answer(jobs, self.c)
         return pb.SubmitResponse(jobs=[wire.job_to_pb(j) for j in jobs])
 
     @rpc
@@ -101,6 +168,46 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     @rpc
     def GetStats(self, request: pb.StatsRequest, context: Any) -> pb.StatsResponse:
         return pb.StatsResponse(counts=[wire.stat_to_pb(s) for s in self.c.stats()])
+
+
+def _read_into(requests: Iterator[pb.SubmitRequest], inbox: Inbox) -> None:
+    try:
+        for req in requests:
+            inbox.put(req)
+    except DtsError as e:  # a request that does not parse (wire.DecodeGuard)
+        inbox.put(e)
+    except Exception:  # the call ended (cancelled, connection gone)
+        pass
+    inbox.put(END)
+
+
+def _group(first: object, inbox: Inbox) -> tuple[list[pb.SubmitRequest], object]:
+    """`first` and the requests already waiting behind it (up to MAX_GROUP); and what ended
+    the group early if it was not a request (END or an error), else None."""
+    group: list[pb.SubmitRequest] = []
+    item: object = first
+    while isinstance(item, pb.SubmitRequest):
+        group.append(item)
+        if len(group) >= MAX_GROUP:
+            return group, None
+        try:
+            item = inbox.get_nowait()
+        except queue.Empty:
+            return group, None
+    return group, item
+
+
+def _lean_answer(outcome: list[Job] | DtsError, c: Coordinator) -> pb.SubmitResponse:
+    if isinstance(outcome, DtsError):
+        return pb.SubmitResponse(code=wire.status_code(outcome).value[0], message=outcome.message)
+    cfg = c.cfg
+    return pb.SubmitResponse(
+        ids=[j.id for j in outcome],
+        created_at=outcome[0].created_at,
+        default_retries=cfg.default_retries,
+        default_backoff=cfg.default_backoff,
+        default_timeout=cfg.default_timeout,
+    )
 
 
 class WorkerServicer(pb_grpc.WorkerServiceServicer):

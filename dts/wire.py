@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from itertools import pairwise
 from typing import Any
@@ -357,9 +357,13 @@ class DecodeGuard(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
-        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+        if handler is None or handler.request_deserializer is None:
             return handler
         parse: Callable[[bytes], Any] = handler.request_deserializer
+        if handler.stream_stream is not None:
+            return self._stream(handler, parse)
+        if handler.unary_unary is None:
+            return handler
         inner: Callable[[Any, grpc.ServicerContext], Any] = handler.unary_unary
 
         def guarded(raw: bytes, context: grpc.ServicerContext) -> Any:
@@ -370,5 +374,25 @@ class DecodeGuard(grpc.ServerInterceptor):
             return inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
+            guarded, request_deserializer=None, response_serializer=handler.response_serializer
+        )
+
+    @staticmethod
+    def _stream(handler: Any, parse: Callable[[bytes], Any]) -> Any:
+        """A streaming handler gets its requests parsed one by one; one that does not parse
+        raises InvalidArgument from the iterator, for the handler to answer with."""
+        inner: Callable[[Any, grpc.ServicerContext], Any] = handler.stream_stream
+
+        def parsed(raws: Iterator[bytes]) -> Iterator[Any]:
+            for raw in raws:
+                try:
+                    yield parse(raw)
+                except DecodeError as e:
+                    raise errors.InvalidArgument(f"request does not parse: {e}") from None
+
+        def guarded(raws: Iterator[bytes], context: grpc.ServicerContext) -> Any:
+            return inner(parsed(raws), context)
+
+        return grpc.stream_stream_rpc_method_handler(
             guarded, request_deserializer=None, response_serializer=handler.response_serializer
         )

@@ -216,6 +216,10 @@ class Worker:
         average = PREFETCH_BELOW  # seconds: this slot's recent job durations, on average
         oldest = 0.0  # when the oldest unsent result finished
         pending: InFlight | None = None  # an Exchange sent while jobs run
+        # The last pop found fewer ids than it asked for: the queue is (most likely) empty, so
+        # a result is reported without asking Redis again first; an enqueue's wake token
+        # brings the slot back to Redis.
+        drained = False
         while True:
             stopping = self.signals.stop.is_set()
             if pending is not None and (not ready or pending[0].done()):
@@ -228,13 +232,17 @@ class Worker:
                 if stopping:  # hand it back at once: it has not started
                     exe.stop(Outcome.RELEASED, "worker stopping before the job started")
                 if pending is None:
-                    refill = short and not stopping and len(ready) < max(1, batch // 2)
+                    refill = (
+                        short and not stopping and not drained and len(ready) < max(1, batch // 2)
+                    )
                     if (
                         refill
                         or len(done) >= 2 * batch  # refills carry them, mostly
                         or (bool(done) and time.monotonic() - oldest > MAX_RESULT_DELAY)
                     ):
-                        ids = self._take(batch if refill else 0, to_ack)
+                        ids = self._take(batch, to_ack) if refill else []
+                        if refill:
+                            drained = len(ids) < batch
                         if done or ids:
                             req = self._request(list(done), ids)
                             call = self.stub.Exchange.future(req, timeout=RPC_TIMEOUT)
@@ -259,10 +267,15 @@ class Worker:
             if stopping and not done:
                 self._take(0, to_ack)
                 return
-            ids = self._take(0 if stopping else batch, to_ack)
+            count = 0 if stopping or drained else batch
+            ids = self._take(count, to_ack) if count or not done else []
+            if count:
+                drained = len(ids) < count
             if not done and not ids:
-                self._idle(backoff)
-                continue
+                ids = self._idle(backoff, to_ack, batch)
+                drained = len(ids) < batch
+                if not ids:
+                    continue
             sent = list(done)
             resp = self._exchange(self._request(sent, ids))
             if not self._absorb(resp, sent, ids, done, ready, to_ack):
@@ -318,19 +331,25 @@ class Worker:
         ready.extend(self._hold(wire.assignment_from_pb(a)) for a in resp.assignments)
         return True
 
-    def _idle(self, backoff: Backoff) -> None:
-        """Nothing to report and nothing queued: wait for an enqueue, or for a link to heal."""
+    def _idle(self, backoff: Backoff, to_ack: list[int], count: int) -> list[int]:
+        """Nothing to report and nothing queued: wait for an enqueue (and take up to `count`
+        ids the moment it comes), or for a link to heal. Ids claimed since the last pop are
+        acknowledged first (off the path of any job)."""
         assert self.queue is not None
+        if to_ack:
+            self._take(0, to_ack)
         if self.server_link.up is False:
             self.server_link.recovered.wait(0.5)
-            return
+            return []
         try:
-            self.queue.wait(self.cfg.queues, 1.0)
+            ids = self.queue.wait_and_pop(self.cfg.queues, 1.0, count, self.lease_seconds)
             self.redis_link.ok()
             backoff.reset()
+            return ids
         except redis.RedisError as e:
             self.redis_link.down(e)
             backoff.wait(self.signals.stop)
+            return []
 
     def _request(self, results: list[Result], ids: list[int]) -> pb.ExchangeRequest:
         return pb.ExchangeRequest(

@@ -463,10 +463,17 @@ class SubmitResponse(_message.Message):
     DEFAULT_RETRIES_FIELD_NUMBER: _builtins.int
     DEFAULT_BACKOFF_FIELD_NUMBER: _builtins.int
     DEFAULT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
     created_at: _builtins.float
     default_retries: _builtins.int
     default_backoff: _builtins.float
     default_timeout: _builtins.float
+    code: _builtins.int
+    """On SubmitStream only: a grpc.StatusCode value when this submit was refused (0: stored),
+    and why. A refused submit stores nothing; the stream and the submits around it go on.
+    """
+    message: _builtins.str
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
         """in request order; empty when the request set ids_only"""
@@ -487,10 +494,12 @@ class SubmitResponse(_message.Message):
         default_retries: _builtins.int = ...,
         default_backoff: _builtins.float = ...,
         default_timeout: _builtins.float = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "default_backoff", b"default_backoff", "default_retries", b"default_retries", "default_timeout", b"default_timeout", "ids", b"ids", "jobs", b"jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "created_at", b"created_at", "default_backoff", b"default_backoff", "default_retries", b"default_retries", "default_timeout", b"default_timeout", "ids", b"ids", "jobs", b"jobs", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

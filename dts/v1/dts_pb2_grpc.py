@@ -40,6 +40,11 @@ class SchedulerStub:
                 request_serializer=dts_dot_v1_dot_dts__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=dts_dot_v1_dot_dts__pb2.SubmitResponse.FromString,
                 _registered_method=True)
+        self.SubmitStream = channel.stream_stream(
+                '/dts.v1.Scheduler/SubmitStream',
+                request_serializer=dts_dot_v1_dot_dts__pb2.SubmitRequest.SerializeToString,
+                response_deserializer=dts_dot_v1_dot_dts__pb2.SubmitResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/dts.v1.Scheduler/GetJob',
                 request_serializer=dts_dot_v1_dot_dts__pb2.JobRef.SerializeToString,
@@ -93,6 +98,14 @@ class SchedulerServicer:
 
     def Submit(self, request, context):
         """store and enqueue jobs
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitStream(self, request_iterator, context):
+        """Many submits over one call, answered in order: a client may send the next before the
+        last is answered, and submits that arrive together are stored in one transaction.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -169,6 +182,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     request_deserializer=dts_dot_v1_dot_dts__pb2.SubmitRequest.FromString,
                     response_serializer=dts_dot_v1_dot_dts__pb2.SubmitResponse.SerializeToString,
             ),
+            'SubmitStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitStream,
+                    request_deserializer=dts_dot_v1_dot_dts__pb2.SubmitRequest.FromString,
+                    response_serializer=dts_dot_v1_dot_dts__pb2.SubmitResponse.SerializeToString,
+            ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=dts_dot_v1_dot_dts__pb2.JobRef.FromString,
@@ -241,6 +259,33 @@ class Scheduler:
             request,
             target,
             '/dts.v1.Scheduler/Submit',
+            dts_dot_v1_dot_dts__pb2.SubmitRequest.SerializeToString,
+            dts_dot_v1_dot_dts__pb2.SubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/dts.v1.Scheduler/SubmitStream',
             dts_dot_v1_dot_dts__pb2.SubmitRequest.SerializeToString,
             dts_dot_v1_dot_dts__pb2.SubmitResponse.FromString,
             options,

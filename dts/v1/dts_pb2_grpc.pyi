@@ -38,6 +38,10 @@ class SchedulerStub:
     def __new__(cls, channel: _aio.Channel) -> SchedulerAsyncStub: ...
     Submit: _grpc.UnaryUnaryMultiCallable[_dts_pb2.SubmitRequest, _dts_pb2.SubmitResponse]
     """store and enqueue jobs"""
+    SubmitStream: _grpc.StreamStreamMultiCallable[_dts_pb2.SubmitRequest, _dts_pb2.SubmitResponse]
+    """Many submits over one call, answered in order: a client may send the next before the
+    last is answered, and submits that arrive together are stored in one transaction.
+    """
     GetJob: _grpc.UnaryUnaryMultiCallable[_dts_pb2.JobRef, _dts_pb2.Job]
     """one job"""
     WaitJob: _grpc.UnaryUnaryMultiCallable[_dts_pb2.WaitRequest, _dts_pb2.Job]
@@ -64,6 +68,10 @@ class SchedulerAsyncStub(SchedulerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Submit: _aio.UnaryUnaryMultiCallable[_dts_pb2.SubmitRequest, _dts_pb2.SubmitResponse]  # type: ignore[assignment]
     """store and enqueue jobs"""
+    SubmitStream: _aio.StreamStreamMultiCallable[_dts_pb2.SubmitRequest, _dts_pb2.SubmitResponse]  # type: ignore[assignment]
+    """Many submits over one call, answered in order: a client may send the next before the
+    last is answered, and submits that arrive together are stored in one transaction.
+    """
     GetJob: _aio.UnaryUnaryMultiCallable[_dts_pb2.JobRef, _dts_pb2.Job]  # type: ignore[assignment]
     """one job"""
     WaitJob: _aio.UnaryUnaryMultiCallable[_dts_pb2.WaitRequest, _dts_pb2.Job]  # type: ignore[assignment]
@@ -93,6 +101,16 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_dts_pb2.SubmitResponse, _abc.Awaitable[_dts_pb2.SubmitResponse]]:
         """store and enqueue jobs"""
+
+    @_abc_1.abstractmethod
+    def SubmitStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_dts_pb2.SubmitRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_dts_pb2.SubmitResponse], _abc.AsyncIterator[_dts_pb2.SubmitResponse]]:
+        """Many submits over one call, answered in order: a client may send the next before the
+        last is answered, and submits that arrive together are stored in one transaction.
+        """
 
     @_abc_1.abstractmethod
     def GetJob(

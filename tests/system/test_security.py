@@ -158,6 +158,12 @@ def test_tokens_decide_who_may_do_what(tmp_path: Path, redis_server: RedisProces
         assert r.returncode == 1 and "a worker token may not call Submit" in r.stderr, r.stderr
         with Client(s.address, security=as_worker) as c, pytest.raises(PermissionDenied):
             c.submit([JobSpec(argv=("true",))])
+        with Client(s.address, security=as_worker) as c, pytest.raises(PermissionDenied):
+            c.submit_one(JobSpec(argv=("true",)))  # over SubmitStream
+        with Client(s.address) as c, pytest.raises(Unauthenticated):
+            c.submit_one(JobSpec(argv=("true",)))
+        with Client(s.address, security=as_client) as c:
+            assert c.submit_one(JobSpec(argv=("true",), delay=3600)).id > 0
         from dts.v1 import dts_pb2 as pb
         from dts.v1 import dts_pb2_grpc as pb_grpc
 
