@@ -111,9 +111,9 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                     )
                     for outcome in outcomes:
                         yield _lean_answer(outcome, self.c)
-                    for outcome in outcomes:
-                        if not isinstance(outcome, DtsError):
-                            self.c.queue_submitted(outcome)
+                    self.c.queue_submitted(
+                        [j for o in outcomes if not isinstance(o, DtsError) for j in o]
+                    )
                 if last is END:
                     return
                 if isinstance(last, DtsError):
