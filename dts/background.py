@@ -1,4 +1,4 @@
-"""The server's background loops: due-job scheduler, lease reaper and Redis reconciler.
+"""The server's background loops: enqueuer, due-job scheduler, lease reaper, Redis reconciler.
 
 Each is a small component with start() and stop(); the server composes them.
 """
@@ -6,6 +6,7 @@ Each is a small component with start() and stop(); the server composes them.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 
@@ -50,6 +51,30 @@ class Loop:
 
     def tick(self) -> float:
         raise NotImplementedError
+
+
+class Enqueuer(Loop):
+    """Puts submitted jobs in Redis right after their commit, off the submitter's answer path
+    (the reconciler puts back any that a crash or a Redis outage keeps from getting there)."""
+
+    name = "enqueuer"
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        super().__init__(coordinator)
+        coordinator.handoff = queue.SimpleQueue()
+
+    def wake(self) -> None:
+        assert self.c.handoff is not None
+        self.c.handoff.put([])
+
+    def stop(self, timeout: float = 5.0) -> None:
+        super().stop(timeout)
+        while self.c.enqueue_handed_off(0):  # what came in while stopping
+            pass
+
+    def tick(self) -> float:
+        self.c.enqueue_handed_off(1.0)
+        return 0.0
 
 
 class DueScheduler(Loop):

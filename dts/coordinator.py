@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from queue import Empty, SimpleQueue
 
 import redis
 
@@ -86,6 +87,8 @@ class Coordinator:
         self._waiters: dict[int, list[threading.Event]] = {}
         self._waiters_lock = threading.Lock()
         self._sessions: dict[str, str] = {}
+        # submitted jobs on their way to Redis, when an enqueuer thread takes them (the server)
+        self.handoff: SimpleQueue[list[Job]] | None = None
 
     # ---- client-facing --------------------------------------------------------------------
 
@@ -128,10 +131,34 @@ class Coordinator:
         return [o if isinstance(o, DtsError) else next(it) for o in outcomes]
 
     def queue_submitted(self, jobs: Sequence[Job]) -> None:
-        """After a submit's commit: put its due jobs in Redis, tell the scheduler of the rest."""
-        self._enqueue([j for j in jobs if j.status is JobStatus.QUEUED])
-        if any(j.status is JobStatus.SCHEDULED for j in jobs):
+        """After a submit's commit: put its due jobs in Redis (through the enqueuer thread, when
+        the server runs one, so the submitter's answer need not wait), tell the scheduler of
+        the rest."""
+        due = [j for j in jobs if j.status is JobStatus.QUEUED]
+        if due:
+            if self.handoff is not None:
+                self.handoff.put(due)
+            else:
+                self._enqueue(due)
+        if len(due) < len(jobs):
             self.due_changed.set()
+
+    def enqueue_handed_off(self, timeout: float) -> int:
+        """The enqueuer's work: wait up to `timeout` for submitted jobs, then put every batch
+        waiting by then in Redis in one go; returns how many jobs."""
+        assert self.handoff is not None
+        try:
+            first = self.handoff.get(timeout=timeout)
+        except Empty:
+            return 0
+        jobs = list(first)
+        while True:
+            try:
+                jobs += self.handoff.get_nowait()
+            except Empty:
+                break
+        self._enqueue(jobs)
+        return len(jobs)
 
     def _check_submit(self, specs: Sequence[JobSpec]) -> None:
         if not self.accepting:

@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dts import __version__, logs, wire
 from dts.auth import TokenAuth, load_tokens
-from dts.background import DueScheduler, LeaseReaper, Loop, Reconciler
+from dts.background import DueScheduler, Enqueuer, LeaseReaper, Loop, Reconciler
 from dts.config import ServerConfig, load_server_config, parse_hostport
 from dts.coordinator import Coordinator
 from dts.errors import DtsError, Unavailable
@@ -47,6 +47,7 @@ class Server:
         self.queue = RedisQueue(client, Keys(cfg.key_prefix))
         self.coordinator = Coordinator(self.store, self.queue, cfg)
         self.loops: list[Loop] = [
+            Enqueuer(self.coordinator),
             DueScheduler(self.coordinator),
             LeaseReaper(self.coordinator),
             Reconciler(self.coordinator),

@@ -89,7 +89,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     ) -> Iterator[pb.SubmitResponse]:
         """Submits answered in order. A reader thread takes requests off the wire as they come,
         so the ones that arrive while a group is being stored go together into the next
-        group: one transaction, one commit. A group's jobs go to Redis after its answers."""
+        group: one transaction, one commit."""
         inbox: Inbox = queue.SimpleQueue()
         with self._lock:
             self._inboxes.add(inbox)
@@ -109,11 +109,11 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                     outcomes = self.c.store_submits(
                         [[wire.spec_from_pb(spec) for spec in req.jobs] for req in group]
                     )
-                    for outcome in outcomes:
-                        yield _lean_answer(outcome, self.c)
-                    self.c.queue_submitted(
+                    self.c.queue_submitted(  # to the enqueuer thread, while we answer
                         [j for o in outcomes if not isinstance(o, DtsError) for j in o]
                     )
+                    for outcome in outcomes:
+                        yield _lean_answer(outcome, self.c)
                 if last is END:
                     return
                 if isinstance(last, DtsError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -47,6 +48,17 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last {last!r}")
 
 
+STARTED: list[Proc] = []  # every process the tests started, so none outlives the session
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """A test that failed before stopping its processes must not leave them running (no
+    PR_SET_PDEATHSIG here to take them down with pytest)."""
+    for p in STARTED:
+        p.kill()
+
+
 class Proc:
     """A child process with its output in a log file."""
 
@@ -66,6 +78,7 @@ class Proc:
             start_new_session=True,
             stdin=subprocess.DEVNULL,
         )
+        STARTED.append(self)
         log.close()
 
     @property
