@@ -135,3 +135,28 @@ def test_a_bad_limit_is_one_line_and_exit_2(sandboxed: Cluster, flag: str, value
     r = sandboxed.cli("submit", flag, value, "--", "true")
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and flag in r.stderr and "Traceback" not in r.stderr
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def test_a_job_printing_a_gigabyte_grows_neither_worker_nor_server(sandboxed: Cluster) -> None:
+    # Given the worker (2K of output kept) and server at their peak memory so far
+    worker, server = sandboxed.workers[0].pid, sandboxed.server.pid
+    before = (_peak_rss_mb(worker), _peak_rss_mb(server))
+    # When a job writes 1 GiB to stdout and 64 MiB to stderr
+    code, job, out = run_job(
+        sandboxed, "--timeout", "120", "--shell", "--",
+        "head -c 1073741824 /dev/zero; head -c 67108864 /dev/zero >&2",
+    )  # fmt: skip
+    # Then it succeeds, its head and tail are kept with the count of what was dropped
+    assert code == 0 and job["status"] == "succeeded"
+    assert f"[dts: output truncated, {(1 << 30) - 2048} bytes dropped]" in out
+    # And neither process's peak memory grew by more than a few MB
+    after = (_peak_rss_mb(worker), _peak_rss_mb(server))
+    assert after[0] - before[0] < 20, (before, after)
+    assert after[1] - before[1] < 20, (before, after)

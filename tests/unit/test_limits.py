@@ -3,6 +3,7 @@ raises them) and their enforcement on real short-lived processes by dts.runner."
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 
@@ -201,3 +202,17 @@ def test_a_missing_program_with_limits_fails_as_it_does_without() -> None:
     assert (plain.outcome, plain.exit_code) == (limited.outcome, limited.exit_code)
     assert plain.exit_code == 127
     assert plain.error == limited.error
+
+
+@needs_prlimit
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root (CI is)")
+def test_limits_hold_for_jobs_run_as_another_user() -> None:
+    from dts.sandbox import RunAs
+
+    r = run(
+        "sh", "-c", "id -un; grep 'Max open files' /proc/self/limits",
+        limits=Limits(files=48), run_as=RunAs.lookup("nobody"),
+    )  # fmt: skip
+    assert r.outcome is Outcome.SUCCEEDED, r.error
+    lines = r.stdout.decode().splitlines()
+    assert lines[0] == "nobody" and re.match(r"Max open files\s+48\s", lines[1])
