@@ -319,7 +319,8 @@ class Coordinator:
         now = self.clock()
         until = now + self.cfg.worker_timeout
         stale = []
-        with self.store.transaction() as tx:
+        # soft state: after a power loss leases get a full grace at start (grace_leases)
+        with self.store.transaction(durable=False) as tx:
             worker = self._session(tx, name, session)
             for lease in leases:
                 if not tx.renew_lease(lease.job_id, lease.attempt, name, until):

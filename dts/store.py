@@ -77,7 +77,9 @@ class Transaction(Protocol):
 class Store(Protocol):
     """Durable home of jobs, their history and the worker registry."""
 
-    def transaction(self) -> AbstractContextManager[Transaction]: ...
+    def transaction(self, durable: bool = True) -> AbstractContextManager[Transaction]:
+        """One atomic unit of work; durable=False: it may be lost with the machine (not with
+        the process), for soft state the server can rebuild (leases, heartbeats)."""
 
     def get_job(self, job_id: int) -> Job | None: ...
 

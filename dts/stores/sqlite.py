@@ -441,7 +441,8 @@ class SqliteStore:
             self._c = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._c.execute("PRAGMA journal_mode = WAL")
             self._c.execute("PRAGMA busy_timeout = 5000")
-            self._c.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
+            self._full = synchronous == "full"
+            self._c.execute(f"PRAGMA synchronous = {'FULL' if self._full else 'NORMAL'}")
             self._c.execute("PRAGMA foreign_keys = ON")
         except (sqlite3.Error, OSError) as e:
             raise Unavailable(f"cannot open database {path}: {e}") from e
@@ -482,15 +483,25 @@ class SqliteStore:
                 raise
 
     @contextmanager
-    def transaction(self) -> Iterator[SqliteTransaction]:
+    def transaction(self, durable: bool = True) -> Iterator[SqliteTransaction]:
+        """BEGIN IMMEDIATE ... COMMIT. `durable=False` skips the commit's fsync (it survives a
+        crash of this process, not of the machine): for soft state such as lease renewals,
+        which the next durable commit makes durable too, as WAL frames are synced in order."""
         with self._lock:
-            self._c.execute("BEGIN IMMEDIATE")
+            soft = not durable and self._full
+            if soft:
+                self._c.execute("PRAGMA synchronous = NORMAL")
             try:
-                yield SqliteTransaction(self._c)
-            except BaseException:
-                self._c.execute("ROLLBACK")
-                raise
-            self._c.execute("COMMIT")
+                self._c.execute("BEGIN IMMEDIATE")
+                try:
+                    yield SqliteTransaction(self._c)
+                except BaseException:
+                    self._c.execute("ROLLBACK")
+                    raise
+                self._c.execute("COMMIT")
+            finally:
+                if soft:
+                    self._c.execute("PRAGMA synchronous = FULL")
 
     def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._lock:

@@ -558,3 +558,18 @@ def test_successes_in_bulk_are_fenced_and_keep_their_output(store: SqliteStore) 
             0,
         )
         assert store.output(job_id, 1) == Output(1, out, err)
+
+
+def test_a_soft_transaction_commits_and_leaves_the_store_durable(db: Path) -> None:
+    s = SqliteStore(str(db), synchronous="full")
+    try:
+        with s.transaction(durable=False) as tx:
+            job = tx.insert_job(spec("soft"), S.QUEUED, 1.0, None)
+        assert s.get_job(job.id) == job
+        # the next transactions sync again (2 is FULL), also after a soft one that failed
+        assert s._all("PRAGMA synchronous")[0][0] == 2
+        with pytest.raises(RuntimeError), s.transaction(durable=False):
+            raise RuntimeError("boom")
+        assert s._all("PRAGMA synchronous")[0][0] == 2
+    finally:
+        s.close()
