@@ -85,6 +85,14 @@ def test_a_stopping_server_ends_open_streams_at_once(tmp_path: Path, redis_url: 
         # And the client's next submit says the server cannot be reached
         with pytest.raises(Unavailable):
             c.submit_one(JobSpec(argv=("true",), delay=LATER))
+        # And once the server is back, the same client submits over a new stream
+        again = ServerProcess(tmp_path, redis_url, prefix="stopping:", port=s.port, db=s.db)
+        again.start()
+        try:
+            job = c.submit_one(JobSpec(argv=("true",), delay=LATER))
+            assert c.get(job.id) == job and job.id == 2
+        finally:
+            again.stop()
 
 
 def test_a_stream_message_that_does_not_parse_is_invalid_argument(
