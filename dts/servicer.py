@@ -7,7 +7,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -30,13 +30,18 @@ def rpc(fn: F) -> F:
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return fn(self, request, context)
-        except DtsError as e:
-            context.abort(wire.status_code(e), e.message)
-        except Exception:
-            log.exception("internal error in %s", fn.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal server error (see the server log)")
+        except Exception as e:
+            _abort(e, fn.__name__, context)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _abort(e: Exception, name: str, context: grpc.ServicerContext) -> NoReturn:
+    """End the call with the status of a dts error, or INTERNAL (logged) for anything else."""
+    if isinstance(e, DtsError):
+        context.abort(wire.status_code(e), e.message)
+    log.exception("internal error in %s", name)
+    context.abort(grpc.StatusCode.INTERNAL, "internal server error (see the server log)")
 
 
 def stream_rpc(fn: F) -> F:
@@ -46,11 +51,8 @@ def stream_rpc(fn: F) -> F:
     def wrapper(self: Any, requests: Any, context: grpc.ServicerContext) -> Any:
         try:
             yield from fn(self, requests, context)
-        except DtsError as e:
-            context.abort(wire.status_code(e), e.message)
-        except Exception:
-            log.exception("internal error in %s", fn.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal server error (see the server log)")
+        except Exception as e:
+            _abort(e, fn.__name__, context)
 
     return wrapper  # type: ignore[return-value]
 
