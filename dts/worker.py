@@ -345,6 +345,9 @@ class Worker:
             ids = self.queue.wait_and_pop(self.cfg.queues, 1.0, count, self.lease_seconds)
             self.redis_link.ok()
             backoff.reset()
+            if ids and self.signals.stop.is_set():  # told to stop while waiting: not ours
+                self.queue.release(ids)
+                return []
             return ids
         except redis.RedisError as e:
             self.redis_link.down(e)

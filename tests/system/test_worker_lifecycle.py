@@ -141,3 +141,20 @@ def test_jobs_claimed_ahead_are_handed_back_when_jobs_turn_long(fresh_cluster: C
             outcomes = [a.outcome.value for a in c.history(i)]
             assert outcomes.count("succeeded") == 1, (i, outcomes)
             assert set(outcomes) <= {"succeeded", "released"}, (i, outcomes)
+
+
+def test_a_stopping_worker_claims_nothing_new(fresh_cluster: Cluster, tmp_path: Path) -> None:
+    # Given a worker with a long job in one slot and the other slot idle
+    w = fresh_cluster.add_worker("leaving", "--concurrency", "2", "--drain-timeout", "20")
+    long_id, _ = _start_sleeper(fresh_cluster, tmp_path)
+    with fresh_cluster.client() as c:
+        # When it is told to stop and a job arrives while its idle slot still waits
+        w.signal(signal.SIGTERM)
+        job = c.submit_one(JobSpec(argv=("true",)))
+        # Then it hands the job back untouched, and a worker that stays runs it: one attempt
+        fresh_cluster.add_worker("staying")
+        done = c.wait(job.id, 30)
+        assert (done.status.value, done.attempts, done.worker) == ("succeeded", 1, "staying")
+        assert [a.worker for a in c.history(job.id)] == ["staying"]
+        c.cancel(long_id)
+    assert w.wait(30) == 0
