@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import Final, TypeVar
 
 from dts.errors import InvalidArgument
 
@@ -76,9 +76,15 @@ def can_transition(old: JobStatus, new: JobStatus) -> bool:
     return (old, new) in TRANSITIONS
 
 
-def lower_limit(a: int, b: int) -> int:
+N = TypeVar("N", int, float)
+
+
+def lower_limit(a: N, b: N) -> N:
     """The stricter of two limits where 0 means none."""
     return b if a == 0 else a if b == 0 else min(a, b)
+
+
+LIMIT_NAMES: Final = ("cpu", "memory", "files", "processes", "output")  # Limits' fields, in order
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,11 @@ class Limits:
     @property
     def any(self) -> bool:
         return self != NO_LIMITS
+
+    @property
+    def values(self) -> tuple[int, int, int, int, int]:
+        """The limits in the order of LIMIT_NAMES (no dataclasses.astuple: it deep-copies)."""
+        return (self.cpu, self.memory, self.files, self.processes, self.output)
 
     @property
     def rlimits(self) -> bool:
@@ -424,17 +435,13 @@ def validate_spec(spec: JobSpec) -> None:
     validate_limits(spec.limits)
 
 
-def validate_limits(limits: Limits, what: str = "limit") -> None:
+def validate_limits(limits: Limits) -> None:
     """Raise InvalidArgument naming the first limit out of range."""
     if limits == NO_LIMITS:
         return
-    values = (limits.cpu, limits.memory, limits.files, limits.processes, limits.output)
-    for name, value in zip(LIMIT_NAMES, values, strict=True):
+    for name, value in zip(LIMIT_NAMES, limits.values, strict=True):
         if not 0 <= value <= MAX_LIMIT:
-            raise InvalidArgument(f"{what} {name} must be between 0 and {MAX_LIMIT}, got {value}")
-
-
-LIMIT_NAMES: Final = ("cpu", "memory", "files", "processes", "output")
+            raise InvalidArgument(f"limit {name} must be between 0 and {MAX_LIMIT}, got {value}")
 
 
 def _utf8_len(text: str) -> int:

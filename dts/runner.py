@@ -4,11 +4,9 @@ timeout and cancellation enforced by killing the whole group (TERM, then KILL af
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import os
 import select
-import shutil
 import signal
 import subprocess
 import threading
@@ -25,8 +23,9 @@ from dts.domain import (
     Outcome,
     Result,
     exit_code_for_signal,
+    lower_limit,
 )
-from dts.sandbox import RunAs, job_environment, limited_argv, within_hard_limits
+from dts.sandbox import RunAs, find_program, job_environment, limited_argv, within_hard_limits
 
 READ_CHUNK = 65536
 POLL = 0.2  # seconds between checks for a stop request while a job runs
@@ -130,7 +129,7 @@ class Execution:
         cwd = spec.cwd or self.opts.default_cwd
         caps = self.opts.caps
         limits = caps if spec.limits == NO_LIMITS else within_hard_limits(spec.limits.within(caps))
-        timeout = _lower(spec.timeout or 0.0, self.opts.max_timeout)
+        timeout = lower_limit(spec.timeout or 0.0, self.opts.max_timeout)
         started = time.time()
         if self._stop_outcome is not None:  # stopped before it started: nothing to kill
             return self._result(self._stop_outcome, None, self._stop_reason, b"", b"", started)
@@ -320,10 +319,7 @@ class Child:
         search = os.posix_spawnp
         if "/" not in program and env.get("PATH") != _worker_path():
             # posix_spawnp searches the worker's PATH; the job asked for its own
-            found = shutil.which(program, path=env.get("PATH", os.defpath))
-            if found is None:
-                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
-            program, search = found, os.posix_spawn
+            program, search = find_program(program, env.get("PATH", os.defpath)), os.posix_spawn
         try:
             pid = search(
                 program,
@@ -444,11 +440,6 @@ def _group_alive(pgid: int) -> bool:
             if int(fields[2]) == pgid and fields[0] != b"Z":
                 return True
     return False
-
-
-def _lower(a: float, b: float) -> float:
-    """The stricter of two limits where 0 means none."""
-    return b if a == 0 else a if b == 0 else min(a, b)
 
 
 def _killpg(pgid: int, sig: int) -> None:

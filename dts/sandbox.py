@@ -144,6 +144,15 @@ def within_hard_limits(limits: Limits) -> Limits:
     )
 
 
+def find_program(name: str, path: str) -> str:
+    """Where `name` is on the search path `path` (a job's own PATH), as a shell would find it;
+    FileNotFoundError naming it when it is nowhere."""
+    found = shutil.which(name, path=path)
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+    return found
+
+
 def limited_argv(prlimit: str, limits: Limits, argv: Sequence[str], path: str) -> list[str]:
     """`argv` run through prlimit with the kernel-enforced part of `limits`.
 
@@ -151,12 +160,7 @@ def limited_argv(prlimit: str, limits: Limits, argv: Sequence[str], path: str) -
     without limits (FileNotFoundError) rather than inside prlimit. CPU time gets a soft limit
     (SIGXCPU, which a job may catch to clean up) and a hard one a second later (SIGKILL).
     """
-    program = argv[0]
-    if "/" not in program:
-        found = shutil.which(program, path=path)
-        if found is None:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
-        program = found
+    program = argv[0] if "/" in argv[0] else find_program(argv[0], path)
     hard_cpu = resource.getrlimit(resource.RLIMIT_CPU)[1]
     options = []
     if limits.cpu:

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from dts.domain import (
+    LIMIT_NAMES,
     NO_LIMITS,
     Assignment,
     Attempt,
@@ -183,21 +184,17 @@ def _spec(row: sqlite3.Row | tuple[Any, ...]) -> JobSpec:
     )
 
 
-LIMIT_FIELDS = ("cpu", "memory", "files", "processes", "output")
-
-
 def _limits(text: str) -> Limits:
     if not text:
         return NO_LIMITS
     stored = json.loads(text)
-    return Limits(**{k: int(stored.get(k, 0)) for k in LIMIT_FIELDS})
+    return Limits(**{k: int(stored.get(k, 0)) for k in LIMIT_NAMES})
 
 
 def _limits_json(limits: Limits) -> str:
     if not limits.any:
         return ""
-    values = (limits.cpu, limits.memory, limits.files, limits.processes, limits.output)
-    return json.dumps({k: v for k, v in zip(LIMIT_FIELDS, values, strict=True) if v})
+    return json.dumps({k: v for k, v in zip(LIMIT_NAMES, limits.values, strict=True) if v})
 
 
 def _attempt(row: tuple[Any, ...]) -> Attempt:
