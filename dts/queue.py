@@ -153,15 +153,12 @@ class RedisQueue:
         ids = self._pop(keys=keys, args=[count, lease_seconds, *ack])
         return [int(i) for i in ids]
 
-    def wait(self, queues: Sequence[str], timeout: float) -> bool:
-        """Block until an enqueue wakes us or `timeout` passes; True when woken."""
-        return self.redis.blpop([self.keys.wake(q) for q in queues], timeout=timeout) is not None
-
     def wait_and_pop(
         self, queues: Sequence[str], timeout: float, count: int, lease_seconds: float
     ) -> list[int]:
-        """`wait`, then `pop`, in one round trip: Redis runs the pop the moment the wait ends
-        (a connection's commands run in order), so a woken worker has its ids at once."""
+        """Block until an enqueue's wake token comes or `timeout` passes, then `pop`, in one
+        round trip: Redis runs the pop the moment the wait ends (a connection's commands run
+        in order), so a woken worker has its ids at once."""
         keys = [self.keys.inflight, *(self.keys.queue(q) for q in queues)]
         pipe = self.redis.pipeline(transaction=False)
         pipe.blpop([self.keys.wake(q) for q in queues], timeout=timeout)
