@@ -8,17 +8,19 @@ import ipaddress
 import logging
 import os
 import stat
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
 from dts.errors import InvalidArgument
 
 log = logging.getLogger("dts.auth")
+
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 HEADER = "authorization"
 SCHEME = "Bearer "
@@ -124,10 +126,12 @@ def is_loopback(address: str) -> bool:
 # ---- server side ------------------------------------------------------------------------------
 
 
-class TokenAuth(grpc.ServerInterceptor):
+class TokenAuth(grpc.aio.ServerInterceptor):
     """Refuses calls without a known token (UNAUTHENTICATED) or with a token whose role may
-    not call the method, or a worker token used under another worker's name
-    (PERMISSION_DENIED)."""
+    not call the method (PERMISSION_DENIED), on their headers: the request of a refused call
+    is never read, so a caller without a token cannot make the server wait for a message
+    or hold one. (A worker token bound to a name is checked against the request's worker
+    name by the worker service, which has read it.)"""
 
     def __init__(self, creds: Sequence[Credential]) -> None:
         self._creds = [(c, c.token.encode()) for c in creds]
@@ -145,63 +149,45 @@ class TokenAuth(grpc.ServerInterceptor):
                 found = cred
         return found
 
-    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+    def identify(self, metadata: Iterable[tuple[str, str | bytes]]) -> Credential | None:
+        """The credential a call's metadata presents, or None."""
+        header = dict(metadata).get(HEADER, "")
+        if not isinstance(header, str) or not header.startswith(SCHEME):
+            return None
+        return self.lookup(header[len(SCHEME) :].strip())
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
         method: str = details.method
         roles = next((r for prefix, r in SERVICE_ROLES.items() if method.startswith(prefix)), None)
         if roles is None:
-            return continuation(details)
+            return await continuation(details)
         header = dict(details.invocation_metadata or ()).get(HEADER, "")
         if not isinstance(header, str) or not header.startswith(SCHEME):
-            return _refuse(
-                continuation(details),
-                grpc.StatusCode.UNAUTHENTICATED,
-                "a token is required (--token-file)",
-            )
+            return _refuse(grpc.StatusCode.UNAUTHENTICATED, "a token is required (--token-file)")
         cred = self.lookup(header[len(SCHEME) :].strip())
         if cred is None:
-            return _refuse(continuation(details), grpc.StatusCode.UNAUTHENTICATED, "unknown token")
-        call = method.rsplit("/", 1)[-1]
+            return _refuse(grpc.StatusCode.UNAUTHENTICATED, "unknown token")
         if cred.role not in roles:
+            call = method.rsplit("/", 1)[-1]
             return _refuse(
-                continuation(details),
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"a {cred.role} token may not call {call}",
+                grpc.StatusCode.PERMISSION_DENIED, f"a {cred.role} token may not call {call}"
             )
-        handler = continuation(details)
-        if not cred.name or handler is None or handler.unary_unary is None:
-            return handler
-        return _bind_name(handler, cred.name, call)
+        return await continuation(details)
 
 
-def _refuse(handler: Any, code: grpc.StatusCode, message: str) -> Any:
-    """A handler of the same kind as `handler` that only refuses."""
+def _refuse(code: grpc.StatusCode, message: str) -> Handler:
+    """A handler that refuses at once without reading the request: shaped as a streaming
+    one, whatever the method, because the server reads a unary request before it calls
+    the handler."""
 
-    def abort(request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(code, message)
+    async def refuse(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(code, message)
 
-    if handler is not None and handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(abort)
-    return grpc.unary_unary_rpc_method_handler(abort)
-
-
-def _bind_name(handler: Any, name: str, call: str) -> Any:
-    """A worker token bound to a name may only act as that worker."""
-    inner: Callable[[Any, grpc.ServicerContext], Any] = handler.unary_unary
-
-    def checked(request: Any, context: grpc.ServicerContext) -> Any:
-        claimed = getattr(request, "name", None)  # anything without a name is refused too
-        if claimed != name:
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"this token belongs to worker {name}; {call} as {claimed} refused",
-            )
-        return inner(request, context)
-
-    return grpc.unary_unary_rpc_method_handler(
-        checked,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return grpc.stream_stream_rpc_method_handler(refuse)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dts.auth import ChannelSecurity, open_channel
 from dts.backoff import Backoff
 from dts.config import DEFAULT_SERVER
 from dts.domain import Attempt, Job, JobSpec, JobStatus, Output, StatCount, WorkerInfo
-from dts.errors import DeadlineExceeded, Unavailable
+from dts.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from dts.pipeline import PendingSubmit, StreamUnsupported, SubmitPipe
 from dts.v1 import dts_pb2 as pb
 from dts.v1 import dts_pb2_grpc as pb_grpc
@@ -107,6 +107,9 @@ class Client:
             req = pb.WaitRequest(id=job_id, timeout=left)
             try:
                 job = wire.job_from_pb(self._call(self.stub.WaitJob, req, left + self.timeout))
+            except ResourceExhausted:  # the server's waiters are full: ask again in a while
+                backoff.wait()
+                continue
             except Unavailable:
                 down_since = down_since or time.monotonic()
                 if time.monotonic() - down_since > reconnect:

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from queue import Empty, SimpleQueue
+from typing import Protocol
 
 import redis
 
@@ -49,6 +50,7 @@ from dts.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     SessionSuperseded,
     ShuttingDown,
     UnknownSession,
@@ -61,6 +63,7 @@ log = logging.getLogger("dts.coordinator")
 MAX_BATCH = 100_000  # jobs in one submit call
 MAX_LIST = 10_000  # jobs in one listing
 MAX_WAIT = 30.0  # seconds one WaitJob call may block
+MAX_WAITERS = 10_000  # calls waiting for a job to end at once (each holds a little memory)
 WORKER_RETENTION = 86400.0  # seconds a stopped or lost worker stays listed
 
 
@@ -84,8 +87,10 @@ class Coordinator:
         self.due_changed = threading.Event()  # wakes the scheduler when a retry or delay is added
         self.reconcile_needed = threading.Event()
         self._redis_up: bool | None = None
-        self._waiters: dict[int, list[threading.Event]] = {}
+        self._waiters: dict[int, list[Waker]] = {}
         self._waiters_lock = threading.Lock()
+        self._waiter_count = 0
+        self.max_waiters = MAX_WAITERS
         self._sessions: dict[str, str] = {}
         # submitted jobs on their way to Redis, when an enqueuer thread takes them (the server)
         self.handoff: SimpleQueue[list[Job]] | None = None
@@ -180,12 +185,11 @@ class Coordinator:
         return job
 
     def wait(self, job_id: int, timeout: float) -> Job:
-        """The job once final, or as it is after `timeout` seconds (capped)."""
-        if not timeout >= 0:
-            raise InvalidArgument(f"timeout must not be negative, got {timeout}")
+        """The job once final, or as it is after `timeout` seconds (capped). Blocks a thread:
+        the server's WaitJob waits without one, through add_waiter."""
+        check_wait_timeout(timeout)
         event = threading.Event()
-        with self._waiters_lock:
-            self._waiters.setdefault(job_id, []).append(event)
+        self.add_waiter(job_id, event)
         try:
             job = self.get(job_id)
             if not job.status.final:
@@ -193,12 +197,30 @@ class Coordinator:
                 job = self.get(job_id)
             return job
         finally:
-            with self._waiters_lock:
-                events = self._waiters.get(job_id, [])
-                if event in events:
-                    events.remove(event)
-                if not events:
-                    self._waiters.pop(job_id, None)
+            self.remove_waiter(job_id, event)
+
+    def add_waiter(self, job_id: int, waker: Waker) -> None:
+        """Have `waker.set()` called (from any thread) when the job may have become final.
+
+        The set of waiters is bounded (`max_waiters`): a waiter beyond it is refused with
+        ResourceExhausted, and the caller retries later, so waiting calls cannot make the
+        server hold unbounded memory."""
+        with self._waiters_lock:
+            if self._waiter_count >= self.max_waiters:
+                raise ResourceExhausted(
+                    f"too many calls waiting for jobs ({self.max_waiters}); retry later"
+                )
+            self._waiters.setdefault(job_id, []).append(waker)
+            self._waiter_count += 1
+
+    def remove_waiter(self, job_id: int, waker: Waker) -> None:
+        with self._waiters_lock:
+            wakers = self._waiters.get(job_id, [])
+            if waker in wakers:
+                wakers.remove(waker)
+                self._waiter_count -= 1
+            if not wakers:
+                self._waiters.pop(job_id, None)
 
     def list_jobs(self, status: JobStatus | None, queue: str | None, limit: int) -> list[Job]:
         if not 0 <= limit <= MAX_LIST:
@@ -702,5 +724,16 @@ class Coordinator:
             return
         with self._waiters_lock:
             for job_id in job_ids:
-                for event in self._waiters.get(job_id, ()):
-                    event.set()
+                for waker in self._waiters.get(job_id, ()):
+                    waker.set()
+
+
+class Waker(Protocol):
+    """What waits for a job: a threading.Event, or an asyncio call's wake-up."""
+
+    def set(self) -> None: ...
+
+
+def check_wait_timeout(timeout: float) -> None:
+    if not timeout >= 0:
+        raise InvalidArgument(f"timeout must not be negative, got {timeout}")

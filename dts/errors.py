@@ -66,6 +66,13 @@ class DeadlineExceeded(DtsError):
     code = "DEADLINE_EXCEEDED"
 
 
+class ResourceExhausted(DtsError):
+    """Raised when a bounded resource is full (e.g. the server's set of waiting calls); the
+    caller may retry later."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
 class ShuttingDown(Unavailable):
     """Raised when the server is draining and accepts no new work."""
 
@@ -98,6 +105,7 @@ BY_CODE: dict[str, type[DtsError]] = {
         AlreadyExists,
         Unavailable,
         DeadlineExceeded,
+        ResourceExhausted,
         Unauthenticated,
         PermissionDenied,
         Internal,

@@ -3,18 +3,18 @@ the gRPC services, and runs them until a signal says stop."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
-from concurrent import futures
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
 import grpc
 import redis
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dts import __version__, logs, wire
 from dts.auth import TokenAuth, load_tokens
@@ -22,17 +22,18 @@ from dts.background import DueScheduler, Enqueuer, LeaseReaper, Loop, Reconciler
 from dts.config import ServerConfig, load_server_config, parse_hostport
 from dts.coordinator import Coordinator
 from dts.errors import DtsError, Unavailable
+from dts.health import SERVING, Health
 from dts.notify import sd_notify
 from dts.process import PidFile, Readiness, Signals, daemonize, fail
 from dts.queue import Keys, RedisQueue, redacted_url
-from dts.servicer import SchedulerServicer, WorkerServicer
+from dts.rpc import EventLoop, Pools
+from dts.servicer import SCHEDULER, WORKER_SERVICE, SchedulerServicer, WorkerServicer
 from dts.stores.sqlite import SqliteStore
-from dts.v1 import dts_pb2_grpc as pb_grpc
 
 log = logging.getLogger("dts.server")
 
 PROG = "dts-server"
-SERVICES = ("dts.v1.Scheduler", "dts.v1.WorkerService")
+SERVICES = (SCHEDULER, WORKER_SERVICE)
 
 
 class Server:
@@ -52,20 +53,13 @@ class Server:
             LeaseReaper(self.coordinator),
             Reconciler(self.coordinator),
         ]
-        self.health = health.HealthServicer()
         self.auth = TokenAuth(load_tokens(cfg.tokens_file)) if cfg.tokens_file else None
-        self.grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=cfg.grpc_threads, thread_name_prefix="dts-rpc"),
-            # no SO_REUSEPORT: a second server on a port in use must fail, not share it
-            options=[*wire.grpc_options(), ("grpc.so_reuseport", 0)],
-            maximum_concurrent_rpcs=cfg.grpc_threads * 8,
-            # DecodeGuard first: it parses the request for every handler behind it
-            interceptors=[wire.DecodeGuard(), *([self.auth] if self.auth else [])],
-        )
-        self.scheduler = SchedulerServicer(self.coordinator)
-        pb_grpc.add_SchedulerServicer_to_server(self.scheduler, self.grpc)
-        pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self.coordinator), self.grpc)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        self.pools = Pools(cfg.grpc_threads)
+        self.scheduler = SchedulerServicer(self.coordinator, self.pools)
+        self.workers = WorkerServicer(self.coordinator, self.pools)
+        self.events = EventLoop()
+        self.grpc: grpc.aio.Server | None = None
+        self.health: Health | None = None
         self.port = 0
 
     def start(self) -> None:
@@ -73,24 +67,14 @@ class Server:
         problem = _bind_error(self.cfg.listen)
         if problem:
             raise Unavailable(f"cannot listen on {self.cfg.listen}: {problem}")
-        try:
-            if self.cfg.tls is not None:
-                creds = self.cfg.tls.credentials()
-                self.port = self.grpc.add_secure_port(self.cfg.listen, creds)
-            else:
-                self.port = self.grpc.add_insecure_port(self.cfg.listen)
-        except RuntimeError as e:
-            raise Unavailable(f"cannot listen on {self.cfg.listen}: {e}") from e
-        if self.port == 0:
-            raise Unavailable(f"cannot listen on {self.cfg.listen} (address in use?)")
+        self.events.start()
+        self.events.call(self._listen())
         self.coordinator.grace_leases()
         self.coordinator.check_redis()
         self.coordinator.reconcile_needed.set()  # Redis may have lost jobs while we were down
         for loop in self.loops:
             loop.start()
-        self.grpc.start()
-        for name in ("", *SERVICES):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.events.call(self._serve())
         log.info(
             "dts-server %s listening on %s%s (db %s, redis %s, prefix %r)",
             __version__,
@@ -100,6 +84,36 @@ class Server:
             redacted_url(self.cfg.redis_url),
             self.cfg.key_prefix,
         )
+
+    async def _listen(self) -> None:
+        """Make the gRPC server and bind its port (on the event loop, which it belongs to)."""
+        auth = self.auth
+        identify = auth.identify if auth is not None else _nobody
+        self.health = Health(SERVICES)
+        self.grpc = grpc.aio.server(
+            handlers=[
+                self.scheduler.handler(identify),
+                self.workers.handler(identify),
+                self.health.handler(),
+            ],
+            interceptors=[auth] if auth is not None else [],
+            # no SO_REUSEPORT: a second server on a port in use must fail, not share it
+            options=[*wire.grpc_options(), ("grpc.so_reuseport", 0)],
+        )
+        try:
+            if self.cfg.tls is not None:
+                self.port = self.grpc.add_secure_port(self.cfg.listen, self.cfg.tls.credentials())
+            else:
+                self.port = self.grpc.add_insecure_port(self.cfg.listen)
+        except RuntimeError as e:
+            raise Unavailable(f"cannot listen on {self.cfg.listen}: {e}") from e
+        if self.port == 0:
+            raise Unavailable(f"cannot listen on {self.cfg.listen} (address in use?)")
+
+    async def _serve(self) -> None:
+        assert self.grpc is not None and self.health is not None
+        await self.grpc.start()
+        self.health.set(SERVING)
 
     def reload_tokens(self) -> None:
         """SIGHUP: read the tokens file again; on any error keep the tokens in force."""
@@ -117,26 +131,45 @@ class Server:
         # Shutdown order: say NOT_SERVING and refuse new jobs; stop taking calls and let
         # in-flight ones finish (grpc stop with grace, cut short when `hurry` says so: a
         # second SIGTERM), answering long-polling WaitJob calls at once and ending open
-        # SubmitStreams once they have answered what they read; stop the background
-        # loops, which use the store; close the store last so every committed transaction is
-        # checkpointed cleanly.
-        self.health.enter_graceful_shutdown()
+        # SubmitStreams once they have answered what they read; wait for the executors'
+        # store work; stop the background loops, which use the store; close the store last
+        # so every committed transaction is checkpointed cleanly; then the event loop.
         self.coordinator.accepting = False
-        self.scheduler.end_streams()  # long-lived SubmitStreams would hold the stop too
-        stopped = self.grpc.stop(grace)
-        self.coordinator.wake_waiters()  # long polls would hold the stop for up to 30 s
-        deadline = time.monotonic() + grace + 1
-        while not stopped.wait(0.1) and time.monotonic() < deadline:
-            if hurry():
-                self.grpc.stop(None)
-                stopped.wait(1)
-                break
-        self.coordinator.wake_waiters()  # one that registered just after the first wake-up
-        self.scheduler.end_streams()
+        if self.grpc is not None:
+            self.events.call(self._begin_stop())
+            stopped = asyncio.run_coroutine_threadsafe(self.grpc.stop(grace), self.events.loop)
+            self.coordinator.wake_waiters()  # long polls would hold the stop for up to 30 s
+            deadline = time.monotonic() + grace + 1
+            while not _done(stopped, 0.1) and time.monotonic() < deadline:
+                if hurry():
+                    self.events.call(self.grpc.stop(0))
+                    _done(stopped, 1)
+                    break
+            self.coordinator.wake_waiters()  # one that registered just after the first wake-up
+        self.pools.shutdown()
         for loop in self.loops:
             loop.stop()
         self.store.close()
+        self.events.close()
         log.info("dts-server stopped")
+
+    async def _begin_stop(self) -> None:
+        assert self.health is not None
+        self.health.shutdown()
+        self.scheduler.end_streams()  # long-lived SubmitStreams would hold the stop too
+
+
+def _nobody(metadata: Iterable[tuple[str, str | bytes]]) -> None:
+    """Without tokens, callers have no credential."""
+    return None
+
+
+def _done(future: concurrent.futures.Future[None], timeout: float) -> bool:
+    try:
+        future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        return False
+    return True
 
 
 def _bind_error(address: str) -> str:

@@ -1,66 +1,40 @@
-"""The gRPC servicers: unpack a request, call the coordinator, pack the answer. No rules here."""
+"""The gRPC services: unpack a request, call the coordinator, pack the answer. No rules here.
+
+Unary methods are plain functions run in an executor thread (dts.rpc); the two that wait —
+WaitJob and SubmitStream — are coroutines, so waiting holds no thread."""
 
 from __future__ import annotations
 
-import functools
-import logging
-import queue
-import threading
-from collections.abc import Callable, Iterator
-from typing import Any, NoReturn, TypeVar
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf.message import Message
 
 from dts import wire
-from dts.coordinator import Coordinator
-from dts.domain import Job
-from dts.errors import DeadlineExceeded, DtsError, InvalidArgument, UnknownSession
+from dts.auth import Credential
+from dts.coordinator import MAX_WAIT, Coordinator, check_wait_timeout
+from dts.domain import Job, JobSpec
+from dts.errors import DeadlineExceeded, DtsError, InvalidArgument, PermissionDenied, UnknownSession
+from dts.rpc import (
+    Context,
+    Identify,
+    Pools,
+    Unary,
+    abort,
+    guarded,
+    parse,
+    run_in,
+    unary_handler,
+)
 from dts.v1 import dts_pb2 as pb
-from dts.v1 import dts_pb2_grpc as pb_grpc
 
-log = logging.getLogger("dts.servicer")
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def rpc(fn: F) -> F:
-    """Turn DtsError into its gRPC status and anything unexpected into a logged INTERNAL."""
-
-    @functools.wraps(fn)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return fn(self, request, context)
-        except Exception as e:
-            _abort(e, fn.__name__, context)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _abort(e: Exception, name: str, context: grpc.ServicerContext) -> NoReturn:
-    """End the call with the status of a dts error, or INTERNAL (logged) for anything else."""
-    if isinstance(e, DtsError):
-        context.abort(wire.status_code(e), e.message)
-    log.exception("internal error in %s", name)
-    context.abort(grpc.StatusCode.INTERNAL, "internal server error (see the server log)")
-
-
-def stream_rpc(fn: F) -> F:
-    """`rpc` for handlers that yield their answers."""
-
-    @functools.wraps(fn)
-    def wrapper(self: Any, requests: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            yield from fn(self, requests, context)
-        except Exception as e:
-            _abort(e, fn.__name__, context)
-
-    return wrapper  # type: ignore[return-value]
-
-
+SCHEDULER = "dts.v1.Scheduler"
+WORKER_SERVICE = "dts.v1.WorkerService"
 MAX_GROUP = 256  # submits of one stream stored in one transaction
 STREAM_IDLE = 60.0  # seconds a SubmitStream may sit unused before the server ends it
 END = object()  # the stream's requests are over (or the server is stopping)
-Inbox = queue.SimpleQueue[object]
 
 
 def _id(value: int) -> int:
@@ -69,132 +43,193 @@ def _id(value: int) -> int:
     return value
 
 
-class SchedulerServicer(pb_grpc.SchedulerServicer):
+class SchedulerServicer:
     """What users and scripts call."""
 
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Coordinator, pools: Pools) -> None:
         self.c = coordinator
-        self._inboxes: set[Inbox] = set()
-        self._lock = threading.Lock()
+        self.pools = pools
+        self._inboxes: set[asyncio.Queue[object]] = set()
         self._ended = False
 
-    def end_streams(self) -> None:
-        """The server is stopping: answer what each open SubmitStream has read, then end it."""
-        with self._lock:
-            self._ended = True
-            for inbox in self._inboxes:
-                inbox.put(END)
+    def handler(self, identify: Identify) -> grpc.GenericRpcHandler:
+        pool = self.pools.client
+        unary: dict[str, Unary] = {
+            "Submit": Unary(pb.SubmitRequest, self.submit, pool),
+            "GetJob": Unary(pb.JobRef, self.get_job, pool),
+            "ListJobs": Unary(pb.ListJobsRequest, self.list_jobs, pool),
+            "GetHistory": Unary(pb.JobRef, self.history, pool),
+            "GetLogs": Unary(pb.LogsRequest, self.logs, pool),
+            "CancelJob": Unary(pb.JobRef, self.cancel, pool),
+            "RetryJob": Unary(pb.JobRef, self.retry, pool),
+            "ListWorkers": Unary(pb.ListWorkersRequest, self.workers, pool),
+            "GetStats": Unary(pb.StatsRequest, self.stats, pool),
+        }
+        handlers = {name: unary_handler(name, m, identify) for name, m in unary.items()}
+        handlers["WaitJob"] = grpc.unary_unary_rpc_method_handler(
+            guarded("WaitJob", self.wait_job), response_serializer=_serialize
+        )
+        handlers["SubmitStream"] = grpc.stream_stream_rpc_method_handler(
+            self.submit_stream, response_serializer=_serialize
+        )
+        return grpc.method_handlers_generic_handler(SCHEDULER, handlers)
 
-    @stream_rpc
-    def SubmitStream(
-        self, requests: Iterator[pb.SubmitRequest], context: Any
-    ) -> Iterator[pb.SubmitResponse]:
-        """Submits answered in order. A reader thread takes requests off the wire as they come,
-        so the ones that arrive while a group is being stored go together into the next
-        group: one transaction, one commit."""
-        inbox: Inbox = queue.SimpleQueue()
-        with self._lock:
-            self._inboxes.add(inbox)
-            if self._ended:
-                inbox.put(END)
-        threading.Thread(
-            target=_read_into, args=(requests, inbox), name="dts-submit-reader", daemon=True
-        ).start()
-        try:
-            while True:
-                try:
-                    first = inbox.get(timeout=STREAM_IDLE)
-                except queue.Empty:
-                    raise DeadlineExceeded(f"submit stream idle for {STREAM_IDLE:g}s") from None
-                group, last = _group(first, inbox)
-                if group:
-                    outcomes = self.c.store_submits(
-                        [[wire.spec_from_pb(spec) for spec in req.jobs] for req in group]
-                    )
-                    self.c.queue_submitted(  # to the enqueuer thread, while we answer
-                        [j for o in outcomes if not isinstance(o, DtsError) for j in o]
-                    )
-                    for outcome in outcomes:
-                        yield _lean_answer(outcome, self.c)
-                if last is END:
-                    return
-                if isinstance(last, DtsError):
-                    raise last
-        finally:
-            with self._lock:
-                self._inboxes.discard(inbox)
+    # ---- unary, in an executor thread ----------------------------------------------------
 
-    @rpc
-    def Submit(self, request: pb.SubmitRequest, context: Any) -> pb.SubmitResponse:
+    def submit(self, request: pb.SubmitRequest, caller: Credential | None) -> pb.SubmitResponse:
         jobs = self.c.submit([wire.spec_from_pb(s) for s in request.jobs])
         if request.ids_only:
             return _lean_answer(jobs, self.c)
         return pb.SubmitResponse(jobs=[wire.job_to_pb(j) for j in jobs])
 
-    @rpc
-    def GetJob(self, request: pb.JobRef, context: Any) -> pb.Job:
+    def get_job(self, request: pb.JobRef, caller: Credential | None) -> pb.Job:
         return wire.job_to_pb(self.c.get(_id(request.id)))
 
-    @rpc
-    def WaitJob(self, request: pb.WaitRequest, context: Any) -> pb.Job:
-        return wire.job_to_pb(self.c.wait(_id(request.id), request.timeout))
-
-    @rpc
-    def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
+    def list_jobs(
+        self, request: pb.ListJobsRequest, caller: Credential | None
+    ) -> pb.ListJobsResponse:
         status = wire.status_from_pb(request.status) if request.status else None
         jobs = self.c.list_jobs(status, request.queue, request.limit)
         return pb.ListJobsResponse(jobs=[wire.job_to_pb(j) for j in jobs])
 
-    @rpc
-    def GetHistory(self, request: pb.JobRef, context: Any) -> pb.HistoryResponse:
+    def history(self, request: pb.JobRef, caller: Credential | None) -> pb.HistoryResponse:
         attempts = self.c.history(_id(request.id))
         return pb.HistoryResponse(attempts=[wire.attempt_to_pb(a) for a in attempts])
 
-    @rpc
-    def GetLogs(self, request: pb.LogsRequest, context: Any) -> pb.LogsResponse:
+    def logs(self, request: pb.LogsRequest, caller: Credential | None) -> pb.LogsResponse:
         out = self.c.logs(_id(request.id), request.attempt)
         return pb.LogsResponse(attempt=out.attempt, stdout=out.stdout, stderr=out.stderr)
 
-    @rpc
-    def CancelJob(self, request: pb.JobRef, context: Any) -> pb.Job:
+    def cancel(self, request: pb.JobRef, caller: Credential | None) -> pb.Job:
         return wire.job_to_pb(self.c.cancel(_id(request.id)))
 
-    @rpc
-    def RetryJob(self, request: pb.JobRef, context: Any) -> pb.Job:
+    def retry(self, request: pb.JobRef, caller: Credential | None) -> pb.Job:
         return wire.job_to_pb(self.c.retry(_id(request.id)))
 
-    @rpc
-    def ListWorkers(self, request: pb.ListWorkersRequest, context: Any) -> pb.ListWorkersResponse:
+    def workers(
+        self, request: pb.ListWorkersRequest, caller: Credential | None
+    ) -> pb.ListWorkersResponse:
         return pb.ListWorkersResponse(workers=[wire.worker_to_pb(w) for w in self.c.workers()])
 
-    @rpc
-    def GetStats(self, request: pb.StatsRequest, context: Any) -> pb.StatsResponse:
+    def stats(self, request: pb.StatsRequest, caller: Credential | None) -> pb.StatsResponse:
         return pb.StatsResponse(counts=[wire.stat_to_pb(s) for s in self.c.stats()])
 
+    # ---- waiting, on the event loop -------------------------------------------------------
 
-def _read_into(requests: Iterator[pb.SubmitRequest], inbox: Inbox) -> None:
+    async def wait_job(self, raw: bytes, context: Context) -> pb.Job:
+        """The job once final, or as it is after the request's timeout (capped): a long poll
+        that holds no thread while it waits."""
+        request: pb.WaitRequest = parse(pb.WaitRequest, raw)
+        job_id = _id(request.id)
+        check_wait_timeout(request.timeout)
+        waker = LoopWaker(asyncio.get_running_loop())
+        self.c.add_waiter(job_id, waker)  # before the read: an end in between still wakes us
+        try:
+            job: Job = await run_in(self.pools.client, self.c.get, job_id)
+            if not job.status.final:
+                await waker.wait(min(request.timeout, MAX_WAIT))
+                job = await run_in(self.pools.client, self.c.get, job_id)
+        finally:
+            self.c.remove_waiter(job_id, waker)
+        return await run_in(self.pools.client, wire.job_to_pb, job)
+
+    def end_streams(self) -> None:
+        """The server is stopping: answer what each open SubmitStream has read, then end it.
+        Runs on the event loop."""
+        self._ended = True
+        for inbox in self._inboxes:
+            inbox.put_nowait(END)
+
+    async def submit_stream(
+        self, raws: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[pb.SubmitResponse]:
+        """Submits answered in order. A reader task takes requests off the wire as they come,
+        so the ones that arrive while a group is being stored go together into the next
+        group: one transaction, one commit."""
+        inbox: asyncio.Queue[object] = asyncio.Queue()
+        self._inboxes.add(inbox)
+        if self._ended:
+            inbox.put_nowait(END)
+        reader = asyncio.create_task(_read_into(raws, inbox))
+        try:
+            while True:
+                try:
+                    first = await asyncio.wait_for(inbox.get(), STREAM_IDLE)
+                except TimeoutError:
+                    raise DeadlineExceeded(f"submit stream idle for {STREAM_IDLE:g}s") from None
+                group, last = _group(first, inbox)
+                if group:
+                    answers, broken = await run_in(self.pools.client, self._store_group, group)
+                    for answer in answers:
+                        yield answer
+                    if broken is not None:
+                        raise broken
+                if last is END:
+                    return
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:
+            await abort(e, "SubmitStream", context)
+        finally:
+            reader.cancel()
+            self._inboxes.discard(inbox)
+
+    def _store_group(self, group: list[bytes]) -> tuple[list[pb.SubmitResponse], DtsError | None]:
+        """Parse, store (one commit) and answer a group of submits, in an executor thread.
+        A submit that does not parse ends the stream: the ones before it are stored and
+        answered, and its error is returned for the stream to end with."""
+        batches: list[list[JobSpec]] = []
+        broken: DtsError | None = None
+        for raw in group:
+            try:
+                batches.append([wire.spec_from_pb(s) for s in parse(pb.SubmitRequest, raw).jobs])
+            except DtsError as e:
+                broken = e
+                break
+        outcomes = self.c.store_submits(batches) if batches else []
+        self.c.queue_submitted([j for o in outcomes if not isinstance(o, DtsError) for j in o])
+        return [_lean_answer(o, self.c) for o in outcomes], broken
+
+
+class LoopWaker:
+    """A waiter the coordinator wakes from any thread; the call awaits it on the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+
+
+async def _read_into(raws: AsyncIterator[bytes], inbox: asyncio.Queue[object]) -> None:
     try:
-        for req in requests:
-            inbox.put(req)
-    except DtsError as e:  # a request that does not parse (wire.DecodeGuard)
-        inbox.put(e)
+        async for raw in raws:
+            inbox.put_nowait(raw)
+    except asyncio.CancelledError:
+        raise
     except Exception:  # the call ended (cancelled, connection gone)
         pass
-    inbox.put(END)
+    inbox.put_nowait(END)
 
 
-def _group(first: object, inbox: Inbox) -> tuple[list[pb.SubmitRequest], object]:
+def _group(first: object, inbox: asyncio.Queue[object]) -> tuple[list[bytes], object]:
     """`first` and the requests already waiting behind it (up to MAX_GROUP); and what ended
-    the group early if it was not a request (END or an error), else None."""
-    group: list[pb.SubmitRequest] = []
+    the group early if it was not a request (END), else None."""
+    group: list[bytes] = []
     item: object = first
-    while isinstance(item, pb.SubmitRequest):
+    while isinstance(item, bytes):
         group.append(item)
         if len(group) >= MAX_GROUP:
             return group, None
         try:
             item = inbox.get_nowait()
-        except queue.Empty:
+        except asyncio.QueueEmpty:
             return group, None
     return group, item
 
@@ -212,14 +247,31 @@ def _lean_answer(outcome: list[Job] | DtsError, c: Coordinator) -> pb.SubmitResp
     )
 
 
-class WorkerServicer(pb_grpc.WorkerServiceServicer):
-    """What workers call."""
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
 
-    def __init__(self, coordinator: Coordinator) -> None:
+
+class WorkerServicer:
+    """What workers call. A worker token bound to a name may act only as that worker."""
+
+    def __init__(self, coordinator: Coordinator, pools: Pools) -> None:
         self.c = coordinator
+        self.pools = pools
 
-    @rpc
-    def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:
+    def handler(self, identify: Identify) -> grpc.GenericRpcHandler:
+        unary: dict[str, Unary] = {
+            "Register": Unary(pb.RegisterRequest, self.register, self.pools.worker),
+            "Heartbeat": Unary(pb.HeartbeatRequest, self.heartbeat, self.pools.lease),
+            "Exchange": Unary(pb.ExchangeRequest, self.exchange, self.pools.worker),
+            "Unregister": Unary(pb.UnregisterRequest, self.unregister, self.pools.worker),
+        }
+        handlers = {name: unary_handler(name, m, identify) for name, m in unary.items()}
+        return grpc.method_handlers_generic_handler(WORKER_SERVICE, handlers)
+
+    def register(
+        self, request: pb.RegisterRequest, caller: Credential | None
+    ) -> pb.RegisterResponse:
+        _as_worker(caller, request.name, "Register")
         session = self.c.register(
             request.name, request.host, request.pid, request.concurrency, list(request.queues)
         )
@@ -231,8 +283,10 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             key_prefix=self.c.cfg.key_prefix,
         )
 
-    @rpc
-    def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
+    def heartbeat(
+        self, request: pb.HeartbeatRequest, caller: Credential | None
+    ) -> pb.HeartbeatResponse:
+        _as_worker(caller, request.name, "Heartbeat")
         leases = [wire.lease_from_pb(lease) for lease in request.leases]
         try:
             stale = self.c.heartbeat(request.name, request.session, leases, request.draining)
@@ -240,8 +294,10 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             return pb.HeartbeatResponse(reregister=True)
         return pb.HeartbeatResponse(cancel=[wire.lease_to_pb(s) for s in stale])
 
-    @rpc
-    def Exchange(self, request: pb.ExchangeRequest, context: Any) -> pb.ExchangeResponse:
+    def exchange(
+        self, request: pb.ExchangeRequest, caller: Credential | None
+    ) -> pb.ExchangeResponse:
+        _as_worker(caller, request.name, "Exchange")
         results = [wire.result_from_pb(r) for r in request.results]
         acks, assignments = self.c.exchange(
             request.name, request.session, results, list(request.claim)
@@ -254,7 +310,17 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             assignments=[wire.assignment_to_pb(a) for a in assignments],
         )
 
-    @rpc
-    def Unregister(self, request: pb.UnregisterRequest, context: Any) -> pb.UnregisterResponse:
+    def unregister(
+        self, request: pb.UnregisterRequest, caller: Credential | None
+    ) -> pb.UnregisterResponse:
+        _as_worker(caller, request.name, "Unregister")
         self.c.unregister(request.name, request.session)
         return pb.UnregisterResponse()
+
+
+def _as_worker(caller: Credential | None, claimed: str, call: str) -> None:
+    """A worker token bound to a name may only act as that worker."""
+    if caller is not None and caller.name and claimed != caller.name:
+        raise PermissionDenied(
+            f"this token belongs to worker {caller.name}; {call} as {claimed} refused"
+        )

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from itertools import pairwise
-from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from dts import errors
 from dts.domain import (
@@ -348,51 +346,3 @@ def error_from_rpc(e: grpc.RpcError, address: str) -> errors.DtsError:
     if code is grpc.StatusCode.PERMISSION_DENIED:
         return errors.PermissionDenied(f"dts-server at {address} does not allow it: {details}")
     return errors.from_code(code.name, details)
-
-
-class DecodeGuard(grpc.ServerInterceptor):
-    """Answers a request that does not parse (corrupt wire format, invalid UTF-8 in a string
-    field) with INVALID_ARGUMENT naming the problem, instead of gRPC's INTERNAL and a
-    traceback in the log: the handler gets the raw bytes and parses them itself."""
-
-    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
-        handler = continuation(details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        parse: Callable[[bytes], Any] = handler.request_deserializer
-        if handler.stream_stream is not None:
-            return self._stream(handler, parse)
-        if handler.unary_unary is None:
-            return handler
-        inner: Callable[[Any, grpc.ServicerContext], Any] = handler.unary_unary
-
-        def guarded(raw: bytes, context: grpc.ServicerContext) -> Any:
-            try:
-                request = parse(raw)
-            except DecodeError as e:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request does not parse: {e}")
-            return inner(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            guarded, request_deserializer=None, response_serializer=handler.response_serializer
-        )
-
-    @staticmethod
-    def _stream(handler: Any, parse: Callable[[bytes], Any]) -> Any:
-        """A streaming handler gets its requests parsed one by one; one that does not parse
-        raises InvalidArgument from the iterator, for the handler to answer with."""
-        inner: Callable[[Any, grpc.ServicerContext], Any] = handler.stream_stream
-
-        def parsed(raws: Iterator[bytes]) -> Iterator[Any]:
-            for raw in raws:
-                try:
-                    yield parse(raw)
-                except DecodeError as e:
-                    raise errors.InvalidArgument(f"request does not parse: {e}") from None
-
-        def guarded(raws: Iterator[bytes], context: grpc.ServicerContext) -> Any:
-            return inner(parsed(raws), context)
-
-        return grpc.stream_stream_rpc_method_handler(
-            guarded, request_deserializer=None, response_serializer=handler.response_serializer
-        )
