@@ -113,7 +113,7 @@ class ServerConfig:
     default_timeout: float = 0.0
     max_lost: int = 3
     reconcile_interval: float = 60.0
-    grpc_threads: int = 32
+    grpc_threads: int = 8
     sqlite_synchronous: str = "full"
     tokens_file: str = ""
     tls: ServerTls | None = None
@@ -166,7 +166,13 @@ def server_parser(env: Mapping[str, str] | None = None) -> ArgumentParser:
         default=60.0,
         help="seconds between full checks that Redis holds every queued job",
     )
-    p.add_argument("--grpc-threads", type=int, default=32, help="threads serving gRPC calls")
+    p.add_argument(
+        "--grpc-threads",
+        type=int,
+        default=8,
+        help="threads doing the store work of client calls, and as many for worker calls "
+        "(calls that wait hold none)",
+    )
     p.add_argument(
         "--sqlite-synchronous",
         default="full",

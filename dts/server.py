@@ -89,7 +89,7 @@ class Server:
         """Make the gRPC server and bind its port (on the event loop, which it belongs to)."""
         auth = self.auth
         identify = auth.identify if auth is not None else _nobody
-        self.health = Health(SERVICES)
+        self.health = Health()
         self.grpc = grpc.aio.server(
             handlers=[
                 self.scheduler.handler(identify),
