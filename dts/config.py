@@ -114,6 +114,7 @@ class ServerConfig:
     max_lost: int = 3
     reconcile_interval: float = 60.0
     grpc_threads: int = 8
+    max_waiters: int = 10_000
     sqlite_synchronous: str = "full"
     tokens_file: str = ""
     tls: ServerTls | None = None
@@ -174,6 +175,12 @@ def server_parser(env: Mapping[str, str] | None = None) -> ArgumentParser:
         "(calls that wait hold none)",
     )
     p.add_argument(
+        "--max-waiters",
+        type=int,
+        default=10_000,
+        help="calls waiting for a job to end at once (submit --wait); more are told to retry",
+    )
+    p.add_argument(
         "--sqlite-synchronous",
         default="full",
         choices=("full", "normal"),
@@ -218,6 +225,7 @@ def load_server_config(
         max_lost=ns.max_lost,
         reconcile_interval=ns.reconcile_interval,
         grpc_threads=ns.grpc_threads,
+        max_waiters=ns.max_waiters,
         sqlite_synchronous=ns.sqlite_synchronous,
         tokens_file=ns.tokens_file,
         tls=_server_tls(ns),
@@ -241,6 +249,7 @@ def load_server_config(
     _positive("--max-lost", cfg.max_lost)
     _positive("--reconcile-interval", cfg.reconcile_interval)
     _positive("--grpc-threads", cfg.grpc_threads)
+    _positive("--max-waiters", cfg.max_waiters)
     if not cfg.db:
         raise InvalidArgument("--db must not be empty")
     return cfg

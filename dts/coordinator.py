@@ -63,7 +63,6 @@ log = logging.getLogger("dts.coordinator")
 MAX_BATCH = 100_000  # jobs in one submit call
 MAX_LIST = 10_000  # jobs in one listing
 MAX_WAIT = 30.0  # seconds one WaitJob call may block
-MAX_WAITERS = 10_000  # calls waiting for a job to end at once (each holds a little memory)
 WORKER_RETENTION = 86400.0  # seconds a stopped or lost worker stays listed
 
 
@@ -90,7 +89,7 @@ class Coordinator:
         self._waiters: dict[int, list[Waker]] = {}
         self._waiters_lock = threading.Lock()
         self._waiter_count = 0
-        self.max_waiters = MAX_WAITERS
+        self.max_waiters = cfg.max_waiters
         self._sessions: dict[str, str] = {}
         # submitted jobs on their way to Redis, when an enqueuer thread takes them (the server)
         self.handoff: SimpleQueue[list[Job]] | None = None

@@ -159,6 +159,7 @@ def test_db_default_uses_the_first_state_directory(monkeypatch: pytest.MonkeyPat
         ["--max-lost", "0"],
         ["--reconcile-interval", "0"],
         ["--grpc-threads", "0"],
+        ["--max-waiters", "0"],
         ["--redis-url", "http://127.0.0.1:6379"],
         ["--redis-url", "127.0.0.1:6379"],
         ["--redis-url", ""],
