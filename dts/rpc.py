@@ -74,6 +74,11 @@ Work = Callable[[Any, Credential | None], Message]
 Identify = Callable[[Metadata], Credential | None]
 
 
+def anonymous(metadata: Metadata) -> None:
+    """For calls whose work does not depend on who calls (tokens, if any, were checked)."""
+    return None
+
+
 @dataclass(frozen=True)
 class Unary:
     """A unary method served in an executor: request type, work, and which pool runs it."""

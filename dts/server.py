@@ -10,7 +10,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import grpc
@@ -26,7 +26,7 @@ from dts.health import SERVING, Health
 from dts.notify import sd_notify
 from dts.process import PidFile, Readiness, Signals, daemonize, fail
 from dts.queue import Keys, RedisQueue, redacted_url
-from dts.rpc import EventLoop, Pools
+from dts.rpc import EventLoop, Pools, anonymous
 from dts.servicer import SCHEDULER, WORKER_SERVICE, SchedulerServicer, WorkerServicer
 from dts.stores.sqlite import SqliteStore
 
@@ -88,11 +88,11 @@ class Server:
     async def _listen(self) -> None:
         """Make the gRPC server and bind its port (on the event loop, which it belongs to)."""
         auth = self.auth
-        identify = auth.identify if auth is not None else _nobody
+        identify = auth.identify if auth is not None else anonymous
         self.health = Health()
         self.grpc = grpc.aio.server(
             handlers=[
-                self.scheduler.handler(identify),
+                self.scheduler.handler(),
                 self.workers.handler(identify),
                 self.health.handler(),
             ],
@@ -157,11 +157,6 @@ class Server:
         assert self.health is not None
         self.health.shutdown()
         self.scheduler.end_streams()  # long-lived SubmitStreams would hold the stop too
-
-
-def _nobody(metadata: Iterable[tuple[str, str | bytes]]) -> None:
-    """Without tokens, callers have no credential."""
-    return None
 
 
 def _done(future: concurrent.futures.Future[None], timeout: float) -> bool:

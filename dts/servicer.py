@@ -23,6 +23,7 @@ from dts.rpc import (
     Pools,
     Unary,
     abort,
+    anonymous,
     guarded,
     parse,
     run_in,
@@ -52,7 +53,7 @@ class SchedulerServicer:
         self._inboxes: set[asyncio.Queue[object]] = set()
         self._ended = False
 
-    def handler(self, identify: Identify) -> grpc.GenericRpcHandler:
+    def handler(self) -> grpc.GenericRpcHandler:
         pool = self.pools.client
         unary: dict[str, Unary] = {
             "Submit": Unary(pb.SubmitRequest, self.submit, pool),
@@ -65,7 +66,7 @@ class SchedulerServicer:
             "ListWorkers": Unary(pb.ListWorkersRequest, self.workers, pool),
             "GetStats": Unary(pb.StatsRequest, self.stats, pool),
         }
-        handlers = {name: unary_handler(name, m, identify) for name, m in unary.items()}
+        handlers = {name: unary_handler(name, m, anonymous) for name, m in unary.items()}
         handlers["WaitJob"] = grpc.unary_unary_rpc_method_handler(
             guarded("WaitJob", self.wait_job), response_serializer=_serialize
         )
