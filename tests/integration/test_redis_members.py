@@ -187,3 +187,16 @@ def test_exchange_of_any_ids_is_answered_without_an_error(
     assert coordinator.get(job.id).status is JobStatus.RUNNING
     coordinator.exchange("w-any", session, [Result(job.id, 1, Outcome.SUCCEEDED, 0, "")], [])
     assert coordinator.get(job.id).status is JobStatus.SUCCEEDED
+
+
+def test_an_epoch_of_any_bytes_does_not_stop_the_redis_check(
+    client: redis.Redis, coordinator: Coordinator
+) -> None:
+    # Given an epoch key a writer set to bytes that are no text
+    epoch = coordinator.queue.keys.epoch
+    client.set(epoch, b"\xff\xfe")
+    coordinator.reconcile_needed.clear()
+    # When the reconciler checks Redis, then it goes on: the key is there, Redis did not restart
+    coordinator.check_redis()
+    assert client.get(epoch) == b"\xff\xfe"
+    assert not coordinator.reconcile_needed.is_set()
