@@ -55,7 +55,7 @@ from dts.errors import (
     ShuttingDown,
     UnknownSession,
 )
-from dts.queue import QueuedJob, RedisQueue
+from dts.queue import QueuedJob, RedisQueue, is_job_id
 from dts.store import Store, Transaction
 
 log = logging.getLogger("dts.coordinator")
@@ -370,16 +370,17 @@ class Coordinator:
         now = self.clock()
         acks: list[tuple[bool, str]] = []
         changed: list[Job] = []
+        job_ids = [i for i in job_ids if is_job_id(i)]  # no other number names a job
         with self.store.transaction() as tx:
             self._session(tx, name, session)
             # the common case in bulk: a success from the worker that holds the attempt
-            ok = [r for r in results if r.outcome is Outcome.SUCCEEDED]
+            ok = [r for r in results if r.outcome is Outcome.SUCCEEDED and is_job_id(r.job_id)]
             succeeded = tx.finish_succeeded(name, ok, now) if ok else set()
             for r in results:
                 if (r.job_id, r.attempt) in succeeded and r.outcome is Outcome.SUCCEEDED:
                     acks.append((True, ""))
                     continue
-                job = tx.get_job(r.job_id)
+                job = tx.get_job(r.job_id) if is_job_id(r.job_id) else None
                 if job is None:
                     acks.append((False, f"no job with id {r.job_id}"))
                 elif (
@@ -501,7 +502,8 @@ class Coordinator:
                 jobs = self.store.queued(after, chunk)
                 if not jobs:
                     break
-                taken = self.queue.inflight([j.id for j in jobs])
+                # a pop's deadline is at most a lease ahead; one further off was never a pop's
+                taken = self.queue.inflight([j.id for j in jobs], 2 * self.cfg.worker_timeout + 60)
                 total += self.queue.enqueue(
                     [
                         QueuedJob(j.id, j.spec.queue, j.spec.priority)

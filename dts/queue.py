@@ -4,21 +4,35 @@ Only job ids travel through Redis; a worker learns what to run from the server. 
 a sorted set scored so that higher priority comes first and, within a priority, lower (older)
 ids. A pop moves ids atomically into the `inflight` set with a deadline, so an id whose taker
 dies before claiming it is put back by the server instead of being lost.
+
+Anyone who can write to Redis can put anything there. Every member read back goes through
+`parse_id`; what is not a job id is dropped (from the queue and from `inflight`) with a
+rate-limited warning, and never reaches a worker's claim or the server's recovery.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import re
+import threading
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
 
 from dts.domain import MAX_PRIORITY
 
+log = logging.getLogger("dts.queue")
+
 ID_BITS = 43  # job ids below 2**43 keep every score exact in a double
+ID_LIMIT = 1 << ID_BITS
+ID_DIGITS = len(str(ID_LIMIT - 1))
 WAKE_TOKENS = 64  # idle workers woken at most per enqueue batch
+JUNK_ROUNDS = 16  # pops that replace dropped members, at most, per call
+JUNK_REPEAT = 60.0  # seconds between two warnings of one cause of dropped members
 
 
 def redacted_url(url: str) -> str:
@@ -49,6 +63,55 @@ class Keys:
     @property
     def epoch(self) -> str:
         return f"{self.prefix}epoch"
+
+
+def is_job_id(value: int) -> bool:
+    """Whether `value` can be a job id: positive and below 2**ID_BITS."""
+    return 0 < value < ID_LIMIT
+
+
+def parse_id(member: bytes | str) -> int:
+    """The job id a Redis member names; ValueError (saying why) for anything else.
+
+    dts writes an id as `str(id)`, so only that form is one: no sign, no leading zero, no
+    space, no exponent, ASCII digits only, and below 2**ID_BITS. Whatever else a writer puts
+    in Redis is not a job of ours, however `int()` would read it.
+    """
+    raw = member.encode("ascii") if isinstance(member, str) and member.isascii() else member
+    if not isinstance(raw, bytes) or not raw.isdigit():  # bytes.isdigit: ASCII digits only
+        raise ValueError("empty" if not raw else "not a decimal number")
+    if raw[0] == ord("0"):
+        raise ValueError("zero or a leading zero")
+    value = int(raw) if len(raw) <= ID_DIGITS else ID_LIMIT  # no huge int() to build
+    if value >= ID_LIMIT:
+        raise ValueError(f"not below 2**{ID_BITS}")
+    return value
+
+
+class DropLog:
+    """Warns about dropped members once per place and cause at once, then at most once every
+    `repeat` seconds with a count: a writer that keeps adding junk cannot flood the log."""
+
+    def __init__(
+        self, repeat: float = JUNK_REPEAT, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.repeat = repeat
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], tuple[int, float]] = {}  # -> (unlogged, last logged)
+
+    def note(self, member: bytes, where: str, cause: str) -> None:
+        key = (where, cause)
+        now = self.clock()
+        with self._lock:
+            count, last = self._seen.get(key, (0, -math.inf))
+            if now - last < self.repeat:
+                self._seen[key] = (count + 1, last)
+                return
+            self._seen[key] = (0, now)
+        shown = repr(member[:40]) + ("..." if len(member) > 40 else "")
+        more = f"; {count} more like it since the last warning" if count else ""
+        log.warning("dropped %s from %s: not a job id (%s)%s", shown, where, cause, more)
 
 
 def score(priority: int, job_id: int) -> int:
@@ -124,6 +187,7 @@ class RedisQueue:
         self._pop = client.register_script(POP_SCRIPT)
         self._expired = client.register_script(EXPIRED_SCRIPT)
         self._enqueue = client.register_script(ENQUEUE_SCRIPT)
+        self.dropped = DropLog()
 
     def enqueue(self, jobs: Sequence[QueuedJob]) -> int:
         """Add jobs to their queues (idempotent), wake idle workers; returns how many were new."""
@@ -150,8 +214,9 @@ class RedisQueue:
         """Take up to `count` ids, earlier queues first, parking them in `inflight`; first
         acknowledge `ack` (ids claimed since the last pop), saving a round trip."""
         keys = [self.keys.inflight, *(self.keys.queue(q) for q in queues)]
-        ids = self._pop(keys=keys, args=[count, lease_seconds, *ack])
-        return [int(i) for i in ids]
+        return self._ids(
+            keys, self._pop(keys=keys, args=[count, lease_seconds, *ack]), lease_seconds
+        )
 
     def wait_and_pop(
         self, queues: Sequence[str], timeout: float, count: int, lease_seconds: float
@@ -163,8 +228,36 @@ class RedisQueue:
         pipe = self.redis.pipeline(transaction=False)
         pipe.blpop([self.keys.wake(q) for q in queues], timeout=timeout)
         self._pop(keys=keys, args=[count, lease_seconds], client=pipe)
-        _, ids = pipe.execute()
-        return [int(i) for i in ids]
+        _, members = pipe.execute()
+        return self._ids(keys, members, lease_seconds)
+
+    def _ids(self, keys: list[str], members: list[bytes], lease_seconds: float) -> list[int]:
+        """The job ids among popped members. Members that are none are dropped from
+        `inflight` (where the pop parked them) by a pop that takes as many in their place, so
+        junk costs a round trip, not a slot's share of the queue."""
+        ids, junk = self._split(members, keys[1:])
+        rounds = 0
+        while junk:
+            if rounds == JUNK_ROUNDS:  # a flood of junk: leave the rest to the next pop
+                self.redis.zrem(keys[0], *junk)
+                break
+            rounds += 1
+            more, junk = self._split(
+                self._pop(keys=keys, args=[len(junk), lease_seconds, *junk]), keys[1:]
+            )
+            ids += more
+        return ids
+
+    def _split(self, members: list[bytes], where: Sequence[str]) -> tuple[list[int], list[bytes]]:
+        ids: list[int] = []
+        junk: list[bytes] = []
+        for m in members:
+            try:
+                ids.append(parse_id(m))
+            except ValueError as e:
+                junk.append(m)
+                self.dropped.note(m, ", ".join(where), str(e))
+        return ids, junk
 
     def ack(self, job_ids: Sequence[int]) -> None:
         """The ids were claimed (or found unclaimable): they need no recovery."""
@@ -177,15 +270,28 @@ class RedisQueue:
             self.redis.zadd(self.keys.inflight, {str(i): 0 for i in job_ids}, xx=True)
 
     def expired_inflight(self, limit: int) -> list[int]:
-        """Ids taken from a queue whose taker never acknowledged them in time."""
-        return [int(i) for i in self._expired(keys=[self.keys.inflight], args=[limit])]
+        """Ids taken from a queue whose taker never acknowledged them in time. Expired members
+        that are not job ids are dropped from `inflight` here."""
+        members = self._expired(keys=[self.keys.inflight], args=[limit])
+        ids, junk = self._split(members, [self.keys.inflight])
+        if junk:
+            self.redis.zrem(self.keys.inflight, *junk)
+        return ids
 
-    def inflight(self, job_ids: Sequence[int]) -> set[int]:
-        """Those of `job_ids` a worker has taken and not yet acknowledged."""
+    def inflight(self, job_ids: Sequence[int], within: float = math.inf) -> set[int]:
+        """Those of `job_ids` a worker has taken and not yet acknowledged, with a deadline at
+        most `within` seconds ahead on Redis's clock: a later one (+inf, say) was set by no
+        pop, and would keep its job out of the queue for good."""
         if not job_ids:
             return set()
-        scores = self.redis.zmscore(self.keys.inflight, [str(i) for i in job_ids])
-        return {i for i, sc in zip(job_ids, scores, strict=True) if sc is not None}
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.zmscore(self.keys.inflight, [str(i) for i in job_ids])
+        (secs, micros), scores = pipe.execute()
+        horizon = secs + micros / 1e6 + within
+        return {
+            i for i, sc in zip(job_ids, scores, strict=True) if sc is not None and sc <= horizon
+        }
 
     def remove(self, queue: str, job_id: int) -> None:
         """Drop a job id from its queue (e.g. cancelled before it started)."""
@@ -193,7 +299,8 @@ class RedisQueue:
 
     def epoch(self) -> str | None:
         value = self.redis.get(self.keys.epoch)
-        return value.decode() if isinstance(value, bytes) else value
+        # any bytes a writer left there are an epoch: a decoding error must not stop the check
+        return value.decode(errors="replace") if isinstance(value, bytes) else value
 
     def set_epoch(self, value: str) -> None:
         self.redis.set(self.keys.epoch, value)

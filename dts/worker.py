@@ -48,6 +48,9 @@ PREFETCH_WORK = 0.1  # seconds of (estimated) work a slot may claim ahead of wha
 PREFETCH_MAX = 64  # jobs a slot claims at once, however short they are
 MAX_RESULT_DELAY = 0.1  # seconds a finished result may wait to ride on the next claim
 FENCE_FRACTION = 0.8  # of the lease: kill our jobs when no renewal got through for this long
+# A thread of ours died of a bug (sysexits.h EX_SOFTWARE): the worker exits with this, and its
+# service manager starts a fresh one, rather than heartbeating on with fewer hands than it shows
+EXIT_SOFTWARE = 70
 REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 RETRYABLE = (
     grpc.StatusCode.UNAVAILABLE,
@@ -120,6 +123,7 @@ class Worker:
         self._draining = False
         self._done = threading.Event()  # tells the heartbeat to finish
         self.exit_code = 0
+        self.crashed = False  # a slot or the heartbeat died of a bug
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -194,9 +198,41 @@ class Worker:
         except grpc.RpcError as e:
             log.info("could not tell the server we stopped: %s", e.code())
 
-    # ---- slots ----------------------------------------------------------------------------
+    # ---- threads --------------------------------------------------------------------------
 
     def _slot_loop(self) -> None:
+        """A slot thread. A bug that ends it stops the worker after a drain: the other slots'
+        jobs are healthy and may finish (and be reported) while the heartbeat goes on."""
+        self._guarded(self._slot, "slot", stop_jobs=False)
+
+    def _heartbeat_loop(self) -> None:
+        """The heartbeat thread. A bug that ends it stops the worker's jobs now (TERM, KILL
+        after --kill-grace, well within a lease): nothing renews their leases or fences them
+        any more, so the server would hand them out again while they run."""
+        self._guarded(self._heartbeat, "heartbeat", stop_jobs=True)
+
+    def _guarded(self, body: Callable[[], None], what: str, stop_jobs: bool) -> None:
+        try:
+            body()
+        except BaseException:  # the top of a thread: nobody else would see it
+            log.critical(
+                "%s thread %s died of an unexpected error; stopping the worker (exit %d)",
+                what,
+                threading.current_thread().name,
+                EXIT_SOFTWARE,
+                exc_info=True,
+            )
+            self.crashed = True
+            if not self.exit_code:
+                self.exit_code = EXIT_SOFTWARE
+            if stop_jobs:
+                self._stop_all(Outcome.RELEASED, f"worker stopping: its {what} failed")
+            self.signals.stop.set()
+            self.signals.wakeup.set()
+
+    # ---- slots ----------------------------------------------------------------------------
+
+    def _slot(self) -> None:
         """Claim and run jobs; results ride on the next claim.
 
         While jobs are short (under PREFETCH_BELOW), the slot claims several at a time and
@@ -512,18 +548,46 @@ class Worker:
             )
         deadline = time.monotonic() + self.cfg.drain_timeout
         # a second SIGTERM (even one that came before the drain began) means: stop them now
-        while time.monotonic() < deadline and self.signals.stops < 2:
-            if not any(t.is_alive() for t in slots):
-                return
+        while any(t.is_alive() for t in slots):
+            if time.monotonic() >= deadline or self.signals.stops >= 2:
+                if self._running:
+                    log.warning(
+                        "stopping %d job(s) that did not finish; they will run again",
+                        len(self._running),
+                    )
+                    self._stop_all(Outcome.RELEASED, "worker stopped before the job finished")
+                for t in slots:
+                    t.join(self.cfg.kill_grace + RPC_TIMEOUT + 5)
+                break
             self.signals.wakeup.wait(0.1)
             self.signals.wakeup.clear()
-        if self._running:
-            log.warning(
-                "stopping %d job(s) that did not finish; they will run again", len(self._running)
+        if self.crashed and not any(t.is_alive() for t in slots):
+            self._hand_back_orphans()
+
+    def _hand_back_orphans(self) -> None:
+        """After a slot died, report what only it knew of: results it never sent, and attempts
+        it claimed but never started (released: they run again at once, without counting as
+        lost). Best effort, one try: what does not get through the server recovers as lost."""
+        with self._lock:
+            orphans = list(self._running.values())
+        try:
+            for exe in orphans:  # stopped before it started: run() spawns nothing
+                exe.stop(Outcome.RELEASED, "worker stopping: the slot that claimed it failed")
+                self._execute(exe)
+            with self._lock:
+                results = list(self._unreported.values())
+            if not results:
+                return
+            log.info("reporting %d result(s) of the slot that failed", len(results))
+            req = self._request(results, [])
+            resp = self._call(
+                lambda: self.stub.Exchange(req, timeout=RPC_TIMEOUT), until=lambda: True
             )
-            self._stop_all(Outcome.RELEASED, "worker stopped before the job finished")
-        for t in slots:
-            t.join(self.cfg.kill_grace + RPC_TIMEOUT + 5)
+        except Exception:  # the bug may well be in this path too; the server recovers them
+            log.exception("could not report the failed slot's jobs; the server recovers them")
+            return
+        if resp is not None:
+            self._forget(results)
 
     # ---- heartbeat ------------------------------------------------------------
 
@@ -532,7 +596,7 @@ class Worker:
             held = [*self._running, *self._unreported]
         return [pb.Lease(job_id=j, attempt=n) for j, n in held]
 
-    def _heartbeat_loop(self) -> None:
+    def _heartbeat(self) -> None:
         """Renew leases; stop jobs the server no longer gives us; self-fence when cut off.
 
         The server renews a lease when it receives the heartbeat, which is after we sent it,
