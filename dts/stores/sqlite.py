@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +32,8 @@ from dts.domain import (
 )
 from dts.errors import Internal, Unavailable
 from dts.store import Key, chunks
+
+log = logging.getLogger("dts.store")
 
 SCHEMA_VERSION = 2
 BATCH_ROWS = 400  # rows one statement touches by an IN list (SQLite allows 32,766 variables)
@@ -427,6 +431,47 @@ class SqliteTransaction:
         self._c.execute("DELETE FROM workers WHERE name = ?", (name,))
 
 
+def _create_private(path: str) -> None:
+    """Create the database file 0600 (whatever the umask) unless it exists: SQLite's unix VFS
+    gives the -wal and -shm files the mode of the database file, so they follow."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)  # the umask may have taken bits off 0600, never added any
+    finally:
+        os.close(fd)
+
+
+def _warn_if_exposed(path: str) -> None:
+    """Warn about a database (or its -wal/-shm) other users can read, and about a directory
+    they can list or enter. An existing file keeps its mode: the operator may mean it."""
+    loose = []
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            mode = os.stat(name).st_mode
+        except OSError:
+            continue
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            loose.append(f"{name} (mode {stat.S_IMODE(mode):04o})")
+    if loose:
+        log.warning(
+            "database files can be read by other users: %s; chmod 600 them", ", ".join(loose)
+        )
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        mode = os.stat(parent).st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IROTH | stat.S_IXOTH):
+        log.warning(
+            "the database's directory %s is open to other users (mode %04o): chmod o-rwx it",
+            parent,
+            stat.S_IMODE(mode),
+        )
+
+
 class SqliteStore:
     """A Store on one SQLite file. Thread-safe: one connection, one lock."""
 
@@ -435,6 +480,7 @@ class SqliteStore:
         parent = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(parent, exist_ok=True)
+            _create_private(path)
             self._c = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._c.execute("PRAGMA journal_mode = WAL")
             self._c.execute("PRAGMA busy_timeout = 5000")
@@ -445,6 +491,7 @@ class SqliteStore:
             raise Unavailable(f"cannot open database {path}: {e}") from e
         self._lock = threading.RLock()
         self._migrate()
+        _warn_if_exposed(path)
 
     def _migrate(self) -> None:
         with self._lock:

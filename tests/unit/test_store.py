@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -436,6 +439,58 @@ def test_unopenable_path_is_unavailable(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(Unavailable, match="cannot open database"):
         SqliteStore(str(blocker / "dts.db"))
+
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], None]]:
+    """Set this process's umask for a test; the old one comes back after it."""
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o000, 0o022, 0o277], ids=["000", "022", "277"])
+def test_a_new_database_and_its_wal_and_shm_are_private_whatever_the_umask(
+    db: Path, umask: Callable[[int], None], mask: int
+) -> None:
+    # Given a umask that would leave new files readable by others (or not even writable)
+    umask(mask)
+    # When a store creates its database and writes to it
+    s = SqliteStore(str(db))
+    try:
+        add(s, spec("secret", env=(("TOKEN", "t"),)))
+        # Then the database and the WAL files SQLite made beside it are the owner's alone
+        files = [db, db.with_name("dts.db-wal"), db.with_name("dts.db-shm")]
+        assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {
+            f.name: 0o600 for f in files
+        }
+    finally:
+        s.close()
+
+
+def test_open_directory_and_loose_existing_files_are_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a private directory: a new database there gets no warning
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    with caplog.at_level(logging.WARNING, "dts.store"):
+        SqliteStore(str(private / "dts.db")).close()
+    assert caplog.messages == []
+    # Given a database left readable by others, in a directory others may list and enter
+    (private / "dts.db").chmod(0o644)
+    private.chmod(0o755)
+    # When a store opens it
+    with caplog.at_level(logging.WARNING, "dts.store"):
+        SqliteStore(str(private / "dts.db")).close()
+    # Then it says so, and leaves the file's mode as the operator set it
+    db = private / "dts.db"
+    assert caplog.messages == [
+        f"database files can be read by other users: {db} (mode 0644), {db}-wal (mode 0644),"
+        f" {db}-shm (mode 0644); chmod 600 them",
+        f"the database's directory {private} is open to other users (mode 0755): chmod o-rwx it",
+    ]
+    assert stat.S_IMODE(db.stat().st_mode) == 0o644
 
 
 def test_sql_metacharacters_round_trip(store: SqliteStore, db: Path) -> None:
