@@ -350,7 +350,7 @@ class Coordinator:
         acks: list[tuple[bool, str]] = []
         changed: list[Job] = []
         with self.store.transaction() as tx:
-            self._session(tx, name, session)
+            worker = self._session(tx, name, session)
             # the common case in bulk: a success from the worker that holds the attempt
             ok = [r for r in results if r.outcome is Outcome.SUCCEEDED]
             succeeded = tx.finish_succeeded(name, ok, now) if ok else set()
@@ -371,8 +371,23 @@ class Coordinator:
                     changed.append(self._finish(tx, job, r, now))
                     acks.append((True, ""))
             # a claim is a compare-and-set queued -> running that starts a numbered attempt;
-            # ids that are not claimable (delivered twice, cancelled) are left out
-            assignments = tx.claim_queued(job_ids, name, now, now + self.cfg.worker_timeout)
+            # ids that are not claimable (delivered twice, cancelled, of a queue the worker
+            # did not register with) are left out
+            until = now + self.cfg.worker_timeout
+            assignments = tx.claim_queued(job_ids, name, worker.queues, now, until)
+            foreign = (
+                _foreign(tx, job_ids, assignments, worker.queues)
+                if len(assignments) < len(job_ids)
+                else []
+            )
+        if foreign:
+            log.warning(
+                "worker %s (queues %s) claimed job(s) of other queues: %s; refused (a misrouted "
+                "id, or a worker that is not what it claims to be)",
+                name,
+                ",".join(worker.queues),
+                ", ".join(f"{j.id} ({j.spec.queue})" for j in foreign),
+            )
         if log.isEnabledFor(logging.INFO):
             for key in sorted(succeeded):
                 log.info("job %d running -> succeeded worker=%s attempt=%d", key[0], name, key[1])
@@ -704,3 +719,17 @@ class Coordinator:
             for job_id in job_ids:
                 for event in self._waiters.get(job_id, ()):
                     event.set()
+
+
+FOREIGN_CHECKS = 100  # unclaimed ids of one exchange looked at for the warning about them
+
+
+def _foreign(
+    tx: Transaction, job_ids: Sequence[int], claimed: Sequence[Assignment], queues: Sequence[str]
+) -> list[Job]:
+    """Jobs among the ids a worker claimed in vain that belong to queues it does not serve
+    (the first FOREIGN_CHECKS unclaimed ids are looked at: this only feeds a warning)."""
+    taken = {a.job_id for a in claimed}
+    unclaimed = list(dict.fromkeys(i for i in job_ids if i not in taken))[:FOREIGN_CHECKS]
+    jobs = (tx.get_job(i) for i in unclaimed)
+    return [j for j in jobs if j is not None and j.spec.queue not in queues]

@@ -309,16 +309,23 @@ class SqliteTransaction:
         return cur.rowcount
 
     def claim_queued(
-        self, job_ids: Sequence[int], worker: str, now: float, lease_until: float
+        self,
+        job_ids: Sequence[int],
+        worker: str,
+        queues: Sequence[str],
+        now: float,
+        lease_until: float,
     ) -> list[Assignment]:
         claimed: list[Assignment] = []
+        served = ",".join("?" * len(queues))  # at most MAX_WORKER_QUEUES variables
         for part in chunks(job_ids, BATCH_ROWS):
             marks = ",".join("?" * len(part))
             rows = self._c.execute(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = ?,"
                 " started_at = ?, lease_expires_at = ?, exit_code = NULL, error = ''"
-                f" WHERE id IN ({marks}) AND status = 'queued' RETURNING {SPEC_COLUMNS}, attempts",
-                (worker, now, lease_until, *part),
+                f" WHERE id IN ({marks}) AND status = 'queued' AND queue IN ({served})"
+                f" RETURNING {SPEC_COLUMNS}, attempts",
+                (worker, now, lease_until, *part, *queues),
             ).fetchall()
             claimed += (Assignment(row[0], row[13], _spec(row)) for row in rows)
         if len(claimed) > 1:  # RETURNING has no order: keep the order the ids were taken in

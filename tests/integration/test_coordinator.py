@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -113,6 +114,27 @@ def test_claim_with_an_unknown_session_is_refused(env: Env) -> None:
     job = env.c.submit([spec()])[0]
     with pytest.raises(UnknownSession):
         env.claim("ghost", "nope", [job.id])
+
+
+def test_a_claim_of_a_job_of_a_queue_the_worker_does_not_serve_is_refused(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a job of queue secretq, and a worker registered for fq alone
+    job = env.c.submit([spec("deploy", queue="secretq", env=(("SECRET", "s3cr3t"),))])[0]
+    s = env.worker("fq-worker", ("fq",))
+    # When that worker claims the job's id (a misrouted id, or a hostile worker)
+    with caplog.at_level(logging.WARNING, "dts.coordinator"):
+        assert env.claim("fq-worker", s, [job.id, 10**9]) == []
+    # Then it gets nothing, the server says why, and the job is untouched
+    assert f"claimed job(s) of other queues: {job.id} (secretq)" in caplog.text
+    untouched = env.c.get(job.id)
+    assert (untouched.status, untouched.attempts, untouched.worker) == (JobStatus.QUEUED, 0, "")
+    assert env.c.history(job.id) == []
+    # And a made-up success for it is refused
+    assert env.report("fq-worker", [ok(job.id)])[0][0] is False
+    # While a worker of secretq claims it as usual
+    s2 = env.worker("secret-worker", ("fq", "secretq"))
+    assert [a.job_id for a in env.claim("secret-worker", s2, [job.id])] == [job.id]
 
 
 def test_report_success_makes_the_job_final_with_output(env: Env) -> None:

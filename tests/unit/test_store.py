@@ -442,7 +442,7 @@ def test_unopenable_path_is_unavailable(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def umask() -> Iterator[Callable[[int], None]]:
+def umask() -> Iterator[Callable[[int], int]]:
     """Set this process's umask for a test; the old one comes back after it."""
     old = os.umask(0o022)
     yield os.umask
@@ -451,7 +451,7 @@ def umask() -> Iterator[Callable[[int], None]]:
 
 @pytest.mark.parametrize("mask", [0o000, 0o022, 0o277], ids=["000", "022", "277"])
 def test_a_new_database_and_its_wal_and_shm_are_private_whatever_the_umask(
-    db: Path, umask: Callable[[int], None], mask: int
+    db: Path, umask: Callable[[int], int], mask: int
 ) -> None:
     # Given a umask that would leave new files readable by others (or not even writable)
     umask(mask)
@@ -566,7 +566,7 @@ def test_claims_in_bulk_keep_the_order_taken_and_only_take_queued_jobs(
     wanted = [j.id for j in reversed(jobs)] + [held.id, jobs[0].id]  # a duplicate too
     # When a worker claims them in an order of its own
     with store.transaction() as tx:
-        claimed = tx.claim_queued(wanted, "w1", 200.0, 230.0)
+        claimed = tx.claim_queued(wanted, "w1", ["default"], 200.0, 230.0)
     # Then every queued one is claimed once, in that order, as attempt 1 with its spec
     assert [a.job_id for a in claimed] == [j.id for j in reversed(jobs)]
     assert {a.attempt for a in claimed} == {1}
@@ -581,12 +581,24 @@ def test_claims_in_bulk_keep_the_order_taken_and_only_take_queued_jobs(
     assert store.get_job(held.id).status is S.SCHEDULED  # type: ignore[union-attr]
 
 
+def test_a_claim_takes_only_jobs_of_the_queues_given(store: SqliteStore) -> None:
+    # Given queued jobs of three queues
+    mine, other, also = add(store, spec(queue="fq"), spec(queue="secretq"), spec(queue="b"))
+    # When a worker of queues fq and b claims all three
+    with store.transaction() as tx:
+        claimed = tx.claim_queued([other.id, mine.id, also.id], "w1", ["fq", "b"], 1.0, 2.0)
+    # Then it gets the jobs of its queues, and the other one stays queued with no attempt
+    assert [a.job_id for a in claimed] == [mine.id, also.id]
+    assert store.get_job(other.id) == other
+    assert store.attempts(other.id) == []
+
+
 def test_successes_in_bulk_are_fenced_and_keep_their_output(store: SqliteStore) -> None:
     from dts.domain import Result
 
     jobs = add(store, *[spec(f"job{i}") for i in range(4)])
     with store.transaction() as tx:
-        tx.claim_queued([j.id for j in jobs], "w1", 200.0, 230.0)
+        tx.claim_queued([j.id for j in jobs], "w1", ["default"], 200.0, 230.0)
     a, b, c, d = (j.id for j in jobs)
     results = [
         Result(a, 1, Outcome.SUCCEEDED, 0),  # quiet
