@@ -49,6 +49,7 @@ from dts.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     SessionSuperseded,
     ShuttingDown,
     UnknownSession,
@@ -264,8 +265,18 @@ class Coordinator:
     # ---- worker-facing --------------------------------------------------------------------
 
     def register(
-        self, name: str, host: str, pid: int, concurrency: int, queues: Sequence[str]
+        self,
+        name: str,
+        host: str,
+        pid: int,
+        concurrency: int,
+        queues: Sequence[str],
+        credential: str = "",
     ) -> str:
+        """Start a session for worker `name`; returns its id. `credential` is a non-secret name
+        of the token the worker presented ('' without tokens): a name whose session is alive
+        is refused to another credential (PERMISSION_DENIED), and taken over at once by the
+        same one (a restart)."""
         if not name or len(name) > MAX_NAME_CHARS:
             raise InvalidArgument(f"worker name must be 1-{MAX_NAME_CHARS} characters")
         if len(host) > MAX_HOST_CHARS:
@@ -282,6 +293,7 @@ class Coordinator:
         now = self.clock()
         requeued: list[Job] = []
         with self.store.transaction() as tx:
+            self._check_takeover(tx.get_worker(name), credential, now)
             # A new registration under a known name is that worker restarted: whatever its
             # previous life was running is gone, so recover it now instead of after the lease.
             for old in self.store.running_of(name):
@@ -298,6 +310,7 @@ class Coordinator:
                     0,
                     now,
                     now,
+                    credential,
                 )
             )
         self._sessions[name] = session
@@ -537,6 +550,30 @@ class Coordinator:
                 f"worker name {name} was registered again by {worker.host} pid {worker.pid}"
             )
         return worker
+
+    def _check_takeover(self, old: WorkerInfo | None, credential: str, now: float) -> None:
+        """Refuse a registration under the name of a live worker that registered with another
+        credential: an unbound worker token must not knock a real worker off its name. Once
+        that worker stopped or is lost, any worker token may take the name; a session kept
+        without a credential (none was recorded before schema version 3) protects nothing."""
+        if old is None or not old.credential or old.credential == credential:
+            return
+        if old.state in (WorkerState.LOST, WorkerState.STOPPED):
+            return
+        if now - old.last_heartbeat > self.cfg.worker_timeout:
+            return
+        log.warning(
+            "registration as worker %s refused: that worker (host %s, pid %d) is alive and "
+            "registered with another credential",
+            old.name,
+            old.host,
+            old.pid,
+        )
+        raise PermissionDenied(
+            f"worker name {old.name} is in use by a live worker (host {old.host}, pid {old.pid})"
+            " that registered with another token; it can be taken once that worker stops or is"
+            f" lost ({self.cfg.worker_timeout:g}s without a heartbeat)"
+        )
 
     def _move(self, tx: Transaction, job: Job, status: JobStatus, **changes: object) -> Job:
         if not can_transition(job.status, status):

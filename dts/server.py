@@ -64,7 +64,8 @@ class Server:
         )
         self.scheduler = SchedulerServicer(self.coordinator)
         pb_grpc.add_SchedulerServicer_to_server(self.scheduler, self.grpc)
-        pb_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self.coordinator), self.grpc)
+        workers = WorkerServicer(self.coordinator, self.auth)
+        pb_grpc.add_WorkerServiceServicer_to_server(workers, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         self.port = 0
 

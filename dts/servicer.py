@@ -12,6 +12,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from dts import wire
+from dts.auth import TokenAuth
 from dts.coordinator import Coordinator
 from dts.domain import Job
 from dts.errors import DeadlineExceeded, DtsError, InvalidArgument, UnknownSession
@@ -215,13 +216,20 @@ def _lean_answer(outcome: list[Job] | DtsError, c: Coordinator) -> pb.SubmitResp
 class WorkerServicer(pb_grpc.WorkerServiceServicer):
     """What workers call."""
 
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Coordinator, auth: TokenAuth | None = None) -> None:
         self.c = coordinator
+        self.auth = auth
 
     @rpc
     def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:
+        credential = self.auth.credential_id(context.invocation_metadata()) if self.auth else ""
         session = self.c.register(
-            request.name, request.host, request.pid, request.concurrency, list(request.queues)
+            request.name,
+            request.host,
+            request.pid,
+            request.concurrency,
+            list(request.queues),
+            credential,
         )
         lease = self.c.cfg.worker_timeout
         return pb.RegisterResponse(

@@ -35,7 +35,7 @@ from dts.store import Key, chunks
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BATCH_ROWS = 400  # rows one statement touches by an IN list (SQLite allows 32,766 variables)
 
 SCHEMA = [
@@ -95,7 +95,8 @@ SCHEMA = [
         state TEXT NOT NULL,
         running INTEGER NOT NULL,
         registered_at REAL NOT NULL,
-        last_heartbeat REAL NOT NULL
+        last_heartbeat REAL NOT NULL,
+        credential TEXT NOT NULL DEFAULT ''  -- a non-secret name of the token it registered with
     )""",
 ]
 
@@ -133,6 +134,7 @@ def _insert_row(
 # version by SCHEMA).
 MIGRATIONS: dict[int, list[str]] = {
     2: ["ALTER TABLE jobs ADD COLUMN limits TEXT NOT NULL DEFAULT ''"],
+    3: ["ALTER TABLE workers ADD COLUMN credential TEXT NOT NULL DEFAULT ''"],
 }
 
 SPEC_COLUMNS = (
@@ -147,7 +149,8 @@ ATTEMPT_COLUMNS = (
     "length(stdout), length(stderr)"
 )
 WORKER_COLUMNS = (
-    "name, host, pid, session, concurrency, queues, state, running, registered_at, last_heartbeat"
+    "name, host, pid, session, concurrency, queues, state, running, registered_at, last_heartbeat,"
+    " credential"
 )
 
 
@@ -228,6 +231,7 @@ def _worker(row: tuple[Any, ...]) -> WorkerInfo:
         running=row[7],
         registered_at=row[8],
         last_heartbeat=row[9],
+        credential=row[10],
     )
 
 
@@ -413,7 +417,7 @@ class SqliteTransaction:
 
     def save_worker(self, worker: WorkerInfo) -> None:
         self._c.execute(
-            f"INSERT OR REPLACE INTO workers ({WORKER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR REPLACE INTO workers ({WORKER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
                 worker.name,
                 worker.host,
@@ -425,6 +429,7 @@ class SqliteTransaction:
                 worker.running,
                 worker.registered_at,
                 worker.last_heartbeat,
+                worker.credential,
             ),
         )
 

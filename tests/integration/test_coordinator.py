@@ -17,6 +17,7 @@ from dts.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     SessionSuperseded,
     UnknownSession,
 )
@@ -305,6 +306,35 @@ def test_a_second_registration_supersedes_the_first_session(env: Env) -> None:
     # and an unknown name is only asked to register
     with pytest.raises(UnknownSession):
         env.c.heartbeat("nobody", new, [], False)
+
+
+def test_a_live_worker_keeps_its_name_against_another_credential(env: Env) -> None:
+    def register(credential: str) -> str:
+        return env.c.register("w1", "host", 1, 2, ("default",), credential)
+
+    # Given a live worker registered with token A, running a job
+    job = env.c.submit([spec()])[0]
+    first = register("sha256:aaaaaaaaaaaaaaaa")
+    assert env.take("w1", first) == [job.id]
+    # When a registration under its name comes with token B
+    with pytest.raises(PermissionDenied, match="w1 is in use by a live worker"):
+        register("sha256:bbbbbbbbbbbbbbbb")
+    # Then it is refused, and the worker keeps its session and its job
+    assert env.c.heartbeat("w1", first, [Lease(job.id, 1)], False) == []
+    assert env.c.get(job.id).status is JobStatus.RUNNING
+    # A restart with token A replaces the old session at once (its job runs again)
+    register("sha256:aaaaaaaaaaaaaaaa")
+    with pytest.raises(SessionSuperseded):
+        env.c.heartbeat("w1", first, [], False)
+    assert env.c.get(job.id).status is JobStatus.QUEUED
+    # Once that session has gone silent past the worker timeout, token B may take the name
+    env.clock.now += 11
+    third = register("sha256:bbbbbbbbbbbbbbbb")
+    assert env.c.workers()[0].credential == "sha256:bbbbbbbbbbbbbbbb"
+    # and anyone may after a clean stop
+    env.c.unregister("w1", third)
+    register("sha256:cccccccccccccccc")
+    assert env.c.workers()[0].credential == "sha256:cccccccccccccccc"
 
 
 def test_silent_workers_are_lost_then_forgotten_after_a_day(env: Env) -> None:

@@ -332,7 +332,7 @@ def test_statuses_across_chunks(store: SqliteStore) -> None:
 
 def test_workers_save_get_replace(store: SqliteStore) -> None:
     w2 = WorkerInfo("w2", "h", 2, "s2", 1, ("default",), WorkerState.IDLE, 0, 1.0, 2.0)
-    w1 = WorkerInfo("w1", "h", 1, "s1", 4, ("hi", "lo"), WorkerState.BUSY, 3, 1.0, 5.0)
+    w1 = WorkerInfo("w1", "h", 1, "s1", 4, ("hi", "lo"), WorkerState.BUSY, 3, 1.0, 5.0, "bound:w1")
     with store.transaction() as tx:
         tx.save_worker(w2)
         tx.save_worker(w1)
@@ -381,13 +381,29 @@ SCHEMA_V1_JOBS = """CREATE TABLE jobs (
     started_at REAL, finished_at REAL, run_at REAL, lease_expires_at REAL)"""
 
 
-def test_a_version_1_database_is_migrated_and_keeps_its_jobs(db: Path) -> None:
-    # Given a database written by dts at schema version 1, with a job in it
+# The workers table as dts wrote it at schema versions 1 and 2, before credentials.
+SCHEMA_V2_WORKERS = """CREATE TABLE workers (
+    name TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, session TEXT NOT NULL,
+    concurrency INTEGER NOT NULL, queues TEXT NOT NULL, state TEXT NOT NULL,
+    running INTEGER NOT NULL, registered_at REAL NOT NULL, last_heartbeat REAL NOT NULL)"""
+
+
+def old_database(db: Path, version: int) -> sqlite3.Connection:
+    """A database as dts wrote it at schema `version` (1 or 2), with no rows yet."""
     db.parent.mkdir(parents=True)
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(version),))
     conn.execute(SCHEMA_V1_JOBS)
+    if version >= 2:
+        conn.execute("ALTER TABLE jobs ADD COLUMN limits TEXT NOT NULL DEFAULT ''")
+    conn.execute(SCHEMA_V2_WORKERS)
+    return conn
+
+
+def test_a_version_1_database_is_migrated_and_keeps_its_jobs(db: Path) -> None:
+    # Given a database written by dts at schema version 1, with a job in it
+    conn = old_database(db, 1)
     conn.execute(
         "INSERT INTO jobs (name, queue, priority, argv, shell, env, cwd, timeout, max_retries,"
         " backoff, delay, status, created_at) VALUES"
@@ -417,6 +433,30 @@ def test_a_version_1_database_is_migrated_and_keeps_its_jobs(db: Path) -> None:
         limited = spec("x", limits=Limits(cpu=3, output=10))
         (new,) = add(s, limited)
         assert s.get_job(new.id) == new and new.spec.limits == Limits(cpu=3, output=10)
+    finally:
+        s.close()
+
+
+def test_a_version_2_database_is_migrated_and_keeps_its_workers(db: Path) -> None:
+    # Given a database written by dts at schema version 2, with a worker in it
+    conn = old_database(db, 2)
+    conn.execute(
+        "INSERT INTO workers VALUES ('w1', 'h', 7, 's1', 2, '[\"default\"]', 'idle', 0, 1.0, 2.0)"
+    )
+    conn.commit()
+    conn.close()
+    # When this dts opens it
+    s = SqliteStore(str(db))
+    try:
+        # Then the worker reads back whole, registered with no recorded credential
+        old = WorkerInfo("w1", "h", 7, "s1", 2, ("default",), WorkerState.IDLE, 0, 1.0, 2.0)
+        assert s.workers() == [old]
+        assert old.credential == ""
+        assert schema_version(db) == str(SCHEMA_VERSION) == "3"
+        # And a worker's credential is kept from now on
+        with s.transaction() as tx:
+            tx.save_worker(replace(old, session="s2", credential="sha256:0123456789abcdef"))
+        assert s.workers()[0].credential == "sha256:0123456789abcdef"
     finally:
         s.close()
 
