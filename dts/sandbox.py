@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import logging
 import os
 import pwd
 import resource
@@ -19,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from dts.domain import Limits
+
+log = logging.getLogger("dts.sandbox")
 
 # Always passed from the worker's environment to jobs: what a program needs to find programs
 # and to speak the right language, and nothing that identifies or configures the worker.
@@ -112,12 +115,25 @@ def _own_user() -> RunAs | None:
 
 def default_cwd(configured: str, user: RunAs | None) -> str:
     """Where jobs that name no directory run: the worker's --cwd, else the --run-as user's home
-    (if it exists), else the worker's own directory ('')."""
+    (if it exists), else the worker's own directory (''). Warns when the --run-as user may not
+    enter it: every such job would fail."""
     if configured:
-        return configured
-    if user is not None and os.path.isdir(user.home):
-        return user.home
-    return ""
+        where = configured
+    elif user is not None and os.path.isdir(user.home):
+        where = user.home
+    else:
+        return ""
+    if user is not None and user.uid != 0:
+        try:
+            os.close(open_dir_as(where, user))
+        except OSError as e:
+            log.warning(
+                "user %s may not enter %s (%s): jobs that name no directory will fail",
+                user.name,
+                where,
+                e.strerror,
+            )
+    return where
 
 
 # ---- working directory --------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import struct
@@ -27,6 +28,7 @@ from dts.sandbox import (
     ACL_XATTR,
     MAX_SYMLINKS,
     RunAs,
+    default_cwd,
     job_directory,
     open_dir_as,
 )
@@ -229,3 +231,16 @@ def test_job_directory_is_the_checked_directory_for_another_user_only(tree: Path
     assert not os.path.exists(where)  # the descriptor is closed afterwards
     with pytest.raises(PermissionError), job_directory(str(tree / "private"), NOBODY):
         pass
+
+
+def test_a_default_directory_the_user_may_not_enter_is_warned_of(
+    tree: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, "dts.sandbox"):
+        assert default_cwd(str(tree / "open"), NOBODY) == str(tree / "open")
+        assert caplog.messages == []
+        assert default_cwd(str(tree / "private"), NOBODY) == str(tree / "private")
+    assert caplog.messages == [
+        f"user nobody may not enter {tree / 'private'} (Permission denied): jobs that name no"
+        " directory will fail"
+    ]
