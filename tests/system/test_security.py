@@ -298,7 +298,10 @@ def test_a_live_worker_keeps_its_name_against_another_token(
         unbound = f"tokens file {tokens}: worker token on line %d is not bound to a worker name"
         assert unbound % 2 in s.output() and unbound % 3 in s.output(), s.output()
         s.signal(signal.SIGHUP)
-        wait_until(lambda: s.output().count(unbound % 3) == 2, 10, what="the warning on reload")
+        try:
+            wait_until(lambda: s.output().count(unbound % 3) == 2, 20)
+        except AssertionError:
+            raise AssertionError(f"no warning on reload; the server said:\n{s.output()}") from None
         # Given a worker w1 running with the first token
         w = WorkerProcess(
             tmp_path, s.address, redis_server.url, "w1",
