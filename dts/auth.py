@@ -3,6 +3,7 @@ channel and port credentials (TLS, mutual TLS) of clients, workers and the serve
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -51,6 +52,15 @@ class Credential:
     token: str
     name: str = ""
 
+    @property
+    def id(self) -> str:
+        """A non-secret name of the token, kept with a worker's registration: the worker name
+        a bound token belongs to (every token bound to it is that worker), else the first 16
+        hex digits of the token's SHA-256."""
+        if self.name:
+            return f"bound:{self.name}"
+        return "sha256:" + hashlib.sha256(self.token.encode()).hexdigest()[:16]
+
 
 def load_tokens(path: str) -> list[Credential]:
     """Read a tokens file: one `ROLE TOKEN [WORKER-NAME]` per line, `#` starts a comment.
@@ -64,6 +74,7 @@ def load_tokens(path: str) -> list[Credential]:
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("tokens file %s can be read by other users (chmod 600 it)", path)
     creds: list[Credential] = []
+    unbound: list[int] = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -82,10 +93,19 @@ def load_tokens(path: str) -> list[Credential]:
         if len(fields) == 3 and role is not Role.WORKER:
             raise InvalidArgument(f"{where}: only a worker token is bound to a worker name")
         creds.append(Credential(role, token, fields[2] if len(fields) == 3 else ""))
+        if role is Role.WORKER and len(fields) == 2:
+            unbound.append(number)
     if not creds:
         raise InvalidArgument(f"--tokens-file {path}: no tokens in it")
     if len({c.token for c in creds}) != len(creds):
         raise InvalidArgument(f"--tokens-file {path}: a token appears twice")
+    for number in unbound:
+        log.warning(
+            "tokens file %s: worker token on line %d is not bound to a worker name; any holder "
+            "can register as any worker",
+            path,
+            number,
+        )
     return creds
 
 

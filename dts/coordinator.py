@@ -50,6 +50,7 @@ from dts.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     SessionSuperseded,
     ShuttingDown,
@@ -285,8 +286,18 @@ class Coordinator:
     # ---- worker-facing --------------------------------------------------------------------
 
     def register(
-        self, name: str, host: str, pid: int, concurrency: int, queues: Sequence[str]
+        self,
+        name: str,
+        host: str,
+        pid: int,
+        concurrency: int,
+        queues: Sequence[str],
+        credential: str = "",
     ) -> str:
+        """Start a session for worker `name`; returns its id. `credential` is a non-secret name
+        of the token the worker presented ('' without tokens): a name whose session is alive
+        is refused to another credential (PERMISSION_DENIED), and taken over at once by the
+        same one (a restart)."""
         if not name or len(name) > MAX_NAME_CHARS:
             raise InvalidArgument(f"worker name must be 1-{MAX_NAME_CHARS} characters")
         if len(host) > MAX_HOST_CHARS:
@@ -303,6 +314,7 @@ class Coordinator:
         now = self.clock()
         requeued: list[Job] = []
         with self.store.transaction() as tx:
+            self._check_takeover(tx.get_worker(name), credential, now)
             # A new registration under a known name is that worker restarted: whatever its
             # previous life was running is gone, so recover it now instead of after the lease.
             for old in self.store.running_of(name):
@@ -319,6 +331,7 @@ class Coordinator:
                     0,
                     now,
                     now,
+                    credential,
                 )
             )
         self._sessions[name] = session
@@ -372,7 +385,7 @@ class Coordinator:
         changed: list[Job] = []
         job_ids = [i for i in job_ids if is_job_id(i)]  # no other number names a job
         with self.store.transaction() as tx:
-            self._session(tx, name, session)
+            worker = self._session(tx, name, session)
             # the common case in bulk: a success from the worker that holds the attempt
             ok = [r for r in results if r.outcome is Outcome.SUCCEEDED and is_job_id(r.job_id)]
             succeeded = tx.finish_succeeded(name, ok, now) if ok else set()
@@ -393,8 +406,23 @@ class Coordinator:
                     changed.append(self._finish(tx, job, r, now))
                     acks.append((True, ""))
             # a claim is a compare-and-set queued -> running that starts a numbered attempt;
-            # ids that are not claimable (delivered twice, cancelled) are left out
-            assignments = tx.claim_queued(job_ids, name, now, now + self.cfg.worker_timeout)
+            # ids that are not claimable (delivered twice, cancelled, of a queue the worker
+            # did not register with) are left out
+            until = now + self.cfg.worker_timeout
+            assignments = tx.claim_queued(job_ids, name, worker.queues, now, until)
+            foreign = (
+                _foreign(tx, job_ids, assignments, worker.queues)
+                if len(assignments) < len(job_ids)
+                else []
+            )
+        if foreign:
+            log.warning(
+                "worker %s (queues %s) claimed job(s) of other queues: %s; refused (a misrouted "
+                "id, or a worker that is not what it claims to be)",
+                name,
+                ",".join(worker.queues),
+                ", ".join(f"{j.id} ({j.spec.queue})" for j in foreign),
+            )
         if log.isEnabledFor(logging.INFO):
             for key in sorted(succeeded):
                 log.info("job %d running -> succeeded worker=%s attempt=%d", key[0], name, key[1])
@@ -545,6 +573,30 @@ class Coordinator:
                 f"worker name {name} was registered again by {worker.host} pid {worker.pid}"
             )
         return worker
+
+    def _check_takeover(self, old: WorkerInfo | None, credential: str, now: float) -> None:
+        """Refuse a registration under the name of a live worker that registered with another
+        credential: an unbound worker token must not knock a real worker off its name. Once
+        that worker stopped or is lost, any worker token may take the name; a session kept
+        without a credential (none was recorded before schema version 3) protects nothing."""
+        if old is None or not old.credential or old.credential == credential:
+            return
+        if old.state in (WorkerState.LOST, WorkerState.STOPPED):
+            return
+        if now - old.last_heartbeat > self.cfg.worker_timeout:
+            return
+        log.warning(
+            "registration as worker %s refused: that worker (host %s, pid %d) is alive and "
+            "registered with another credential",
+            old.name,
+            old.host,
+            old.pid,
+        )
+        raise PermissionDenied(
+            f"worker name {old.name} is in use by a live worker (host {old.host}, pid {old.pid})"
+            " that registered with another token; it can be taken once that worker stops or is"
+            f" lost ({self.cfg.worker_timeout:g}s without a heartbeat)"
+        )
 
     def _move(self, tx: Transaction, job: Job, status: JobStatus, **changes: object) -> Job:
         if not can_transition(job.status, status):
@@ -738,3 +790,17 @@ class Waker(Protocol):
 def check_wait_timeout(timeout: float) -> None:
     if not timeout >= 0:
         raise InvalidArgument(f"timeout must not be negative, got {timeout}")
+
+
+FOREIGN_CHECKS = 100  # unclaimed ids of one exchange looked at for the warning about them
+
+
+def _foreign(
+    tx: Transaction, job_ids: Sequence[int], claimed: Sequence[Assignment], queues: Sequence[str]
+) -> list[Job]:
+    """Jobs among the ids a worker claimed in vain that belong to queues it does not serve
+    (the first FOREIGN_CHECKS unclaimed ids are looked at: this only feeds a warning)."""
+    taken = {a.job_id for a in claimed}
+    unclaimed = list(dict.fromkeys(i for i in job_ids if i not in taken))[:FOREIGN_CHECKS]
+    jobs = (tx.get_job(i) for i in unclaimed)
+    return [j for j in jobs if j is not None and j.spec.queue not in queues]

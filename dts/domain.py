@@ -335,6 +335,9 @@ class WorkerInfo:
     running: int
     registered_at: float
     last_heartbeat: float
+    # what it registered with: a non-secret name of its token ('' without tokens), so that
+    # another token cannot take over the name while this worker is alive
+    credential: str = ""
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,14 @@ from dts.domain import (
     exit_code_for_signal,
     lower_limit,
 )
-from dts.sandbox import RunAs, find_program, job_environment, limited_argv, within_hard_limits
+from dts.sandbox import (
+    RunAs,
+    find_program,
+    job_directory,
+    job_environment,
+    limited_argv,
+    within_hard_limits,
+)
 
 READ_CHUNK = 65536
 POLL = 0.2  # seconds between checks for a stop request while a job runs
@@ -146,15 +153,17 @@ class Execution:
         try:
             if limits.rlimits and self.opts.prlimit is not None:
                 argv = limited_argv(self.opts.prlimit, limits, argv, env.get("PATH", os.defpath))
-            child = Child.spawn(argv, env, cwd, user)
+            with job_directory(cwd, user) as enter:  # with the rights of the job's user
+                child = Child.spawn(argv, env, enter, user)
         except OSError as e:
             code = EXIT_NOT_EXECUTABLE if isinstance(e, PermissionError) else EXIT_CANNOT_RUN
             where = f" in {cwd}" if cwd else ""
             program = spec.argv[0] if not spec.shell else argv[0]
+            failed = e.filename if e.filename and e.filename != cwd else program
             return self._result(
                 Outcome.FAILED,
                 code,
-                f"cannot run {e.filename or program}{where}: {e.strerror or e}",
+                f"cannot run {failed}{where}: {e.strerror or e}",
                 b"",
                 b"",
                 started,

@@ -274,7 +274,12 @@ class WorkerServicer:
     ) -> pb.RegisterResponse:
         _as_worker(caller, request.name, "Register")
         session = self.c.register(
-            request.name, request.host, request.pid, request.concurrency, list(request.queues)
+            request.name,
+            request.host,
+            request.pid,
+            request.concurrency,
+            list(request.queues),
+            caller.id if caller is not None else "",
         )
         lease = self.c.cfg.worker_timeout
         return pb.RegisterResponse(

@@ -49,11 +49,17 @@ class Transaction(Protocol):
         """Push every running lease out to at least `until`; returns how many."""
 
     def claim_queued(
-        self, job_ids: Sequence[int], worker: str, now: float, lease_until: float
+        self,
+        job_ids: Sequence[int],
+        worker: str,
+        queues: Sequence[str],
+        now: float,
+        lease_until: float,
     ) -> list[Assignment]:
         """The one claim rule, as a compare-and-set per id, in the order given: a job still
-        queued becomes running under `worker` with its next attempt (recorded as started
-        at `now`, its lease until `lease_until`); ids of jobs not queued are skipped."""
+        queued in one of `queues` (those `worker` registered with) becomes running under
+        `worker` with its next attempt (recorded as started at `now`, its lease until
+        `lease_until`); ids of other jobs are skipped."""
 
     def finish_succeeded(self, worker: str, results: Sequence[Result], now: float) -> set[Key]:
         """Record successful results of attempts `worker` still runs (compare-and-set on

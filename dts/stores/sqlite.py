@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,7 +33,9 @@ from dts.domain import (
 from dts.errors import Internal, Unavailable
 from dts.store import Key, chunks
 
-SCHEMA_VERSION = 2
+log = logging.getLogger("dts.store")
+
+SCHEMA_VERSION = 3
 BATCH_ROWS = 400  # rows one statement touches by an IN list (SQLite allows 32,766 variables)
 
 SCHEMA = [
@@ -91,7 +95,8 @@ SCHEMA = [
         state TEXT NOT NULL,
         running INTEGER NOT NULL,
         registered_at REAL NOT NULL,
-        last_heartbeat REAL NOT NULL
+        last_heartbeat REAL NOT NULL,
+        credential TEXT NOT NULL DEFAULT ''  -- a non-secret name of the token it registered with
     )""",
 ]
 
@@ -129,6 +134,7 @@ def _insert_row(
 # version by SCHEMA).
 MIGRATIONS: dict[int, list[str]] = {
     2: ["ALTER TABLE jobs ADD COLUMN limits TEXT NOT NULL DEFAULT ''"],
+    3: ["ALTER TABLE workers ADD COLUMN credential TEXT NOT NULL DEFAULT ''"],
 }
 
 SPEC_COLUMNS = (
@@ -143,7 +149,8 @@ ATTEMPT_COLUMNS = (
     "length(stdout), length(stderr)"
 )
 WORKER_COLUMNS = (
-    "name, host, pid, session, concurrency, queues, state, running, registered_at, last_heartbeat"
+    "name, host, pid, session, concurrency, queues, state, running, registered_at, last_heartbeat,"
+    " credential"
 )
 
 
@@ -224,6 +231,7 @@ def _worker(row: tuple[Any, ...]) -> WorkerInfo:
         running=row[7],
         registered_at=row[8],
         last_heartbeat=row[9],
+        credential=row[10],
     )
 
 
@@ -305,16 +313,23 @@ class SqliteTransaction:
         return cur.rowcount
 
     def claim_queued(
-        self, job_ids: Sequence[int], worker: str, now: float, lease_until: float
+        self,
+        job_ids: Sequence[int],
+        worker: str,
+        queues: Sequence[str],
+        now: float,
+        lease_until: float,
     ) -> list[Assignment]:
         claimed: list[Assignment] = []
+        served = ",".join("?" * len(queues))  # at most MAX_WORKER_QUEUES variables
         for part in chunks(job_ids, BATCH_ROWS):
             marks = ",".join("?" * len(part))
             rows = self._c.execute(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = ?,"
                 " started_at = ?, lease_expires_at = ?, exit_code = NULL, error = ''"
-                f" WHERE id IN ({marks}) AND status = 'queued' RETURNING {SPEC_COLUMNS}, attempts",
-                (worker, now, lease_until, *part),
+                f" WHERE id IN ({marks}) AND status = 'queued' AND queue IN ({served})"
+                f" RETURNING {SPEC_COLUMNS}, attempts",
+                (worker, now, lease_until, *part, *queues),
             ).fetchall()
             claimed += (Assignment(row[0], row[13], _spec(row)) for row in rows)
         if len(claimed) > 1:  # RETURNING has no order: keep the order the ids were taken in
@@ -402,7 +417,7 @@ class SqliteTransaction:
 
     def save_worker(self, worker: WorkerInfo) -> None:
         self._c.execute(
-            f"INSERT OR REPLACE INTO workers ({WORKER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR REPLACE INTO workers ({WORKER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
                 worker.name,
                 worker.host,
@@ -414,6 +429,7 @@ class SqliteTransaction:
                 worker.running,
                 worker.registered_at,
                 worker.last_heartbeat,
+                worker.credential,
             ),
         )
 
@@ -427,6 +443,47 @@ class SqliteTransaction:
         self._c.execute("DELETE FROM workers WHERE name = ?", (name,))
 
 
+def _create_private(path: str) -> None:
+    """Create the database file 0600 (whatever the umask) unless it exists: SQLite's unix VFS
+    gives the -wal and -shm files the mode of the database file, so they follow."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)  # the umask may have taken bits off 0600, never added any
+    finally:
+        os.close(fd)
+
+
+def _warn_if_exposed(path: str) -> None:
+    """Warn about a database (or its -wal/-shm) other users can read, and about a directory
+    they can list or enter. An existing file keeps its mode: the operator may mean it."""
+    loose = []
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            mode = os.stat(name).st_mode
+        except OSError:
+            continue
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            loose.append(f"{name} (mode {stat.S_IMODE(mode):04o})")
+    if loose:
+        log.warning(
+            "database files can be read by other users: %s; chmod 600 them", ", ".join(loose)
+        )
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        mode = os.stat(parent).st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IROTH | stat.S_IXOTH):
+        log.warning(
+            "the database's directory %s is open to other users (mode %04o): chmod o-rwx it",
+            parent,
+            stat.S_IMODE(mode),
+        )
+
+
 class SqliteStore:
     """A Store on one SQLite file. Thread-safe: one connection, one lock."""
 
@@ -435,6 +492,7 @@ class SqliteStore:
         parent = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(parent, exist_ok=True)
+            _create_private(path)
             self._c = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._c.execute("PRAGMA journal_mode = WAL")
             self._c.execute("PRAGMA busy_timeout = 5000")
@@ -445,6 +503,7 @@ class SqliteStore:
             raise Unavailable(f"cannot open database {path}: {e}") from e
         self._lock = threading.RLock()
         self._migrate()
+        _warn_if_exposed(path)
 
     def _migrate(self) -> None:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from dts.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     SessionSuperseded,
     UnknownSession,
 )
@@ -113,6 +115,27 @@ def test_claim_with_an_unknown_session_is_refused(env: Env) -> None:
     job = env.c.submit([spec()])[0]
     with pytest.raises(UnknownSession):
         env.claim("ghost", "nope", [job.id])
+
+
+def test_a_claim_of_a_job_of_a_queue_the_worker_does_not_serve_is_refused(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a job of queue secretq, and a worker registered for fq alone
+    job = env.c.submit([spec("deploy", queue="secretq", env=(("SECRET", "s3cr3t"),))])[0]
+    s = env.worker("fq-worker", ("fq",))
+    # When that worker claims the job's id (a misrouted id, or a hostile worker)
+    with caplog.at_level(logging.WARNING, "dts.coordinator"):
+        assert env.claim("fq-worker", s, [job.id, 10**9]) == []
+    # Then it gets nothing, the server says why, and the job is untouched
+    assert f"claimed job(s) of other queues: {job.id} (secretq)" in caplog.text
+    untouched = env.c.get(job.id)
+    assert (untouched.status, untouched.attempts, untouched.worker) == (JobStatus.QUEUED, 0, "")
+    assert env.c.history(job.id) == []
+    # And a made-up success for it is refused
+    assert env.report("fq-worker", [ok(job.id)])[0][0] is False
+    # While a worker of secretq claims it as usual
+    s2 = env.worker("secret-worker", ("fq", "secretq"))
+    assert [a.job_id for a in env.claim("secret-worker", s2, [job.id])] == [job.id]
 
 
 def test_report_success_makes_the_job_final_with_output(env: Env) -> None:
@@ -283,6 +306,35 @@ def test_a_second_registration_supersedes_the_first_session(env: Env) -> None:
     # and an unknown name is only asked to register
     with pytest.raises(UnknownSession):
         env.c.heartbeat("nobody", new, [], False)
+
+
+def test_a_live_worker_keeps_its_name_against_another_credential(env: Env) -> None:
+    def register(credential: str) -> str:
+        return env.c.register("w1", "host", 1, 2, ("default",), credential)
+
+    # Given a live worker registered with token A, running a job
+    job = env.c.submit([spec()])[0]
+    first = register("sha256:aaaaaaaaaaaaaaaa")
+    assert env.take("w1", first) == [job.id]
+    # When a registration under its name comes with token B
+    with pytest.raises(PermissionDenied, match="w1 is in use by a live worker"):
+        register("sha256:bbbbbbbbbbbbbbbb")
+    # Then it is refused, and the worker keeps its session and its job
+    assert env.c.heartbeat("w1", first, [Lease(job.id, 1)], False) == []
+    assert env.c.get(job.id).status is JobStatus.RUNNING
+    # A restart with token A replaces the old session at once (its job runs again)
+    register("sha256:aaaaaaaaaaaaaaaa")
+    with pytest.raises(SessionSuperseded):
+        env.c.heartbeat("w1", first, [], False)
+    assert env.c.get(job.id).status is JobStatus.QUEUED
+    # Once that session has gone silent past the worker timeout, token B may take the name
+    env.clock.now += 11
+    third = register("sha256:bbbbbbbbbbbbbbbb")
+    assert env.c.workers()[0].credential == "sha256:bbbbbbbbbbbbbbbb"
+    # and anyone may after a clean stop
+    env.c.unregister("w1", third)
+    register("sha256:cccccccccccccccc")
+    assert env.c.workers()[0].credential == "sha256:cccccccccccccccc"
 
 
 def test_silent_workers_are_lost_then_forgotten_after_a_day(env: Env) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -301,6 +302,38 @@ def test_server_in_the_foreground_with_a_pidfile(redis_url: str, tmp_path: Path)
         assert not pidfile.exists()
     finally:
         s.kill()
+
+
+@pytest.mark.parametrize("mode", ["daemon", "foreground"])
+def test_server_files_are_private_under_a_umask_of_022(
+    daemons: Daemons, redis_url: str, tmp_path: Path, mode: str
+) -> None:
+    # Given the umask most shells have, which leaves new files readable by everyone
+    old = os.umask(0o022)
+    try:
+        # When a server starts (and has its WAL open: -wal and -shm exist while it runs)
+        if mode == "daemon":
+            address, _, pidfile, log = _start_server(daemons, tmp_path)
+            db = tmp_path / f"dts-{address.rpartition(':')[2]}.db"
+        else:
+            s = ServerProcess(tmp_path, redis_url)
+            s.start()
+            db = s.db
+    finally:
+        os.umask(old)
+    try:
+        # Then the database and its WAL files are the server user's alone
+        files = [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
+        modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in files}
+        assert modes == {f.name: 0o600 for f in files}
+        # And a daemon (umask 027) makes no file other users can read
+        if mode == "daemon":
+            for made in (log, pidfile):
+                assert stat.S_IMODE(made.stat().st_mode) & 0o007 == 0, made
+        assert "open to other users" not in (log if mode == "daemon" else s.log_path).read_text()
+    finally:
+        if mode == "foreground":
+            s.stop()
 
 
 def test_two_sigterms_stop_the_server_at_once(daemons: Daemons, tmp_path: Path) -> None:

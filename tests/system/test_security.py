@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -277,6 +278,68 @@ def test_tls_and_tokens(tmp_path: Path, redis_server: RedisProcess, pki: Pki) ->
         w.stop()
     finally:
         s.stop()
+
+
+def test_a_live_worker_keeps_its_name_against_another_token(
+    tmp_path: Path, redis_server: RedisProcess, pki: Pki
+) -> None:
+    # Given a TLS server whose tokens file holds two worker tokens bound to no name
+    other = "other-worker-" + "o" * 20
+    tokens = _tokens(tmp_path, f"client {CLIENT}", f"worker {WORKER}", f"worker {other}")
+    tls = ("--tls-cert", pki.server_cert, "--tls-key", pki.server_key)
+    as_client = ChannelSecurity(ca=pki.ca, token=CLIENT)
+    s = _server(
+        tmp_path, redis_server, *tls, "--tokens-file", tokens, "--worker-timeout", "2",
+        probe=as_client,
+    )  # fmt: skip
+    client_args = ("--tls-ca", pki.ca, "--token-file", _token_file(tmp_path, CLIENT))
+    try:
+        # Then it warns of each at start, and again on reload
+        unbound = f"tokens file {tokens}: worker token on line %d is not bound to a worker name"
+        assert unbound % 2 in s.output() and unbound % 3 in s.output(), s.output()
+        s.signal(signal.SIGHUP)
+        try:
+            wait_until(lambda: s.output().count(unbound % 3) == 2, 20)
+        except AssertionError:
+            raise AssertionError(f"no warning on reload; the server said:\n{s.output()}") from None
+        # Given a worker w1 running with the first token
+        w = WorkerProcess(
+            tmp_path, s.address, redis_server.url, "w1",
+            "--tls-ca", pki.ca, "--token-file", _token_file(tmp_path, WORKER), probe=as_client,
+        )  # fmt: skip
+        w.start()
+        # When a process with the second token registers as w1
+        (tmp_path / "impostor").mkdir()
+        impostor = WorkerProcess(
+            tmp_path / "impostor", s.address, redis_server.url, "w1",
+            "--tls-ca", pki.ca, "--token-file", _token_file(tmp_path, other),
+        )  # fmt: skip
+        impostor.start(wait=False)
+        # Then it is refused and stops, saying why
+        assert impostor.wait(20) == 1, impostor.output()
+        assert "worker name w1 is in use by a live worker" in impostor.output()
+        assert "PERMISSION_DENIED" in impostor.output()
+        # And the real worker keeps its name and runs jobs
+        listed = run_cli(s.address, *client_args, "--json", "workers")
+        assert [(x["name"], x["pid"]) for x in json.loads(listed.stdout)] == [("w1", w.pid)]
+        ok = run_cli(s.address, *client_args, "submit", "--wait", "--", "echo", "still mine")
+        assert (ok.returncode, ok.stdout) == (0, "still mine\n"), ok.stderr
+        assert w.alive()
+        # When the real worker is gone for longer than the worker timeout
+        w.kill()
+        wait_until(lambda: _worker_states(s.address, client_args) == {"w1": "lost"}, 20)
+        # Then another worker token may take the name
+        impostor.probe = as_client
+        impostor.start()
+        assert impostor.alive()
+        impostor.stop()
+    finally:
+        s.stop()
+
+
+def _worker_states(address: str, client_args: tuple[str, ...]) -> dict[str, str]:
+    listed = run_cli(address, *client_args, "--json", "workers")
+    return {w["name"]: w["state"] for w in json.loads(listed.stdout)}
 
 
 def test_mutual_tls_admits_only_certified_workers(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,44 @@ def test_lookup_finds_the_credential_of_a_token_and_nothing_else() -> None:
     assert auth.lookup(WORKER) == Credential(Role.WORKER, WORKER)
     assert auth.lookup(CLIENT[:-1]) is None
     assert auth.lookup("") is None
+
+
+def test_an_unbound_worker_token_is_warned_of_naming_its_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = _tokens(
+        tmp_path, f"client {CLIENT}\nworker {WORKER}\nworker {'b' * 32} node-1\nadmin {'a' * 32}\n"
+    )
+    with caplog.at_level(logging.WARNING, "dts.auth"):
+        load_tokens(path)
+    assert caplog.messages == [
+        f"tokens file {path}: worker token on line 2 is not bound to a worker name; any holder"
+        " can register as any worker"
+    ]
+
+
+def test_the_credential_id_of_a_call_names_its_token_without_giving_it_away() -> None:
+    bound, other = "b" * 32, "o" * 32
+    auth = TokenAuth(
+        [
+            Credential(Role.WORKER, WORKER),
+            Credential(Role.WORKER, bound, "node-1"),
+            Credential(Role.WORKER, other, "node-1"),
+        ]
+    )
+
+    def of(token: str) -> str:
+        cred = auth.identify([("user-agent", "x"), ("authorization", f"Bearer {token}")])
+        return cred.id if cred is not None else ""
+
+    # an unbound token: a short fingerprint that does not contain the token
+    fingerprint = "sha256:" + hashlib.sha256(WORKER.encode()).hexdigest()[:16]
+    assert of(WORKER) == fingerprint and WORKER not in fingerprint
+    # every token bound to a name is that worker (a rotated token keeps its identity)
+    assert of(bound) == of(other) == "bound:node-1"
+    # no token, or one that is not known
+    assert of("x" * 32) == ""
+    assert auth.identify([]) is None
 
 
 def test_token_comes_from_the_file_before_the_environment(tmp_path: Path) -> None:

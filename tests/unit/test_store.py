@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -329,7 +332,7 @@ def test_statuses_across_chunks(store: SqliteStore) -> None:
 
 def test_workers_save_get_replace(store: SqliteStore) -> None:
     w2 = WorkerInfo("w2", "h", 2, "s2", 1, ("default",), WorkerState.IDLE, 0, 1.0, 2.0)
-    w1 = WorkerInfo("w1", "h", 1, "s1", 4, ("hi", "lo"), WorkerState.BUSY, 3, 1.0, 5.0)
+    w1 = WorkerInfo("w1", "h", 1, "s1", 4, ("hi", "lo"), WorkerState.BUSY, 3, 1.0, 5.0, "bound:w1")
     with store.transaction() as tx:
         tx.save_worker(w2)
         tx.save_worker(w1)
@@ -378,13 +381,29 @@ SCHEMA_V1_JOBS = """CREATE TABLE jobs (
     started_at REAL, finished_at REAL, run_at REAL, lease_expires_at REAL)"""
 
 
-def test_a_version_1_database_is_migrated_and_keeps_its_jobs(db: Path) -> None:
-    # Given a database written by dts at schema version 1, with a job in it
+# The workers table as dts wrote it at schema versions 1 and 2, before credentials.
+SCHEMA_V2_WORKERS = """CREATE TABLE workers (
+    name TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, session TEXT NOT NULL,
+    concurrency INTEGER NOT NULL, queues TEXT NOT NULL, state TEXT NOT NULL,
+    running INTEGER NOT NULL, registered_at REAL NOT NULL, last_heartbeat REAL NOT NULL)"""
+
+
+def old_database(db: Path, version: int) -> sqlite3.Connection:
+    """A database as dts wrote it at schema `version` (1 or 2), with no rows yet."""
     db.parent.mkdir(parents=True)
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(version),))
     conn.execute(SCHEMA_V1_JOBS)
+    if version >= 2:
+        conn.execute("ALTER TABLE jobs ADD COLUMN limits TEXT NOT NULL DEFAULT ''")
+    conn.execute(SCHEMA_V2_WORKERS)
+    return conn
+
+
+def test_a_version_1_database_is_migrated_and_keeps_its_jobs(db: Path) -> None:
+    # Given a database written by dts at schema version 1, with a job in it
+    conn = old_database(db, 1)
     conn.execute(
         "INSERT INTO jobs (name, queue, priority, argv, shell, env, cwd, timeout, max_retries,"
         " backoff, delay, status, created_at) VALUES"
@@ -418,6 +437,30 @@ def test_a_version_1_database_is_migrated_and_keeps_its_jobs(db: Path) -> None:
         s.close()
 
 
+def test_a_version_2_database_is_migrated_and_keeps_its_workers(db: Path) -> None:
+    # Given a database written by dts at schema version 2, with a worker in it
+    conn = old_database(db, 2)
+    conn.execute(
+        "INSERT INTO workers VALUES ('w1', 'h', 7, 's1', 2, '[\"default\"]', 'idle', 0, 1.0, 2.0)"
+    )
+    conn.commit()
+    conn.close()
+    # When this dts opens it
+    s = SqliteStore(str(db))
+    try:
+        # Then the worker reads back whole, registered with no recorded credential
+        old = WorkerInfo("w1", "h", 7, "s1", 2, ("default",), WorkerState.IDLE, 0, 1.0, 2.0)
+        assert s.workers() == [old]
+        assert old.credential == ""
+        assert schema_version(db) == str(SCHEMA_VERSION) == "3"
+        # And a worker's credential is kept from now on
+        with s.transaction() as tx:
+            tx.save_worker(replace(old, session="s2", credential="sha256:0123456789abcdef"))
+        assert s.workers()[0].credential == "sha256:0123456789abcdef"
+    finally:
+        s.close()
+
+
 def test_newer_schema_version_is_refused(db: Path) -> None:
     SqliteStore(str(db)).close()
     conn = sqlite3.connect(db)
@@ -436,6 +479,58 @@ def test_unopenable_path_is_unavailable(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(Unavailable, match="cannot open database"):
         SqliteStore(str(blocker / "dts.db"))
+
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], int]]:
+    """Set this process's umask for a test; the old one comes back after it."""
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o000, 0o022, 0o277], ids=["000", "022", "277"])
+def test_a_new_database_and_its_wal_and_shm_are_private_whatever_the_umask(
+    db: Path, umask: Callable[[int], int], mask: int
+) -> None:
+    # Given a umask that would leave new files readable by others (or not even writable)
+    umask(mask)
+    # When a store creates its database and writes to it
+    s = SqliteStore(str(db))
+    try:
+        add(s, spec("secret", env=(("TOKEN", "t"),)))
+        # Then the database and the WAL files SQLite made beside it are the owner's alone
+        files = [db, db.with_name("dts.db-wal"), db.with_name("dts.db-shm")]
+        assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {
+            f.name: 0o600 for f in files
+        }
+    finally:
+        s.close()
+
+
+def test_open_directory_and_loose_existing_files_are_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a private directory: a new database there gets no warning
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    with caplog.at_level(logging.WARNING, "dts.store"):
+        SqliteStore(str(private / "dts.db")).close()
+    assert caplog.messages == []
+    # Given a database left readable by others, in a directory others may list and enter
+    (private / "dts.db").chmod(0o644)
+    private.chmod(0o755)
+    # When a store opens it
+    with caplog.at_level(logging.WARNING, "dts.store"):
+        SqliteStore(str(private / "dts.db")).close()
+    # Then it says so, and leaves the file's mode as the operator set it
+    db = private / "dts.db"
+    assert caplog.messages == [
+        f"database files can be read by other users: {db} (mode 0644), {db}-wal (mode 0644),"
+        f" {db}-shm (mode 0644); chmod 600 them",
+        f"the database's directory {private} is open to other users (mode 0755): chmod o-rwx it",
+    ]
+    assert stat.S_IMODE(db.stat().st_mode) == 0o644
 
 
 def test_sql_metacharacters_round_trip(store: SqliteStore, db: Path) -> None:
@@ -511,7 +606,7 @@ def test_claims_in_bulk_keep_the_order_taken_and_only_take_queued_jobs(
     wanted = [j.id for j in reversed(jobs)] + [held.id, jobs[0].id]  # a duplicate too
     # When a worker claims them in an order of its own
     with store.transaction() as tx:
-        claimed = tx.claim_queued(wanted, "w1", 200.0, 230.0)
+        claimed = tx.claim_queued(wanted, "w1", ["default"], 200.0, 230.0)
     # Then every queued one is claimed once, in that order, as attempt 1 with its spec
     assert [a.job_id for a in claimed] == [j.id for j in reversed(jobs)]
     assert {a.attempt for a in claimed} == {1}
@@ -526,12 +621,24 @@ def test_claims_in_bulk_keep_the_order_taken_and_only_take_queued_jobs(
     assert store.get_job(held.id).status is S.SCHEDULED  # type: ignore[union-attr]
 
 
+def test_a_claim_takes_only_jobs_of_the_queues_given(store: SqliteStore) -> None:
+    # Given queued jobs of three queues
+    mine, other, also = add(store, spec(queue="fq"), spec(queue="secretq"), spec(queue="b"))
+    # When a worker of queues fq and b claims all three
+    with store.transaction() as tx:
+        claimed = tx.claim_queued([other.id, mine.id, also.id], "w1", ["fq", "b"], 1.0, 2.0)
+    # Then it gets the jobs of its queues, and the other one stays queued with no attempt
+    assert [a.job_id for a in claimed] == [mine.id, also.id]
+    assert store.get_job(other.id) == other
+    assert store.attempts(other.id) == []
+
+
 def test_successes_in_bulk_are_fenced_and_keep_their_output(store: SqliteStore) -> None:
     from dts.domain import Result
 
     jobs = add(store, *[spec(f"job{i}") for i in range(4)])
     with store.transaction() as tx:
-        tx.claim_queued([j.id for j in jobs], "w1", 200.0, 230.0)
+        tx.claim_queued([j.id for j in jobs], "w1", ["default"], 200.0, 230.0)
     a, b, c, d = (j.id for j in jobs)
     results = [
         Result(a, 1, Outcome.SUCCEEDED, 0),  # quiet
