@@ -246,20 +246,22 @@ def check(
     for job_id in sorted(set(lines) - set(ids)):
         v.problem("unexpected", f"job {job_id}: in the ledger but never submitted")
     for job_id in ids:
-        mine = lines.get(job_id, JobLines())
-        judge(v, job_id, mine, job_id in should_fail)
-        cross_check(
-            v, job_id, mine, job_id in should_fail, server.get(job_id), server.history(job_id)
-        )
+        mine, job = lines.get(job_id, JobLines()), server.get(job_id)
+        judge(v, job, mine, job_id in should_fail)
+        cross_check(v, job_id, mine, job_id in should_fail, job, server.history(job_id))
     return v
 
 
-def judge(v: Verdict, job_id: int, mine: JobLines, should_fail: bool) -> None:
-    """What the ledger alone says about one job."""
+def judge(v: Verdict, job: Job, mine: JobLines, should_fail: bool) -> None:
+    """What the ledger alone says about one job (`job`, the server's record, only to say
+    what the server made of a lost one)."""
+    job_id = job.id
+    server = f"server: {job.status} after {job.attempts} attempt(s) ({job.error or 'no error'})"
     if should_fail and not mine.starts:
-        v.problem("lost", f"job {job_id}: LOST: expected to fail, but it never started")
+        v.problem("lost", f"job {job_id}: LOST: expected to fail, never started; {server}")
     elif not should_fail and not mine.ends:
-        v.problem("lost", f"job {job_id}: LOST: no attempt completed ({len(mine.starts)} began)")
+        began = len(mine.starts)
+        v.problem("lost", f"job {job_id}: LOST: no attempt completed ({began} began); {server}")
     v.duplicate_starts += max(0, len(mine.starts) - 1)
     for n, count in sorted(Counter(e.attempt for e in mine.starts).items()):
         if count > 1:

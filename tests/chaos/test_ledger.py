@@ -86,8 +86,8 @@ def test_lost_is_decided_by_the_ledger_not_the_servers_status(tmp_path: Path) ->
     s.add(3, JobStatus.FAILED, Outcome.FAILED)  # expected to fail, but never started
     v = judge(tmp_path, "start 1 1 10 1.0\nstart 2 1 11 1.0\nend 2 1 11 2.0\n", s, (3,))
     assert v.lost == 2 and v.phantom == 1 and v.contradicted == 1, v
-    assert "job 1: LOST: no attempt completed" in str(v)
-    assert "job 3: LOST: expected to fail, but it never started" in str(v)
+    assert "job 1: LOST: no attempt completed (1 began); server: succeeded" in str(v)
+    assert "job 3: LOST: expected to fail, never started; server: failed" in str(v)
     assert "job 2: completed in the ledger, server says failed" in str(v)
 
 
