@@ -71,17 +71,18 @@ def test_make_bench_entry_point_reports_every_figure_sanely(tmp_path: Path) -> N
         assert within(rate, 1, 1_000_000), (name, rate)
     assert sub["batch_per_s"] > sub["single_per_s"], sub
 
-    # latencies in milliseconds: a job starts before it has finished, p50 <= p99
+    # latencies in milliseconds (a submit, a claim and a process spawn take more than 0.1 ms),
+    # a job starts before it has finished, p50 <= p99
     lat = report["latency"]
     assert set(lat) == {"start_p50_ms", "start_p99_ms", "finish_p50_ms", "finish_p99_ms"}
     for name, ms in lat.items():
-        assert within(ms, 0, 10_000), (name, ms)
+        assert within(ms, 0.1, 10_000), (name, ms)
     assert lat["start_p50_ms"] <= lat["start_p99_ms"] and lat["start_p50_ms"] < lat["finish_p50_ms"]
     assert lat["finish_p50_ms"] <= lat["finish_p99_ms"], lat
     hist = report["history"]
     assert set(hist) == {"status_ms", "list_ms", "list_queue_ms"}
     for name, ms in hist.items():
-        assert within(ms, 0, 5_000), (name, ms)
+        assert within(ms, 0.01, 5_000), (name, ms)  # a gRPC round trip at least
 
     # memory: resident sizes of Python processes, and SQLite bytes per stored job
     mem = report["memory"]
