@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +15,42 @@ from dts.client import Client
 from tests.harness import RedisProcess, ServerProcess, WorkerProcess, run_cli
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    """The reason a skip report gives (its longrepr is a (path, line, reason) triple)."""
+    if isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    return str(report.longrepr)
+
+
+def fail_the_skip(report: pytest.TestReport | pytest.CollectReport, nodeid: str) -> None:
+    """In CI every test must run: a skip, whatever raised it, becomes a loud failure."""
+    reason = skip_reason(report)
+    report.outcome = "failed"
+    report.longrepr = f"{nodeid} was skipped under CI=true ({reason}); CI must run every test"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Skips from skip/skipif markers, pytest.skip in a test or fixture, importorskip."""
+    report = yield
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        fail_the_skip(report, item.nodeid)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    """Skips of a whole module (module-level pytest.skip or importorskip)."""
+    report = yield
+    if IN_CI and report.skipped:
+        fail_the_skip(report, collector.nodeid)
+    return report
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -19,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +60,47 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each measurement does."""
+
+    n: int = 5000  # jobs per throughput run
+    reps: int = 3
+    history: int = 1_000_000  # rows for list/status
+    queued: int = 100_000  # backlog for scale and memory
+    latency_jobs: int = 300
+    latency_warmup: int = 20  # jobs run before latency is measured
+    spawns: int = 2000  # `true` processes of one spawn-limit sample
+    submits: int = 10_000  # jobs of the batch and --from-file submit rates
+    singles: int = 2000  # single submits, each waited for
+    pipelined: int = 5000  # single submits kept on their way
+    load_jobs: int = 2000  # jobs being worked while the memory under load is sampled
+
+
+FULL = Sizes()
+QUICK = replace(FULL, n=200, reps=1, history=5000, queued=2000, latency_jobs=30)
+# every measurement, as small as it goes and still measures something (tests/system)
+SMOKE = Sizes(
+    n=50,
+    reps=1,
+    history=1000,
+    queued=200,
+    latency_jobs=5,
+    latency_warmup=3,
+    spawns=200,
+    submits=200,
+    singles=50,
+    pipelined=100,
+    load_jobs=100,
+)
+
+
 class Bench:
     """One redis-server and dts-server per measurement, torn down afterwards."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, sizes: Sizes = FULL) -> None:
         self.root = root
+        self.sizes = sizes
 
     def cluster(self, workers: int, concurrency: int) -> tuple[list[Any], Client, ServerProcess]:
         d = Path(tempfile.mkdtemp(dir=self.root))
@@ -70,18 +108,24 @@ class Bench:
         r.start()
         s = ServerProcess(d, r.url, *QUIET, *SERVER_ARGS)
         s.start()
-        ws = []
-        for i in range(workers):
-            w = WorkerProcess(
+        ws = [
+            WorkerProcess(
                 d, s.address, r.url, f"bench{i}", "--concurrency", str(concurrency), *QUIET
             )
-            w.start()
-            ws.append(w)
+            for i in range(workers)
+        ]
+        for w in ws:  # all at once: their start-up is not measured
+            w.start(wait=False)
+        for w in ws:
+            w.wait_registered()
         return [r, s, *ws], Client(s.address, timeout=60), s
 
     @staticmethod
     def down(procs: list[Any], client: Client) -> None:
         client.close()
+        workers = [p for p in procs if isinstance(p, WorkerProcess)]
+        for w in workers:  # all drain at once
+            w.signal(signal.SIGTERM)
         for p in reversed(procs):
             p.stop(timeout=30) if not isinstance(p, RedisProcess) else p.kill()
 
@@ -133,12 +177,12 @@ class Bench:
                 stdout=subprocess.DEVNULL,
             )
             from_file = n / (time.perf_counter() - start)
-            singles = min(n, 2000)
+            singles = self.sizes.singles
             start = time.perf_counter()
             for _ in range(singles):
                 c.submit_one(JobSpec(argv=("true",), queue="q3"))
             single = singles / (time.perf_counter() - start)
-            pipelined = _pipelined(c, max(singles, 5000), PIPELINE_WINDOW)
+            pipelined = _pipelined(c, self.sizes.pipelined, PIPELINE_WINDOW)
             return {
                 "batch_per_s": batch,
                 "from_file_per_s": from_file,
@@ -151,7 +195,7 @@ class Bench:
     def latency(self, n: int) -> dict[str, float]:
         procs, c, _ = self.cluster(1, 2)
         try:
-            for _ in range(LATENCY_WARMUP):  # not counted: first calls, first spawns
+            for _ in range(self.sizes.latency_warmup):  # not counted: first calls, first spawns
                 c.wait(c.submit_one(JobSpec(argv=("true",))).id, 30)
             to_start, to_end = [], []
             for _ in range(n):
@@ -175,9 +219,10 @@ class Bench:
         try:
             server, worker = s.pid, procs[2].pid
             idle = {"server_idle_mb": rss_mb(server), "worker_idle_mb": rss_mb(worker)}
-            jobs = c.submit([JobSpec(argv=("true",))] * 2000)
-            time.sleep(0.5)  # sample while the 2,000 jobs are being worked
-            load = {"server_load_mb": rss_mb(server), "worker_load_mb": rss_mb(worker)}
+            load = self.sizes.load_jobs
+            jobs = c.submit([JobSpec(argv=("true",))] * load)
+            time.sleep(0.5)  # sample while the jobs are being worked
+            under_load = {"server_load_mb": rss_mb(server), "worker_load_mb": rss_mb(worker)}
             wait_until(lambda: c.get(jobs[-1].id).status.final, 300, 0.2)
             for i in range(0, queued, 20_000):
                 c.submit([JobSpec(argv=("true",), queue="parked")] * min(20_000, queued - i))
@@ -185,9 +230,9 @@ class Bench:
             size = sum(p.stat().st_size for p in db.parent.glob(db.name + "*"))
             return {
                 **idle,
-                **load,
+                **under_load,
                 "server_queued_mb": rss_mb(server),
-                "sqlite_bytes_per_job": size / (queued + 2000),
+                "sqlite_bytes_per_job": size / (queued + load),
             }
         finally:
             self.down(procs, c)
@@ -224,7 +269,6 @@ class Bench:
 
 
 PIPELINE_WINDOW = 64  # single submits a client keeps on their way at once
-LATENCY_WARMUP = 20  # jobs run before latency is measured
 
 
 def _pipelined(c: Client, n: int, window: int) -> float:
@@ -261,58 +305,71 @@ def median_of(reps: int, fn: Callable[[], Any]) -> Any:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--n", type=int, default=5000, help="jobs per throughput run")
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--history", type=int, default=1_000_000, help="rows for list/status")
-    ap.add_argument("--queued", type=int, default=100_000, help="backlog for scale and memory")
-    ap.add_argument("--latency-jobs", type=int, default=300)
+    ap.add_argument("--n", type=int, help=f"jobs per throughput run ({FULL.n})")
+    ap.add_argument("--reps", type=int, help=f"repetitions ({FULL.reps})")
+    ap.add_argument("--history", type=int, help=f"rows for list/status ({FULL.history})")
+    ap.add_argument("--queued", type=int, help=f"backlog for scale and memory ({FULL.queued})")
+    ap.add_argument("--latency-jobs", type=int, help=f"({FULL.latency_jobs})")
     ap.add_argument("--out", default="bench-results")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, one repetition (smoke)")
+    preset = ap.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help="small sizes, one repetition")
+    preset.add_argument(
+        "--smoke", action="store_true", help="every measurement, tiny (seconds; for tests)"
+    )
     a = ap.parse_args()
-    if a.quick:
-        a.n, a.reps, a.history, a.queued, a.latency_jobs = 200, 1, 5000, 2000, 30
+    sizes = QUICK if a.quick else SMOKE if a.smoke else FULL
+    given = {
+        k: v for k in ("n", "reps", "history", "queued", "latency_jobs") if (v := getattr(a, k))
+    }
+    sizes = replace(sizes, **given)
     out = Path(a.out)
     out.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dts-bench-") as tmp:
-        b = Bench(Path(tmp))
-        r: dict[str, Any] = {
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-            f"Python {platform.python_version()}",
-            "n": a.n,
-            "reps": a.reps,
-            "queued": a.queued,
-        }
-        step = _progress()
-        r["spawn_limit_per_s"] = median_of(a.reps, spawn_limit)
-        step("spawn limit", r["spawn_limit_per_s"])
-        r["throughput_c2"] = median_of(a.reps, lambda: b.throughput(a.n, 1, 2))
-        step("throughput c2", r["throughput_c2"])
-        r["throughput_c4"] = median_of(a.reps, lambda: b.throughput(a.n, 1, 4))
-        step("throughput c4", r["throughput_c4"])
-        r["spawn_fraction_c2"] = r["throughput_c2"] / r["spawn_limit_per_s"]
-        r["submit"] = median_of(a.reps, lambda: b.submit_rates(max(a.n, 10_000)))
-        step("submit", r["submit"])
-        r["latency"] = median_of(a.reps, lambda: b.latency(a.latency_jobs))
-        step("latency", r["latency"])
-        r["workers"] = {
-            str(k): median_of(a.reps, lambda k=k: b.throughput(a.n, k, 2)) for k in (1, 2, 4)
-        }
-        step("workers", r["workers"])
-        r["backlog"] = {
-            str(k): median_of(a.reps, lambda k=k: b.throughput(a.n, 1, 2, k))
-            for k in (0, a.queued // 10, a.queued)
-        }
-        step("backlog", r["backlog"])
-        r["history"] = b.history_reads(a.history)
-        step("history", r["history"])
-        r["memory"] = b.memory(a.queued)
-        step("memory", r["memory"])
+        r = measure(Bench(Path(tmp), sizes))
     (out / "dts.json").write_text(json.dumps(r, indent=2) + "\n")
     table = render(r)
     (out / "dts.md").write_text(table)
     print(table)
     return 0
+
+
+def measure(b: Bench) -> dict[str, Any]:
+    """Every figure of the report, each the median of `reps` runs."""
+    z = b.sizes
+    r: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}",
+        "n": z.n,
+        "reps": z.reps,
+        "queued": z.queued,
+    }
+    step = _progress()
+    r["spawn_limit_per_s"] = median_of(z.reps, lambda: spawn_limit(z.spawns))
+    step("spawn limit", r["spawn_limit_per_s"])
+    r["throughput_c2"] = median_of(z.reps, lambda: b.throughput(z.n, 1, 2))
+    step("throughput c2", r["throughput_c2"])
+    r["throughput_c4"] = median_of(z.reps, lambda: b.throughput(z.n, 1, 4))
+    step("throughput c4", r["throughput_c4"])
+    r["spawn_fraction_c2"] = r["throughput_c2"] / r["spawn_limit_per_s"]
+    r["submit"] = median_of(z.reps, lambda: b.submit_rates(max(z.n, z.submits)))
+    step("submit", r["submit"])
+    r["latency"] = median_of(z.reps, lambda: b.latency(z.latency_jobs))
+    step("latency", r["latency"])
+    r["workers"] = {
+        str(k): median_of(z.reps, lambda k=k: b.throughput(z.n, k, 2)) for k in (1, 2, 4)
+    }
+    step("workers", r["workers"])
+    r["backlog"] = {
+        str(k): median_of(z.reps, lambda k=k: b.throughput(z.n, 1, 2, k))
+        for k in (0, z.queued // 10, z.queued)
+    }
+    step("backlog", r["backlog"])
+    r["history"] = b.history_reads(z.history)
+    step("history", r["history"])
+    r["memory"] = b.memory(z.queued)
+    step("memory", r["memory"])
+    return r
 
 
 def _progress() -> Callable[[str, Any], None]:

@@ -1,43 +1,24 @@
-"""Fault-injection fixtures: a restartable cluster, a job ledger and a Jepsen-style checker.
+"""Fault-injection fixtures: a restartable cluster whose jobs write a ledger, and its checker.
 
-Every test job is a shell command that appends ``start <job> <attempt> <pid> <time>`` to a
-ledger file when it starts and ``end <job> <attempt> <pid> <time>`` when it finishes (short
-``echo >> file`` lines are single O_APPEND writes, so concurrent jobs do not tear them). After
-the queue drains, `check()` compares the ledger with what the server says (status, attempts,
-the outcome of every attempt) and counts:
-
-* lost                   accepted (submit returned its id) but not in its expected final state;
-* duplicate completions  a job completed (`end`) more than once by attempts the server accepted
-                         (outcome succeeded), or one attempt that completed twice;
-* superseded             `end` lines of attempts the server had already given up on (lost,
-                         released, cancelled): legitimate under at-least-once, the server
-                         refused their results;
-* duplicate starts       a job started more than once (at-least-once re-runs; informational);
-* rerun attempts         the same attempt (fencing token) started twice: never legitimate;
-* unexpected             ledger lines of ids never submitted or attempts never handed out;
-* phantom                jobs the server calls succeeded whose succeeded attempt never wrote
-                         `end`;
-* inconsistent           server records that contradict themselves (attempts vs history);
-* malformed              ledger lines that are not one whole entry (torn writes).
+The ledger and the checker that judges a run by it are in tests/chaos/ledger.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import signal
 import sqlite3
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import pytest
 
 from dts.client import Client
-from dts.domain import JobSpec, JobStatus, Outcome
+from dts.domain import JobSpec
+from tests.chaos.ledger import Entry, Ledger, Verdict, check
 from tests.harness import (
     Proc,
     RedisProcess,
@@ -49,195 +30,6 @@ from tests.harness import (
 from tests.tcpproxy import TcpProxy
 
 NOT_FINAL = ("scheduled", "queued", "running")
-GAVE_UP = (Outcome.LOST, Outcome.RELEASED, Outcome.CANCELLED)
-
-
-# ---- the ledger ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Entry:
-    kind: str  # "start" or "end"
-    job: int
-    attempt: int
-    pid: int
-    at: float  # wall clock (date +%s.%N)
-
-
-def _parse(line: str) -> Entry | None:
-    parts = line.split()
-    if len(parts) != 5 or parts[0] not in ("start", "end"):
-        return None
-    try:
-        return Entry(parts[0], int(parts[1]), int(parts[2]), int(parts[3]), float(parts[4]))
-    except ValueError:
-        return None
-
-
-class Ledger:
-    """The file every test job appends its start and end to."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.touch()
-
-    def _line(self, kind: str) -> str:
-        return (
-            f'echo {kind} "$DTS_JOB_ID" "$DTS_ATTEMPT" $$ "$(date +%s.%N)" '
-            f">> {shlex.quote(str(self.path))}"
-        )
-
-    def command(self, body: str) -> str:
-        """A shell job: `start` line, then `body`, then (if body did not exit) an `end` line."""
-        return f"{self._line('start')}; {body}; {self._line('end')}"
-
-    def sleeper(self, seconds: float) -> str:
-        return self.command(f"sleep {seconds:g}")
-
-    def entries(self) -> list[Entry]:
-        return [e for e in map(_parse, self.path.read_text().splitlines()) if e is not None]
-
-    def malformed(self) -> list[str]:
-        """Lines that are not a whole entry (a torn or interleaved write)."""
-        return [line for line in self.path.read_text().splitlines() if _parse(line) is None]
-
-    def starts(self, job: int | None = None) -> list[Entry]:
-        return [e for e in self.entries() if e.kind == "start" and job in (None, e.job)]
-
-    def ends(self, job: int | None = None) -> list[Entry]:
-        return [e for e in self.entries() if e.kind == "end" and job in (None, e.job)]
-
-    def start_of(self, job: int, attempt: int) -> Entry | None:
-        return next((e for e in self.starts(job) if e.attempt == attempt), None)
-
-
-# ---- the checker --------------------------------------------------------------------------------
-
-
-@dataclass
-class Verdict:
-    submitted: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    unfinished: int = 0
-    lost: int = 0
-    duplicate_completions: int = 0
-    superseded: int = 0
-    duplicate_starts: int = 0
-    rerun_attempts: int = 0
-    unexpected: int = 0
-    phantom: int = 0
-    inconsistent: int = 0
-    malformed: int = 0
-    attempts: int = 0
-    outcomes: Counter[str] = field(default_factory=Counter)
-    problems: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        keys = [f.name for f in fields(self) if f.type == "int"]
-        counts = " ".join(f"{k}={getattr(self, k)}" for k in keys)
-        outcomes = ",".join(f"{k}:{v}" for k, v in sorted(self.outcomes.items()))
-        return f"ledger check: {counts} outcomes[{outcomes}]"
-
-    def __str__(self) -> str:
-        shown = self.problems[:20]
-        more = f"\n  ... {len(self.problems) - 20} more" if len(self.problems) > 20 else ""
-        return self.summary() + "".join(f"\n  {p}" for p in shown) + more
-
-    def assert_safe(self, *, allow_duplicate_starts: bool = True) -> None:
-        """Nothing lost, nothing completed twice, nothing that nobody asked for."""
-        assert self.lost == 0, f"lost jobs: {self}"
-        assert self.duplicate_completions == 0, f"duplicate completions: {self}"
-        assert self.rerun_attempts == 0, f"an attempt ran twice: {self}"
-        assert self.unexpected == 0, f"unexpected executions: {self}"
-        assert self.phantom == 0, f"success without a completed run: {self}"
-        assert self.inconsistent == 0, f"server records disagree: {self}"
-        assert self.malformed == 0, f"torn ledger lines: {self}"
-        if not allow_duplicate_starts:
-            assert self.duplicate_starts == 0, f"jobs started more than once: {self}"
-
-
-def check(
-    client: Client,
-    ledger: Ledger,
-    submitted: Iterable[int],
-    expect_failed: Iterable[int] = (),
-) -> Verdict:
-    """Compare the ledger with the server's view of every submitted job (see the module doc)."""
-    ids = sorted(set(submitted))
-    should_fail = set(expect_failed)
-    v = Verdict(submitted=len(ids))
-    for line in ledger.malformed():
-        v.malformed += 1
-        v.problems.append(f"ledger line not a whole entry: {line!r}")
-    starts: dict[int, Counter[int]] = defaultdict(Counter)
-    ends: dict[int, Counter[int]] = defaultdict(Counter)
-    for e in ledger.entries():
-        (starts if e.kind == "start" else ends)[e.job][e.attempt] += 1
-    known = set(ids)
-    for job_id in sorted((set(starts) | set(ends)) - known):
-        v.unexpected += 1
-        v.problems.append(f"job {job_id}: in the ledger but never submitted")
-    for job_id in ids:
-        job = client.get(job_id)
-        history = client.history(job_id)
-        outcome = {a.attempt: a.outcome for a in history}
-        v.attempts += len(history)
-        v.outcomes.update(a.outcome.value for a in history)
-        status = job.status
-        if status is JobStatus.SUCCEEDED:
-            v.succeeded += 1
-        elif status is JobStatus.FAILED:
-            v.failed += 1
-        elif status is JobStatus.CANCELLED:
-            v.cancelled += 1
-        else:
-            v.unfinished += 1
-        expected = JobStatus.FAILED if job_id in should_fail else JobStatus.SUCCEEDED
-        if status is not expected:
-            v.lost += 1
-            v.problems.append(
-                f"job {job_id}: LOST: {status} after {job.attempts} attempt(s), expected "
-                f"{expected} ({job.error or 'no error'})"
-            )
-        # the server's own records
-        if job.attempts != len(history) or [a.attempt for a in history] != list(
-            range(1, len(history) + 1)
-        ):
-            v.inconsistent += 1
-            v.problems.append(f"job {job_id}: attempts={job.attempts} but history {history}")
-        wins = [a.attempt for a in history if a.outcome is Outcome.SUCCEEDED]
-        if len(wins) > 1 or (status is JobStatus.SUCCEEDED and wins != [job.attempts]):
-            v.inconsistent += 1
-            v.problems.append(f"job {job_id}: {status} with succeeded attempts {wins}")
-        # the ledger against the server
-        began, ended = starts.get(job_id, Counter()), ends.get(job_id, Counter())
-        v.duplicate_starts += max(0, sum(began.values()) - 1)
-        for n, count in sorted(began.items()):
-            if count > 1:
-                v.rerun_attempts += count - 1
-                v.problems.append(f"job {job_id}: attempt {n} started {count} times")
-        for n in sorted(set(began) | set(ended)):
-            if n not in outcome:
-                v.unexpected += 1
-                v.problems.append(f"job {job_id}: attempt {n} ran but the server never gave it out")
-        accepted_ends = 0
-        for n, count in sorted(ended.items()):
-            if count > 1:
-                v.duplicate_completions += count - 1
-                v.problems.append(f"job {job_id}: attempt {n} completed {count} times")
-            if outcome.get(n) in GAVE_UP:
-                v.superseded += count
-            elif outcome.get(n) is Outcome.SUCCEEDED:
-                accepted_ends += 1
-        if accepted_ends > 1:
-            v.duplicate_completions += accepted_ends - 1
-            v.problems.append(f"job {job_id}: {accepted_ends} accepted completions")
-        if status is JobStatus.SUCCEEDED and ended.get(job.attempts, 0) == 0:
-            v.phantom += 1
-            v.problems.append(f"job {job_id}: succeeded at attempt {job.attempts} with no `end`")
-    return v
 
 
 # ---- processes ----------------------------------------------------------------------------------
@@ -402,7 +194,8 @@ class ChaosCluster:
     # ---- jobs -------------------------------------------------------------------------------
 
     def submit(self, commands: Sequence[str], **spec: object) -> list[int]:
-        specs = [JobSpec(argv=(c,), shell=True, **spec) for c in commands]  # type: ignore[arg-type]
+        env = (*self.ledger.env, *spec.pop("env", ()))  # type: ignore[misc]
+        specs = [JobSpec(argv=(c,), shell=True, env=env, **spec) for c in commands]  # type: ignore[arg-type]
         return [j.id for j in self.client.submit(specs)]
 
     def counts(self) -> dict[str, int]:

@@ -132,14 +132,21 @@ def test_frozen_worker_is_replaced_and_its_late_reports_refused(chaos: Chaos) ->
     assert [e.attempt for e in c.ledger.ends(outlives_freeze)] == [2]
     assert frozen.alive()
     v = c.check([ends_in_freeze, outlives_freeze])
-    v.assert_safe()
+    # the one overlap dts cannot prevent: a frozen worker cannot stop its jobs, so attempt 2 on
+    # the heir began while attempt 1 still ran (and the heir's job saw it alive)
+    v.assert_safe(allow_concurrent=True)
+    assert (outlives_freeze, 1, 2) in v.concurrent_pairs, v
+    assert any(e.other == 1 for e in c.ledger.overlaps(outlives_freeze)), v
     assert v.superseded == 1 and v.duplicate_starts == 2, v
 
 
 def test_frozen_sole_worker_does_not_run_two_attempts_of_a_job(chaos: Chaos) -> None:
     """A worker frozen past its lease while it is the only worker may get its own job back
     after SIGCONT (the server re-queued it): it must then stop the stale attempt, not run both
-    at once, and the job ends as one succeeded attempt after one lost one."""
+    at once, and the job ends as one succeeded attempt after one lost one.
+
+    Attempt 2 itself looks for live processes of attempt 1 when it starts (the ledger's
+    overlap witness): it must find none."""
     c = chaos()
     # Given the only worker, running a job whose first attempt is long
     frozen = c.add_worker("alone", concurrency=2)
@@ -162,9 +169,12 @@ def test_frozen_sole_worker_does_not_run_two_attempts_of_a_job(chaos: Chaos) -> 
     print(f"\nfinal {final.status} attempts={final.attempts}: {[a.outcome for a in history]}")
     assert final.status is JobStatus.SUCCEEDED, final
     assert [a.outcome for a in history] == [Outcome.LOST, Outcome.SUCCEEDED], history
+    second = c.ledger.start_of(job, 2)
+    assert second is not None and second.at > first.at
+    assert not c.ledger.overlaps(job), "attempt 2 began while attempt 1 was alive"
     v = c.check([job])
     v.assert_safe()
-    assert v.duplicate_starts == 1, v
+    assert v.duplicate_starts == 1 and v.concurrent_pairs == [], v
 
 
 def test_job_ten_leases_long_runs_once(chaos: Chaos) -> None:

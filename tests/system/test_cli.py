@@ -281,7 +281,10 @@ def test_cancel_a_queued_job_means_it_never_starts(cluster: Cluster) -> None:
 
 
 def test_cancel_a_scheduled_job(cluster: Cluster) -> None:
-    job_id = submit(cluster, "--delay", "0.5", "--", "true")
+    # A delay no loaded machine can outlast before the cancelling CLI process is up (~0.4 s):
+    # the job is still scheduled, not running, when the cancel arrives.
+    job_id = submit(cluster, "--delay", "600", "--", "true")
+    assert status(cluster, job_id)["status"] == "scheduled"
     assert cluster.cli("cancel", str(job_id)).returncode == 0
     with cluster.client() as c:
         job = c.wait(job_id, 5)
