@@ -26,6 +26,7 @@ from typing import Any
 
 from dts.client import Client
 from dts.domain import JobSpec
+from tests.bench.storm import storm
 from tests.harness import BIN, RedisProcess, ServerProcess, WorkerProcess, wait_until
 
 QUIET = ("--log-level", "warning")
@@ -75,6 +76,9 @@ class Sizes:
     singles: int = 2000  # single submits, each waited for
     pipelined: int = 5000  # single submits kept on their way
     load_jobs: int = 2000  # jobs being worked while the memory under load is sampled
+    storm_waiters: int = 500  # WaitJob calls long-polling through the storm
+    storm_hanging: int = 100  # calls that never send their request, through the storm
+    storm_calls: int = 300  # ping, status and heartbeat calls timed, idle and in the storm
 
 
 FULL = Sizes()
@@ -92,6 +96,9 @@ SMOKE = Sizes(
     singles=50,
     pipelined=100,
     load_jobs=100,
+    storm_waiters=50,
+    storm_hanging=10,
+    storm_calls=20,
 )
 
 
@@ -369,6 +376,10 @@ def measure(b: Bench) -> dict[str, Any]:
     step("history", r["history"])
     r["memory"] = b.memory(z.queued)
     step("memory", r["memory"])
+    r["storm"] = median_of(
+        z.reps, lambda: storm(b.root, z.storm_waiters, z.storm_hanging, z.storm_calls)
+    )
+    step("storm", r["storm"])
     return r
 
 
@@ -426,9 +437,22 @@ def render(r: dict[str, Any]) -> str:
         ),
         ("RSS worker idle / load", f"{mem['worker_idle_mb']:.0f} / {mem['worker_load_mb']:.0f} MB"),
         ("SQLite bytes per job", f"{mem['sqlite_bytes_per_job']:,.0f}"),
+        _storm_row(r["storm"], "idle", "ping / status / heartbeat p50 / p99, idle"),
+        _storm_row(
+            r["storm"],
+            "storm",
+            f"ping / status / heartbeat p50 / p99, {r['storm']['waiters']:,} waiting and "
+            f"{r['storm']['hanging']:,} hanging calls",
+        ),
     ]
     head = f"dts benchmark, {r['date']}, {r['machine']}; medians of {r['reps']}, N={r['n']}\n\n"
     return head + "| measure | result |\n|---|---|\n" + "".join(f"| {a} | {b} |\n" for a, b in rows)
+
+
+def _storm_row(st: dict[str, float], when: str, label: str) -> tuple[str, str]:
+    calls = ("ping", "status", "heartbeat")
+    cells = [f"{st[f'{when} {c} p50 ms']:.1f} / {st[f'{when} {c} p99 ms']:.1f}" for c in calls]
+    return label, " · ".join(cells) + " ms"
 
 
 if __name__ == "__main__":

@@ -104,6 +104,8 @@ def storm(root: Path, waiters: int = 500, hanging: int = 100, n: int = 200) -> d
                              *(("storm " + k, v) for k, v in loaded.items())]:  # fmt: skip
             out[f"{name} p50 ms"] = round(statistics.median(values), 2)
             out[f"{name} p99 ms"] = round(_pct(values, 99), 2)
+        out["waiters"] = waiters
+        out["hanging"] = hanging
         out["storm still waiting"] = sum(not f.done() for f in calls[:waiters])
         return out
     finally:

@@ -21,7 +21,8 @@ from tests.harness import clean_env
 REPO = Path(__file__).resolve().parents[2]
 # the --smoke sizes, stated here: the report must say it ran them
 N, QUEUED = 50, 200
-ROWS = 13  # measures in the Markdown table
+WAITERS, HANGING = 50, 10
+ROWS = 15  # measures in the Markdown table
 
 
 def within(value: object, low: float, high: float) -> bool:
@@ -43,7 +44,7 @@ def test_make_bench_entry_point_reports_every_figure_sanely(tmp_path: Path) -> N
     assert set(report) == {
         "date", "machine", "n", "reps", "queued", "spawn_limit_per_s", "throughput_c2",
         "throughput_c4", "spawn_fraction_c2", "submit", "latency", "workers", "backlog",
-        "history", "memory",
+        "history", "memory", "storm",
     }  # fmt: skip
     assert (report["n"], report["reps"], report["queued"]) == (N, 1, QUEUED)
     assert report["date"] and "CPUs" in report["machine"]
@@ -91,6 +92,19 @@ def test_make_bench_entry_point_reports_every_figure_sanely(tmp_path: Path) -> N
     for name in (*rss, "server_queued_mb"):
         assert within(mem[name], 5, 2_000), (name, mem[name])
     assert within(mem["sqlite_bytes_per_job"], 50, 100_000), mem
+
+    # calls through a storm of waiting and hanging calls: every one timed, every waiter
+    # still waiting when they were
+    st = report["storm"]
+    timed = [f"{w} {c} {p} ms" for w in ("idle", "storm") for c in ("ping", "status", "heartbeat")
+             for p in ("p50", "p99")]  # fmt: skip
+    assert set(st) == {*timed, "waiters", "hanging", "storm still waiting"}, st
+    assert (st["waiters"], st["hanging"], st["storm still waiting"]) == (WAITERS, HANGING, WAITERS)
+    for name in timed:
+        assert within(st[name], 0.05, 10_000), (name, st[name])
+    for w in ("idle", "storm"):
+        for c in ("ping", "status", "heartbeat"):
+            assert st[f"{w} {c} p50 ms"] <= st[f"{w} {c} p99 ms"], (w, c, st)
 
     # and the table: on stdout and in dts.md, one row per measure, every cell a figure
     table = (tmp_path / "dts.md").read_text()
