@@ -61,7 +61,26 @@ RETRYABLE = (
 T = TypeVar("T")
 Key = tuple[int, int]  # (job id, attempt)
 # an Exchange on its way: the call, its request, the results in it, the ids it claims
-InFlight = tuple["grpc.Future[pb.ExchangeResponse]", pb.ExchangeRequest, list[Result], list[int]]
+InFlight = tuple[
+    "grpc.Future[pb.ExchangeResponse]", pb.ExchangeRequest, list[Result], list[int], "Claimed"
+]
+
+
+class Claimed:
+    """The attempts an Exchange sent while a job runs claims, held (known to the heartbeat,
+    which renews their leases) the moment its answer arrives, by whichever comes first: the
+    call's completion or the slot. Held only when the slot took the answer, they would go
+    unrenewed behind a long job and be handed to another worker meanwhile."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: list[Execution] | None = None
+
+    def take(self, hold: Callable[[], list[Execution]]) -> list[Execution]:
+        with self._lock:
+            if self._held is None:
+                self._held = hold()
+            return self._held
 
 
 class Link:
@@ -259,9 +278,13 @@ class Worker:
         while True:
             stopping = self.signals.stop.is_set()
             if pending is not None and (not ready or pending[0].done()):
-                call, req, sent, ids = pending
+                call, req, sent, ids, claimed = pending
                 pending = None
-                self._absorb(self._collect(call, req), sent, ids, done, ready, to_ack)
+                resp = self._collect(call, req)
+                if resp is not None and call.done() and not call.exception():
+                    self._absorb(resp, sent, ids, done, ready, to_ack, claimed)
+                else:  # answered, if at all, by the patient path: its own claims
+                    self._absorb(resp, sent, ids, done, ready, to_ack)
                 continue
             if ready:
                 exe = ready.pop(0)
@@ -280,9 +303,7 @@ class Worker:
                         if refill:
                             drained = len(ids) < batch
                         if done or ids:
-                            req = self._request(list(done), ids)
-                            call = self.stub.Exchange.future(req, timeout=RPC_TIMEOUT)
-                            pending = (call, req, list(done), ids)
+                            pending = self._send_ahead(list(done), ids)
                 result = self._execute(exe)
                 took = max(0.0, result.finished_at - result.started_at)
                 # a moving average while jobs stay short; the first short one sets it afresh
@@ -339,6 +360,22 @@ class Worker:
         to_ack.clear()
         return ids
 
+    def _send_ahead(self, results: list[Result], ids: list[int]) -> InFlight:
+        """Send an Exchange and go on running jobs; what it claims is held on arrival."""
+        req = self._request(results, ids)
+        call = self.stub.Exchange.future(req, timeout=RPC_TIMEOUT)
+        claimed = Claimed()
+
+        def arrived(f: grpc.Future[pb.ExchangeResponse]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                claimed.take(lambda: self._hold_all(f.result()))
+
+        call.add_done_callback(arrived)
+        return call, req, results, ids, claimed
+
+    def _hold_all(self, resp: pb.ExchangeResponse) -> list[Execution]:
+        return [self._hold(wire.assignment_from_pb(a)) for a in resp.assignments]
+
     def _absorb(
         self,
         resp: pb.ExchangeResponse | None,
@@ -347,6 +384,7 @@ class Worker:
         done: list[Result],
         ready: list[Execution],
         to_ack: list[int],
+        claimed: Claimed | None = None,
     ) -> bool:
         """Apply an Exchange answer; False (ids handed back, results kept) if there was none."""
         if resp is None:
@@ -364,7 +402,10 @@ class Worker:
                 log.warning(
                     "job %d attempt %d: result refused: %s", ack.job_id, ack.attempt, ack.reason
                 )
-        ready.extend(self._hold(wire.assignment_from_pb(a)) for a in resp.assignments)
+        if claimed is not None:
+            ready.extend(claimed.take(lambda: self._hold_all(resp)))
+        else:
+            ready.extend(self._hold_all(resp))
         return True
 
     def _idle(self, backoff: Backoff, to_ack: list[int], count: int) -> list[int]:

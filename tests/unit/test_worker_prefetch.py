@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from dts.worker import PREFETCH_MAX, PREFETCH_WORK, prefetch_count
+from concurrent.futures import Future
+from types import SimpleNamespace
+
+from dts import wire
+from dts.config import WorkerConfig
+from dts.domain import Assignment, JobSpec
+from dts.process import Signals
+from dts.runner import Execution
+from dts.v1 import dts_pb2 as pb
+from dts.worker import PREFETCH_MAX, PREFETCH_WORK, Worker, prefetch_count
 
 
 def test_short_jobs_are_claimed_many_at_a_time_up_to_the_cap() -> None:
@@ -22,3 +31,28 @@ def test_a_slot_never_claims_more_than_its_work_window_ahead() -> None:
 def test_jobs_longer_than_the_window_are_claimed_one_at_a_time() -> None:
     assert prefetch_count(PREFETCH_WORK * 2) == 1
     assert prefetch_count(10.0) == 1
+
+
+def test_what_an_exchange_sent_ahead_claims_is_held_when_its_answer_arrives() -> None:
+    """A slot sends its next claim while it runs a job; the claimed attempts must be held (in
+    the heartbeat's leases) when the answer arrives, not when the slot is next free: behind a
+    long job their leases would lapse and the server would give them to another worker."""
+    worker = Worker(WorkerConfig(name="w"), Signals())
+    answer: Future[pb.ExchangeResponse] = Future()
+    worker.stub = SimpleNamespace(Exchange=SimpleNamespace(future=lambda req, timeout: answer))  # type: ignore[assignment]
+    try:
+        pending = worker._send_ahead([], [7])
+        assert worker._leases() == []
+        # When the answer arrives while the slot is busy
+        spec = JobSpec(argv=("true",))
+        answer.set_result(
+            pb.ExchangeResponse(assignments=[wire.assignment_to_pb(Assignment(7, 1, spec))])
+        )
+        # Then the attempt is held at once, and the slot later takes that same execution
+        assert [(lease.job_id, lease.attempt) for lease in worker._leases()] == [(7, 1)]
+        ready: list[Execution] = []
+        worker._absorb(answer.result(), [], [7], [], ready, [], pending[4])
+        assert len(ready) == 1 and ready[0].assignment.job_id == 7
+        assert len(worker._leases()) == 1
+    finally:
+        worker.channel.close()
