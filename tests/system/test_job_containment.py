@@ -61,7 +61,7 @@ def spot() -> Iterator[Path]:
     yield d
     for f in d.glob("*.pid"):
         with contextlib.suppress(ValueError, OSError):
-            kill_quietly(int(f.read_text()))
+            end_escapee(int(f.read_text()), f)
     for f in d.iterdir():
         f.unlink()
     d.rmdir()
@@ -80,11 +80,29 @@ def planted(pidfile: Path) -> int:
     return int(text)
 
 
-def assert_gone(pid: int, why: str) -> None:
+def escapee_alive(pid: int, pidfile: Path) -> bool:
+    """Whether `pid` still runs as the escapee that wrote `pidfile` (its `sleep 300`, or what
+    execs it), not as a process that reused the pid."""
     try:
-        wait_until(lambda: not pid_alive(pid), 10, what=f"escapee {pid} to end ({why})")
-    finally:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    ours = cmdline == b"sleep\x00300\x00" or str(pidfile).encode() in cmdline
+    return ours and pid_alive(pid)
+
+
+def end_escapee(pid: int, pidfile: Path) -> None:
+    if escapee_alive(pid, pidfile):
         kill_quietly(pid)
+
+
+def assert_gone(pid: int, pidfile: Path, why: str) -> None:
+    try:
+        wait_until(
+            lambda: not escapee_alive(pid, pidfile), 10, what=f"escapee {pid} to end ({why})"
+        )
+    finally:
+        end_escapee(pid, pidfile)
 
 
 def submit(cluster: Cluster, *args: str) -> int:
@@ -107,7 +125,7 @@ def test_escapee_ends_when_its_job_exits(cluster: Cluster, spot: Path, kind: str
     r = cluster.cli("submit", "--wait", "--shell", "--", script)
     # When it has succeeded, then its escapee is gone too
     assert r.returncode == 0, r.stderr
-    assert_gone(planted(pidfile), "job exited")
+    assert_gone(planted(pidfile), pidfile, "job exited")
 
 
 @pytest.mark.parametrize("kind", ESCAPES)
@@ -115,7 +133,7 @@ def test_escapee_ends_when_its_job_times_out(cluster: Cluster, spot: Path, kind:
     script, pidfile = job(spot, kind, f"{kind}-timeout", "exec sleep 300")
     r = cluster.cli("submit", "--wait", "--timeout", "2", "--shell", "--", script)
     assert r.returncode == 124, r.stderr
-    assert_gone(planted(pidfile), "job timed out")
+    assert_gone(planted(pidfile), pidfile, "job timed out")
 
 
 @pytest.mark.parametrize("kind", ESCAPES)
@@ -123,10 +141,10 @@ def test_escapee_ends_when_its_job_is_cancelled(cluster: Cluster, spot: Path, ki
     script, pidfile = job(spot, kind, f"{kind}-cancel", "exec sleep 300")
     job_id = submit(cluster, "--shell", "--", script)
     pid = planted(pidfile)
-    assert pid_alive(pid)
+    assert escapee_alive(pid, pidfile)
     assert cluster.cli("cancel", str(job_id)).returncode == 0
     assert wait_status(cluster, job_id, "cancelled") == "cancelled"
-    assert_gone(pid, "job cancelled")
+    assert_gone(pid, pidfile, "job cancelled")
 
 
 @pytest.mark.parametrize("kind", ESCAPES)
@@ -135,11 +153,11 @@ def test_escapee_ends_when_its_worker_drains(fresh_cluster: Cluster, spot: Path,
     script, pidfile = job(spot, kind, f"{kind}-drain", "exec sleep 300")
     submit(fresh_cluster, "--shell", "--", script)
     pid = planted(pidfile)
-    assert pid_alive(pid)
+    assert escapee_alive(pid, pidfile)
     # When the worker gets SIGTERM and its drain timeout passes, then it exits 0
     w.signal(signal.SIGTERM)
     assert w.wait(30) == 0
-    assert_gone(pid, "worker drained")
+    assert_gone(pid, pidfile, "worker drained")
 
 
 @pytest.mark.parametrize("kind", ESCAPES)
@@ -150,11 +168,11 @@ def test_escapee_ends_when_its_worker_is_killed(
     script, pidfile = job(spot, kind, f"{kind}-kill", "exec sleep 300")
     job_id = submit(fresh_cluster, "--retries", "0", "--shell", "--", script)
     pid = planted(pidfile)
-    assert pid_alive(pid)
+    assert escapee_alive(pid, pidfile)
     # When the worker is SIGKILLed, then its guard ends the escapee
     w.signal(signal.SIGKILL)
     w.wait()
-    assert_gone(pid, "worker killed")
+    assert_gone(pid, pidfile, "worker killed")
     fresh_cluster.cli("cancel", str(job_id))
 
 
@@ -165,8 +183,7 @@ def test_escapee_of_a_run_as_job_ends_at_its_timeout(fresh_cluster: Cluster, spo
     r = fresh_cluster.cli("submit", "--wait", "--timeout", "2", "--shell", "--", script)
     assert r.returncode == 124, r.stderr
     pid = planted(pidfile)
-    assert os.stat(f"/proc/{pid}").st_uid != 0 or not pid_alive(pid)
-    assert_gone(pid, "run-as job timed out")
+    assert_gone(pid, pidfile, "run-as job timed out")
 
 
 def sleepers(tag: str) -> list[int]:
