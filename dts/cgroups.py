@@ -1,16 +1,21 @@
-"""Cgroups of the worker's jobs: each running attempt in a cgroup v2 of its own, ended with
-`cgroup.kill`, so no process of a job outlives it (not one that left its process group).
+"""Cgroups of the worker's jobs: each running attempt in a cgroup v2 of its own, so that no
+process of a job outlives it (not one that left its process group and session).
 
-The worker makes a tree under its own cgroup: `dts-worker-PID/supervisor` holds the worker and
-its guard, and `dts-worker-PID/slot-N` each hold at most one attempt at a time (emptied and
-checked empty before the next), so running attempts get cgroups of their own without a mkdir
-and an rmdir per job.
+The worker makes a tree under its own cgroup, `dts-worker-PID`, and moves itself (so its guard
+too) into `dts-worker-PID/supervisor`. Jobs run in `supervisor/job-N`, threaded cgroups that
+each hold at most one attempt at a time (emptied and checked empty before the next), so
+attempts get cgroups of their own without a mkdir and an rmdir per job.
 
-A job is born in the worker's cgroup (glibc's posix_spawn cannot start it in another) and
-moved into its slot at once, but it may fork before the move. Spawns therefore happen under a
-lock, and after each the supervisor cgroup is swept: anything in it but the worker and its
-guard can only come from the job just spawned, and goes into the same slot. This relies on
-the worker starting no other processes (it starts only jobs and the guard).
+A job is born in its cgroup, not moved there afterwards: the thread that starts it moves
+itself into the job's cgroup, starts it (a new process starts in the cgroup of the thread that
+forks it) and moves back. So nothing the job forks can be left behind, and no process is ever
+migrated: a process migration takes a lock every fork and exit on the machine waits for (and,
+when migrations are rare, a grace period of RCU), which measurably slowed every job; a thread
+moving itself does not. Moving one thread alone is only allowed within a threaded subtree,
+hence threaded job cgroups, where the kernel refuses `cgroup.kill`: an attempt is ended with
+SIGKILL to every process in its cgroup, repeated until the cgroup is empty (a process that has
+a SIGKILL pending can fork no more, so this ends). The tree as a whole, a domain cgroup, is
+ended with `cgroup.kill` (by the worker at exit, by its guard if it dies).
 """
 
 from __future__ import annotations
@@ -24,29 +29,22 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import ParamSpec, Protocol, TypeVar
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 log = logging.getLogger("dts.cgroups")
 
 TREE_PREFIX = "dts-worker-"
 SUPERVISOR = "supervisor"
-SLOT_PREFIX = "slot-"
-SWEEP_ROUNDS = 100  # moves of a spawn's strays before they are killed instead
+JOB_PREFIX = "job-"
 EMPTY_WAIT = 5.0  # seconds a killed cgroup may take to empty
+
+T = TypeVar("T")
+A = ParamSpec("A")
 
 
 class Unavailable(Exception):
     """Raised when jobs cannot get cgroups of their own here; the message says why."""
-
-
-class HasPid(Protocol):
-    @property
-    def pid(self) -> int: ...
-
-
-P = TypeVar("P", bound=HasPid)
-A = ParamSpec("A")
 
 
 def hierarchy(mountinfo: str, own: str) -> str | None:
@@ -86,93 +84,84 @@ def _write(path: str, data: str) -> None:
         os.close(fd)
 
 
-def _pids(text: bytes | str) -> list[int]:
-    return [int(p) for p in text.split()]
+def _threads(cgroup: str) -> list[int]:
+    """The threads in a cgroup (in a threaded cgroup only threads can be listed); signalling
+    one signals its whole process."""
+    try:
+        return [int(t) for t in _read(f"{cgroup}/cgroup.threads").split()]
+    except OSError:
+        return []
+
+
+def _signal_all(cgroup: str, sig: int) -> None:
+    """Send `sig` to every process in `cgroup`, never to one of this process's own threads
+    (one that is starting a job is in the job's cgroup for that while)."""
+    for tid in _threads(cgroup):
+        if not os.path.exists(f"/proc/self/task/{tid}"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(tid, sig)
+
+
+def _populated(cgroup: str) -> bool:
+    try:
+        return "populated 1" in _read(f"{cgroup}/cgroup.events")
+    except OSError:
+        return False
 
 
 class Slot:
-    """A cgroup that holds one attempt at a time (descriptors kept open: they are per job)."""
+    """A job cgroup that holds one attempt at a time (descriptors kept open: used per job)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._procs = os.open(f"{path}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+        self._enter = os.open(f"{path}/cgroup.threads", os.O_WRONLY | os.O_CLOEXEC)
         self._events = os.open(f"{path}/cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
-        # populated() last found it empty and nothing was added since: it is still empty (an
-        # empty cgroup has no process that could fork into it)
+        # populated() last found it empty and no job was started in it since: it is still
+        # empty (an empty cgroup has no process that could fork into it)
         self.seen_empty = True
-
-    def add(self, pid: int) -> None:
-        """Move process `pid` (all its threads) here; ProcessLookupError if it is gone."""
-        self.seen_empty = False
-        os.write(self._procs, b"%d" % pid)
 
     def populated(self) -> bool:
         """Whether any process (not a zombie) is in the cgroup."""
         self.seen_empty = b"populated 0" in os.pread(self._events, 64, 0)
         return not self.seen_empty
 
-    def pids(self) -> list[int]:
-        try:
-            return _pids(_read(f"{self.path}/cgroup.procs"))
-        except OSError:
-            return []
-
     def signal(self, sig: int) -> None:
-        """Send `sig` to every process in the cgroup (one that forks meanwhile may miss it:
-        `kill()` does not)."""
-        for pid in self.pids():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
+        """Send `sig` to every process in the cgroup, once (one that forks meanwhile may have
+        a child that missed it: `kill` repeats)."""
+        _signal_all(self.path, sig)
 
-    def kill(self) -> None:
-        """SIGKILL every process in the cgroup and its descendants, new forks included."""
-        with contextlib.suppress(OSError):  # gone already: nothing in it to kill
-            _write(f"{self.path}/cgroup.kill", "1")
-
-    def wait_empty(self, timeout: float) -> bool:
-        """Wait until nothing is left in the cgroup; whether that happened in time."""
-        return wait_empty(self._events, timeout)
+    def kill(self, timeout: float) -> bool:
+        """SIGKILL everything in the cgroup until it is empty; whether that happened in time."""
+        deadline = time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self._events, select.POLLPRI)  # woken when cgroup.events changes
+        while self.populated():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.signal(signal.SIGKILL)
+            poller.poll(min(left, 0.05) * 1000)
+        return True
 
     def close(self) -> None:
-        for fd in (self._procs, self._events):
+        for fd in (self._enter, self._events):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
 
-def wait_empty(events: int, timeout: float) -> bool:
-    """Wait on a cgroup.events descriptor until `populated 0`; whether it came in time. The
-    kernel wakes poll() (POLLPRI) whenever the file changes."""
-    deadline = time.monotonic() + timeout
-    poller = select.poll()
-    poller.register(events, select.POLLPRI)
-    while True:
-        try:
-            if b"populated 1" not in os.pread(events, 256, 0):
-                return True
-        except OSError:  # removed: empty
-            return True
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        poller.poll(min(left, 0.1) * 1000)
-
-
 class JobCgroups:
-    """The worker's cgroup tree and its pool of slot cgroups. Thread-safe."""
+    """The worker's cgroup tree and its pool of job cgroups. Thread-safe."""
 
-    def __init__(self, base: str, tree: str, worker: int) -> None:
+    def __init__(self, base: str, tree: str) -> None:
         self.base = base  # the cgroup the worker came from (it goes back there at close)
         self.tree = tree
         self.supervisor = f"{tree}/{SUPERVISOR}"
-        self._exempt = {worker}  # what belongs in the supervisor cgroup: worker and guard
-        self._spawn_lock = threading.Lock()
+        self._leave = os.open(f"{self.supervisor}/cgroup.threads", os.O_WRONLY | os.O_CLOEXEC)
         self._lock = threading.Lock()
         self._free: list[Slot] = []
         self._slots: list[Slot] = []
         self._numbers = itertools.count(1)
-        self._quiet = b""  # what the supervisor's cgroup.procs read when it held no stray
         self._closed = False
-        self._sweep = os.open(f"{self.supervisor}/cgroup.procs", os.O_RDONLY | os.O_CLOEXEC)
 
     @classmethod
     def create(cls) -> JobCgroups:
@@ -195,7 +184,11 @@ class JobCgroups:
                 raise Unavailable("the kernel has no cgroup.kill (it needs Linux 5.14 or later)")
             os.mkdir(f"{tree}/{SUPERVISOR}")
             _write(f"{tree}/{SUPERVISOR}/cgroup.procs", str(pid))
-            return cls(base, tree, pid)
+            made = cls(base, tree)
+            slot = made.acquire()  # the first job cgroup, tried: threaded cgroups work here
+            made.start(slot, int)
+            made.release(slot)
+            return made
         except (OSError, Unavailable) as e:
             with contextlib.suppress(OSError):
                 _write(f"{base}/cgroup.procs", str(pid))
@@ -204,20 +197,17 @@ class JobCgroups:
                 raise Unavailable(f"cannot use cgroup {tree}: {e.strerror}") from None
             raise
 
-    def exempt(self, pid: int) -> None:
-        """`pid` (the guard) lives in the supervisor cgroup by right: never swept into a job's."""
-        self._exempt.add(pid)
-
     def acquire(self) -> Slot:
-        """An empty slot for one attempt; OSError if none can be made."""
+        """An empty job cgroup for one attempt; OSError if none can be made."""
         with self._lock:
             if self._closed:
                 raise OSError(errno.ESHUTDOWN, "the worker is stopping", self.tree)
             if self._free:
                 return self._free.pop()
-        path = f"{self.tree}/{SLOT_PREFIX}{next(self._numbers)}"
+        path = f"{self.supervisor}/{JOB_PREFIX}{next(self._numbers)}"
         os.mkdir(path)
         try:
+            _write(f"{path}/cgroup.type", "threaded")
             slot = Slot(path)
         except OSError:
             with contextlib.suppress(OSError):
@@ -228,87 +218,45 @@ class JobCgroups:
         return slot
 
     def release(self, slot: Slot) -> None:
-        """Take back a slot whose attempt is over: reused if empty, else killed; one that will
-        not empty is never used again."""
+        """Take back a job cgroup whose attempt is over: reused if empty, else killed; one
+        that will not empty is never used again."""
         with self._lock:
             if self._closed:
                 return
         try:
-            if not slot.seen_empty and slot.populated():
-                slot.kill()
-                if not slot.wait_empty(EMPTY_WAIT):
-                    log.error("cgroup %s did not empty when killed; jobs use another", slot.path)
-                    return
+            if not slot.seen_empty and slot.populated() and not slot.kill(EMPTY_WAIT):
+                log.error("cgroup %s did not empty when killed; jobs use another", slot.path)
+                return
         except OSError as e:
             log.error("cgroup %s: %s; jobs use another", slot.path, e.strerror)
             return
         with self._lock:
             self._free.append(slot)
 
-    def start(
-        self, slot: Slot, spawn: Callable[A, P], *args: A.args, **kwargs: A.kwargs
-    ) -> tuple[P, str]:
-        """Run `spawn` and put the process it starts, with whatever it forked meanwhile, in
-        `slot`. Returns it and "" or, when it could not be moved (it was killed then), why."""
-        with self._spawn_lock:
-            child = spawn(*args, **kwargs)
-            return child, self._settle(slot, child.pid)
-
-    def _settle(self, slot: Slot, pid: int) -> str:
+    def start(self, slot: Slot, spawn: Callable[A, T], *args: A.args, **kwargs: A.kwargs) -> T:
+        """Run `spawn` with this thread in `slot`, so that what it starts is born there."""
         try:
-            slot.add(pid)
-        except ProcessLookupError:
-            pass  # exited already; its children, if any, are in the supervisor cgroup
+            os.write(slot._enter, b"0")  # "0": the writing thread itself
         except OSError as e:
-            self._kill_strays([pid])
-            return f"cannot move it into cgroup {slot.path}: {e.strerror}"
-        # The kernel does not move a process that is exiting (it says nothing): one still
-        # listed after its move is on its way out, and can fork no more.
-        moved = {pid}
-        for _ in range(SWEEP_ROUNDS):
-            strays = [p for p in self._strays() if p not in moved]
-            if not strays:
-                return ""
-            for stray in strays:
-                moved.add(stray)
-                try:
-                    slot.add(stray)
-                except ProcessLookupError:
-                    pass
-                except OSError:
-                    self._kill_strays([stray])
-        log.warning("processes a job forked before it was moved kept forking: killed")
-        self._kill_strays(self._strays())
-        return ""
+            raise OSError(e.errno, f"cannot enter cgroup {slot.path}: {e.strerror}") from None
+        slot.seen_empty = False
+        try:
+            return spawn(*args, **kwargs)
+        finally:
+            os.write(self._leave, b"0")
 
-    def _strays(self) -> list[int]:
-        listed = os.pread(self._sweep, 4096, 0)
-        if listed == self._quiet:  # as after the last spawn: the worker and its guard only
-            return []
-        if len(listed) == 4096:  # more than a page of pids: read them all
-            listed = _read(f"{self.supervisor}/cgroup.procs").encode()
-        strays = [p for p in _pids(listed) if p not in self._exempt]
-        if not strays:
-            self._quiet = listed
-        return strays
-
-    def _kill_strays(self, pids: Iterable[int]) -> None:
-        """SIGKILL `pids` and, until none is left (bounded: one that is exiting stays listed
-        a while), whatever else shows up in the supervisor cgroup (a process being killed
-        cannot fork any more)."""
-        pids = list(pids)
-        for _ in range(100):
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            pids = self._strays()
-            if not pids:
-                return
-            time.sleep(0.001)
+    def reclaim(self, slot: Slot) -> None:
+        """Bring back threads of this process that were started in `slot` while a thread was
+        there to start a job: after a fork() (not after posix_spawn) handlers run in the parent
+        that may start threads (gRPC's do), and a new thread starts where its creator is."""
+        for tid in _threads(slot.path):
+            if os.path.exists(f"/proc/self/task/{tid}"):
+                with contextlib.suppress(OSError):
+                    _write(f"{self.supervisor}/cgroup.threads", str(tid))
 
     def close(self) -> None:
         """Go back to the cgroup this process came from, kill whatever is left in the tree
-        (the guard has ended: nothing there is spared) and remove it. Slots still in use keep
+        (its guard too: the worker is ending) and remove it. Job cgroups still in use keep
         their descriptors: their threads may still read them, and the process is ending."""
         with self._lock:
             self._closed = True
@@ -316,13 +264,13 @@ class JobCgroups:
         for slot in free:
             slot.close()
         with contextlib.suppress(OSError):
-            os.close(self._sweep)
+            os.close(self._leave)
         try:
             _write(f"{self.base}/cgroup.procs", str(os.getpid()))
         except OSError as e:  # still inside: end the jobs' cgroups only
             log.warning("cannot leave cgroup %s: %s", self.supervisor, e.strerror)
             for slot in slots:
-                slot.kill()
+                slot.kill(EMPTY_WAIT)
             return
         end_tree(self.tree)
 
@@ -331,14 +279,9 @@ def end_tree(tree: str) -> None:
     """Kill everything in a tree (cgroup.kill), wait (bounded) until it is empty, remove it."""
     with contextlib.suppress(OSError):
         _write(f"{tree}/cgroup.kill", "1")
-    try:
-        events = os.open(f"{tree}/cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        wait_empty(events, EMPTY_WAIT)
-    finally:
-        os.close(events)
+    deadline = time.monotonic() + EMPTY_WAIT
+    while _populated(tree) and time.monotonic() < deadline:
+        time.sleep(0.01)
     remove_tree(tree)
 
 
@@ -356,54 +299,41 @@ def _cgroups_in(tree: str) -> list[str]:
 
 
 class WorkerTree:
-    """A worker's tree as its guard sees it when the worker has exited or was killed.
+    """A worker's tree as its guard sees it once the worker has died: the guard moves out to
+    `home`, ends the jobs (TERM, then KILL: `cgroup.kill` of the whole tree) and removes the
+    tree. (After a clean exit there is nothing left: the worker ended the tree, this guard
+    with it.)"""
 
-    The guard first moves out to `home`, so that the tree can be killed whole and removed. If
-    the worker is gone, everything left in the tree is its jobs' (a worker killed during a
-    spawn may have left a job's first forks in the supervisor cgroup). If the worker is still
-    there (a clean exit), only the jobs' cgroups are ended: the worker removes the tree after.
-    """
-
-    def __init__(self, tree: str, home: str, worker: int) -> None:
+    def __init__(self, tree: str, home: str) -> None:
         self.tree = tree
-        self._spare = {worker, os.getpid()}
         try:
             _write(f"{home}/cgroup.procs", str(os.getpid()))
-            left = True
+            self._outside = True
         except OSError:
-            left = False
-        self._whole = left and worker not in _pids_in(f"{tree}/{SUPERVISOR}")
+            self._outside = False
 
-    def members(self) -> list[int]:
-        """Every process in the tree but the worker and this guard."""
-        return [p for c in _cgroups_in(self.tree) for p in _pids_in(c) if p not in self._spare]
+    def jobs(self) -> list[str]:
+        supervisor = f"{self.tree}/{SUPERVISOR}"
+        return [c for c in _cgroups_in(supervisor) if c != supervisor]
+
+    def populated(self) -> bool:
+        return any(_populated(c) for c in self.jobs())
 
     def signal(self, sig: int) -> None:
-        for pid in self.members():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
+        for cgroup in self.jobs():
+            _signal_all(cgroup, sig)
 
     def kill(self) -> None:
-        if self._whole:
+        if self._outside:
             with contextlib.suppress(OSError):
                 _write(f"{self.tree}/cgroup.kill", "1")
-            return
-        for path in _cgroups_in(self.tree)[1:]:
-            if path != f"{self.tree}/{SUPERVISOR}":
-                with contextlib.suppress(OSError):
-                    _write(f"{path}/cgroup.kill", "1")
-        self.signal(signal.SIGKILL)  # and what is in the supervisor cgroup but the worker
+        else:  # the tree holds this guard: the jobs' cgroups only
+            self.signal(signal.SIGKILL)
 
     def remove(self) -> None:
-        """Wait (bounded) until the killed processes are gone; remove what is empty."""
+        """Wait (bounded) until the jobs are gone, killing any late fork; remove the tree."""
         deadline = time.monotonic() + EMPTY_WAIT
-        while self.members() and time.monotonic() < deadline:
+        while self.populated() and time.monotonic() < deadline:
+            self.signal(signal.SIGKILL)
             time.sleep(0.01)
         remove_tree(self.tree)
-
-
-def _pids_in(cgroup: str) -> list[int]:
-    try:
-        return _pids(_read(f"{cgroup}/cgroup.procs"))
-    except OSError:
-        return []

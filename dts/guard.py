@@ -3,12 +3,13 @@
 PR_SET_PDEATHSIG is not delivered everywhere, so the worker starts this guard in its own
 session and keeps the process groups of its running jobs in a table in shared memory (a
 memfd both map). Listing a job is a store to memory: no system call, no wake-up. Where jobs
-run in cgroups (dts.cgroups), the guard is also told the worker's cgroup tree. The guard only
-waits for EOF on a pipe from the worker; at EOF (the worker exited or was killed outright,
-SIGKILL included) it kills every group still in the table and every job cgroup of the tree:
-TERM, then KILL (cgroup.kill) after a grace, and removes the tree as far as it empties. Only
-the worker reports results, so an orphaned job could never report one anyway; the guard makes
-sure it does not keep running either.
+run in cgroups (dts.cgroups), the guard is also told the worker's cgroup tree, in which it
+lives itself. The guard only waits for EOF on a pipe from the worker; at EOF (the worker
+exited or was killed outright, SIGKILL included) it kills every group still in the table and
+everything in the jobs' cgroups: TERM, then KILL after a grace (`cgroup.kill` of the whole
+tree, once the guard has moved out of it), and removes the tree. (A worker that exits cleanly
+ends its tree itself, and the guard with it.) Only the worker reports results, so an orphaned
+job could never report one anyway; the guard makes sure it does not keep running either.
 """
 
 from __future__ import annotations
@@ -47,10 +48,9 @@ class Guard:
         self._alive = True
 
     def start(self, tree: JobCgroups | None = None) -> None:
-        """Start the guard; with `tree`, it ends the jobs in that worker's cgroups too (and is
-        exempt from its sweeps: it lives in the supervisor cgroup with the worker)."""
+        """Start the guard; with `tree`, it ends the jobs in that worker's cgroups too."""
         fd = os.memfd_create("dts-guard", os.MFD_CLOEXEC)
-        where = [tree.tree, tree.base, str(os.getpid())] if tree is not None else []
+        where = [tree.tree, tree.base] if tree is not None else []
         try:
             os.ftruncate(fd, self.capacity * ENTRY.size)
             self._table = mmap.mmap(fd, self.capacity * ENTRY.size)
@@ -62,8 +62,6 @@ class Guard:
             )
         finally:
             os.close(fd)
-        if tree is not None:
-            tree.exempt(self._proc.pid)
 
     def add(self, pgid: int) -> None:
         with self._lock:
@@ -143,7 +141,7 @@ def _kill_all(pgids: set[int], tree: WorkerTree | None, grace: float) -> None:
         tree.signal(signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and (
-        any(_alive(p) for p in pgids) or (tree is not None and tree.members())
+        any(_alive(p) for p in pgids) or (tree is not None and tree.populated())
     ):
         time.sleep(0.05)
     for pgid in pgids:
@@ -161,8 +159,8 @@ def main() -> int:
     while os.read(0, 4096):  # the worker writes nothing: this returns at its exit
         pass
     pgids = listed(table)
-    tree = WorkerTree(sys.argv[3], sys.argv[4], int(sys.argv[5])) if sys.argv[5:] else None
-    if pgids or (tree is not None and tree.members()):
+    tree = WorkerTree(sys.argv[3], sys.argv[4]) if sys.argv[4:] else None
+    if pgids or (tree is not None and tree.populated()):
         _kill_all(pgids, tree, grace)
     if tree is not None:
         tree.remove()

@@ -119,7 +119,7 @@ class Execution:
             if at_once and self.pid is not None:  # now, not at the supervising thread's poll
                 _killpg(self.pid, signal.SIGKILL)
                 if self._slot is not None:  # under the lock: never a later attempt's cgroup
-                    self._slot.kill()
+                    self._slot.signal(signal.SIGKILL)
 
     def run(self) -> Result:
         a = self.assignment
@@ -177,7 +177,7 @@ class Execution:
         try:
             if limits.rlimits and self.opts.prlimit is not None:
                 argv = limited_argv(self.opts.prlimit, limits, argv, env.get("PATH", os.defpath))
-            child, unconfined = self._spawn(argv, env, cwd, slot)
+            child = self._spawn(argv, env, cwd, slot)
         except OSError as e:
             code = EXIT_NOT_EXECUTABLE if isinstance(e, PermissionError) else EXIT_CANNOT_RUN
             where = f" in {cwd}" if cwd else ""
@@ -190,8 +190,6 @@ class Execution:
                 b"",
                 started,
             )
-        if unconfined:  # it was killed: say why
-            self.stop(Outcome.FAILED, f"cannot confine the job: {unconfined}", at_once=True)
         self._on_spawn(child.pid)
         try:
             outcome, out, err = self._supervise(child, slot, timeout, limits.output)
@@ -220,21 +218,21 @@ class Execution:
             return self._result(Outcome.FAILED, code, why, out, err, started)
         return self._result(Outcome.FAILED, code, f"exited with code {rc}", out, err, started)
 
-    def _spawn(
-        self, argv: list[str], env: dict[str, str], cwd: str, slot: Slot | None
-    ) -> tuple[Child, str]:
-        """Start the job, in `slot` if it has one; the child and, if it could not be put in its
-        slot (and was killed), why."""
+    def _spawn(self, argv: list[str], env: dict[str, str], cwd: str, slot: Slot | None) -> Child:
+        """Start the job, in `slot` if it has one."""
         user = self.opts.run_as
         if slot is None:
-            child, unconfined = Child.spawn(argv, env, cwd, user), ""
+            child = Child.spawn(argv, env, cwd, user)
         else:
-            assert self.opts.cgroups is not None
-            child, unconfined = self.opts.cgroups.start(slot, Child.spawn, argv, env, cwd, user)
+            cgroups = self.opts.cgroups
+            assert cgroups is not None
+            child = cgroups.start(slot, Child.spawn, argv, env, cwd, user)
+            if child.forked:
+                cgroups.reclaim(slot)
         with self._lock:
             self.pid = child.pid
             self._slot = slot
-        return child, unconfined
+        return child
 
     def _supervise(
         self, child: Child, slot: Slot | None, timeout: float, max_output: int
@@ -274,13 +272,12 @@ class Execution:
                     if outcome is not None or (exited and (leftovers := _alive(pgid, slot))):
                         term_at = now
                         _signal(pgid, slot, signal.SIGTERM)
-                if (
-                    not killed
-                    and term_at is not None
-                    and (self._at_once or now >= term_at + self.opts.kill_grace)
-                ):
-                    killed = True
-                    _signal(pgid, slot, signal.SIGKILL)
+                if term_at is not None and (self._at_once or now >= term_at + self.opts.kill_grace):
+                    if not killed:
+                        killed = True
+                        _signal(pgid, slot, signal.SIGKILL)
+                    elif slot is not None:
+                        slot.signal(signal.SIGKILL)  # what forked while the last one went out
                 if exited and not (leftovers if term_at is None else _alive(pgid, slot)):
                     if open_pipes == 0:
                         break
@@ -391,6 +388,11 @@ class Child:
                 os.close(fd)
         return cls(pid, out_r, err_r, None)
 
+    @property
+    def forked(self) -> bool:
+        """Whether it was started with fork() (subprocess), not posix_spawn."""
+        return self._popen is not None
+
     def reap(self) -> int:
         """Wait for the process to exit (once); its return code, -N for signal N."""
         if self._status is None:
@@ -497,13 +499,10 @@ def _alive(pgid: int, slot: Slot | None) -> bool:
 
 
 def _signal(pgid: int, slot: Slot | None, sig: int) -> None:
-    """TERM or KILL the job: its process group, and its cgroup if it has one."""
+    """TERM or KILL the job: its process group, and every process of its cgroup if it has one."""
     _killpg(pgid, sig)
     if slot is not None:
-        if sig == signal.SIGKILL:
-            slot.kill()
-        else:
-            slot.signal(sig)
+        slot.signal(sig)
 
 
 def _killpg(pgid: int, sig: int) -> None:

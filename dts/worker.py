@@ -157,9 +157,9 @@ class Worker:
             return self.exit_code
         finally:
             self._stop_all(Outcome.RELEASED, "worker exited")
-            self.guard.close()
             if cgroups is not None:
-                cgroups.close()
+                cgroups.close()  # ends the guard too: it lives in the tree
+            self.guard.close()
             self.channel.close()
 
     def _cgroups(self) -> JobCgroups | None:

@@ -55,7 +55,7 @@ def test_the_worker_under_systemd_runs_jobs_in_cgroups_of_their_own(
     assert not any("jobs run without cgroups" in m for m in lines)
     # a job's cgroup is a slot of the worker's tree, below the unit's delegated cgroup
     r = box.run("dts-client", "submit", "--wait", "--", "cat", "/proc/self/cgroup")
-    slot = r"^0::/.*/dts-worker@1\.service/dts-worker-\d+/slot-\d+$"
+    slot = r"^0::/.*/dts-worker@1\.service/dts-worker-\d+/supervisor/job-\d+$"
     assert re.search(slot, r.stdout, re.M), r.stdout
 
 

@@ -17,9 +17,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
-from dts import cgroups
 from dts.cgroups import JobCgroups, Unavailable, hierarchy
 from dts.domain import Assignment, JobSpec, Outcome, Result
 from dts.runner import Execution, RunOptions
@@ -114,12 +114,14 @@ def started() -> Iterator[list[int]]:
                 kill_quietly(pid)
 
 
-class Spawned:
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
+def thread_cgroup() -> str:
+    """The cgroup directory of the calling thread (threads can be in different ones)."""
+    return cgroup_dir(f"self/task/{threading.get_native_id()}")
 
 
-def test_create_moves_this_process_into_the_tree_and_close_takes_it_back() -> None:
+def test_create_moves_this_process_into_the_tree_and_close_takes_it_back(
+    tmp_path: Path, started: list[int]
+) -> None:
     before = own_cgroup()
     try:
         made = JobCgroups.create()
@@ -129,20 +131,27 @@ def test_create_moves_this_process_into_the_tree_and_close_takes_it_back() -> No
         pytest.skip(str(e))
     assert made.tree.endswith(f"/dts-worker-{os.getpid()}")
     assert cgroup_dir("self") == f"{made.tree}/supervisor"
+    # Given a job left running with a child in a session of its own
     slot = made.acquire()
-    assert os.path.isdir(slot.path)
-    made.release(slot)
+    pidfile = tmp_path / "left.pid"
+    made.start(
+        slot, subprocess.Popen, ["setsid", "-f", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 30"]
+    ).wait()
+    left = read_pid(pidfile, started)
+    # When the tree is closed, then the child is killed, we are back and the tree is gone
     made.close()
     assert own_cgroup() == before
+    wait_until(lambda: not pid_alive(left), 5, what="the left-over child to end")
     assert not os.path.exists(made.tree)
 
 
-def test_a_job_that_forks_before_it_is_moved_is_moved_whole(
+def test_what_a_job_forks_at_once_is_born_in_its_cgroup(
     tree: JobCgroups, tmp_path: Path, started: list[int]
 ) -> None:
     pidfile = tmp_path / "forked.pid"
+    slot = tree.acquire()
 
-    def spawn_and_dawdle() -> Spawned:
+    def spawn_and_dawdle() -> int:
         # Given a job that forks a new session at once, and a spawn that returns only after
         # that fork (as a worker thread may, waiting for the GIL)
         pid = os.posix_spawnp(
@@ -150,18 +159,15 @@ def test_a_job_that_forks_before_it_is_moved_is_moved_whole(
             ["setsid", "-f", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 30"],
             os.environ,
         )
+        assert thread_cgroup() == slot.path  # this thread is in the job's cgroup meanwhile
         read_pid(pidfile, started)
-        return Spawned(pid)
+        return pid
 
-    slot = tree.acquire()
-    child, unconfined = tree.start(slot, spawn_and_dawdle)
-    # Then the fork went into the job's cgroup with it, and the worker's cgroup holds only us
-    assert unconfined == ""
+    child = tree.start(slot, spawn_and_dawdle)
+    # Then the job and its fork are in the job's cgroup, and this thread is back
     assert cgroup_dir(started[0]) == slot.path
-    assert [int(p) for p in Path(f"{tree.supervisor}/cgroup.procs").read_text().split()] == [
-        os.getpid()
-    ]
-    os.waitpid(child.pid, 0)
+    assert thread_cgroup() == tree.supervisor
+    os.waitpid(child, 0)
     # And the slot, released with the fork in it, is emptied for the next attempt
     assert slot.populated()
     tree.release(slot)
@@ -169,25 +175,32 @@ def test_a_job_that_forks_before_it_is_moved_is_moved_whole(
     assert tree.acquire() is slot and not slot.populated()
 
 
-def test_forks_that_outrun_the_sweep_are_killed(
-    tree: JobCgroups, tmp_path: Path, started: list[int], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(cgroups, "SWEEP_ROUNDS", 0)  # every stray counts as one that outran it
-    pidfile = tmp_path / "forked.pid"
+def test_signals_to_a_job_cgroup_never_reach_the_thread_starting_a_job(tree: JobCgroups) -> None:
+    got: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda sig, frame: got.append(sig))
+    try:
+        slot = tree.acquire()
+        # While this thread is in the job's cgroup, a signal to the cgroup passes it by
+        tree.start(slot, slot.signal, signal.SIGUSR1)
+        assert got == []
+        tree.release(slot)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
-    def spawn_and_dawdle() -> Spawned:
-        pid = os.posix_spawnp(
-            "setsid",
-            ["setsid", "-f", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 30"],
-            os.environ,
-        )
-        read_pid(pidfile, started)
-        return Spawned(pid)
 
+def test_kill_ends_a_job_that_keeps_forking(tree: JobCgroups) -> None:
+    # Given a job that forks (new sessions) as fast as it can, a bounded number of times
     slot = tree.acquire()
-    child, _ = tree.start(slot, spawn_and_dawdle)
-    os.waitpid(child.pid, 0)
-    wait_until(lambda: not pid_alive(started[0]), 5, what="the stray to be killed")
+    job = tree.start(
+        slot,
+        subprocess.Popen,
+        ["sh", "-c", "for i in $(seq 3000); do setsid sleep 30 & done; wait"],
+    )
+    wait_until(lambda: len(Path(f"{slot.path}/cgroup.threads").read_text().split()) > 20, 10)
+    # When it is killed while it forks, then the cgroup empties
+    assert slot.kill(10)
+    assert job.wait(10) == -signal.SIGKILL
+    assert not slot.populated()
     tree.release(slot)
 
 
@@ -262,7 +275,7 @@ def test_a_late_stop_of_a_finished_attempt_spares_the_next_one_in_its_cgroup(
     runner = threading.Thread(target=lambda: results.append(second.run()))
     runner.start()
     read_pid(pidfile, started)
-    assert [n for n in os.listdir(tree.tree) if n.startswith("slot-")] == ["slot-1"]
+    assert [n for n in os.listdir(tree.supervisor) if n.startswith("job-")] == ["job-1"]
     # When the finished attempt is told to stop at once (a late cancel or fence)
     first.stop(Outcome.RELEASED, "late", at_once=True)
     # Then the next attempt is not killed by it: only its own stop (TERM) ends it
@@ -274,12 +287,39 @@ def test_a_late_stop_of_a_finished_attempt_spares_the_next_one_in_its_cgroup(
     )
 
 
+def test_threads_that_grpc_starts_at_a_fork_come_back_out_of_the_jobs_cgroup(
+    tree: JobCgroups,
+) -> None:
+    # Given gRPC at work in the process (its handlers restart its threads after a fork(), in
+    # the thread that forked: while a job is being started, that thread is in the job's cgroup)
+    channel = grpc.insecure_channel("127.0.0.1:1")
+    try:
+        with contextlib.suppress(grpc.FutureTimeoutError):
+            grpc.channel_ready_future(channel).result(timeout=0.2)
+        # When a job is started by fork() (subprocess, which forks to change user)
+        opts = RunOptions(kill_grace=0.5, run_as=RunAs.lookup("nobody"), cgroups=tree)
+        a = Assignment(1, 1, JobSpec(argv=("true",), cwd="/"))
+        results: list[Result] = []
+        runner = threading.Thread(target=lambda: results.append(Execution(a, opts).run()))
+        runner.daemon = True  # should it never end
+        runner.start()
+        runner.join(10)
+        # Then the job ends: its cgroup emptied, no thread of ours left in it
+        assert not runner.is_alive(), "the job's cgroup never emptied"
+        assert results[0].outcome is Outcome.SUCCEEDED
+        ours = set(os.listdir("/proc/self/task"))
+        for job in Path(tree.supervisor).glob("job-*"):
+            assert not ours & set((job / "cgroup.threads").read_text().split())
+    finally:
+        channel.close()
+
+
 # ---- the guard --------------------------------------------------------------------------------
 
-# A stand-in worker: its tree, its guard, one job in a slot with an escapee, and one stray left
-# in the supervisor cgroup as if the worker died in the middle of a spawn.
+# A stand-in worker: its tree, its guard, and two jobs (started by two threads) that each left
+# a child in a session of its own.
 FAKE_WORKER = """\
-import os, sys, time
+import os, sys, threading, time
 from dts.cgroups import JobCgroups
 from dts.guard import Guard
 from dts.runner import Child
@@ -287,11 +327,13 @@ spot = sys.argv[1]
 tree = JobCgroups.create()
 guard = Guard(grace=0.5)
 guard.start(tree)
-escape = "setsid sh -c 'echo $$ > {}; exec sleep 30' & wait"
-slot = tree.acquire()
-job = ["sh", "-c", escape.format(spot + "/job.pid")]
-tree.start(slot, lambda: Child.spawn(job, dict(os.environ), ""))
-os.posix_spawnp("sh", ["sh", "-c", escape.format(spot + "/stray.pid")], os.environ, setsid=True)
+def job(name):
+    script = f"setsid sh -c 'echo $$ > {spot}/{name}.pid; exec sleep 30' & wait"
+    tree.start(tree.acquire(), Child.spawn, ["sh", "-c", script], dict(os.environ), "")
+job("one")
+other = threading.Thread(target=job, args=("two",))
+other.start()
+other.join()
 print(tree.tree, flush=True)
 time.sleep(60)
 """
@@ -315,14 +357,14 @@ def test_guard_ends_the_jobs_and_the_tree_of_a_killed_worker(
             if "Unavailable" in err and not IN_CI:
                 pytest.skip(err.strip().splitlines()[-1])
             pytest.fail(f"the stand-in worker failed: {err}")
-        job = read_pid(tmp_path / "job.pid", started)
-        stray = read_pid(tmp_path / "stray.pid", started)
-        assert cgroup_dir(stray) == f"{where}/supervisor"  # never moved
+        one = read_pid(tmp_path / "one.pid", started)
+        two = read_pid(tmp_path / "two.pid", started)
+        assert cgroup_dir(one) != cgroup_dir(two)
         # When the worker is killed outright
         worker.kill()
         worker.wait(10)
-        # Then its guard ends the job's escapee and the stray, and removes the tree
-        for pid in (job, stray):
+        # Then its guard ends both jobs' children and removes the tree
+        for pid in (one, two):
             wait_until(lambda pid=pid: not pid_alive(pid), 10, what=f"process {pid} to end")
         wait_until(lambda: not os.path.exists(where), 10, what=f"{where} to be removed")
     finally:
