@@ -2,20 +2,20 @@
 process of a job outlives it (not one that left its process group and session).
 
 The worker makes a tree under its own cgroup, `dts-worker-PID`, and moves itself (so its guard
-too) into `dts-worker-PID/supervisor`. Jobs run in `supervisor/job-N`, threaded cgroups that
-each hold at most one attempt at a time (emptied and checked empty before the next), so
-attempts get cgroups of their own without a mkdir and an rmdir per job.
+too) into `dts-worker-PID/supervisor`. Jobs run in `supervisor/job-N`: each thread of the
+worker that starts jobs lives in a job cgroup of its own, and what it starts is born there (a
+new process starts in the cgroup of the thread that forks it), one attempt at a time, the
+cgroup found empty before the next. So a job's cgroup holds everything the job ever forked,
+from its first instant, and no process is ever moved from cgroup to cgroup: moving a process
+takes a lock that every fork and exit on the machine waits for (after a pause, for a grace
+period of RCU too), which cost the worker over a tenth of its throughput when every job was
+moved into its cgroup after its spawn.
 
-A job is born in its cgroup, not moved there afterwards: the thread that starts it moves
-itself into the job's cgroup, starts it (a new process starts in the cgroup of the thread that
-forks it) and moves back. So nothing the job forks can be left behind, and no process is ever
-migrated: a process migration takes a lock every fork and exit on the machine waits for (and,
-when migrations are rare, a grace period of RCU), which measurably slowed every job; a thread
-moving itself does not. Moving one thread alone is only allowed within a threaded subtree,
-hence threaded job cgroups, where the kernel refuses `cgroup.kill`: an attempt is ended with
-SIGKILL to every process in its cgroup, repeated until the cgroup is empty (a process that has
-a SIGKILL pending can fork no more, so this ends). The tree as a whole, a domain cgroup, is
-ended with `cgroup.kill` (by the worker at exit, by its guard if it dies).
+Only a threaded cgroup can take a single thread of a process, hence threaded job cgroups, for
+which the kernel refuses `cgroup.kill`: an attempt is ended with SIGKILL to every process of
+the job in its cgroup, repeated until none is left (a process with a SIGKILL pending can fork
+no more, so this ends), never to a thread of the worker. The tree, a domain cgroup, is ended
+with `cgroup.kill`: by the worker at a clean exit, by its guard if the worker dies.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import errno
 import itertools
 import logging
 import os
-import select
 import signal
 import threading
 import time
@@ -95,9 +94,9 @@ def _threads(cgroup: str) -> list[int]:
 
 def _signal_all(cgroup: str, sig: int) -> None:
     """Send `sig` to every process in `cgroup`, never to one of this process's own threads
-    (one that is starting a job is in the job's cgroup for that while)."""
+    (the threads that start jobs live in the jobs' cgroups)."""
     for tid in _threads(cgroup):
-        if not os.path.exists(f"/proc/self/task/{tid}"):
+        if not _ours(tid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(tid, sig)
 
@@ -110,55 +109,68 @@ def _populated(cgroup: str) -> bool:
 
 
 class Slot:
-    """A job cgroup that holds one attempt at a time (descriptors kept open: used per job)."""
+    """A job cgroup, the home of one thread of the worker: the jobs that thread starts are born
+    here, one attempt at a time (and it is found empty before the next)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, tid: int) -> None:
         self.path = path
-        self._enter = os.open(f"{path}/cgroup.threads", os.O_WRONLY | os.O_CLOEXEC)
-        self._events = os.open(f"{path}/cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
-        # populated() last found it empty and no job was started in it since: it is still
-        # empty (an empty cgroup has no process that could fork into it)
+        self._threads = os.open(f"{path}/cgroup.threads", os.O_RDONLY | os.O_CLOEXEC)
+        self._alone = b"%d\n" % tid  # cgroup.threads with nothing in it but its thread
+        # populated() last found nothing of a job here and no job was started since: that is
+        # still so (an empty cgroup has no process that could fork into it)
         self.seen_empty = True
 
     def populated(self) -> bool:
-        """Whether any process (not a zombie) is in the cgroup."""
-        self.seen_empty = b"populated 0" in os.pread(self._events, 64, 0)
-        return not self.seen_empty
+        """Whether any process of a job (not a zombie) is in the cgroup. Threads of the worker
+        do not count: the one that lives here, and any it started (a thread starts in the
+        cgroup of the thread that creates it: gRPC, for one, restarts its threads after a
+        fork(), in the thread that forked)."""
+        listed = os.pread(self._threads, 4096, 0)
+        if listed != self._alone:  # the usual case costs one read
+            if len(listed) == 4096:  # more than a page of threads: read them all
+                listed = _read(f"{self.path}/cgroup.threads").encode()
+            self.seen_empty = all(_ours(int(tid)) for tid in listed.split())
+            return not self.seen_empty
+        self.seen_empty = True
+        return False
 
     def signal(self, sig: int) -> None:
-        """Send `sig` to every process in the cgroup, once (one that forks meanwhile may have
-        a child that missed it: `kill` repeats)."""
+        """Send `sig` to every process of a job in the cgroup, once (one that forks meanwhile
+        may have a child that missed it: `kill` repeats)."""
         _signal_all(self.path, sig)
 
     def kill(self, timeout: float) -> bool:
-        """SIGKILL everything in the cgroup until it is empty; whether that happened in time."""
+        """SIGKILL every job process in the cgroup until none is left; whether that happened
+        in time."""
         deadline = time.monotonic() + timeout
-        poller = select.poll()
-        poller.register(self._events, select.POLLPRI)  # woken when cgroup.events changes
         while self.populated():
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
             self.signal(signal.SIGKILL)
-            poller.poll(min(left, 0.05) * 1000)
+            time.sleep(min(left, 0.005))
         return True
 
     def close(self) -> None:
-        for fd in (self._enter, self._events):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with contextlib.suppress(OSError):
+            os.close(self._threads)
 
 
 class JobCgroups:
-    """The worker's cgroup tree and its pool of job cgroups. Thread-safe."""
+    """The worker's cgroup tree: a job cgroup for each thread of the worker that starts jobs.
+
+    A thread moves itself into a job cgroup of its own the first time it asks for one and
+    stays there, so starting a job moves nothing (moving costs even a thread some 15 us of
+    CPU, each way). The thread that asks for its cgroup (`acquire`) is the one that gives it
+    back (`release`).
+    """
 
     def __init__(self, base: str, tree: str) -> None:
         self.base = base  # the cgroup the worker came from (it goes back there at close)
         self.tree = tree
         self.supervisor = f"{tree}/{SUPERVISOR}"
-        self._leave = os.open(f"{self.supervisor}/cgroup.threads", os.O_WRONLY | os.O_CLOEXEC)
+        self._home = threading.local()  # .slot: the calling thread's job cgroup
         self._lock = threading.Lock()
-        self._free: list[Slot] = []
         self._slots: list[Slot] = []
         self._numbers = itertools.count(1)
         self._closed = False
@@ -182,13 +194,14 @@ class JobCgroups:
         try:
             if not os.path.exists(f"{tree}/cgroup.kill"):
                 raise Unavailable("the kernel has no cgroup.kill (it needs Linux 5.14 or later)")
-            os.mkdir(f"{tree}/{SUPERVISOR}")
-            _write(f"{tree}/{SUPERVISOR}/cgroup.procs", str(pid))
-            made = cls(base, tree)
-            slot = made.acquire()  # the first job cgroup, tried: threaded cgroups work here
-            made.start(slot, int)
-            made.release(slot)
-            return made
+            supervisor = f"{tree}/{SUPERVISOR}"
+            os.mkdir(supervisor)
+            _write(f"{supervisor}/cgroup.procs", str(pid))
+            # a threaded cgroup, and a thread moving itself in and out: all a job cgroup needs
+            trial = _threaded(f"{supervisor}/{JOB_PREFIX}0")
+            _write(f"{trial}/cgroup.threads", "0")
+            _write(f"{supervisor}/cgroup.threads", "0")
+            os.rmdir(trial)
         except (OSError, Unavailable) as e:
             with contextlib.suppress(OSError):
                 _write(f"{base}/cgroup.procs", str(pid))
@@ -196,83 +209,79 @@ class JobCgroups:
             if isinstance(e, OSError):
                 raise Unavailable(f"cannot use cgroup {tree}: {e.strerror}") from None
             raise
+        return cls(base, tree)
 
     def acquire(self) -> Slot:
-        """An empty job cgroup for one attempt; OSError if none can be made."""
-        with self._lock:
-            if self._closed:
-                raise OSError(errno.ESHUTDOWN, "the worker is stopping", self.tree)
-            if self._free:
-                return self._free.pop()
-        path = f"{self.supervisor}/{JOB_PREFIX}{next(self._numbers)}"
-        os.mkdir(path)
+        """The calling thread's job cgroup, where it is, empty; OSError if none can be made."""
+        slot: Slot | None = getattr(self._home, "slot", None)
+        if slot is not None:
+            return slot
+        if self._closed:
+            raise OSError(errno.ESHUTDOWN, "the worker is stopping", self.tree)
+        path = _threaded(f"{self.supervisor}/{JOB_PREFIX}{next(self._numbers)}")
         try:
-            _write(f"{path}/cgroup.type", "threaded")
-            slot = Slot(path)
+            _write(f"{path}/cgroup.threads", "0")  # "0": the writing thread itself
+            slot = Slot(path, threading.get_native_id())
         except OSError:
             with contextlib.suppress(OSError):
                 os.rmdir(path)
             raise
         with self._lock:
             self._slots.append(slot)
+        self._home.slot = slot
         return slot
 
     def release(self, slot: Slot) -> None:
-        """Take back a job cgroup whose attempt is over: reused if empty, else killed; one
-        that will not empty is never used again."""
-        with self._lock:
-            if self._closed:
-                return
+        """Take back the calling thread's job cgroup after an attempt: killed if anything of
+        the job is left; if that will not end, the thread moves to another next time."""
+        if self._closed:
+            return
         try:
-            if not slot.seen_empty and slot.populated() and not slot.kill(EMPTY_WAIT):
-                log.error("cgroup %s did not empty when killed; jobs use another", slot.path)
+            if slot.seen_empty or not slot.populated() or slot.kill(EMPTY_WAIT):
                 return
+            log.error("cgroup %s did not empty when killed; jobs use another", slot.path)
         except OSError as e:
             log.error("cgroup %s: %s; jobs use another", slot.path, e.strerror)
-            return
-        with self._lock:
-            self._free.append(slot)
+        self._home.slot = None
 
     def start(self, slot: Slot, spawn: Callable[A, T], *args: A.args, **kwargs: A.kwargs) -> T:
-        """Run `spawn` with this thread in `slot`, so that what it starts is born there."""
-        try:
-            os.write(slot._enter, b"0")  # "0": the writing thread itself
-        except OSError as e:
-            raise OSError(e.errno, f"cannot enter cgroup {slot.path}: {e.strerror}") from None
+        """Run `spawn` (in the thread whose cgroup `slot` is): what it starts is born there."""
         slot.seen_empty = False
-        try:
-            return spawn(*args, **kwargs)
-        finally:
-            os.write(self._leave, b"0")
-
-    def reclaim(self, slot: Slot) -> None:
-        """Bring back threads of this process that were started in `slot` while a thread was
-        there to start a job: after a fork() (not after posix_spawn) handlers run in the parent
-        that may start threads (gRPC's do), and a new thread starts where its creator is."""
-        for tid in _threads(slot.path):
-            if os.path.exists(f"/proc/self/task/{tid}"):
-                with contextlib.suppress(OSError):
-                    _write(f"{self.supervisor}/cgroup.threads", str(tid))
+        return spawn(*args, **kwargs)
 
     def close(self) -> None:
-        """Go back to the cgroup this process came from, kill whatever is left in the tree
-        (its guard too: the worker is ending) and remove it. Job cgroups still in use keep
-        their descriptors: their threads may still read them, and the process is ending."""
+        """Go back to the cgroup this process came from (every thread), kill whatever is left
+        in the tree (its guard too: the worker is ending) and remove it."""
         with self._lock:
             self._closed = True
-            free, slots = list(self._free), list(self._slots)
-        for slot in free:
-            slot.close()
-        with contextlib.suppress(OSError):
-            os.close(self._leave)
+            slots = list(self._slots)
         try:
             _write(f"{self.base}/cgroup.procs", str(os.getpid()))
-        except OSError as e:  # still inside: end the jobs' cgroups only
+        except OSError as e:  # still inside: end the jobs only
             log.warning("cannot leave cgroup %s: %s", self.supervisor, e.strerror)
             for slot in slots:
                 slot.kill(EMPTY_WAIT)
             return
         end_tree(self.tree)
+        for slot in slots:
+            slot.close()
+
+
+def _threaded(path: str) -> str:
+    """Make a threaded cgroup at `path`."""
+    os.mkdir(path)
+    try:
+        _write(f"{path}/cgroup.type", "threaded")
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+        raise
+    return path
+
+
+def _ours(tid: int) -> bool:
+    """Whether `tid` is a thread of this process."""
+    return os.path.exists(f"/proc/self/task/{tid}")
 
 
 def end_tree(tree: str) -> None:

@@ -224,11 +224,8 @@ class Execution:
         if slot is None:
             child = Child.spawn(argv, env, cwd, user)
         else:
-            cgroups = self.opts.cgroups
-            assert cgroups is not None
-            child = cgroups.start(slot, Child.spawn, argv, env, cwd, user)
-            if child.forked:
-                cgroups.reclaim(slot)
+            assert self.opts.cgroups is not None
+            child = self.opts.cgroups.start(slot, Child.spawn, argv, env, cwd, user)
         with self._lock:
             self.pid = child.pid
             self._slot = slot
@@ -387,11 +384,6 @@ class Child:
             for fd in (out_w, err_w):
                 os.close(fd)
         return cls(pid, out_r, err_r, None)
-
-    @property
-    def forked(self) -> bool:
-        """Whether it was started with fork() (subprocess), not posix_spawn."""
-        return self._popen is not None
 
     def reap(self) -> int:
         """Wait for the process to exit (once); its return code, -N for signal N."""
