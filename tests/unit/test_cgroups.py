@@ -2,7 +2,8 @@
 
 They need root and a cgroup v2 hierarchy with cgroup.kill (Linux 5.14+): without them they are
 skipped locally and fail in CI. A test that makes a tree moves the test process itself into
-the tree's supervisor cgroup for the test's duration (as the worker moves itself), and back.
+the tree's supervisor cgroup for the test's duration (as the worker moves itself), and a thread
+that runs a job into a job cgroup; closing the tree takes them all back.
 """
 
 from __future__ import annotations
