@@ -2,11 +2,14 @@
 
 PR_SET_PDEATHSIG is not delivered everywhere, so the worker starts this guard in its own
 session and keeps the process groups of its running jobs in a table in shared memory (a
-memfd both map). Listing a job is a store to memory: no system call, no wake-up. The guard
-only waits for EOF on a pipe from the worker; at EOF (the worker exited or was killed
-outright, SIGKILL included) it kills every group still in the table: TERM, then KILL after a
-grace. Only the worker reports results, so an orphaned job could never report one anyway; the
-guard makes sure it does not keep running either.
+memfd both map). Listing a job is a store to memory: no system call, no wake-up. Where jobs
+run in cgroups (dts.cgroups), the guard is also told the worker's cgroup tree, in which it
+lives itself. The guard only waits for EOF on a pipe from the worker; at EOF (the worker
+exited or was killed outright, SIGKILL included) it kills every group still in the table and
+everything in the jobs' cgroups: TERM, then KILL after a grace (`cgroup.kill` of the whole
+tree, once the guard has moved out of it), and removes the tree. (A worker that exits cleanly
+ends its tree itself, and the guard with it.) Only the worker reports results, so an orphaned
+job could never report one anyway; the guard makes sure it does not keep running either.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import subprocess
 import sys
 import threading
 import time
+
+from dts.cgroups import JobCgroups, WorkerTree
 
 log = logging.getLogger("dts.guard")
 
@@ -42,13 +47,15 @@ class Guard:
         self._checked = float("-inf")  # when _guard_alive last asked
         self._alive = True
 
-    def start(self) -> None:
+    def start(self, tree: JobCgroups | None = None) -> None:
+        """Start the guard; with `tree`, it ends the jobs in that worker's cgroups too."""
         fd = os.memfd_create("dts-guard", os.MFD_CLOEXEC)
+        where = [tree.tree, tree.base] if tree is not None else []
         try:
             os.ftruncate(fd, self.capacity * ENTRY.size)
             self._table = mmap.mmap(fd, self.capacity * ENTRY.size)
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "dts.guard", str(self.grace), str(fd)],
+                [sys.executable, "-m", "dts.guard", str(self.grace), str(fd), *where],
                 stdin=subprocess.PIPE,
                 pass_fds=(fd,),
                 start_new_session=True,  # a signal to the worker's group must not reach the guard
@@ -125,16 +132,23 @@ def _alive(pgid: int) -> bool:
         return True
 
 
-def _kill_all(pgids: set[int], grace: float) -> None:
+def _kill_all(pgids: set[int], tree: WorkerTree | None, grace: float) -> None:
+    """TERM the groups and the tree's jobs, KILL them after `grace` (at once when all ended)."""
     for pgid in pgids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGTERM)
+    if tree is not None:
+        tree.signal(signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in pgids):
+    while time.monotonic() < deadline and (
+        any(_alive(p) for p in pgids) or (tree is not None and tree.populated())
+    ):
         time.sleep(0.05)
     for pgid in pgids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
+    if tree is not None:
+        tree.kill()
 
 
 def main() -> int:
@@ -145,8 +159,11 @@ def main() -> int:
     while os.read(0, 4096):  # the worker writes nothing: this returns at its exit
         pass
     pgids = listed(table)
-    if pgids:
-        _kill_all(pgids, grace)
+    tree = WorkerTree(sys.argv[3], sys.argv[4]) if sys.argv[4:] else None
+    if pgids or (tree is not None and tree.populated()):
+        _kill_all(pgids, tree, grace)
+    if tree is not None:
+        tree.remove()
     return 0
 
 

@@ -1,5 +1,6 @@
-"""The command runner: one attempt as its own process group, output captured and capped,
-timeout and cancellation enforced by killing the whole group (TERM, then KILL after a grace)."""
+"""The command runner: one attempt as its own process group, in a cgroup of its own where the
+worker has cgroups (dts.cgroups), output captured and capped, timeout and cancellation enforced
+by killing all of it (TERM, then KILL after a grace): the cgroup, else the process group."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
+from dts.cgroups import JobCgroups, Slot
 from dts.domain import (
     EXIT_CANNOT_RUN,
     EXIT_TIMED_OUT,
@@ -81,6 +83,7 @@ class RunOptions:
     limits_cap: Limits = NO_LIMITS  # the operator's resource limits (jobs may ask for lower ones)
     max_timeout: float = 0.0  # the operator's cap of a job's timeout; 0: none
     prlimit: str | None = None  # util-linux prlimit, needed by jobs with resource limits
+    cgroups: JobCgroups | None = None  # a cgroup per attempt; None: process groups only
 
     @functools.cached_property
     def caps(self) -> Limits:
@@ -107,6 +110,7 @@ class Execution:
         self._at_once = False
         self._lock = threading.Lock()
         self.pid: int | None = None
+        self._slot: Slot | None = None  # the attempt's cgroup, while it is the attempt's
 
     def stop(self, outcome: Outcome, reason: str, at_once: bool = False) -> None:
         """Kill the job: CANCELLED (user asked) or RELEASED (worker draining or fenced).
@@ -119,9 +123,10 @@ class Execution:
                 self._stop_outcome = outcome
                 self._stop_reason = reason
             self._at_once = self._at_once or at_once
-            pid = self.pid
-        if at_once and pid is not None:
-            _killpg(pid, signal.SIGKILL)  # now, not at the supervising thread's next poll
+            if at_once and self.pid is not None:  # now, not at the supervising thread's poll
+                _killpg(self.pid, signal.SIGKILL)
+                if self._slot is not None:  # under the lock: never a later attempt's cgroup
+                    self._slot.signal(signal.SIGKILL)
 
     def run(self) -> Result:
         a = self.assignment
@@ -150,11 +155,37 @@ class Execution:
                 b"",
                 started,
             )
+        cgroups = self.opts.cgroups
+        try:
+            slot = cgroups.acquire() if cgroups is not None else None
+        except OSError as e:
+            why = f"cannot make a cgroup for the job: {e.strerror or e}"
+            return self._result(Outcome.FAILED, EXIT_CANNOT_RUN, why, b"", b"", started)
+        try:
+            return self._run(argv, env, cwd, slot, limits, timeout, started)
+        finally:
+            if slot is not None:
+                assert cgroups is not None
+                with self._lock:  # from here on, stop() has no cgroup to kill
+                    self._slot = None
+                cgroups.release(slot)
+
+    def _run(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        slot: Slot | None,
+        limits: Limits,
+        timeout: float,
+        started: float,
+    ) -> Result:
+        spec = self.assignment.spec
         try:
             if limits.rlimits and self.opts.prlimit is not None:
                 argv = limited_argv(self.opts.prlimit, limits, argv, env.get("PATH", os.defpath))
-            with job_directory(cwd, user) as enter:  # with the rights of the job's user
-                child = Child.spawn(argv, env, enter, user)
+            with job_directory(cwd, self.opts.run_as) as enter:  # with the job user's rights
+                child = self._spawn(argv, env, enter, slot)
         except OSError as e:
             code = EXIT_NOT_EXECUTABLE if isinstance(e, PermissionError) else EXIT_CANNOT_RUN
             where = f" in {cwd}" if cwd else ""
@@ -168,10 +199,9 @@ class Execution:
                 b"",
                 started,
             )
-        self.pid = child.pid
         self._on_spawn(child.pid)
         try:
-            outcome, out, err = self._supervise(child, timeout, limits.output)
+            outcome, out, err = self._supervise(child, slot, timeout, limits.output)
         finally:
             rc = child.reap()
             self._on_reap(child.pid)
@@ -197,14 +227,28 @@ class Execution:
             return self._result(Outcome.FAILED, code, why, out, err, started)
         return self._result(Outcome.FAILED, code, f"exited with code {rc}", out, err, started)
 
-    def _supervise(
-        self, child: Child, timeout: float, max_output: int
-    ) -> tuple[Outcome | None, bytes, bytes]:
-        """Read output until the job and everything left in its group are gone.
+    def _spawn(self, argv: list[str], env: dict[str, str], cwd: str, slot: Slot | None) -> Child:
+        """Start the job, in `slot` if it has one."""
+        user = self.opts.run_as
+        if slot is None:
+            child = Child.spawn(argv, env, cwd, user)
+        else:
+            assert self.opts.cgroups is not None
+            child = self.opts.cgroups.start(slot, Child.spawn, argv, env, cwd, user)
+        with self._lock:
+            self.pid = child.pid
+            self._slot = slot
+        return child
 
-        Timeout or stop: TERM the group, KILL it after the grace. When the job's main process
-        exits (it is reaped at once, its group id stays reserved while members live), members
-        left in its group get the same treatment.
+    def _supervise(
+        self, child: Child, slot: Slot | None, timeout: float, max_output: int
+    ) -> tuple[Outcome | None, bytes, bytes]:
+        """Read output until the job and everything left of it are gone: its cgroup (`slot`)
+        if it has one, else its process group.
+
+        Timeout or stop: TERM all of it, KILL it after the grace. When the job's main process
+        exits (it is reaped at once; a group id stays reserved while members live), what is
+        left of it gets the same treatment.
         """
         caps = {child.stdout: Capture(max_output), child.stderr: Capture(max_output)}
         # Reads happen only when poll says a pipe is readable, so the pipes stay blocking. The
@@ -231,21 +275,20 @@ class Execution:
                         outcome = Outcome.TIMED_OUT
                     elif not exited and self._stop_outcome is not None:
                         outcome = self._stop_outcome
-                    if outcome is not None or (exited and (leftovers := _group_alive(pgid))):
+                    if outcome is not None or (exited and (leftovers := _alive(pgid, slot))):
                         term_at = now
-                        _killpg(pgid, signal.SIGTERM)
-                if (
-                    not killed
-                    and term_at is not None
-                    and (self._at_once or now >= term_at + self.opts.kill_grace)
-                ):
-                    killed = True
-                    _killpg(pgid, signal.SIGKILL)
-                if exited and not (leftovers if term_at is None else _group_alive(pgid)):
+                        _signal(pgid, slot, signal.SIGTERM)
+                if term_at is not None and (self._at_once or now >= term_at + self.opts.kill_grace):
+                    if not killed:
+                        killed = True
+                        _signal(pgid, slot, signal.SIGKILL)
+                    elif slot is not None:
+                        slot.signal(signal.SIGKILL)  # what forked while the last one went out
+                if exited and not (leftovers if term_at is None else _alive(pgid, slot)):
                     if open_pipes == 0:
                         break
                     if term_at is not None and now >= term_at + self.opts.kill_grace + 1:
-                        break  # something outside the group holds our pipes: stop waiting
+                        break  # something outside the job holds our pipes: stop waiting
                 if not exited and pidfd is None and open_pipes == 0:
                     exited = child.reaped_now()
                     if not exited:  # it closed its output but runs on: watch its exit
@@ -449,6 +492,18 @@ def _group_alive(pgid: int) -> bool:
             if int(fields[2]) == pgid and fields[0] != b"Z":
                 return True
     return False
+
+
+def _alive(pgid: int, slot: Slot | None) -> bool:
+    """Whether anything of the job runs on: in its cgroup if it has one, else in its group."""
+    return slot.populated() if slot is not None else _group_alive(pgid)
+
+
+def _signal(pgid: int, slot: Slot | None, sig: int) -> None:
+    """TERM or KILL the job: its process group, and every process of its cgroup if it has one."""
+    _killpg(pgid, sig)
+    if slot is not None:
+        slot.signal(sig)
 
 
 def _killpg(pgid: int, sig: int) -> None:

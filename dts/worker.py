@@ -26,6 +26,7 @@ import redis
 from dts import __version__, logs, wire
 from dts.auth import open_channel
 from dts.backoff import Backoff
+from dts.cgroups import JobCgroups, Unavailable
 from dts.config import WorkerConfig, load_worker_config
 from dts.domain import Assignment, Outcome, Result
 from dts.errors import DtsError
@@ -147,8 +148,9 @@ class Worker:
     # ---- lifecycle ------------------------------------------------------------------------
 
     def run(self, readiness: Readiness) -> int:
-        self.guard.start()
+        cgroups = self._cgroups()  # first: the guard must start in the worker's new cgroup
         try:
+            self.guard.start(cgroups)
             if not self._register():
                 readiness.failed("refused" if self.exit_code else "stopped before registering")
                 return self.exit_code
@@ -178,8 +180,26 @@ class Worker:
             return self.exit_code
         finally:
             self._stop_all(Outcome.RELEASED, "worker exited")
+            if cgroups is not None:
+                cgroups.close()  # ends the guard too: it lives in the tree
             self.guard.close()
             self.channel.close()
+
+    def _cgroups(self) -> JobCgroups | None:
+        """A cgroup for each running attempt where this process can make them; else a warning
+        and process groups only."""
+        try:
+            cgroups = JobCgroups.create()
+        except Unavailable as e:
+            log.warning(
+                "jobs run without cgroups of their own (%s): a job's processes that leave its "
+                "process group (setsid, daemons) may outlive it",
+                e,
+            )
+            return None
+        log.info("jobs run in cgroups of their own under %s", cgroups.tree)
+        self.run_opts = replace(self.run_opts, cgroups=cgroups)
+        return cgroups
 
     def _register(self) -> bool:
         request = pb.RegisterRequest(

@@ -18,7 +18,10 @@ from tests.systemd.container import HOSTNAME, Container, wait_for
 pytestmark = pytest.mark.timeout(600)
 
 CONF = "/etc/supervisor/conf.d/dts-worker.conf"
-ISO_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO ")
+ISO_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (INFO|WARNING) ")
+# A worker that is not root and has no cgroup delegated to it (supervisord's user=dts) says so
+# once, at start, and ends jobs by process group.
+NO_CGROUPS = "WARNING dts.worker: jobs run without cgroups of their own"
 
 
 def pool(box: Container) -> dict[str, dict[str, object]]:
@@ -59,6 +62,8 @@ def test_worker_pool_under_supervisord(supervised: Container) -> None:
     assert "JOURNAL_STREAM=" in box.run("cat", f"/proc/{sup_pid}/environ").stdout
     log = box.run("cat", "/var/log/dts/worker_01.log").stdout.splitlines()
     assert log and all(ISO_LINE.match(line) for line in log), log
+    assert [ln for ln in log if " WARNING " in ln] == [ln for ln in log if NO_CGROUPS in ln]
+    assert len([ln for ln in log if NO_CGROUPS in ln]) == 1, log
 
     # Given a job that takes 2 s, running
     job = box.run(
