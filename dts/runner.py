@@ -207,6 +207,11 @@ class Execution:
             self._on_reap(child.pid)
             child.close()
         code = rc if rc >= 0 else exit_code_for_signal(-rc)
+        if outcome is None and rc != 0 and self._stop_outcome is not None:
+            # stopped while it ran, and it died of it (an at-once stop kills it straight away,
+            # before the supervising loop looks at the request): the stop's outcome, not a
+            # failure of the job
+            outcome = self._stop_outcome
         if outcome is Outcome.TIMED_OUT:
             by_worker = self.opts.max_timeout and timeout == self.opts.max_timeout
             capped = " (the worker's max-timeout)" if by_worker and timeout != spec.timeout else ""

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-
 from dts.domain import Assignment, JobSpec, Outcome
 from dts.runner import Execution, RunOptions
 
@@ -15,11 +13,6 @@ FAST = RunOptions(max_output=1 << 20, kill_grace=0.5)
 TRIES = 20  # the race is lost about 1 time in 3 on an idle machine: 20 tries find it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dts/runner.py: an at_once stop that kills the job before _supervise looks at "
-    "_stop_outcome is reported as FAILED (exit 137); remove this mark with the fix",
-)
 def test_a_job_stopped_at_once_is_released_not_failed() -> None:
     outcomes = []
     for _ in range(TRIES):
