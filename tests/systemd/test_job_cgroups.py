@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 
 import pytest
 
@@ -41,10 +42,13 @@ def planted(box: Container, pidfile: str) -> str:
 
 
 @pytest.fixture
-def worker(box: Container) -> str:
+def worker(box: Container) -> Iterator[str]:
     box.run("systemctl", "start", "dts-server", "dts-worker@1")
     box.run("systemctl", "stop", "dts-worker@2", "dts-worker@3", "dts-worker@4", check=False)
-    return "dts-worker@1"
+    try:
+        yield "dts-worker@1"
+    finally:  # the other tests of the tier must not meet this worker (it would take their jobs)
+        box.run("systemctl", "stop", "dts-worker@1", check=False)
 
 
 def test_the_worker_under_systemd_runs_jobs_in_cgroups_of_their_own(

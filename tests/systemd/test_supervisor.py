@@ -36,6 +36,8 @@ def live(box: Container) -> set[str]:
 
 @pytest.fixture
 def supervised(box: Container) -> Iterator[Container]:
+    # no worker of another test may take this test's jobs
+    box.run("systemctl", "stop", "dts-workers.target", "dts-worker@*", check=False)
     box.run("systemctl", "start", "dts-server")
     box.install("SUPERVISOR=1")
     try:
@@ -53,6 +55,8 @@ def test_worker_pool_under_supervisord(supervised: Container) -> None:
     r = box.run("supervisorctl", "update")
     assert "worker: added process group" in r.stdout
     wait_for(lambda: live(box) == names, 30, "the supervised workers")
+    everyone = json.loads(box.run("dts-client", "--json", "workers").stdout)
+    assert {w["name"] for w in everyone if w["state"] in ("idle", "busy")} == names, everyone
     # As user dts, logging to /var/log/dts with their own time stamps: supervisord runs
     # under systemd and passes JOURNAL_STREAM on, but their stderr is its log file
     for w in pool(box).values():
@@ -76,7 +80,8 @@ def test_worker_pool_under_supervisord(supervised: Container) -> None:
     assert time.monotonic() - started > 0.5
     assert "worker:worker_01: stopped" in r.stdout and "worker:worker_02: stopped" in r.stdout
     status = json.loads(box.run("dts-client", "--json", "status", job).stdout)
-    assert status["status"] == "succeeded"
+    logs = box.run("sh", "-c", "tail -n 30 /var/log/dts/worker_0*.log", check=False).stdout
+    assert status["status"] == "succeeded", (status, logs)
     job_pid = box.run("cat", "/tmp/sv-job.pid").stdout.strip()
     assert box.run("kill", "-0", job_pid, check=False).returncode != 0
     assert not live(box)
