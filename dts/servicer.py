@@ -126,13 +126,18 @@ class SchedulerServicer:
         waker = LoopWaker(asyncio.get_running_loop())
         self.c.add_waiter(job_id, waker)  # before the read: an end in between still wakes us
         try:
-            job: Job = await run_in(self.pools.client, self.c.get, job_id)
-            if not job.status.final:
+            final, answer = await run_in(self.pools.client, self._look, job_id)
+            if not final:
                 await waker.wait(min(request.timeout, MAX_WAIT))
-                job = await run_in(self.pools.client, self.c.get, job_id)
+                final, answer = await run_in(self.pools.client, self._look, job_id)
         finally:
             self.c.remove_waiter(job_id, waker)
-        return await run_in(self.pools.client, wire.job_to_pb, job)
+        return answer
+
+    def _look(self, job_id: int) -> tuple[bool, pb.Job]:
+        """Whether the job is final, and its answer: one trip to the pool, not two."""
+        job = self.c.get(job_id)
+        return job.status.final, wire.job_to_pb(job)
 
     def end_streams(self) -> None:
         """The server is stopping: answer what each open SubmitStream has read, then end it.
