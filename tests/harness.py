@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from dts.auth import ChannelSecurity
+from dts.channel import ChannelSecurity
 from dts.client import Client
 from dts.errors import DtsError
 

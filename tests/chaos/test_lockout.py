@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from dts.auth import ChannelSecurity, open_channel
+from dts.channel import ChannelSecurity, open_channel
 from dts.client import Client
 from dts.domain import JobSpec, JobStatus
 from dts.v1 import dts_pb2 as pb

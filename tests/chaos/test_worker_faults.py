@@ -10,7 +10,7 @@ from collections.abc import Callable
 import redis
 
 from dts.domain import JobStatus, Outcome
-from dts.queue import Keys, RedisQueue
+from dts.queue.redis import Keys, RedisQueue
 from tests.chaos.conftest import ChaosCluster, group_alive
 from tests.harness import wait_until
 

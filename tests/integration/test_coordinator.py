@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from dts.config import ServerConfig
-from dts.coordinator import Coordinator
 from dts.domain import Assignment, JobSpec, JobStatus, Lease, Outcome, Result
 from dts.errors import (
     FailedPrecondition,
@@ -21,8 +19,10 @@ from dts.errors import (
     SessionSuperseded,
     UnknownSession,
 )
-from dts.queue import Keys, RedisQueue
-from dts.stores.sqlite import SqliteStore
+from dts.queue.redis import Keys, RedisQueue
+from dts.server.config import ServerConfig
+from dts.server.coordinator import Coordinator
+from dts.server.store.sqlite import SqliteStore
 from tests.harness import RedisProcess, wait_until
 
 

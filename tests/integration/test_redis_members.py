@@ -13,11 +13,11 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dts.config import ServerConfig
-from dts.coordinator import Coordinator
 from dts.domain import JobSpec, JobStatus, Outcome, Result
-from dts.queue import ID_BITS, Keys, RedisQueue
-from dts.stores.sqlite import SqliteStore
+from dts.queue.redis import ID_BITS, Keys, RedisQueue
+from dts.server.config import ServerConfig
+from dts.server.coordinator import Coordinator
+from dts.server.store.sqlite import SqliteStore
 
 LEASE = 30.0
 prefixes = (f"t{n}:" for n in itertools.count())

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import sys
 
-from dts import worker
 from dts.domain import Result
-from dts.runner import Execution
 from dts.v1 import dts_pb2 as pb
+from dts.worker import main as worker
+from dts.worker.runner import Execution
 
 
 class PlantedBug(RuntimeError):

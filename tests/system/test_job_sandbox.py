@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dts.sandbox import find_prlimit
+from dts.worker.sandbox import find_prlimit
 from tests.conftest import Cluster, make_cluster
 from tests.harness import clean_env
 

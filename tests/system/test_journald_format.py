@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dts import logs
+from dts.daemon import logs
 from tests.harness import (
     BIN,
     clean_env,

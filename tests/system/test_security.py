@@ -14,7 +14,7 @@ import pytest
 from redis import Redis
 from redis import exceptions as redis_errors
 
-from dts.auth import ChannelSecurity
+from dts.channel import ChannelSecurity
 from dts.client import Client
 from dts.domain import JobSpec
 from dts.errors import PermissionDenied, Unauthenticated

@@ -12,8 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
-from dts import pipeline
-from dts.client import Client
+from dts.client import Client, pipeline
 from dts.domain import JobSpec
 from dts.errors import InvalidArgument, Unavailable
 from dts.v1 import dts_pb2 as pb

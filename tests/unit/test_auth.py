@@ -8,17 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dts.auth import (
-    ChannelSecurity,
-    Credential,
-    Role,
-    TokenAuth,
-    is_loopback,
-    load_tokens,
-    open_channel,
-    read_token,
-)
+from dts.channel import ChannelSecurity, is_loopback, open_channel, read_token
 from dts.errors import InvalidArgument
+from dts.server.api.auth import Credential, Role, TokenAuth, load_tokens
 
 CLIENT = "c" * 32
 WORKER = "w" * 32
@@ -158,6 +150,6 @@ def test_a_token_is_never_sent_in_plaintext_off_this_machine() -> None:
     ],
 )
 def test_redis_urls_are_logged_without_credentials(url: str, shown: str) -> None:
-    from dts.queue import redacted_url
+    from dts.queue.redis import redacted_url
 
     assert redacted_url(url) == shown

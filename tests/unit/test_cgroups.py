@@ -1,4 +1,4 @@
-"""Unit tests of dts.cgroups and of the runner and guard in cgroup mode, on real cgroups.
+"""Unit tests of dts.worker.cgroups and of the runner and guard in cgroup mode, on real cgroups.
 
 They need root and a cgroup v2 hierarchy with cgroup.kill (Linux 5.14+): without them they are
 skipped locally and fail in CI. A test that makes a tree moves the test process itself into
@@ -22,10 +22,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from dts.cgroups import JobCgroups, Unavailable, hierarchy
 from dts.domain import Assignment, JobSpec, Outcome, Result
-from dts.runner import Execution, RunOptions
-from dts.sandbox import RunAs
+from dts.worker.cgroups import JobCgroups, Unavailable, hierarchy
+from dts.worker.runner import Execution, RunOptions
+from dts.worker.sandbox import RunAs
 from tests.conftest import IN_CI
 from tests.harness import kill_quietly, pid_alive, wait_until
 
@@ -152,7 +152,7 @@ def test_a_process_that_may_not_make_cgroups_is_told_why_and_nothing_is_left() -
     nobody = RunAs.lookup("nobody")
     probe = (  # imports first: this interpreter may live where nobody cannot read
         "import os\n"
-        "from dts.cgroups import JobCgroups, Unavailable\n"
+        "from dts.worker.cgroups import JobCgroups, Unavailable\n"
         f"os.setgroups([]); os.setgid({nobody.gid}); os.setuid({nobody.uid})\n"
         "try:\n    JobCgroups.create()\nexcept Unavailable as e:\n    print(e)\n"
     )
@@ -340,9 +340,9 @@ def test_threads_that_grpc_starts_in_a_jobs_cgroup_do_not_keep_the_job_from_endi
 # a child in a session of its own.
 FAKE_WORKER = """\
 import os, sys, threading, time
-from dts.cgroups import JobCgroups
-from dts.guard import Guard
-from dts.runner import Child
+from dts.worker.cgroups import JobCgroups
+from dts.worker.guard import Guard
+from dts.worker.runner import Child
 spot = sys.argv[1]
 tree = JobCgroups.create()
 guard = Guard(grace=0.5)

@@ -1,4 +1,5 @@
-"""Unit tests of dts.config (option precedence and validation) and the dts-client command line.
+"""Unit tests of the programs' options (precedence and validation) and the dts-client command
+line.
 
 Every load passes `env=` explicitly and points the default config directory at a temp dir, so
 neither the developer's DTS_* variables nor a real /etc/dts leak in.
@@ -14,18 +15,17 @@ from pathlib import Path
 
 import pytest
 
-import dts.config
-from dts.cli import main, split_command
-from dts.config import (
-    DEFAULT_REDIS_URL,
-    DEFAULT_SERVER,
-    ServerConfig,
-    load_server_config,
-    load_worker_config,
-    parse_hostport,
-)
+import dts.options
+import dts.server.config
+import dts.worker.config
+from dts.channel import DEFAULT_SERVER
+from dts.client.cli import main, split_command
 from dts.domain import Limits
 from dts.errors import InvalidArgument
+from dts.options import parse_hostport
+from dts.queue.redis import DEFAULT_REDIS_URL
+from dts.server.config import ServerConfig, load_server_config
+from dts.worker.config import load_worker_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty default config directory and no DTS_* or STATE_DIRECTORY in os.environ."""
     etc = tmp_path / "etc-dts"
     etc.mkdir()
-    monkeypatch.setattr(dts.config, "CONFIG_DIR", str(etc))
+    monkeypatch.setattr(dts.options, "CONFIG_DIR", str(etc))
     for key in list(os.environ):
         if key.startswith("DTS_") or key == "STATE_DIRECTORY":
             monkeypatch.delenv(key)
@@ -62,7 +62,7 @@ def test_server_defaults() -> None:
 
 
 def test_missing_default_config_file_is_fine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dts.config, "CONFIG_DIR", "/nonexistent/dts-config-dir")
+    monkeypatch.setattr(dts.options, "CONFIG_DIR", "/nonexistent/dts-config-dir")
     assert load_server_config([], env={}).listen == DEFAULT_SERVER
     assert load_worker_config([], env={}).queues == ("default",)
 
@@ -228,7 +228,9 @@ def test_sample_config_documents_the_defaults(prog: str, tmp_path: Path) -> None
 def test_sample_config_lists_every_option(prog: str) -> None:
     text = (REPO / "etc" / "dts" / f"{prog}.conf").read_text()
     listed = set(re.findall(r"^(?:# )?([a-z][a-z-]*) =", text, re.MULTILINE))
-    parser = dts.config.server_parser() if prog == "server" else dts.config.worker_parser()
+    parser = (
+        dts.server.config.server_parser() if prog == "server" else dts.worker.config.worker_parser()
+    )
     options = {
         opt[2:]
         for action in parser._actions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from dts.guard import Guard
+from dts.worker.guard import Guard
 from tests.harness import pid_alive, wait_until
 
 

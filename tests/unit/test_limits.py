@@ -1,5 +1,5 @@
 """Unit tests of per-job limits: the domain's rules (a job lowers its worker's limits, never
-raises them) and their enforcement on real short-lived processes by dts.runner."""
+raises them) and their enforcement on real short-lived processes by dts.worker.runner."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from dts.domain import (
     validate_spec,
 )
 from dts.errors import InvalidArgument
-from dts.runner import Execution, RunOptions
-from dts.sandbox import find_prlimit
+from dts.worker.runner import Execution, RunOptions
+from dts.worker.sandbox import find_prlimit
 
 PRLIMIT = find_prlimit()
 needs_prlimit = pytest.mark.skipif(PRLIMIT is None, reason="util-linux prlimit is not installed")
@@ -207,7 +207,7 @@ def test_a_missing_program_with_limits_fails_as_it_does_without() -> None:
 @needs_prlimit
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root (CI is)")
 def test_limits_hold_for_jobs_run_as_another_user() -> None:
-    from dts.sandbox import RunAs
+    from dts.worker.sandbox import RunAs
 
     r = run(
         "sh", "-c", "id -un; grep 'Max open files' /proc/self/limits",

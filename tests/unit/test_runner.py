@@ -1,4 +1,5 @@
-"""Unit tests of dts.runner: output capping (Capture) and one attempt run as real local processes.
+"""Unit tests of dts.worker.runner: output capping (Capture) and one attempt run as real local
+processes.
 
 The processes are short-lived `sh` commands; every wait is a poll with a deadline.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from dts.domain import Assignment, JobSpec, Outcome, Result
-from dts.runner import Capture, Execution, RunOptions
+from dts.worker.runner import Capture, Execution, RunOptions
 from tests.harness import pid_alive, wait_until
 
 # Execution.run leaves its stdout/stderr pipes for the garbage collector to close (the bug
@@ -389,7 +390,7 @@ def test_a_job_starts_with_no_signal_ignored(tmp_path: Path, where: str) -> None
 
 
 def test_a_job_gets_no_descriptor_the_worker_inherited() -> None:
-    from dts.runner import close_inherited_fds
+    from dts.worker.runner import close_inherited_fds
 
     # Given a descriptor the worker inherited from whoever started it
     r, w = os.pipe()
@@ -411,7 +412,7 @@ ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs 
 
 @ROOT_ONLY
 def test_run_as_runs_the_job_as_that_user_with_its_home(tmp_path: Path) -> None:
-    from dts.sandbox import RunAs
+    from dts.worker.sandbox import RunAs
 
     # Given a worker (root) told to run jobs as nobody
     opts = RunOptions(kill_grace=0.5, run_as=RunAs.lookup("nobody"))
@@ -435,7 +436,7 @@ def test_run_as_runs_the_job_as_that_user_with_its_home(tmp_path: Path) -> None:
 
 @ROOT_ONLY
 def test_run_as_jobs_are_still_killed_as_a_group_on_timeout(tmp_path: Path) -> None:
-    from dts.sandbox import RunAs
+    from dts.worker.sandbox import RunAs
 
     opts = RunOptions(kill_grace=0.3, run_as=RunAs.lookup("nobody"))
     r = run(job("sh", "-c", "sleep 30 & wait", timeout=0.5), opts)

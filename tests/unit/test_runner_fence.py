@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 
 from dts.domain import Assignment, JobSpec, Outcome
-from dts.runner import Execution, RunOptions
+from dts.worker.runner import Execution, RunOptions
 
 FAST = RunOptions(max_output=1 << 20, kill_grace=0.5)
 TRIES = 20  # the race is lost about 1 time in 3 on an idle machine: 20 tries find it

@@ -1,4 +1,4 @@
-"""Unit tests of dts.sandbox: the environment, user and working directory jobs start with."""
+"""Unit tests of dts.worker.sandbox: the environment, user and working directory jobs start with."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dts.domain import Limits
-from dts.sandbox import (
+from dts.worker.sandbox import (
     RunAs,
     check_pass_env,
     default_cwd,

@@ -1,4 +1,4 @@
-"""Unit tests of dts.sandbox's working directory for --run-as users: every answer of
+"""Unit tests of dts.worker.sandbox's working directory for --run-as users: every answer of
 `open_dir_as` is checked against the kernel's own, a chdir by a process of that user, on real
 directories with modes, owners, groups, POSIX ACLs and symlinks (root is needed to make them)."""
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from dts import sandbox
-from dts.sandbox import (
+from dts.worker import sandbox
+from dts.worker.sandbox import (
     ACL_GROUP,
     ACL_GROUP_OBJ,
     ACL_MASK,

@@ -1,4 +1,4 @@
-"""Unit tests of dts.stores.sqlite.SqliteStore on a temporary database file."""
+"""Unit tests of dts.server.store.sqlite.SqliteStore on a temporary database file."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from dts.domain import (
     WorkerState,
 )
 from dts.errors import Internal, Unavailable
-from dts.stores.sqlite import SCHEMA_VERSION, SqliteStore
+from dts.server.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 S = JobStatus
 NASTY = "'; DROP TABLE jobs; --"
@@ -598,7 +598,7 @@ def test_concurrent_transactions_from_threads(store: SqliteStore) -> None:
 def test_claims_in_bulk_keep_the_order_taken_and_only_take_queued_jobs(
     store: SqliteStore,
 ) -> None:
-    from dts.stores.sqlite import BATCH_ROWS
+    from dts.server.store.sqlite import BATCH_ROWS
 
     # Given more queued jobs than one statement takes, and one that is not queued
     jobs = add(store, *[spec(f"job{i}") for i in range(BATCH_ROWS + 50)])

@@ -6,12 +6,12 @@ from concurrent.futures import Future
 from types import SimpleNamespace
 
 from dts import wire
-from dts.config import WorkerConfig
+from dts.daemon.process import Signals
 from dts.domain import Assignment, JobSpec
-from dts.process import Signals
-from dts.runner import Execution
 from dts.v1 import dts_pb2 as pb
-from dts.worker import PREFETCH_MAX, PREFETCH_WORK, Worker, prefetch_count
+from dts.worker.config import WorkerConfig
+from dts.worker.main import PREFETCH_MAX, PREFETCH_WORK, Worker, prefetch_count
+from dts.worker.runner import Execution
 
 
 def test_short_jobs_are_claimed_many_at_a_time_up_to_the_cap() -> None:

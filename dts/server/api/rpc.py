@@ -19,8 +19,8 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from dts import wire
-from dts.auth import Credential, Handler
 from dts.errors import DtsError, InvalidArgument
+from dts.server.api.auth import Credential, Handler
 
 log = logging.getLogger("dts.rpc")
 

@@ -1,6 +1,7 @@
 """The command runner: one attempt as its own process group, in a cgroup of its own where the
-worker has cgroups (dts.cgroups), output captured and capped, timeout and cancellation enforced
-by killing all of it (TERM, then KILL after a grace): the cgroup, else the process group."""
+worker has cgroups (dts.worker.cgroups), output captured and capped, timeout and cancellation
+enforced by killing all of it (TERM, then KILL after a grace): the cgroup, else the process
+group."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from dts.cgroups import JobCgroups, Slot
 from dts.domain import (
     EXIT_CANNOT_RUN,
     EXIT_TIMED_OUT,
@@ -27,7 +27,8 @@ from dts.domain import (
     exit_code_for_signal,
     lower_limit,
 )
-from dts.sandbox import (
+from dts.worker.cgroups import JobCgroups, Slot
+from dts.worker.sandbox import (
     RunAs,
     find_program,
     job_directory,

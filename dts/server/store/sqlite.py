@@ -31,7 +31,7 @@ from dts.domain import (
     submitted_job,
 )
 from dts.errors import Internal, Unavailable
-from dts.store import Key, chunks
+from dts.server.store import Key, chunks
 
 log = logging.getLogger("dts.store")
 

@@ -22,10 +22,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
+from redis.connection import parse_url as parse_redis_url
 
 from dts.domain import MAX_PRIORITY
+from dts.errors import InvalidArgument
 
 log = logging.getLogger("dts.queue")
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 ID_BITS = 43  # job ids below 2**43 keep every score exact in a double
 ID_LIMIT = 1 << ID_BITS
@@ -307,3 +311,14 @@ class RedisQueue:
 
     def depth(self, queue: str) -> int:
         return int(self.redis.zcard(self.keys.queue(queue)))
+
+
+def check_redis_url(url: str) -> None:
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise InvalidArgument(
+            f"--redis-url must start with redis://, rediss:// or unix://: {url!r}"
+        )
+    try:  # what redis-py would refuse later, with a traceback: a bad port or query value
+        parse_redis_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as e:
+        raise InvalidArgument(f"--redis-url: {e}") from None

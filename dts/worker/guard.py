@@ -3,7 +3,7 @@
 PR_SET_PDEATHSIG is not delivered everywhere, so the worker starts this guard in its own
 session and keeps the process groups of its running jobs in a table in shared memory (a
 memfd both map). Listing a job is a store to memory: no system call, no wake-up. Where jobs
-run in cgroups (dts.cgroups), the guard is also told the worker's cgroup tree, in which it
+run in cgroups (dts.worker.cgroups), the guard is also told the worker's cgroup tree, in which it
 lives itself. The guard only waits for EOF on a pipe from the worker; at EOF (the worker
 exited or was killed outright, SIGKILL included) it kills every group still in the table and
 everything in the jobs' cgroups: TERM, then KILL after a grace (`cgroup.kill` of the whole
@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 
-from dts.cgroups import JobCgroups, WorkerTree
+from dts.worker.cgroups import JobCgroups, WorkerTree
 
 log = logging.getLogger("dts.guard")
 
@@ -55,7 +55,7 @@ class Guard:
             os.ftruncate(fd, self.capacity * ENTRY.size)
             self._table = mmap.mmap(fd, self.capacity * ENTRY.size)
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "dts.guard", str(self.grace), str(fd), *where],
+                [sys.executable, "-m", "dts.worker.guard", str(self.grace), str(fd), *where],
                 stdin=subprocess.PIPE,
                 pass_fds=(fd,),
                 start_new_session=True,  # a signal to the worker's group must not reach the guard

@@ -23,21 +23,22 @@ from typing import TypeVar
 import grpc
 import redis
 
-from dts import __version__, logs, wire
-from dts.auth import open_channel
+from dts import __version__, wire
 from dts.backoff import Backoff
-from dts.cgroups import JobCgroups, Unavailable
-from dts.config import WorkerConfig, load_worker_config
+from dts.channel import open_channel
+from dts.daemon import logs
+from dts.daemon.notify import sd_notify
+from dts.daemon.process import PidFile, Readiness, Signals, daemonize, fail
 from dts.domain import Assignment, Outcome, Result
 from dts.errors import DtsError
-from dts.guard import Guard
-from dts.notify import sd_notify
-from dts.process import PidFile, Readiness, Signals, daemonize, fail
-from dts.queue import Keys, RedisQueue, redacted_url
-from dts.runner import Execution, RunOptions, close_inherited_fds
-from dts.sandbox import RunAs, default_cwd, find_prlimit, job_environment
+from dts.queue.redis import Keys, RedisQueue, redacted_url
 from dts.v1 import dts_pb2 as pb
 from dts.v1 import dts_pb2_grpc as pb_grpc
+from dts.worker.cgroups import JobCgroups, Unavailable
+from dts.worker.config import WorkerConfig, load_worker_config
+from dts.worker.guard import Guard
+from dts.worker.runner import Execution, RunOptions, close_inherited_fds
+from dts.worker.sandbox import RunAs, default_cwd, find_prlimit, job_environment
 
 log = logging.getLogger("dts.worker")
 

@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import replace
 
-from dts.config import ProcessConfig
+from dts.daemon.config import ProcessConfig
 
 # syslog priorities, understood by journald as a "<N>" line prefix
 PRIORITY = {

@@ -1,15 +1,14 @@
-"""Who may call what: bearer tokens with roles, checked by a server interceptor, and the
-channel and port credentials (TLS, mutual TLS) of clients, workers and the server."""
+"""Who may call what on the server: bearer tokens with roles, checked by an interceptor on
+each call's headers, and the server's TLS credentials."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -17,16 +16,12 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from dts.channel import HEADER, SCHEME, check_token, read_file
 from dts.errors import InvalidArgument
 
 log = logging.getLogger("dts.auth")
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-
-HEADER = "authorization"
-SCHEME = "Bearer "
-MIN_TOKEN_CHARS = 16
-TOKEN_ENV = "DTS_TOKEN"
 
 
 class Role(StrEnum):
@@ -109,43 +104,6 @@ def load_tokens(path: str) -> list[Credential]:
     return creds
 
 
-def check_token(token: str, where: str) -> None:
-    if len(token) < MIN_TOKEN_CHARS or not token.isascii() or not token.isprintable():
-        raise InvalidArgument(
-            f"{where}: a token must be at least {MIN_TOKEN_CHARS} printable ASCII characters"
-        )
-
-
-def read_token(token_file: str, env: Mapping[str, str] | None = None) -> str:
-    """The token a client or worker presents: from --token-file, else $DTS_TOKEN, else none."""
-    if token_file:
-        try:
-            token = Path(token_file).read_text().strip()
-        except OSError as e:
-            raise InvalidArgument(f"--token-file {token_file}: {e.strerror or e}") from None
-        where = f"--token-file {token_file}"
-    else:
-        token = (os.environ if env is None else env).get(TOKEN_ENV, "").strip()
-        where = f"${TOKEN_ENV}"
-    if token:
-        check_token(token, where)
-    return token
-
-
-def is_loopback(address: str) -> bool:
-    """Whether HOST:PORT names this machine's loopback interface."""
-    host = address.rpartition(":")[0].strip("[]") or address
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-# ---- server side ------------------------------------------------------------------------------
-
-
 class TokenAuth(grpc.aio.ServerInterceptor):
     """Refuses calls without a known token (UNAUTHENTICATED) or with a token whose role may
     not call the method (PERMISSION_DENIED), on their headers: the request of a refused call
@@ -219,93 +177,9 @@ class ServerTls:
     client_ca: str = ""
 
     def credentials(self) -> grpc.ServerCredentials:
-        ca = _read(self.client_ca, "--tls-client-ca") if self.client_ca else None
+        ca = read_file(self.client_ca, "--tls-client-ca") if self.client_ca else None
         return grpc.ssl_server_credentials(
-            [(_read(self.key, "--tls-key"), _read(self.cert, "--tls-cert"))],
+            [(read_file(self.key, "--tls-key"), read_file(self.cert, "--tls-cert"))],
             root_certificates=ca,
             require_client_auth=ca is not None,
         )
-
-
-# ---- client side ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChannelSecurity:
-    """How a client or worker reaches the server: TLS trust and identity, and its token."""
-
-    ca: str = ""  # CA that signed the server's certificate: TLS when set
-    cert: str = ""  # our certificate and key, for servers that require mutual TLS
-    key: str = ""
-    token: str = ""
-    plaintext_token: bool = False  # the operator allows a token without TLS to loopback
-
-    @property
-    def tls(self) -> bool:
-        return bool(self.ca)
-
-
-def check_channel(address: str, sec: ChannelSecurity) -> None:
-    """Refuse settings that would send a token in plaintext off this machine."""
-    if sec.token and not sec.tls and not (sec.plaintext_token and is_loopback(address)):
-        raise InvalidArgument(
-            f"refusing to send a token without TLS to {address} "
-            "(give --tls-ca, or --plaintext-token for a server on this machine)"
-        )
-
-
-def open_channel(
-    address: str, sec: ChannelSecurity, options: list[tuple[str, Any]]
-) -> grpc.Channel:
-    """A channel to `address` with TLS when configured and the token on every call.
-
-    A token is never sent in plaintext, except to a loopback address when allowed."""
-    check_channel(address, sec)
-    if sec.tls:
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=_read(sec.ca, "--tls-ca"),
-            private_key=_read(sec.key, "--tls-key") if sec.key else None,
-            certificate_chain=_read(sec.cert, "--tls-cert") if sec.cert else None,
-        )
-        channel = grpc.secure_channel(address, creds, options=options)
-    else:
-        channel = grpc.insecure_channel(address, options=options)
-    if sec.token:
-        channel = grpc.intercept_channel(channel, _Bearer(sec.token))
-    return channel
-
-
-class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
-    """Adds `authorization: Bearer TOKEN` to every call."""
-
-    def __init__(self, token: str) -> None:
-        self._header = (HEADER, SCHEME + token)
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        metadata = [*(details.metadata or ()), self._header]
-        return continuation(_with_metadata(details, metadata), request)
-
-    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        metadata = [*(details.metadata or ()), self._header]
-        return continuation(_with_metadata(details, metadata), requests)
-
-
-class _Details(grpc.ClientCallDetails):
-    def __init__(self, base: Any, metadata: list[tuple[str, str]]) -> None:
-        self.method = base.method
-        self.timeout = base.timeout
-        self.metadata = tuple(metadata)
-        self.credentials = base.credentials
-        self.wait_for_ready = base.wait_for_ready
-        self.compression = getattr(base, "compression", None)
-
-
-def _with_metadata(details: Any, metadata: list[tuple[str, str]]) -> _Details:
-    return _Details(details, metadata)
-
-
-def _read(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise InvalidArgument(f"{what} {path}: {e.strerror or e}") from None

@@ -10,16 +10,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
+from dts.channel import DEFAULT_SERVER, add_channel_options, channel_security
 from dts.client import Client
-from dts.config import (
-    DEFAULT_SERVER,
-    add_channel_options,
-    channel_security,
-    count_arg,
-    new_parser,
-    parse_hostport,
-    size_arg,
-)
 from dts.domain import (
     MAX_PRIORITY,
     MIN_PRIORITY,
@@ -33,6 +25,7 @@ from dts.domain import (
     validate_spec,
 )
 from dts.errors import DtsError, InvalidArgument, Unavailable
+from dts.options import count_arg, new_parser, parse_hostport, size_arg
 
 PROG = "dts-client"
 EXIT_USAGE = 2

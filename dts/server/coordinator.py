@@ -20,7 +20,6 @@ from typing import Protocol
 import redis
 
 from dts.backoff import compute_backoff
-from dts.config import ServerConfig
 from dts.domain import (
     EXIT_CANNOT_RUN,
     MAX_CONCURRENCY,
@@ -56,8 +55,9 @@ from dts.errors import (
     ShuttingDown,
     UnknownSession,
 )
-from dts.queue import QueuedJob, RedisQueue, is_job_id
-from dts.store import Store, Transaction
+from dts.queue.redis import QueuedJob, RedisQueue, is_job_id
+from dts.server.config import ServerConfig
+from dts.server.store import Store, Transaction
 
 log = logging.getLogger("dts.coordinator")
 

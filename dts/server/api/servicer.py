@@ -13,11 +13,10 @@ import grpc
 from google.protobuf.message import Message
 
 from dts import wire
-from dts.auth import Credential
-from dts.coordinator import MAX_WAIT, Coordinator, check_wait_timeout
 from dts.domain import Job, JobSpec
 from dts.errors import DeadlineExceeded, DtsError, InvalidArgument, PermissionDenied, UnknownSession
-from dts.rpc import (
+from dts.server.api.auth import Credential
+from dts.server.api.rpc import (
     Context,
     Identify,
     Pools,
@@ -29,6 +28,7 @@ from dts.rpc import (
     run_in,
     unary_handler,
 )
+from dts.server.coordinator import MAX_WAIT, Coordinator, check_wait_timeout
 from dts.v1 import dts_pb2 as pb
 
 SCHEDULER = "dts.v1.Scheduler"

@@ -11,12 +11,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dts import wire
-from dts.auth import ChannelSecurity, open_channel
 from dts.backoff import Backoff
-from dts.config import DEFAULT_SERVER
+from dts.channel import DEFAULT_SERVER, ChannelSecurity, open_channel
+from dts.client.pipeline import PendingSubmit, StreamUnsupported, SubmitPipe
 from dts.domain import Attempt, Job, JobSpec, JobStatus, Output, StatCount, WorkerInfo
 from dts.errors import DeadlineExceeded, ResourceExhausted, Unavailable
-from dts.pipeline import PendingSubmit, StreamUnsupported, SubmitPipe
 from dts.v1 import dts_pb2 as pb
 from dts.v1 import dts_pb2_grpc as pb_grpc
 

@@ -16,19 +16,25 @@ from dataclasses import replace
 import grpc
 import redis
 
-from dts import __version__, logs, wire
-from dts.auth import TokenAuth, load_tokens
-from dts.background import DueScheduler, Enqueuer, LeaseReaper, Loop, Reconciler
-from dts.config import ServerConfig, load_server_config, parse_hostport
-from dts.coordinator import Coordinator
+from dts import __version__, wire
+from dts.daemon import logs
+from dts.daemon.notify import sd_notify
+from dts.daemon.process import PidFile, Readiness, Signals, daemonize, fail
 from dts.errors import DtsError, Unavailable
-from dts.health import SERVING, Health
-from dts.notify import sd_notify
-from dts.process import PidFile, Readiness, Signals, daemonize, fail
-from dts.queue import Keys, RedisQueue, redacted_url
-from dts.rpc import EventLoop, Pools, anonymous
-from dts.servicer import SCHEDULER, WORKER_SERVICE, SchedulerServicer, WorkerServicer
-from dts.stores.sqlite import SqliteStore
+from dts.options import parse_hostport
+from dts.queue.redis import Keys, RedisQueue, redacted_url
+from dts.server.api.auth import TokenAuth, load_tokens
+from dts.server.api.health import SERVING, Health
+from dts.server.api.rpc import EventLoop, Pools, anonymous
+from dts.server.api.servicer import SCHEDULER, WORKER_SERVICE, SchedulerServicer, WorkerServicer
+from dts.server.config import ServerConfig, load_server_config
+from dts.server.coordinator import Coordinator
+from dts.server.duties.enqueuer import Enqueuer
+from dts.server.duties.loop import Loop
+from dts.server.duties.promoter import Promoter
+from dts.server.duties.reaper import LeaseReaper
+from dts.server.duties.reconciler import Reconciler
+from dts.server.store.sqlite import SqliteStore
 
 log = logging.getLogger("dts.server")
 
@@ -49,7 +55,7 @@ class Server:
         self.coordinator = Coordinator(self.store, self.queue, cfg)
         self.loops: list[Loop] = [
             Enqueuer(self.coordinator),
-            DueScheduler(self.coordinator),
+            Promoter(self.coordinator),
             LeaseReaper(self.coordinator),
             Reconciler(self.coordinator),
         ]

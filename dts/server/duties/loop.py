@@ -1,0 +1,48 @@
+"""The base of every duty: a daemon thread that ticks until stopped and survives a bad tick."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from dts.server.coordinator import Coordinator
+
+log = logging.getLogger("dts.background")
+
+
+class Loop:
+    """A daemon thread that calls `tick()` until stopped; `tick()` returns seconds to sleep."""
+
+    name = "loop"
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.c = coordinator
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"dts-{self.name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self.wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """Cut the current sleep short (subclasses wait on more than the stop event)."""
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                delay = self.tick()
+            except Exception:  # a loop must survive a bad tick (store busy, a bug): log, go on
+                log.exception("%s failed; retrying", self.name)
+                delay = 1.0
+            self.sleep(delay)
+
+    def sleep(self, delay: float) -> None:
+        self._stop.wait(delay)
+
+    def tick(self) -> float:
+        raise NotImplementedError

@@ -1,1 +1,0 @@
-"""Store implementations; SQLite is the embedded default."""
