@@ -36,10 +36,6 @@ class FailedPrecondition(DtsError):
     code = "FAILED_PRECONDITION"
 
 
-class StaleAttempt(FailedPrecondition):
-    """Raised when a worker quotes a fencing token (attempt) that is no longer current."""
-
-
 class UnknownSession(FailedPrecondition):
     """Raised when a worker's session is not known to the server (it must register again)."""
 
@@ -71,6 +67,10 @@ class ResourceExhausted(DtsError):
     caller may retry later."""
 
     code = "RESOURCE_EXHAUSTED"
+
+
+class QueueUnavailable(Unavailable):
+    """Raised when the queue (Redis) cannot be reached or fails an operation."""
 
 
 class ShuttingDown(Unavailable):

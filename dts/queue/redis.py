@@ -12,6 +12,7 @@ rate-limited warning, and never reaches a worker's claim or the server's recover
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -20,19 +21,22 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import redis
 from redis.connection import parse_url as parse_redis_url
 
 from dts.domain import MAX_PRIORITY
-from dts.errors import InvalidArgument
+from dts.errors import InvalidArgument, QueueUnavailable
+from dts.queue import ID_BITS, ID_LIMIT, QueuedJob
 
 log = logging.getLogger("dts.queue")
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
-ID_BITS = 43  # job ids below 2**43 keep every score exact in a double
-ID_LIMIT = 1 << ID_BITS
+P = ParamSpec("P")
+R = TypeVar("R")
+
 ID_DIGITS = len(str(ID_LIMIT - 1))
 WAKE_TOKENS = 64  # idle workers woken at most per enqueue batch
 JUNK_ROUNDS = 16  # pops that replace dropped members, at most, per call
@@ -67,11 +71,6 @@ class Keys:
     @property
     def epoch(self) -> str:
         return f"{self.prefix}epoch"
-
-
-def is_job_id(value: int) -> bool:
-    """Whether `value` can be a job id: positive and below 2**ID_BITS."""
-    return 0 < value < ID_LIMIT
 
 
 def parse_id(member: bytes | str) -> int:
@@ -173,17 +172,31 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(AR
 """
 
 
-@dataclass(frozen=True)
-class QueuedJob:
-    """What the queue needs to know to place a job."""
+def connect(url: str) -> redis.Redis:
+    """A connection pool to the Redis at `url`, with the timeouts both daemons use (connections
+    are made lazily: nothing is dialled here)."""
+    return redis.Redis.from_url(
+        url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10
+    )
 
-    job_id: int
-    queue: str
-    priority: int
+
+def _unavailable(method: Callable[P, R]) -> Callable[P, R]:
+    """The queue's errors are its own: a failing Redis raises QueueUnavailable, so no caller
+    needs to know the queue is Redis."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except redis.RedisError as e:
+            raise QueueUnavailable(str(e)) from e
+
+    return call
 
 
 class RedisQueue:
-    """Queue operations on one Redis connection pool. Raises redis.RedisError when Redis is away."""
+    """The JobQueue on one Redis connection pool, and the workers' side of it (pops). Every
+    public method raises QueueUnavailable when Redis is away or fails."""
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
@@ -193,6 +206,7 @@ class RedisQueue:
         self._enqueue = client.register_script(ENQUEUE_SCRIPT)
         self.dropped = DropLog()
 
+    @_unavailable
     def enqueue(self, jobs: Sequence[QueuedJob]) -> int:
         """Add jobs to their queues (idempotent), wake idle workers; returns how many were new."""
         if not jobs:
@@ -212,6 +226,7 @@ class RedisQueue:
                 self._enqueue(keys, [WAKE_TOKENS, *args[i : i + 2 * ENQUEUE_CHUNK]], client=pipe)
         return sum(int(r) for r in pipe.execute())
 
+    @_unavailable
     def pop(
         self, queues: Sequence[str], count: int, lease_seconds: float, ack: Sequence[int] = ()
     ) -> list[int]:
@@ -222,6 +237,7 @@ class RedisQueue:
             keys, self._pop(keys=keys, args=[count, lease_seconds, *ack]), lease_seconds
         )
 
+    @_unavailable
     def wait_and_pop(
         self, queues: Sequence[str], timeout: float, count: int, lease_seconds: float
     ) -> list[int]:
@@ -263,16 +279,19 @@ class RedisQueue:
                 self.dropped.note(m, ", ".join(where), str(e))
         return ids, junk
 
+    @_unavailable
     def ack(self, job_ids: Sequence[int]) -> None:
         """The ids were claimed (or found unclaimable): they need no recovery."""
         if job_ids:
             self.redis.zrem(self.keys.inflight, *[str(i) for i in job_ids])
 
+    @_unavailable
     def release(self, job_ids: Sequence[int]) -> None:
         """Hand back ids we took but will not claim: the server puts them back at once."""
         if job_ids:
             self.redis.zadd(self.keys.inflight, {str(i): 0 for i in job_ids}, xx=True)
 
+    @_unavailable
     def expired_inflight(self, limit: int) -> list[int]:
         """Ids taken from a queue whose taker never acknowledged them in time. Expired members
         that are not job ids are dropped from `inflight` here."""
@@ -282,6 +301,7 @@ class RedisQueue:
             self.redis.zrem(self.keys.inflight, *junk)
         return ids
 
+    @_unavailable
     def inflight(self, job_ids: Sequence[int], within: float = math.inf) -> set[int]:
         """Those of `job_ids` a worker has taken and not yet acknowledged, with a deadline at
         most `within` seconds ahead on Redis's clock: a later one (+inf, say) was set by no
@@ -297,20 +317,20 @@ class RedisQueue:
             i for i, sc in zip(job_ids, scores, strict=True) if sc is not None and sc <= horizon
         }
 
+    @_unavailable
     def remove(self, queue: str, job_id: int) -> None:
         """Drop a job id from its queue (e.g. cancelled before it started)."""
         self.redis.zrem(self.keys.queue(queue), str(job_id))
 
+    @_unavailable
     def epoch(self) -> str | None:
         value = self.redis.get(self.keys.epoch)
         # any bytes a writer left there are an epoch: a decoding error must not stop the check
         return value.decode(errors="replace") if isinstance(value, bytes) else value
 
+    @_unavailable
     def set_epoch(self, value: str) -> None:
         self.redis.set(self.keys.epoch, value)
-
-    def depth(self, queue: str) -> int:
-        return int(self.redis.zcard(self.keys.queue(queue)))
 
 
 def check_redis_url(url: str) -> None:

@@ -13,11 +13,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from queue import Empty, SimpleQueue
 from typing import Protocol
-
-import redis
 
 from dts.backoff import compute_backoff
 from dts.domain import (
@@ -50,13 +48,13 @@ from dts.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    QueueUnavailable,
     ResourceExhausted,
     SessionSuperseded,
     ShuttingDown,
     UnknownSession,
 )
-from dts.queue.redis import QueuedJob, RedisQueue, is_job_id
-from dts.server.config import ServerConfig
+from dts.queue import JobQueue, QueuedJob, is_job_id
 from dts.server.store import Store, Transaction
 
 log = logging.getLogger("dts.coordinator")
@@ -67,20 +65,50 @@ MAX_WAIT = 30.0  # seconds one WaitJob call may block
 WORKER_RETENTION = 86400.0  # seconds a stopped or lost worker stays listed
 
 
+@dataclass(frozen=True)
+class Settings:
+    """The settings the coordinator's rules depend on, and the timings derived from them (each
+    computed here only)."""
+
+    worker_timeout: float = 30.0  # a worker's lease: seconds it may go without a heartbeat
+    default_retries: int = 0
+    default_backoff: float = 1.0
+    default_timeout: float = 0.0
+    max_backoff: float = 3600.0
+    max_lost: int = 3  # attempts lost with their worker before a job fails
+    max_waiters: int = 10_000
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """How often a worker renews its leases: four times a lease, and at least each second."""
+        return min(1.0, self.worker_timeout / 4)
+
+    @property
+    def reap_interval(self) -> float:
+        """How often lost leases are looked for: as often as they are renewed."""
+        return max(0.05, self.heartbeat_interval)
+
+    @property
+    def inflight_grace(self) -> float:
+        """The furthest deadline a pop sets on an id it takes (its taker's lease, twice, and a
+        minute for clocks): one further away was set by no pop."""
+        return 2 * self.worker_timeout + 60
+
+
 class Coordinator:
     """Owns every job state change. Thread-safe; gRPC threads and background loops call it."""
 
     def __init__(
         self,
         store: Store,
-        queue: RedisQueue,
-        cfg: ServerConfig,
+        queue: JobQueue,
+        settings: Settings,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.store = store
         self.queue = queue
-        self.cfg = cfg
+        self.settings = settings
         self.clock = clock
         self.rand = rand
         self.accepting = True
@@ -90,8 +118,7 @@ class Coordinator:
         self._waiters: dict[int, list[Waker]] = {}
         self._waiters_lock = threading.Lock()
         self._waiter_count = 0
-        self.max_waiters = cfg.max_waiters
-        self._sessions: dict[str, str] = {}
+        self.max_waiters = settings.max_waiters
         # submitted jobs on their way to Redis, when an enqueuer thread takes them (the server)
         self.handoff: SimpleQueue[list[Job]] | None = None
 
@@ -123,9 +150,9 @@ class Coordinator:
             valid.append(specs)
         if not valid:
             return outcomes
-        cfg = self.cfg
+        st = self.settings
         now = self.clock()
-        defaults = (cfg.default_retries, cfg.default_backoff, cfg.default_timeout)
+        defaults = (st.default_retries, st.default_backoff, st.default_timeout)
         with self.store.transaction() as tx:
             stored = [tx.insert_jobs([s.with_defaults(*defaults) for s in b], now) for b in valid]
         if log.isEnabledFor(logging.INFO):
@@ -334,7 +361,6 @@ class Coordinator:
                     credential,
                 )
             )
-        self._sessions[name] = session
         log.info(
             "worker %s registered (host %s, pid %d, concurrency %d, queues %s)",
             name,
@@ -351,7 +377,7 @@ class Coordinator:
     ) -> list[Lease]:
         """Renew the worker's leases; returns the ones it must stop (no longer its own)."""
         now = self.clock()
-        until = now + self.cfg.worker_timeout
+        until = now + self.settings.worker_timeout
         stale = []
         # soft state: after a power loss leases get a full grace at start (grace_leases)
         with self.store.transaction(durable=False) as tx:
@@ -408,7 +434,7 @@ class Coordinator:
             # a claim is a compare-and-set queued -> running that starts a numbered attempt;
             # ids that are not claimable (delivered twice, cancelled, of a queue the worker
             # did not register with) are left out
-            until = now + self.cfg.worker_timeout
+            until = now + self.settings.worker_timeout
             assignments = tx.claim_queued(job_ids, name, worker.queues, now, until)
             foreign = (
                 _foreign(tx, job_ids, assignments, worker.queues)
@@ -449,12 +475,12 @@ class Coordinator:
         through a restart would be declared lost at once and run twice.
         """
         with self.store.transaction() as tx:
-            n = tx.extend_leases(self.clock() + self.cfg.worker_timeout)
+            n = tx.extend_leases(self.clock() + self.settings.worker_timeout)
         if n:
             log.info(
                 "%d running job(s) get %gs for their workers to reconnect",
                 n,
-                self.cfg.worker_timeout,
+                self.settings.worker_timeout,
             )
         return n
 
@@ -486,9 +512,8 @@ class Coordinator:
                         continue
                     if job.lease_expires_at is None or job.lease_expires_at >= now:
                         continue
-                    reason = (
-                        f"worker {job.worker} lost (no heartbeat for {self.cfg.worker_timeout:g}s)"
-                    )
+                    silent = self.settings.worker_timeout
+                    reason = f"worker {job.worker} lost (no heartbeat for {silent:g}s)"
                     requeued.append(self._lose(tx, job, now, reason))
             self._after(requeued)
         self._mark_lost_workers(now)
@@ -507,7 +532,7 @@ class Coordinator:
             for job in back:
                 log.info("job %d taken from Redis but never claimed: queued again", job.id)
             return len(back)
-        except redis.RedisError as e:
+        except QueueUnavailable as e:
             self._redis_down(e)
             return 0
 
@@ -519,7 +544,7 @@ class Coordinator:
                 self.queue.set_epoch(uuid.uuid4().hex)
                 self.reconcile_needed.set()
             self._redis_back()
-        except redis.RedisError as e:
+        except QueueUnavailable as e:
             self._redis_down(e)
 
     def reconcile(self, chunk: int = 5000) -> int:
@@ -531,7 +556,7 @@ class Coordinator:
                 if not jobs:
                     break
                 # a pop's deadline is at most a lease ahead; one further off was never a pop's
-                taken = self.queue.inflight([j.id for j in jobs], 2 * self.cfg.worker_timeout + 60)
+                taken = self.queue.inflight([j.id for j in jobs], self.settings.inflight_grace)
                 total += self.queue.enqueue(
                     [
                         QueuedJob(j.id, j.spec.queue, j.spec.priority)
@@ -540,7 +565,7 @@ class Coordinator:
                     ]
                 )
                 after = jobs[-1].id
-        except redis.RedisError as e:
+        except QueueUnavailable as e:
             self._redis_down(e)
             self.reconcile_needed.set()
         return total
@@ -583,7 +608,7 @@ class Coordinator:
             return
         if old.state in (WorkerState.LOST, WorkerState.STOPPED):
             return
-        if now - old.last_heartbeat > self.cfg.worker_timeout:
+        if now - old.last_heartbeat > self.settings.worker_timeout:
             return
         log.warning(
             "registration as worker %s refused: that worker (host %s, pid %d) is alive and "
@@ -595,7 +620,7 @@ class Coordinator:
         raise PermissionDenied(
             f"worker name {old.name} is in use by a live worker (host {old.host}, pid {old.pid})"
             " that registered with another token; it can be taken once that worker stops or is"
-            f" lost ({self.cfg.worker_timeout:g}s without a heartbeat)"
+            f" lost ({self.settings.worker_timeout:g}s without a heartbeat)"
         )
 
     def _move(self, tx: Transaction, job: Job, status: JobStatus, **changes: object) -> Job:
@@ -679,7 +704,7 @@ class Coordinator:
                 tx, job, JobStatus.FAILED, failures=failures, finished_at=now, **common
             )
         delay = compute_backoff(
-            failures, job.spec.backoff or 0.0, self.cfg.max_backoff, rand=self.rand
+            failures, job.spec.backoff or 0.0, self.settings.max_backoff, rand=self.rand
         )
         if delay <= 0:
             return self._move(tx, job, JobStatus.QUEUED, failures=failures, **common)
@@ -691,7 +716,7 @@ class Coordinator:
         """End a running attempt as lost; the job runs again unless it was lost too often."""
         self._end_attempt(tx, job, now, Outcome.LOST, None, reason)
         lost = job.lost + 1
-        if lost >= self.cfg.max_lost:
+        if lost >= self.settings.max_lost:
             return self._move(
                 tx,
                 job,
@@ -724,7 +749,7 @@ class Coordinator:
 
     def _mark_lost_workers(self, now: float) -> None:
         """Mark silent workers lost; forget stopped or lost ones after WORKER_RETENTION."""
-        limit = now - self.cfg.worker_timeout
+        limit = now - self.settings.worker_timeout
         gone = (WorkerState.LOST, WorkerState.STOPPED)
         workers = self.store.workers()
         stale = [w for w in workers if w.last_heartbeat < limit and w.state not in gone]
@@ -757,7 +782,7 @@ class Coordinator:
         try:
             op()
             self._redis_back()
-        except redis.RedisError as e:
+        except QueueUnavailable as e:
             self._redis_down(e)
             self.reconcile_needed.set()  # the store is right; Redis catches up later
 

@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import grpc
-import redis
 
 from dts import __version__, wire
 from dts.daemon import logs
@@ -22,13 +21,13 @@ from dts.daemon.notify import sd_notify
 from dts.daemon.process import PidFile, Readiness, Signals, daemonize, fail
 from dts.errors import DtsError, Unavailable
 from dts.options import parse_hostport
-from dts.queue.redis import Keys, RedisQueue, redacted_url
+from dts.queue.redis import Keys, RedisQueue, connect, redacted_url
 from dts.server.api.auth import TokenAuth, load_tokens
 from dts.server.api.health import SERVING, Health
 from dts.server.api.rpc import EventLoop, Pools, anonymous
 from dts.server.api.servicer import SCHEDULER, WORKER_SERVICE, SchedulerServicer, WorkerServicer
 from dts.server.config import ServerConfig, load_server_config
-from dts.server.coordinator import Coordinator
+from dts.server.coordinator import Coordinator, Settings
 from dts.server.duties.enqueuer import Enqueuer
 from dts.server.duties.loop import Loop
 from dts.server.duties.promoter import Promoter
@@ -48,21 +47,19 @@ class Server:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
         self.store = SqliteStore(cfg.db, cfg.sqlite_synchronous)
-        client = redis.Redis.from_url(
-            cfg.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10
-        )
+        client = connect(cfg.redis_url)
         self.queue = RedisQueue(client, Keys(cfg.key_prefix))
-        self.coordinator = Coordinator(self.store, self.queue, cfg)
+        self.coordinator = Coordinator(self.store, self.queue, rules_of(cfg))
         self.loops: list[Loop] = [
             Enqueuer(self.coordinator),
             Promoter(self.coordinator),
             LeaseReaper(self.coordinator),
-            Reconciler(self.coordinator),
+            Reconciler(self.coordinator, cfg.reconcile_interval),
         ]
         self.auth = TokenAuth(load_tokens(cfg.tokens_file)) if cfg.tokens_file else None
         self.pools = Pools(cfg.grpc_threads)
         self.scheduler = SchedulerServicer(self.coordinator, self.pools)
-        self.workers = WorkerServicer(self.coordinator, self.pools)
+        self.workers = WorkerServicer(self.coordinator, self.pools, cfg.key_prefix)
         self.events = EventLoop()
         self.grpc: grpc.aio.Server | None = None
         self.health: Health | None = None
@@ -163,6 +160,19 @@ class Server:
         assert self.health is not None
         self.health.shutdown()
         self.scheduler.end_streams()  # long-lived SubmitStreams would hold the stop too
+
+
+def rules_of(cfg: ServerConfig) -> Settings:
+    """The coordinator's few settings, out of the server's."""
+    return Settings(
+        worker_timeout=cfg.worker_timeout,
+        default_retries=cfg.default_retries,
+        default_backoff=cfg.default_backoff,
+        default_timeout=cfg.default_timeout,
+        max_backoff=cfg.max_backoff,
+        max_lost=cfg.max_lost,
+        max_waiters=cfg.max_waiters,
+    )
 
 
 def _done(future: concurrent.futures.Future[None], timeout: float) -> bool:

@@ -21,7 +21,6 @@ from dataclasses import replace
 from typing import TypeVar
 
 import grpc
-import redis
 
 from dts import __version__, wire
 from dts.backoff import Backoff
@@ -30,8 +29,8 @@ from dts.daemon import logs
 from dts.daemon.notify import sd_notify
 from dts.daemon.process import PidFile, Readiness, Signals, daemonize, fail
 from dts.domain import Assignment, Outcome, Result
-from dts.errors import DtsError
-from dts.queue.redis import Keys, RedisQueue, redacted_url
+from dts.errors import DtsError, QueueUnavailable
+from dts.queue.redis import Keys, RedisQueue, connect, redacted_url
 from dts.v1 import dts_pb2 as pb
 from dts.v1 import dts_pb2_grpc as pb_grpc
 from dts.worker.cgroups import JobCgroups, Unavailable
@@ -114,9 +113,7 @@ class Worker:
         self.signals = signals
         self.channel = open_channel(cfg.server, cfg.security, wire.grpc_options())
         self.stub = pb_grpc.WorkerServiceStub(self.channel)
-        self.redis = redis.Redis.from_url(
-            cfg.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10
-        )
+        self.redis = connect(cfg.redis_url)
         self.queue: RedisQueue | None = None
         self.session = ""
         self.lease_seconds = 30.0
@@ -375,7 +372,7 @@ class Worker:
         try:
             ids = self.queue.pop(self.cfg.queues, count, self.lease_seconds, to_ack)
             self.redis_link.ok()
-        except redis.RedisError as e:
+        except QueueUnavailable as e:
             self.redis_link.down(e)
             return []
         to_ack.clear()
@@ -412,7 +409,7 @@ class Worker:
             try:
                 if ids and self.queue is not None:
                     self.queue.release(ids)
-            except redis.RedisError as e:  # the server's inflight recovery copes with it
+            except QueueUnavailable as e:  # the server's inflight recovery copes with it
                 self.redis_link.down(e)
             return False
         to_ack.extend(ids)
@@ -447,7 +444,7 @@ class Worker:
                 self.queue.release(ids)
                 return []
             return ids
-        except redis.RedisError as e:
+        except QueueUnavailable as e:
             self.redis_link.down(e)
             backoff.wait(self.signals.stop)
             return []

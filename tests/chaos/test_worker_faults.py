@@ -62,10 +62,10 @@ def test_id_popped_but_never_claimed_is_put_back(chaos: Chaos) -> None:
         # (a worker SIGKILLed between the pop and the claim)
         assert q.pop(["default"], 1, c.lease) == [job]
         taken_at = time.monotonic()
-        assert q.depth("default") == 0 and q.inflight([job]) == {job}
+        assert r.zcard(q.keys.queue("default")) == 0 and q.inflight([job]) == {job}
         # Then the server puts it back after the inflight deadline
         wait_until(
-            lambda: q.depth("default") == 1 and not q.inflight([job]),
+            lambda: r.zcard(q.keys.queue("default")) == 1 and not q.inflight([job]),
             c.lease * 5,
             what="the id back in its queue",
         )

@@ -20,8 +20,7 @@ from dts.errors import (
     UnknownSession,
 )
 from dts.queue.redis import Keys, RedisQueue
-from dts.server.config import ServerConfig
-from dts.server.coordinator import Coordinator
+from dts.server.coordinator import Coordinator, Settings
 from dts.server.store.sqlite import SqliteStore
 from tests.harness import RedisProcess, wait_until
 
@@ -70,7 +69,7 @@ class Env:
 
 @pytest.fixture
 def env(tmp_path: Path, redis_proc: RedisProcess) -> Iterator[Env]:
-    cfg = ServerConfig(worker_timeout=10, default_retries=0, default_backoff=0, max_lost=3)
+    cfg = Settings(worker_timeout=10, default_retries=0, default_backoff=0, max_lost=3)
     store = SqliteStore(str(tmp_path / "dts.db"))
     queue = RedisQueue(redis_proc.client(), Keys("test:"))
     clock = Clock()

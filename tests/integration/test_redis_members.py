@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dts.domain import JobSpec, JobStatus, Outcome, Result
-from dts.queue.redis import ID_BITS, Keys, RedisQueue
-from dts.server.config import ServerConfig
-from dts.server.coordinator import Coordinator
+from dts.queue import ID_BITS
+from dts.queue.redis import Keys, RedisQueue
+from dts.server.coordinator import Coordinator, Settings
 from dts.server.store.sqlite import SqliteStore
 
 LEASE = 30.0
@@ -81,7 +81,7 @@ def coordinator(
     client: redis.Redis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Coordinator]:
     store = SqliteStore(str(tmp_path_factory.mktemp("members") / "dts.db"))
-    cfg = ServerConfig(worker_timeout=10, default_retries=0, default_backoff=0)
+    cfg = Settings(worker_timeout=10, default_retries=0, default_backoff=0)
     yield Coordinator(store, RedisQueue(client, Keys("coord:")), cfg)
     store.close()
 

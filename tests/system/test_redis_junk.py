@@ -10,7 +10,7 @@ import math
 import grpc
 
 from dts.domain import JobSpec
-from dts.queue.redis import ID_BITS
+from dts.queue import ID_BITS
 from dts.v1 import dts_pb2 as pb
 from dts.v1 import dts_pb2_grpc as pb_grpc
 from tests.conftest import Cluster

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dts.queue.redis import ID_BITS, DropLog, is_job_id, parse_id
+from dts.queue import ID_BITS, is_job_id
+from dts.queue.redis import DropLog, parse_id
 
 
 @given(st.integers(min_value=1, max_value=2**ID_BITS - 1))

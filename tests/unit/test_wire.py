@@ -258,7 +258,7 @@ def test_from_code_falls_back_to_the_root_class(code: str) -> None:
 @pytest.mark.parametrize(
     ("cls", "parent"),
     [
-        (errors.StaleAttempt, errors.FailedPrecondition),
+        (errors.QueueUnavailable, errors.Unavailable),
         (errors.UnknownSession, errors.FailedPrecondition),
         (errors.ShuttingDown, errors.Unavailable),
     ],

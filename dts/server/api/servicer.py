@@ -243,13 +243,13 @@ def _group(first: object, inbox: asyncio.Queue[object]) -> tuple[list[bytes], ob
 def _lean_answer(outcome: list[Job] | DtsError, c: Coordinator) -> pb.SubmitResponse:
     if isinstance(outcome, DtsError):
         return pb.SubmitResponse(code=wire.status_code(outcome).value[0], message=outcome.message)
-    cfg = c.cfg
+    st = c.settings
     return pb.SubmitResponse(
         ids=[j.id for j in outcome],
         created_at=outcome[0].created_at,
-        default_retries=cfg.default_retries,
-        default_backoff=cfg.default_backoff,
-        default_timeout=cfg.default_timeout,
+        default_retries=st.default_retries,
+        default_backoff=st.default_backoff,
+        default_timeout=st.default_timeout,
     )
 
 
@@ -260,9 +260,10 @@ def _serialize(message: Message) -> bytes:
 class WorkerServicer:
     """What workers call. A worker token bound to a name may act only as that worker."""
 
-    def __init__(self, coordinator: Coordinator, pools: Pools) -> None:
+    def __init__(self, coordinator: Coordinator, pools: Pools, key_prefix: str) -> None:
         self.c = coordinator
         self.pools = pools
+        self.key_prefix = key_prefix  # of the Redis keys, told to each worker that registers
 
     def handler(self, identify: Identify) -> grpc.GenericRpcHandler:
         unary: dict[str, Unary] = {
@@ -286,12 +287,12 @@ class WorkerServicer:
             list(request.queues),
             caller.id if caller is not None else "",
         )
-        lease = self.c.cfg.worker_timeout
+        st = self.c.settings
         return pb.RegisterResponse(
             session=session,
-            lease_seconds=lease,
-            heartbeat_interval=min(1.0, lease / 4),
-            key_prefix=self.c.cfg.key_prefix,
+            lease_seconds=st.worker_timeout,
+            heartbeat_interval=st.heartbeat_interval,
+            key_prefix=self.key_prefix,
         )
 
     def heartbeat(

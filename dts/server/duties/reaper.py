@@ -13,4 +13,4 @@ class LeaseReaper(Loop):
     def tick(self) -> float:
         self.c.reap_leases()
         self.c.recover_inflight()
-        return max(0.05, min(1.0, self.c.cfg.worker_timeout / 4))
+        return self.c.settings.reap_interval

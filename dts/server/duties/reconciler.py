@@ -16,14 +16,15 @@ class Reconciler(Loop):
 
     name = "reconciler"
 
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Coordinator, interval: float) -> None:
         super().__init__(coordinator)
+        self.interval = interval  # seconds between full checks (--reconcile-interval)
         self._last_full = 0.0
 
     def tick(self) -> float:
         self.c.check_redis()
         now = time.monotonic()
-        due = now - self._last_full >= self.c.cfg.reconcile_interval
+        due = now - self._last_full >= self.interval
         if self.c.reconcile_needed.is_set() or due:
             self.c.reconcile_needed.clear()
             self._last_full = now
