@@ -1,0 +1,215 @@
+"""The layering of dts, read from the imports of its source (ast): a new import that breaks it
+fails here, naming the module, the line and the rule.
+
+From the bottom: the domain (errors, model) imports nothing else of dts; the shared pieces
+(backoff, wire, options, channel, queue, daemon) import only what is below them; the roles
+(server, worker, client) never import one another; inside the server, the coordinator holds
+the rules and knows the store and the queue only as protocols, and nothing imports upward.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "dts"
+
+MODEL = ("dts.errors", "dts.domain")
+SHARED = (*MODEL, "dts.backoff", "dts.wire", "dts.v1", "dts.options", "dts.channel")
+QUEUE_API = ("dts.queue",)  # the protocol module itself, not dts.queue.redis (see `exact`)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """What the modules under `prefix` may import: dts modules under `allowed` (a module is
+    always allowed its own package's modules when `own` is set) and no third-party module
+    under `banned`."""
+
+    prefix: str
+    allowed: tuple[str, ...]
+    banned: tuple[str, ...] = ()
+    own: bool = True
+    exact: tuple[str, ...] = ()  # dts modules allowed by their exact name only
+
+
+NO_IO = ("grpc", "google", "redis", "sqlite3", "configargparse", "psycopg")
+
+# The most specific prefix that names a module decides its layer.
+LAYERS = (
+    Layer("dts.errors", (), banned=NO_IO),
+    Layer("dts.domain", ("dts.errors",), banned=NO_IO, own=False),
+    Layer("dts.backoff", (), banned=NO_IO),
+    Layer("dts.v1", ("dts.v1",)),
+    Layer("dts.wire", (*MODEL, "dts.v1"), banned=("redis", "sqlite3")),
+    Layer("dts.options", MODEL, banned=("grpc", "redis", "sqlite3")),
+    Layer("dts.channel", MODEL, banned=("redis", "sqlite3")),
+    Layer("dts.queue", MODEL, banned=("grpc", "redis", "sqlite3"), own=False),
+    Layer("dts.queue.redis", MODEL, banned=("grpc", "sqlite3"), exact=QUEUE_API),
+    Layer("dts.daemon", (*MODEL, "dts.options"), banned=("grpc", "redis", "sqlite3")),
+    # the server: rules at the bottom, then the store and duties, the API, then start-up
+    Layer(
+        "dts.server.coordinator",
+        (*MODEL, "dts.backoff"),
+        banned=NO_IO,
+        exact=(*QUEUE_API, "dts.server.store"),
+    ),
+    Layer("dts.server.store", MODEL, banned=NO_IO, own=False),
+    Layer("dts.server.store.sqlite", MODEL, banned=("grpc", "redis"), exact=("dts.server.store",)),
+    Layer(
+        "dts.server.duties",
+        (*MODEL, "dts.backoff", "dts.server.coordinator"),
+        banned=("grpc", "redis", "sqlite3"),
+    ),
+    Layer(
+        "dts.server.api",
+        (*SHARED, "dts.server.coordinator"),
+        banned=("redis", "sqlite3"),
+    ),
+    Layer(
+        "dts.server.config",
+        (*SHARED, "dts.daemon.config", "dts.queue.redis", "dts.server.api.auth"),
+        own=False,
+    ),
+    Layer("dts.server", (*SHARED, "dts.queue", "dts.daemon", "dts.server")),
+    # the worker and the client: shared pieces and their own modules only
+    Layer(
+        "dts.worker",
+        (*SHARED, "dts.queue", "dts.daemon"),
+        banned=("sqlite3",),
+    ),
+    Layer("dts.client", SHARED, banned=("redis", "sqlite3")),
+    Layer("dts.devrun", (*MODEL, "dts.client"), banned=("sqlite3",)),
+)
+
+
+@dataclass(frozen=True)
+class Import:
+    module: str  # the importing module
+    name: str  # what it imports (absolute)
+    line: int
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> list[Import]:
+    """Every import in the file, at any depth (in functions, under TYPE_CHECKING too)."""
+    module = module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [Import(module, a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = absolute(package, node.level, node.module or "")
+            if base == "dts":  # `from dts import wire`: each name is a module (but __version__)
+                found += [
+                    Import(
+                        module, "dts" if a.name.startswith("__") else f"dts.{a.name}", node.lineno
+                    )
+                    for a in node.names
+                ]
+            else:
+                found.append(Import(module, base, node.lineno))
+    return found
+
+
+def absolute(package: str, level: int, name: str) -> str:
+    """The absolute name of `from <level dots><name> import ...` written in `package`."""
+    if not level:
+        return name
+    parts = package.split(".")
+    anchor = parts[: len(parts) - level + 1]
+    return ".".join([*anchor, name] if name else anchor)
+
+
+def layer_of(module: str) -> Layer:
+    matches = [ly for ly in LAYERS if module == ly.prefix or module.startswith(ly.prefix + ".")]
+    assert matches, f"{module} is in no layer: add it to LAYERS in {__name__}"
+    return max(matches, key=lambda ly: len(ly.prefix))
+
+
+def under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def violation(imp: Import) -> str | None:
+    """Why `imp` breaks the layering, or None."""
+    layer = layer_of(imp.module)
+    if not under(imp.name, "dts"):
+        top = imp.name.split(".")[0]
+        return f"{layer.prefix} may not import {top}" if top in layer.banned else None
+    if imp.name == "dts" or imp.name in layer.exact:
+        return None
+    if any(under(imp.name, a) for a in layer.allowed):
+        return None
+    if layer.own and under(imp.name, layer.prefix):
+        return None
+    return f"{layer.prefix} may not import {imp.name}"
+
+
+# dts/__init__.py holds only the version, which any module may read
+SOURCES = sorted(
+    p
+    for p in PACKAGE.rglob("*.py")
+    if "v1" not in p.relative_to(PACKAGE).parts and p != PACKAGE / "__init__.py"
+)
+
+
+def test_the_layering_holds() -> None:
+    broken = [
+        f"{imp.module} line {imp.line}: {why}"
+        for path in SOURCES
+        for imp in imports_of(path)
+        if (why := violation(imp))
+    ]
+    assert not broken, "\n".join(broken)
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "broken"),
+    [
+        ("dts.domain", "dts.wire", True),  # the model knows no wire
+        ("dts.domain", "grpc", True),
+        ("dts.domain", "dts.errors", False),
+        ("dts.server.coordinator", "redis", True),
+        ("dts.server.coordinator", "dts.queue.redis", True),  # the implementation, not the API
+        ("dts.server.coordinator", "dts.queue", False),
+        ("dts.server.coordinator", "dts.server.store.sqlite", True),
+        ("dts.server.coordinator", "dts.server.store", False),
+        ("dts.server.coordinator", "dts.server.api.rpc", True),  # upward
+        ("dts.server.coordinator", "dts.server.config", True),
+        ("dts.server.store.sqlite", "dts.server.coordinator", True),
+        ("dts.server.api.servicer", "dts.server.store.sqlite", True),
+        ("dts.server.main", "dts.server.store.sqlite", False),
+        ("dts.worker.main", "dts.server.store", True),
+        ("dts.worker.main", "dts.client", True),
+        ("dts.client.api", "dts.worker.runner", True),
+        ("dts.client.api", "dts.queue.redis", True),
+        ("dts.queue.redis", "dts.server.coordinator", True),
+        ("dts.daemon.process", "dts.server.main", True),
+        ("dts.wire", "dts.server.api.rpc", True),
+    ],
+)
+def test_the_rules_catch_what_they_should(module: str, name: str, broken: bool) -> None:
+    assert (violation(Import(module, name, 1)) is not None) is broken
+
+
+def test_relative_imports_are_resolved() -> None:
+    # the checker must not be blind to `from ..store import x` in a package
+    assert absolute("dts.server.duties", 2, "store") == "dts.server.store"
+    assert absolute("dts.server.duties", 1, "loop") == "dts.server.duties.loop"
+    assert absolute("dts.server.duties", 1, "") == "dts.server.duties"
+    assert absolute("dts.server", 0, "dts.domain") == "dts.domain"
+    assert module_name(PACKAGE / "server" / "duties" / "__init__.py") == "dts.server.duties"
+
+
+def test_every_module_has_a_layer() -> None:
+    for path in SOURCES:
+        layer_of(module_name(path))
