@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from queue import Empty, SimpleQueue
-from typing import Protocol
 
 from dts.backoff import compute_backoff
 from dts.domain import (
@@ -49,19 +48,18 @@ from dts.errors import (
     NotFound,
     PermissionDenied,
     QueueUnavailable,
-    ResourceExhausted,
     SessionSuperseded,
     ShuttingDown,
     UnknownSession,
 )
 from dts.queue import JobQueue, QueuedJob, is_job_id
 from dts.server.store import Store, Transaction
+from dts.server.waiters import MAX_WAIT, Waiters, Waker, check_wait_timeout
 
 log = logging.getLogger("dts.coordinator")
 
 MAX_BATCH = 100_000  # jobs in one submit call
 MAX_LIST = 10_000  # jobs in one listing
-MAX_WAIT = 30.0  # seconds one WaitJob call may block
 WORKER_RETENTION = 86400.0  # seconds a stopped or lost worker stays listed
 
 
@@ -115,10 +113,7 @@ class Coordinator:
         self.due_changed = threading.Event()  # wakes the scheduler when a retry or delay is added
         self.reconcile_needed = threading.Event()
         self._redis_up: bool | None = None
-        self._waiters: dict[int, list[Waker]] = {}
-        self._waiters_lock = threading.Lock()
-        self._waiter_count = 0
-        self.max_waiters = settings.max_waiters
+        self.waiters = Waiters(settings.max_waiters)
         # submitted jobs on their way to Redis, when an enqueuer thread takes them (the server)
         self.handoff: SimpleQueue[list[Job]] | None = None
 
@@ -227,27 +222,11 @@ class Coordinator:
             self.remove_waiter(job_id, event)
 
     def add_waiter(self, job_id: int, waker: Waker) -> None:
-        """Have `waker.set()` called (from any thread) when the job may have become final.
-
-        The set of waiters is bounded (`max_waiters`): a waiter beyond it is refused with
-        ResourceExhausted, and the caller retries later, so waiting calls cannot make the
-        server hold unbounded memory."""
-        with self._waiters_lock:
-            if self._waiter_count >= self.max_waiters:
-                raise ResourceExhausted(
-                    f"too many calls waiting for jobs ({self.max_waiters}); retry later"
-                )
-            self._waiters.setdefault(job_id, []).append(waker)
-            self._waiter_count += 1
+        """Have `waker.set()` called when the job may have become final (bounded: see Waiters)."""
+        self.waiters.add(job_id, waker)
 
     def remove_waiter(self, job_id: int, waker: Waker) -> None:
-        with self._waiters_lock:
-            wakers = self._waiters.get(job_id, [])
-            if waker in wakers:
-                wakers.remove(waker)
-                self._waiter_count -= 1
-            if not wakers:
-                self._waiters.pop(job_id, None)
+        self.waiters.remove(job_id, waker)
 
     def list_jobs(self, status: JobStatus | None, queue: str | None, limit: int) -> list[Job]:
         if not 0 <= limit <= MAX_LIST:
@@ -572,9 +551,7 @@ class Coordinator:
 
     def wake_waiters(self) -> None:
         """Answer every pending WaitJob now, with the job as it is (used when stopping)."""
-        with self._waiters_lock:
-            waited = list(self._waiters)
-        self._notify(waited)
+        self.waiters.notify(self.waiters.job_ids())
 
     def next_due(self) -> float | None:
         return self.store.next_run_at()
@@ -798,23 +775,7 @@ class Coordinator:
         self._redis_up = True
 
     def _notify(self, job_ids: Sequence[int]) -> None:
-        if not job_ids:
-            return
-        with self._waiters_lock:
-            for job_id in job_ids:
-                for waker in self._waiters.get(job_id, ()):
-                    waker.set()
-
-
-class Waker(Protocol):
-    """What waits for a job: a threading.Event, or an asyncio call's wake-up."""
-
-    def set(self) -> None: ...
-
-
-def check_wait_timeout(timeout: float) -> None:
-    if not timeout >= 0:
-        raise InvalidArgument(f"timeout must not be negative, got {timeout}")
+        self.waiters.notify(job_ids)
 
 
 FOREIGN_CHECKS = 100  # unclaimed ids of one exchange looked at for the warning about them

@@ -55,8 +55,9 @@ LAYERS = (
         "dts.server.coordinator",
         (*MODEL, "dts.backoff"),
         banned=NO_IO,
-        exact=(*QUEUE_API, "dts.server.store"),
+        exact=(*QUEUE_API, "dts.server.store", "dts.server.waiters"),
     ),
+    Layer("dts.server.waiters", MODEL, banned=NO_IO, own=False),
     Layer("dts.server.store", MODEL, banned=NO_IO, own=False),
     Layer("dts.server.store.sqlite", MODEL, banned=("grpc", "redis"), exact=("dts.server.store",)),
     Layer(
@@ -66,7 +67,7 @@ LAYERS = (
     ),
     Layer(
         "dts.server.api",
-        (*SHARED, "dts.server.coordinator"),
+        (*SHARED, "dts.server.coordinator", "dts.server.waiters"),
         banned=("redis", "sqlite3"),
     ),
     Layer(

@@ -28,7 +28,8 @@ from dts.server.api.rpc import (
     run_in,
     unary_handler,
 )
-from dts.server.coordinator import MAX_WAIT, Coordinator, check_wait_timeout
+from dts.server.coordinator import Coordinator
+from dts.server.waiters import MAX_WAIT, check_wait_timeout
 from dts.v1 import dts_pb2 as pb
 
 SCHEDULER = "dts.v1.Scheduler"
