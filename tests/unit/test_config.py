@@ -288,6 +288,19 @@ def test_bad_worker_limits_are_usage_errors(capsys: pytest.CaptureFixture[str]) 
         load_worker_config(["--pass-env", "A=B"], env={})
 
 
+def test_worker_limits_without_prlimit_are_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dts.worker.config, "find_prlimit", lambda: None)
+    with pytest.raises(InvalidArgument) as exc:
+        load_worker_config(["--max-files", "64"], env={})
+    assert str(exc.value) == (
+        "--max-cpu, --max-memory, --max-files and --max-processes need prlimit (util-linux), "
+        "which is not installed"
+    )
+    assert load_worker_config(["--max-output", "1K"], env={}).max_output == 1024
+
+
 @pytest.mark.parametrize(
     ("argv", "flag"),
     [
