@@ -6,8 +6,10 @@ Pure data and rules: nothing here imports gRPC, Redis or SQLite.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from operator import attrgetter
 from typing import Final, TypeVar
 
 from dts.errors import InvalidArgument
@@ -84,12 +86,98 @@ def lower_limit(a: N, b: N) -> N:
     return b if a == 0 else a if b == 0 else min(a, b)
 
 
-LIMIT_NAMES: Final = ("cpu", "memory", "files", "processes", "output")  # Limits' fields, in order
+class LimitUnit(StrEnum):
+    """How the value of a limit is written and shown."""
+
+    SECONDS = "seconds"  # whole seconds, shown as '10s'
+    SIZE = "size"  # bytes, written and shown with K, M, G, T ('512M')
+    COUNT = "count"  # a number of things
+
+
+@dataclass(frozen=True)
+class LimitField:
+    """One resource limit a job may ask for, as every part of dts needs to know it."""
+
+    name: str  # the field of Limits; the option is --max-<name> (dts-client submit, dts-worker)
+    unit: LimitUnit
+    wire: str  # its field in the dts.v1.Limits message, and its key in dts-client's --json
+    # enforced by the kernel as RLIMIT_<rlimit>, set by `prlimit --<rlimit in lower case>`
+    # (dts.worker.sandbox); '' where the worker enforces it itself
+    rlimit: str
+    submit_help: str  # of dts-client submit --max-<name>
+    worker_help: str = ""  # of dts-worker --max-<name> (the kernel's limits; see LIMITS)
+
+    @property
+    def flag(self) -> str:
+        return f"--max-{self.name}"
+
+    @property
+    def dest(self) -> str:
+        """The attribute argparse keeps the option's value in."""
+        return f"max_{self.name}"
+
+    def show(self, value: int) -> str:
+        """`value` as a user would write it: '10s', '512M', '64'."""
+        if self.unit is LimitUnit.SECONDS:
+            return f"{value}s"
+        if self.unit is LimitUnit.SIZE:
+            return format_size(value)
+        return str(value)
+
+
+# Every limit, once, in the order of Limits' fields (and of the dts.v1.Limits message). Adding
+# one means a field of Limits, a row here and a field of dts.v1.Limits. The worker's options
+# for the kernel's limits come from here; output, a cap the worker always has, is its own
+# --max-output (dts.worker.config).
+LIMITS: Final = (
+    LimitField(
+        "cpu",
+        LimitUnit.SECONDS,
+        wire="cpu_seconds",
+        rlimit="CPU",
+        submit_help="CPU seconds each process of the job may use (SIGXCPU, then SIGKILL)",
+        worker_help="seconds of CPU time per job process (RLIMIT_CPU; 0: none; jobs may ask "
+        "for less)",
+    ),
+    LimitField(
+        "memory",
+        LimitUnit.SIZE,
+        wire="memory_bytes",
+        rlimit="AS",
+        submit_help="address space of each process of the job (K, M, G)",
+        worker_help="bytes of address space per job process (RLIMIT_AS, K/M/G; 0: none)",
+    ),
+    LimitField(
+        "files",
+        LimitUnit.COUNT,
+        wire="open_files",
+        rlimit="NOFILE",
+        submit_help="open files of each process of the job",
+        worker_help="open files per job process (RLIMIT_NOFILE; 0: the worker's own limit)",
+    ),
+    LimitField(
+        "processes",
+        LimitUnit.COUNT,
+        wire="processes",
+        rlimit="NPROC",
+        submit_help="processes of the job's user on the worker (not enforced for root)",
+        worker_help="processes of the jobs' user (RLIMIT_NPROC, not enforced for root; 0: none)",
+    ),
+    LimitField(
+        "output",
+        LimitUnit.SIZE,
+        wire="output_bytes",
+        rlimit="",
+        submit_help="bytes of stdout and of stderr to keep (K, M, G; default: the worker's cap)",
+    ),
+)
+LIMIT_NAMES: Final = tuple(f.name for f in LIMITS)  # Limits' fields, in order
+RLIMIT_LIMITS: Final = tuple(f for f in LIMITS if f.rlimit)  # those the kernel enforces
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits of each attempt of a job; 0 means none asked for.
+    """Resource limits of each attempt of a job; 0 means none asked for (see LIMITS).
 
     A job's limits can only lower the ones its worker's operator set (`within`), never
     raise them.
@@ -105,44 +193,35 @@ class Limits:
         """These limits, lowered to `cap` wherever `cap` is stricter or these set none."""
         if self == NO_LIMITS:
             return cap
-        return Limits(
-            lower_limit(self.cpu, cap.cpu),
-            lower_limit(self.memory, cap.memory),
-            lower_limit(self.files, cap.files),
-            lower_limit(self.processes, cap.processes),
-            lower_limit(self.output, cap.output),
-        )
+        return Limits(*map(lower_limit, _limit_values(self), _limit_values(cap)))
 
     @property
     def any(self) -> bool:
         return self != NO_LIMITS
 
     @property
-    def values(self) -> tuple[int, int, int, int, int]:
+    def values(self) -> tuple[int, ...]:
         """The limits in the order of LIMIT_NAMES (no dataclasses.astuple: it deep-copies)."""
-        return (self.cpu, self.memory, self.files, self.processes, self.output)
+        return _limit_values(self)
 
     @property
     def rlimits(self) -> bool:
-        """Whether any of the kernel-enforced limits (all but output) is set."""
-        return bool(self.cpu or self.memory or self.files or self.processes)
+        """Whether any of the kernel-enforced limits (RLIMIT_LIMITS: all but output) is set."""
+        return any(_rlimit_values(self))
 
     def describe(self) -> str:
         """The set limits as a user would write them, e.g. 'cpu 10s, memory 512M'."""
-        parts = []
-        if self.cpu:
-            parts.append(f"cpu {self.cpu}s")
-        if self.memory:
-            parts.append(f"memory {format_size(self.memory)}")
-        if self.files:
-            parts.append(f"files {self.files}")
-        if self.processes:
-            parts.append(f"processes {self.processes}")
-        if self.output:
-            parts.append(f"output {format_size(self.output)}")
-        return ", ".join(parts)
+        return ", ".join(
+            f"{f.name} {f.show(v)}" for f, v in zip(LIMITS, self.values, strict=True) if v
+        )
 
 
+# the fields' getters, made once: a job's limits are read on every submit and every run
+# (attrgetter of two names or more answers a tuple)
+_limit_values: Final[Callable[[Limits], tuple[int, ...]]] = attrgetter(*LIMIT_NAMES)
+_rlimit_values: Final[Callable[[Limits], tuple[int, ...]]] = attrgetter(
+    *(f.name for f in RLIMIT_LIMITS)
+)
 NO_LIMITS: Final = Limits()
 SIZE_UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 import configargparse
 
-from dts.domain import MAX_LIMIT, parse_size
+from dts.domain import MAX_LIMIT, LimitUnit, parse_size
 from dts.errors import InvalidArgument
 
 ENV_PREFIX = "DTS_"
@@ -58,6 +58,11 @@ def count_arg(text: str) -> int:
     if not 0 <= value <= MAX_LIMIT:
         raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_LIMIT}, got {value}")
     return value
+
+
+def limit_arg(unit: LimitUnit) -> Callable[[str], int]:
+    """The argparse type of a resource limit (dts.domain.LIMITS) of `unit`."""
+    return size_arg if unit is LimitUnit.SIZE else count_arg
 
 
 def parse(parser: ArgumentParser, argv: Sequence[str] | None, env: Mapping[str, str] | None) -> Any:

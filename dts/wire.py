@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from itertools import pairwise
+from operator import attrgetter
+from typing import Final
 
 import grpc
 
 from dts import errors
 from dts.domain import (
+    LIMITS,
     NO_LIMITS,
     Assignment,
     Attempt,
@@ -125,20 +128,19 @@ def spec_from_pb(msg: pb.JobSpec) -> JobSpec:
     )
 
 
+LIMITS_PB_FIELDS: Final = tuple(f.wire for f in LIMITS)  # in the order of Limits' fields
+_pb_limit_values: Final[Callable[[pb.Limits], tuple[int, ...]]] = attrgetter(*LIMITS_PB_FIELDS)
+
+
 def limits_to_pb(limits: Limits) -> pb.Limits:
-    return pb.Limits(
-        cpu_seconds=limits.cpu,
-        memory_bytes=limits.memory,
-        open_files=limits.files,
-        processes=limits.processes,
-        output_bytes=limits.output,
-    )
+    msg = pb.Limits()
+    for name, value in zip(LIMITS_PB_FIELDS, limits.values, strict=True):
+        setattr(msg, name, value)  # cheaper than a dict of keyword arguments
+    return msg
 
 
 def limits_from_pb(msg: pb.Limits) -> Limits:
-    return Limits(
-        msg.cpu_seconds, msg.memory_bytes, msg.open_files, msg.processes, msg.output_bytes
-    )
+    return Limits(*_pb_limit_values(msg))
 
 
 def as_received(spec: JobSpec) -> JobSpec:

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from dts.channel import DEFAULT_SERVER, add_channel_options, channel_security
 from dts.client import Client
 from dts.domain import (
+    LIMITS,
     MAX_PRIORITY,
     MIN_PRIORITY,
     Attempt,
@@ -20,12 +21,13 @@ from dts.domain import (
     JobSpec,
     JobStatus,
     Limits,
+    LimitUnit,
     StatCount,
     WorkerInfo,
     validate_spec,
 )
 from dts.errors import DtsError, InvalidArgument, Unavailable
-from dts.options import count_arg, new_parser, parse_hostport, size_arg
+from dts.options import limit_arg, new_parser, parse_hostport
 
 PROG = "dts-client"
 EXIT_USAGE = 2
@@ -125,6 +127,9 @@ SUBMIT_FALLBACK: dict[str, Any] = {
     "--timeout": None,
     "--delay": 0.0,
 }
+# submit's limit options: the one the worker keeps itself (output) first, then the kernel's
+SUBMIT_LIMITS = tuple(sorted(LIMITS, key=lambda limit: bool(limit.rlimit)))
+LIMIT_METAVARS = {LimitUnit.SECONDS: "SECONDS", LimitUnit.SIZE: "SIZE", LimitUnit.COUNT: "N"}
 GLOBAL_WITH_VALUE = {
     "--server",
     "--rpc-timeout",
@@ -192,41 +197,14 @@ def command_parser() -> argparse.ArgumentParser:
     s.add_argument("--cwd", default="", help="working directory on the worker")
     s.add_argument("--name", default="", help="label shown in listings")
     # resource limits: a job can lower its worker's (dts-worker --max-*), not raise them
-    s.add_argument(
-        "--max-output",
-        type=size_arg,
-        default=0,
-        metavar="SIZE",
-        help="bytes of stdout and of stderr to keep (K, M, G; default: the worker's cap)",
-    )
-    s.add_argument(
-        "--max-cpu",
-        type=count_arg,
-        default=0,
-        metavar="SECONDS",
-        help="CPU seconds each process of the job may use (SIGXCPU, then SIGKILL)",
-    )
-    s.add_argument(
-        "--max-memory",
-        type=size_arg,
-        default=0,
-        metavar="SIZE",
-        help="address space of each process of the job (K, M, G)",
-    )
-    s.add_argument(
-        "--max-files",
-        type=count_arg,
-        default=0,
-        metavar="N",
-        help="open files of each process of the job",
-    )
-    s.add_argument(
-        "--max-processes",
-        type=count_arg,
-        default=0,
-        metavar="N",
-        help="processes of the job's user on the worker (not enforced for root)",
-    )
+    for limit in SUBMIT_LIMITS:
+        s.add_argument(
+            limit.flag,
+            type=limit_arg(limit.unit),
+            default=0,
+            metavar=LIMIT_METAVARS[limit.unit],
+            help=limit.submit_help,
+        )
     s.add_argument("--shell", action="store_true", help="run the single string with /bin/sh -c")
     s.add_argument(
         "--wait",
@@ -299,13 +277,7 @@ def job_json(job: Job) -> dict[str, Any]:
 
 def limits_json(limits: Limits) -> dict[str, int | None]:
     """Each limit the job set; null where it set none (its worker's own limit applies)."""
-    return {
-        "cpu_seconds": limits.cpu or None,
-        "memory_bytes": limits.memory or None,
-        "open_files": limits.files or None,
-        "processes": limits.processes or None,
-        "output_bytes": limits.output or None,
-    }
+    return {f.wire: v or None for f, v in zip(LIMITS, limits.values, strict=True)}
 
 
 def attempt_json(a: Attempt) -> dict[str, Any]:
@@ -387,13 +359,7 @@ class Cli:
             env=tuple(ns.env),
             cwd=ns.cwd,
             name=ns.name,
-            limits=Limits(
-                cpu=ns.max_cpu,
-                memory=ns.max_memory,
-                files=ns.max_files,
-                processes=ns.max_processes,
-                output=ns.max_output,
-            ),
+            limits=Limits(**{f.name: getattr(ns, f.dest) for f in LIMITS}),
         )
         if ns.from_file:
             if cmd:

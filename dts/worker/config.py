@@ -7,6 +7,7 @@ import pwd
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from dts.channel import (
     DEFAULT_SERVER,
@@ -21,13 +22,14 @@ from dts.domain import (
     MAX_NAME_CHARS,
     MAX_WORKER_QUEUES,
     NO_LIMITS,
+    RLIMIT_LIMITS,
     Limits,
     validate_queue_name,
 )
 from dts.errors import InvalidArgument
 from dts.options import (
     ArgumentParser,
-    count_arg,
+    limit_arg,
     new_parser,
     non_negative,
     parse,
@@ -101,30 +103,8 @@ def worker_parser() -> ArgumentParser:
         default=0.0,
         help="seconds any attempt may run, whatever its own timeout (0: no cap)",
     )
-    p.add_argument(
-        "--max-cpu",
-        type=count_arg,
-        default=0,
-        help="seconds of CPU time per job process (RLIMIT_CPU; 0: none; jobs may ask for less)",
-    )
-    p.add_argument(
-        "--max-memory",
-        type=size_arg,
-        default=0,
-        help="bytes of address space per job process (RLIMIT_AS, K/M/G; 0: none)",
-    )
-    p.add_argument(
-        "--max-files",
-        type=count_arg,
-        default=0,
-        help="open files per job process (RLIMIT_NOFILE; 0: the worker's own limit)",
-    )
-    p.add_argument(
-        "--max-processes",
-        type=count_arg,
-        default=0,
-        help="processes of the jobs' user (RLIMIT_NPROC, not enforced for root; 0: none)",
-    )
+    for limit in RLIMIT_LIMITS:  # the output's cap is --max-output, above
+        p.add_argument(limit.flag, type=limit_arg(limit.unit), default=0, help=limit.worker_help)
     p.add_argument("--cwd", default="", help="working directory of jobs that name none")
     p.add_argument(
         "--run-as",
@@ -160,9 +140,7 @@ def load_worker_config(
         run_as=ns.run_as,
         pass_env=tuple(v.strip() for v in ns.pass_env.split(",") if v.strip()),
         max_timeout=ns.max_timeout,
-        limits=Limits(
-            cpu=ns.max_cpu, memory=ns.max_memory, files=ns.max_files, processes=ns.max_processes
-        ),
+        limits=Limits(**{limit.name: getattr(ns, limit.dest) for limit in RLIMIT_LIMITS}),
         security=channel_security(ns, env),
         process=process_config(ns),
     )
@@ -196,11 +174,16 @@ def load_worker_config(
     if problem:
         raise InvalidArgument(problem)
     if cfg.limits.rlimits and find_prlimit() is None:
-        raise InvalidArgument(
-            "--max-cpu, --max-memory, --max-files and --max-processes need prlimit "
-            "(util-linux), which is not installed"
-        )
+        raise InvalidArgument(f"{_RLIMIT_FLAGS} need prlimit (util-linux), which is not installed")
     return cfg
+
+
+def _in_words(items: Sequence[str]) -> str:
+    """'a, b and c'."""
+    return " and ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
+
+
+_RLIMIT_FLAGS: Final = _in_words([limit.flag for limit in RLIMIT_LIMITS])
 
 
 def _check_run_as(user: str) -> None:

@@ -18,8 +18,9 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Final
 
-from dts.domain import Limits
+from dts.domain import LIMIT_NAMES, RLIMIT_LIMITS, Limits
 
 log = logging.getLogger("dts.sandbox")
 
@@ -315,23 +316,25 @@ def find_prlimit() -> str | None:
     return shutil.which(PRLIMIT) or shutil.which(PRLIMIT, path="/usr/bin:/bin")
 
 
+# The kernel's limits (dts.domain.RLIMIT_LIMITS): each one's place among Limits' values, its
+# resource and its prlimit option (named after the resource: --cpu, --as, --nofile, --nproc)
+RLIMITS: Final[tuple[tuple[int, int, str], ...]] = tuple(
+    (LIMIT_NAMES.index(f.name), getattr(resource, f"RLIMIT_{f.rlimit}"), f"--{f.rlimit.lower()}")
+    for f in RLIMIT_LIMITS
+)
+
+
 def within_hard_limits(limits: Limits) -> Limits:
     """`limits` lowered to the worker's own hard rlimits, which a job cannot exceed anyway and
     which prlimit, run without privilege, could not raise to."""
     if not limits.rlimits:
         return limits
-
-    def cap(value: int, res: int) -> int:
+    values = list(limits.values)
+    for i, res, _ in RLIMITS:
         hard = resource.getrlimit(res)[1]
-        return value if hard == resource.RLIM_INFINITY or value <= hard else hard
-
-    return Limits(
-        cpu=cap(limits.cpu, resource.RLIMIT_CPU),
-        memory=cap(limits.memory, resource.RLIMIT_AS),
-        files=cap(limits.files, resource.RLIMIT_NOFILE),
-        processes=cap(limits.processes, resource.RLIMIT_NPROC),
-        output=limits.output,
-    )
+        if hard != resource.RLIM_INFINITY and values[i] > hard:
+            values[i] = hard
+    return Limits(*values)
 
 
 def find_program(name: str, path: str) -> str:
@@ -351,17 +354,18 @@ def limited_argv(prlimit: str, limits: Limits, argv: Sequence[str], path: str) -
     (SIGXCPU, which a job may catch to clean up) and a hard one a second later (SIGKILL).
     """
     program = argv[0] if "/" in argv[0] else find_program(argv[0], path)
-    hard_cpu = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    values = limits.values
     options = []
-    if limits.cpu:
-        hard = limits.cpu + 1
-        if hard_cpu != resource.RLIM_INFINITY:
-            hard = min(hard, hard_cpu)
-        options.append(f"--cpu={min(limits.cpu, hard)}:{hard}")
-    if limits.memory:
-        options.append(f"--as={limits.memory}")
-    if limits.files:
-        options.append(f"--nofile={limits.files}")
-    if limits.processes:
-        options.append(f"--nproc={limits.processes}")
+    for i, res, option in RLIMITS:
+        value = values[i]
+        if not value:
+            continue
+        if res == resource.RLIMIT_CPU:
+            hard = value + 1
+            hard_cpu = resource.getrlimit(resource.RLIMIT_CPU)[1]
+            if hard_cpu != resource.RLIM_INFINITY:
+                hard = min(hard, hard_cpu)
+            options.append(f"{option}={min(value, hard)}:{hard}")
+        else:
+            options.append(f"{option}={value}")
     return [prlimit, *options, "--", program, *argv[1:]]

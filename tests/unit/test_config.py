@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
+import dts.client.cli
 import dts.options
 import dts.server.config
 import dts.worker.config
 from dts.channel import DEFAULT_SERVER
-from dts.client.cli import main, split_command
-from dts.domain import Limits
+from dts.client.cli import limits_json, main, split_command
+from dts.domain import LIMIT_NAMES, LIMITS, Job, JobSpec, LimitField, Limits, submitted_job
 from dts.errors import InvalidArgument
 from dts.options import parse_hostport
 from dts.queue.redis import DEFAULT_REDIS_URL
@@ -286,6 +287,62 @@ def test_bad_worker_limits_are_usage_errors(capsys: pytest.CaptureFixture[str]) 
         load_worker_config(["--max-timeout", "-5"], env={})
     with pytest.raises(InvalidArgument, match="--pass-env"):
         load_worker_config(["--pass-env", "A=B"], env={})
+
+
+def test_worker_limits_without_prlimit_are_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dts.worker.config, "find_prlimit", lambda: None)
+    with pytest.raises(InvalidArgument) as exc:
+        load_worker_config(["--max-files", "64"], env={})
+    assert str(exc.value) == (
+        "--max-cpu, --max-memory, --max-files and --max-processes need prlimit (util-linux), "
+        "which is not installed"
+    )
+    assert load_worker_config(["--max-output", "1K"], env={}).max_output == 1024
+
+
+class SubmitCapture:
+    """A client that keeps what dts-client submit would send."""
+
+    def __init__(self) -> None:
+        self.specs: list[JobSpec] = []
+
+    def submit(self, specs: Sequence[JobSpec]) -> list[Job]:
+        self.specs.extend(specs)
+        return [submitted_job(i + 1, spec, 0.0) for i, spec in enumerate(specs)]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("limit", LIMITS, ids=LIMIT_NAMES)
+def test_submit_and_the_worker_take_a_max_option_for_every_limit(
+    limit: LimitField, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # dts-client submit --max-<name> asks for that limit
+    client = SubmitCapture()
+    monkeypatch.setattr(dts.client.cli, "Client", lambda *args, **kwargs: client)
+    assert main(["submit", limit.flag, "2", "--", "true"]) == 0
+    assert [spec.limits for spec in client.specs] == [Limits(**{limit.name: 2})]
+    assert capsys.readouterr().out == "1\n"
+    # dts-worker --max-<name> caps it (output: the worker's own --max-output)
+    monkeypatch.setattr(dts.worker.config, "find_prlimit", lambda: "/usr/bin/prlimit")
+    cfg = load_worker_config([limit.flag, "2"], env={})
+    if limit.rlimit:
+        assert (cfg.limits, cfg.max_output) == (Limits(**{limit.name: 2}), 1 << 20)
+    else:
+        assert (cfg.limits, cfg.max_output) == (Limits(), 2)
+
+
+def test_limits_in_json_are_named_as_on_the_wire_and_null_where_unset() -> None:
+    assert list(limits_json(Limits(cpu=30, output=1 << 20)).items()) == [
+        ("cpu_seconds", 30),
+        ("memory_bytes", None),
+        ("open_files", None),
+        ("processes", None),
+        ("output_bytes", 1 << 20),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -3,15 +3,20 @@ raises them) and their enforcement on real short-lived processes by dts.worker.r
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import resource
 import shutil
 
 import pytest
 
 from dts.domain import (
+    LIMIT_NAMES,
+    LIMITS,
     MAX_LIMIT,
     NO_LIMITS,
+    RLIMIT_LIMITS,
     Assignment,
     JobSpec,
     Limits,
@@ -22,11 +27,49 @@ from dts.domain import (
     validate_spec,
 )
 from dts.errors import InvalidArgument
+from dts.v1 import dts_pb2 as pb
 from dts.worker.runner import Execution, RunOptions
 from dts.worker.sandbox import find_prlimit
 
 PRLIMIT = find_prlimit()
 needs_prlimit = pytest.mark.skipif(PRLIMIT is None, reason="util-linux prlimit is not installed")
+
+# ---- the table of limits --------------------------------------------------------------------
+
+
+def test_the_table_lists_every_field_of_limits_in_order() -> None:
+    fields = dataclasses.fields(Limits)
+    assert tuple(f.name for f in fields) == LIMIT_NAMES
+    assert tuple(f.name for f in LIMITS) == LIMIT_NAMES
+    assert all(f.type == "int" and f.default == 0 for f in fields)
+
+
+def test_the_table_names_each_field_of_the_wire_message_in_order() -> None:
+    assert tuple(f.wire for f in LIMITS) == tuple(f.name for f in pb.Limits.DESCRIPTOR.fields)
+
+
+def test_each_kernel_limit_names_an_rlimit_and_says_so_to_the_operator() -> None:
+    assert tuple(f for f in LIMITS if f.name != "output") == RLIMIT_LIMITS
+    for f in LIMITS:
+        assert f.submit_help, f.name
+        if f.rlimit:
+            assert isinstance(getattr(resource, f"RLIMIT_{f.rlimit}"), int), f.name
+            assert f"RLIMIT_{f.rlimit}" in f.worker_help, f.name
+        else:
+            assert not f.worker_help, f.name  # the worker declares its own option for it
+
+
+def test_the_methods_of_limits_follow_the_table() -> None:
+    every = Limits(*range(1, len(LIMITS) + 1))
+    assert every.values == tuple(range(1, len(LIMITS) + 1))
+    assert every.rlimits and every.any
+    for f in LIMITS:
+        one = Limits(**{f.name: 3})
+        assert one.values == tuple(3 if n == f.name else 0 for n in LIMIT_NAMES)
+        assert one.rlimits is bool(f.rlimit), f.name
+        assert one.describe() == f"{f.name} {f.show(3)}"
+    assert [f.show(2048) for f in LIMITS] == ["2048s", "2K", "2048", "2048", "2K"]
+
 
 # ---- rules ------------------------------------------------------------------------------------
 

@@ -64,6 +64,14 @@ def test_spec_round_trip(spec: JobSpec) -> None:
     assert wire.spec_from_pb(over_the_wire(wire.spec_to_pb(spec))) == spec
 
 
+def test_each_limit_travels_in_its_own_field() -> None:
+    limits = Limits(cpu=1, memory=2, files=3, processes=4, output=5)
+    expected = pb.Limits(cpu_seconds=1, memory_bytes=2, open_files=3, processes=4, output_bytes=5)
+    assert wire.limits_to_pb(limits).SerializeToString() == expected.SerializeToString()
+    assert wire.limits_from_pb(over_the_wire(expected)) == limits
+    assert wire.limits_to_pb(Limits(files=7)) == pb.Limits(open_files=7)
+
+
 def test_unset_optionals_stay_unset_and_zero_is_not_unset() -> None:
     unset = over_the_wire(wire.spec_to_pb(MINIMAL_SPEC))
     assert not unset.HasField("max_retries")
