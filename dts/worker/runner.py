@@ -207,6 +207,12 @@ class Execution:
             rc = child.reap()
             self._on_reap(child.pid)
             child.close()
+        return self._verdict(Ended(outcome, rc, child.cpu_time, out, err), limits, timeout, started)
+
+    def _verdict(self, end: Ended, limits: Limits, timeout: float, started: float) -> Result:
+        """The attempt's result, from how its process ended and why."""
+        spec = self.assignment.spec
+        outcome, rc, out, err = end.outcome, end.rc, end.out, end.err
         code = rc if rc >= 0 else exit_code_for_signal(-rc)
         if outcome is None and rc != 0 and self._stop_outcome is not None:
             # stopped while it ran, and it died of it (an at-once stop kills it straight away,
@@ -227,7 +233,7 @@ class Execution:
             name = signal.Signals(-rc).name if -rc in signal.valid_signals() else str(-rc)
             why = f"killed by signal {-rc} ({name})"
             if limits.cpu and (
-                -rc == signal.SIGXCPU or (-rc == signal.SIGKILL and child.cpu_time >= limits.cpu)
+                -rc == signal.SIGXCPU or (-rc == signal.SIGKILL and end.cpu_time >= limits.cpu)
             ):
                 why = f"CPU time limit of {limits.cpu}s reached ({why})"
             return self._result(Outcome.FAILED, code, why, out, err, started)
@@ -265,52 +271,33 @@ class Execution:
         for fd in caps:
             poller.register(fd, select.POLLIN)
         pidfd: int | None = None
-        pgid = child.pid
-        deadline = time.monotonic() + timeout if timeout > 0 else None
-        outcome: Outcome | None = None
-        exited = False
-        term_at: float | None = None  # when the group got SIGTERM
-        killed = False
+        w = Watch(child.pid, slot, time.monotonic() + timeout if timeout > 0 else None)
         open_pipes = len(caps)
-        leftovers = False  # members of the group left after its main process exited
         try:
             while True:
                 now = time.monotonic()
-                if term_at is None:
-                    if not exited and deadline is not None and now >= deadline:
-                        outcome = Outcome.TIMED_OUT
-                    elif not exited and self._stop_outcome is not None:
-                        outcome = self._stop_outcome
-                    if outcome is not None or (exited and (leftovers := _alive(pgid, slot))):
-                        term_at = now
-                        _signal(pgid, slot, signal.SIGTERM)
-                if term_at is not None and (self._at_once or now >= term_at + self.opts.kill_grace):
-                    if not killed:
-                        killed = True
-                        _signal(pgid, slot, signal.SIGKILL)
-                    elif slot is not None:
-                        slot.signal(signal.SIGKILL)  # what forked while the last one went out
-                if exited and not (leftovers if term_at is None else _alive(pgid, slot)):
+                self._escalate(w, now)
+                if w.exited and not (w.leftovers if w.term_at is None else _alive(w.pgid, slot)):
                     if open_pipes == 0:
                         break
-                    if term_at is not None and now >= term_at + self.opts.kill_grace + 1:
+                    if w.term_at is not None and now >= w.term_at + self.opts.kill_grace + 1:
                         break  # something outside the job holds our pipes: stop waiting
-                if not exited and pidfd is None and open_pipes == 0:
-                    exited = child.reaped_now()
-                    if not exited:  # it closed its output but runs on: watch its exit
+                if not w.exited and pidfd is None and open_pipes == 0:
+                    w.exited = child.reaped_now()
+                    if not w.exited:  # it closed its output but runs on: watch its exit
                         pidfd = os.pidfd_open(child.pid)
                         poller.register(pidfd, select.POLLIN)
                     continue
-                wait = POLL if not exited else 0.05
-                if deadline is not None and term_at is None:
-                    wait = min(wait, max(0.0, deadline - now))
+                wait = POLL if not w.exited else 0.05
+                if w.deadline is not None and w.term_at is None:
+                    wait = min(wait, max(0.0, w.deadline - now))
                 events = poller.poll(wait * 1000)
-                if not events and not exited and pidfd is None:
+                if not events and not w.exited and pidfd is None:
                     pidfd = os.pidfd_open(child.pid)  # a longer job: learn its exit at once
                     poller.register(pidfd, select.POLLIN)
                 for fd, _ in events:
                     if fd == pidfd:
-                        exited = True
+                        w.exited = True
                         child.reap()  # now, so the group probe sees only the leftovers
                         poller.unregister(pidfd)
                         continue
@@ -326,13 +313,59 @@ class Execution:
         finally:
             if pidfd is not None:
                 os.close(pidfd)
-        return (outcome, caps[child.stdout].value(), caps[child.stderr].value())
+        return (w.outcome, caps[child.stdout].value(), caps[child.stderr].value())
+
+    def _escalate(self, w: Watch, now: float) -> None:
+        """TERM all of the job when it times out or is stopped, or when its main process is
+        gone and members are left; KILL it after the grace (at once for an at-once stop)."""
+        if w.term_at is None:
+            if not w.exited and w.deadline is not None and now >= w.deadline:
+                w.outcome = Outcome.TIMED_OUT
+            elif not w.exited and self._stop_outcome is not None:
+                w.outcome = self._stop_outcome
+            if w.outcome is None and w.exited:
+                w.leftovers = _alive(w.pgid, w.slot)
+            if w.outcome is not None or (w.exited and w.leftovers):
+                w.term_at = now
+                _signal(w.pgid, w.slot, signal.SIGTERM)
+        if w.term_at is not None and (self._at_once or now >= w.term_at + self.opts.kill_grace):
+            if not w.killed:
+                w.killed = True
+                _signal(w.pgid, w.slot, signal.SIGKILL)
+            elif w.slot is not None:
+                w.slot.signal(signal.SIGKILL)  # what forked while the last one went out
 
     def _result(
         self, outcome: Outcome, code: int | None, error: str, out: bytes, err: bytes, started: float
     ) -> Result:
         a = self.assignment
         return Result(a.job_id, a.attempt, outcome, code, error, out, err, started, time.time())
+
+
+@dataclass
+class Watch:
+    """What the runner knows of a running job as it watches it."""
+
+    pgid: int  # its process group: the main process's pid
+    slot: Slot | None  # its cgroup, if it has one
+    deadline: float | None  # monotonic time of its timeout
+    outcome: Outcome | None = None  # why it is being stopped, if it is
+    exited: bool = False  # its main process is gone (reaped)
+    term_at: float | None = None  # when all of it got SIGTERM
+    killed: bool = False  # all of it got SIGKILL
+    leftovers: bool = False  # members of the group were left after the main process exited
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How a job's process ended: why it was stopped, if it was; its wait status; its CPU
+    time; what it printed."""
+
+    outcome: Outcome | None
+    rc: int
+    cpu_time: float
+    out: bytes
+    err: bytes
 
 
 class Child:
