@@ -17,7 +17,6 @@ from dts.domain import (
     Job,
     JobFilter,
     JobSpec,
-    JobStatus,
     Output,
     Result,
     StatCount,
@@ -29,10 +28,6 @@ Key = tuple[int, int]  # (job id, attempt)
 
 class Transaction(Protocol):
     """Reads and writes inside one atomic unit of work."""
-
-    def insert_job(
-        self, spec: JobSpec, status: JobStatus, created_at: float, run_at: float | None
-    ) -> Job: ...
 
     def insert_jobs(self, specs: Sequence[JobSpec], now: float) -> list[Job]:
         """Add jobs submitted at `now`, in order, as `domain.submitted_job` makes them."""
@@ -65,8 +60,6 @@ class Transaction(Protocol):
         """Record successful results of attempts `worker` still runs (compare-and-set on
         status, attempt and worker): those jobs succeed. Returns the (job id, attempt) keys
         recorded; the rest are left untouched for the caller to judge."""
-
-    def add_attempt(self, attempt: Attempt) -> None: ...
 
     def get_attempt(self, job_id: int, attempt: int) -> Attempt | None: ...
 

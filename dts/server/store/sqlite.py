@@ -241,18 +241,6 @@ class SqliteTransaction:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._c = conn
 
-    def insert_job(
-        self, spec: JobSpec, status: JobStatus, created_at: float, run_at: float | None
-    ) -> Job:
-        cur = self._c.execute(
-            f"INSERT INTO jobs ({INSERT_COLUMNS}) VALUES ({INSERT_MARKS})",
-            _insert_row(spec, status, created_at, run_at),
-        )
-        job_id = cur.lastrowid
-        if job_id is None:
-            raise Internal("insert returned no id")
-        return Job(id=job_id, spec=spec, status=status, created_at=created_at, run_at=run_at)
-
     def insert_jobs(self, specs: Sequence[JobSpec], now: float) -> list[Job]:
         jobs: list[Job] = []
         for i in range(0, len(specs), INSERT_ROWS):
@@ -375,19 +363,6 @@ class SqliteTransaction:
             ),
         )
         return recorded
-
-    def add_attempt(self, attempt: Attempt) -> None:
-        self._c.execute(
-            "INSERT INTO attempts (job_id, attempt, worker, started_at, outcome)"
-            " VALUES (?,?,?,?,?)",
-            (
-                attempt.job_id,
-                attempt.attempt,
-                attempt.worker,
-                attempt.started_at,
-                attempt.outcome.value,
-            ),
-        )
 
     def get_attempt(self, job_id: int, attempt: int) -> Attempt | None:
         row = self._c.execute(
