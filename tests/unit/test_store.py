@@ -26,9 +26,17 @@ from dts.domain import (
     StatCount,
     WorkerInfo,
     WorkerState,
+    can_transition,
 )
 from dts.errors import Internal, Unavailable
-from dts.server.store.sqlite import SCHEMA_VERSION, SqliteStore
+from dts.server.store.sqlite import (
+    BULK_MOVES,
+    CLAIM,
+    FINISH,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SqliteStore,
+)
 
 S = JobStatus
 NASTY = "'; DROP TABLE jobs; --"
@@ -684,6 +692,77 @@ def test_successes_in_bulk_are_fenced_and_keep_their_output(store: SqliteStore) 
             0,
         )
         assert store.output(job_id, 1) == Output(1, out, err)
+
+
+# ---- statuses in the SQL, against the domain ----------------------------------------------------
+
+# The partial indexes as databases have them today. SQLite keeps an index's DDL (less IF NOT
+# EXISTS) in sqlite_master, so building it from JobStatus must not change a byte of it.
+PARTIAL_INDEXES = {
+    "jobs_due": "CREATE INDEX IF NOT EXISTS jobs_due ON jobs (run_at) WHERE status = 'scheduled'",
+    "jobs_leases": (
+        "CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires_at) WHERE status = 'running'"
+    ),
+    "jobs_running_by_worker": (
+        "CREATE INDEX IF NOT EXISTS jobs_running_by_worker ON jobs (worker)"
+        " WHERE status = 'running'"
+    ),
+}
+
+
+def test_the_partial_indexes_keep_the_ddl_text_databases_have(store: SqliteStore, db: Path) -> None:
+    assert [ddl for ddl in SCHEMA if " WHERE " in ddl] == list(PARTIAL_INDEXES.values())
+    conn = sqlite3.connect(db)
+    try:
+        stored = dict(
+            conn.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql LIKE '% WHERE %'"
+            ).fetchall()
+        )
+    finally:
+        conn.close()
+    assert stored == {
+        name: ddl.replace(" IF NOT EXISTS", "") for name, ddl in PARTIAL_INDEXES.items()
+    }
+
+
+def test_every_status_change_the_store_makes_in_bulk_is_one_the_domain_allows() -> None:
+    assert set(BULK_MOVES) == {CLAIM, FINISH}
+    for old, new in BULK_MOVES:
+        assert can_transition(old, new), f"the store moves jobs from {old} to {new} in bulk"
+
+
+def stored_statuses(db: Path, ids: list[int]) -> list[str]:
+    """The status text of jobs `ids` as the database holds it, read past the store."""
+    conn = sqlite3.connect(db)
+    try:
+        return [
+            conn.execute("SELECT status FROM jobs WHERE id = ?", (i,)).fetchone()[0] for i in ids
+        ]
+    finally:
+        conn.close()
+
+
+def test_a_bulk_claim_and_a_bulk_finish_make_the_moves_they_declare(
+    store: SqliteStore, db: Path
+) -> None:
+    # Given queued jobs, and a scheduled one
+    ids = [j.id for j in add(store, *(spec(f"j{i}") for i in range(4)))]
+    held = add_scheduled(store, "held", 500.0)
+    assert stored_statuses(db, ids) == [CLAIM[0].value] * 4 == ["queued"] * 4
+    # When a worker claims them all in bulk
+    with store.transaction() as tx:
+        claimed = tx.claim_queued([*ids, held.id], "w1", ["default"], 200.0, 230.0)
+    # Then the queued ones made the claim's move, and the scheduled one stayed
+    assert stored_statuses(db, ids) == [CLAIM[1].value] * 4 == ["running"] * 4
+    assert stored_statuses(db, [held.id]) == ["scheduled"]
+    # When it reports two of them succeeded, in bulk
+    ok = [Result(a.job_id, a.attempt, Outcome.SUCCEEDED, 0) for a in claimed[:2]]
+    with store.transaction() as tx:
+        assert tx.finish_succeeded("w1", ok, 300.0) == {(a.job_id, 1) for a in claimed[:2]}
+    # Then those two made the finish's move, and the other two are still running
+    assert stored_statuses(db, ids) == [FINISH[1].value] * 2 + [FINISH[0].value] * 2
+    assert stored_statuses(db, ids) == ["succeeded"] * 2 + ["running"] * 2
 
 
 def test_a_soft_transaction_commits_and_leaves_the_store_durable(db: Path) -> None:

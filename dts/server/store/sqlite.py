@@ -10,7 +10,8 @@ import stat
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from enum import StrEnum
+from typing import Any, Final
 
 from dts.domain import (
     LIMIT_NAMES,
@@ -37,6 +38,29 @@ log = logging.getLogger("dts.store")
 
 SCHEMA_VERSION = 3
 BATCH_ROWS = 400  # rows one statement touches by an IN list (SQLite allows 32,766 variables)
+
+
+def _literal(value: StrEnum) -> str:
+    """`value` as an SQL string literal, e.g. 'running'."""
+    return "'" + value.value.replace("'", "''") + "'"
+
+
+# Statuses go into the SQL text as literals, not as bound parameters: a partial index
+# (WHERE status = 'running') serves only a query that names the same literal, and the
+# index's own DDL takes no parameters.
+SCHEDULED: Final = _literal(JobStatus.SCHEDULED)
+QUEUED: Final = _literal(JobStatus.QUEUED)
+RUNNING: Final = _literal(JobStatus.RUNNING)
+
+# The status changes this store makes in bulk, as a compare-and-set in SQL rather than through
+# the coordinator's check of each job; the SQL is built from these, and a unit test checks
+# each against the domain's transition table.
+CLAIM: Final = (JobStatus.QUEUED, JobStatus.RUNNING)
+FINISH: Final = (JobStatus.RUNNING, JobStatus.SUCCEEDED)
+BULK_MOVES: Final = (CLAIM, FINISH)
+CLAIM_FROM, CLAIM_TO = (_literal(status) for status in CLAIM)
+FINISH_FROM, FINISH_TO = (_literal(status) for status in FINISH)
+ATTEMPT_SUCCEEDED: Final = _literal(Outcome.SUCCEEDED)  # the outcome an attempt then records
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -69,9 +93,10 @@ SCHEMA = [
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id)",
     "CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (queue, id)",
-    "CREATE INDEX IF NOT EXISTS jobs_due ON jobs (run_at) WHERE status = 'scheduled'",
-    "CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires_at) WHERE status = 'running'",
-    "CREATE INDEX IF NOT EXISTS jobs_running_by_worker ON jobs (worker) WHERE status = 'running'",
+    # SQLite keeps an index's DDL as written: this text must stay byte for byte what it was
+    f"CREATE INDEX IF NOT EXISTS jobs_due ON jobs (run_at) WHERE status = {SCHEDULED}",
+    f"CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires_at) WHERE status = {RUNNING}",
+    f"CREATE INDEX IF NOT EXISTS jobs_running_by_worker ON jobs (worker) WHERE status = {RUNNING}",
     """CREATE TABLE IF NOT EXISTS attempts (
         job_id INTEGER NOT NULL REFERENCES jobs (id),
         attempt INTEGER NOT NULL,
@@ -287,14 +312,14 @@ class SqliteTransaction:
     def renew_lease(self, job_id: int, attempt: int, worker: str, until: float) -> bool:
         cur = self._c.execute(
             "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND attempts = ? AND worker = ?"
-            " AND status = 'running'",
+            f" AND status = {RUNNING}",
             (until, job_id, attempt, worker),
         )
         return cur.rowcount == 1
 
     def extend_leases(self, until: float) -> int:
         cur = self._c.execute(
-            "UPDATE jobs SET lease_expires_at = ? WHERE status = 'running'"
+            f"UPDATE jobs SET lease_expires_at = ? WHERE status = {RUNNING}"
             " AND lease_expires_at < ?",
             (until, until),
         )
@@ -313,9 +338,9 @@ class SqliteTransaction:
         for part in chunks(job_ids, BATCH_ROWS):
             marks = ",".join("?" * len(part))
             rows = self._c.execute(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = ?,"
+                f"UPDATE jobs SET status = {CLAIM_TO}, attempts = attempts + 1, worker = ?,"
                 " started_at = ?, lease_expires_at = ?, exit_code = NULL, error = ''"
-                f" WHERE id IN ({marks}) AND status = 'queued' AND queue IN ({served})"
+                f" WHERE id IN ({marks}) AND status = {CLAIM_FROM} AND queue IN ({served})"
                 f" RETURNING {SPEC_COLUMNS}, attempts",
                 (worker, now, lease_until, *part, *queues),
             ).fetchall()
@@ -336,9 +361,10 @@ class SqliteTransaction:
             part = results[i : i + BATCH_ROWS]
             pairs = ",".join("(?,?)" for _ in part)
             rows = self._c.execute(
-                "UPDATE jobs SET status = 'succeeded', exit_code = 0, error = '',"
+                f"UPDATE jobs SET status = {FINISH_TO}, exit_code = 0, error = '',"
                 " finished_at = ?, lease_expires_at = NULL"
-                f" WHERE status = 'running' AND worker = ? AND (id, attempts) IN (VALUES {pairs})"
+                f" WHERE status = {FINISH_FROM} AND worker = ?"
+                f" AND (id, attempts) IN (VALUES {pairs})"
                 " RETURNING id, attempts",
                 (now, worker, *(v for r in part for v in (r.job_id, r.attempt))),
             ).fetchall()
@@ -349,13 +375,15 @@ class SqliteTransaction:
             keys = quiet[i : i + BATCH_ROWS]
             pairs = ",".join("(?,?)" for _ in keys)
             self._c.execute(
-                "UPDATE attempts SET finished_at = ?, exit_code = 0, outcome = 'succeeded',"
-                f" error = '' WHERE (job_id, attempt) IN (VALUES {pairs})",
+                "UPDATE attempts SET finished_at = ?, exit_code = 0,"
+                f" outcome = {ATTEMPT_SUCCEEDED}, error = ''"
+                f" WHERE (job_id, attempt) IN (VALUES {pairs})",
                 (now, *(v for key in keys for v in key)),
             )
         self._c.executemany(
-            "UPDATE attempts SET finished_at = ?, exit_code = 0, outcome = 'succeeded',"
-            " error = '', stdout = ?, stderr = ? WHERE job_id = ? AND attempt = ?",
+            "UPDATE attempts SET finished_at = ?, exit_code = 0,"
+            f" outcome = {ATTEMPT_SUCCEEDED}, error = '', stdout = ?, stderr = ?"
+            " WHERE job_id = ? AND attempt = ?",
             (
                 (now, r.stdout, r.stderr, r.job_id, r.attempt)
                 for r in results
@@ -583,20 +611,20 @@ class SqliteStore:
 
     def due_jobs(self, now: float, limit: int) -> list[int]:
         rows = self._all(
-            "SELECT id FROM jobs WHERE status = 'scheduled' AND run_at <= ?"
+            f"SELECT id FROM jobs WHERE status = {SCHEDULED} AND run_at <= ?"
             " ORDER BY run_at LIMIT ?",
             (now, limit),
         )
         return [r[0] for r in rows]
 
     def next_run_at(self) -> float | None:
-        rows = self._all("SELECT min(run_at) FROM jobs WHERE status = 'scheduled'")
+        rows = self._all(f"SELECT min(run_at) FROM jobs WHERE status = {SCHEDULED}")
         value = rows[0][0]
         return float(value) if value is not None else None
 
     def expired_leases(self, now: float, limit: int) -> list[int]:
         rows = self._all(
-            "SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < ?"
+            f"SELECT id FROM jobs WHERE status = {RUNNING} AND lease_expires_at < ?"
             " ORDER BY lease_expires_at LIMIT ?",
             (now, limit),
         )
@@ -604,13 +632,13 @@ class SqliteStore:
 
     def running_of(self, worker: str) -> list[Job]:
         rows = self._all(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running' AND worker = ?", (worker,)
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = {RUNNING} AND worker = ?", (worker,)
         )
         return [_job(r) for r in rows]
 
     def queued(self, after_id: int, limit: int) -> list[Job]:
         rows = self._all(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'queued' AND id > ?"
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = {QUEUED} AND id > ?"
             " ORDER BY id LIMIT ?",
             (after_id, limit),
         )
