@@ -171,7 +171,7 @@ JOB_COLUMNS = (
 )
 ATTEMPT_COLUMNS = (
     "job_id, attempt, worker, started_at, finished_at, exit_code, outcome, error, "
-    "length(stdout), length(stderr)"
+    "length(stdout) AS stdout_bytes, length(stderr) AS stderr_bytes"
 )
 WORKER_COLUMNS = (
     "name, host, pid, session, concurrency, queues, state, running, registered_at, last_heartbeat,"
@@ -179,40 +179,45 @@ WORKER_COLUMNS = (
 )
 
 
-def _job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
+# Rows are sqlite3.Row (the connection's row factory) and are read by column name: a column
+# added to a SELECT, or moved in it, cannot shift what a field is read from.
+
+
+def _job(row: sqlite3.Row) -> Job:
+    """The job from a row that has JOB_COLUMNS."""
     return Job(
-        id=row[0],
+        id=row["id"],
         spec=_spec(row),
-        status=JobStatus(row[13]),
-        attempts=row[14],
-        failures=row[15],
-        lost=row[16],
-        exit_code=row[17],
-        error=row[18],
-        worker=row[19],
-        created_at=row[20],
-        started_at=row[21],
-        finished_at=row[22],
-        run_at=row[23],
-        lease_expires_at=row[24],
+        status=JobStatus(row["status"]),
+        attempts=row["attempts"],
+        failures=row["failures"],
+        lost=row["lost"],
+        exit_code=row["exit_code"],
+        error=row["error"],
+        worker=row["worker"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        run_at=row["run_at"],
+        lease_expires_at=row["lease_expires_at"],
     )
 
 
-def _spec(row: sqlite3.Row | tuple[Any, ...]) -> JobSpec:
-    """The spec from a row whose first 13 columns are SPEC_COLUMNS."""
+def _spec(row: sqlite3.Row) -> JobSpec:
+    """The spec from a row that has SPEC_COLUMNS."""
     return JobSpec(
-        argv=tuple(json.loads(row[4])),
-        shell=bool(row[5]),
-        queue=row[2],
-        priority=row[3],
-        max_retries=row[9],
-        backoff=row[10],
-        timeout=row[8],
-        delay=row[11],
-        env=tuple((k, v) for k, v in json.loads(row[6])),
-        cwd=row[7],
-        name=row[1],
-        limits=_limits(row[12]),
+        argv=tuple(json.loads(row["argv"])),
+        shell=bool(row["shell"]),
+        queue=row["queue"],
+        priority=row["priority"],
+        max_retries=row["max_retries"],
+        backoff=row["backoff"],
+        timeout=row["timeout"],
+        delay=row["delay"],
+        env=tuple((k, v) for k, v in json.loads(row["env"])),
+        cwd=row["cwd"],
+        name=row["name"],
+        limits=_limits(row["limits"]),
     )
 
 
@@ -229,34 +234,36 @@ def _limits_json(limits: Limits) -> str:
     return json.dumps({k: v for k, v in zip(LIMIT_NAMES, limits.values, strict=True) if v})
 
 
-def _attempt(row: tuple[Any, ...]) -> Attempt:
+def _attempt(row: sqlite3.Row) -> Attempt:
+    """The attempt from a row that has ATTEMPT_COLUMNS."""
     return Attempt(
-        job_id=row[0],
-        attempt=row[1],
-        worker=row[2],
-        started_at=row[3],
-        finished_at=row[4],
-        exit_code=row[5],
-        outcome=Outcome(row[6]),
-        error=row[7],
-        stdout_bytes=row[8],
-        stderr_bytes=row[9],
+        job_id=row["job_id"],
+        attempt=row["attempt"],
+        worker=row["worker"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        exit_code=row["exit_code"],
+        outcome=Outcome(row["outcome"]),
+        error=row["error"],
+        stdout_bytes=row["stdout_bytes"],
+        stderr_bytes=row["stderr_bytes"],
     )
 
 
-def _worker(row: tuple[Any, ...]) -> WorkerInfo:
+def _worker(row: sqlite3.Row) -> WorkerInfo:
+    """The worker from a row that has WORKER_COLUMNS."""
     return WorkerInfo(
-        name=row[0],
-        host=row[1],
-        pid=row[2],
-        session=row[3],
-        concurrency=row[4],
-        queues=tuple(json.loads(row[5])),
-        state=WorkerState(row[6]),
-        running=row[7],
-        registered_at=row[8],
-        last_heartbeat=row[9],
-        credential=row[10],
+        name=row["name"],
+        host=row["host"],
+        pid=row["pid"],
+        session=row["session"],
+        concurrency=row["concurrency"],
+        queues=tuple(json.loads(row["queues"])),
+        state=WorkerState(row["state"]),
+        running=row["running"],
+        registered_at=row["registered_at"],
+        last_heartbeat=row["last_heartbeat"],
+        credential=row["credential"],
     )
 
 
@@ -279,7 +286,7 @@ class SqliteTransaction:
                 values,
             ).fetchall()
             # ids grow in insertion order (AUTOINCREMENT); RETURNING promises no order
-            ids = sorted(row[0] for row in rows)
+            ids = sorted(row["id"] for row in rows)
             if len(ids) != len(made):
                 raise Internal(f"inserted {len(ids)} jobs of {len(made)}")
             jobs += (submitted_job(i, spec, now) for spec, i in zip(part, ids, strict=True))
@@ -344,7 +351,7 @@ class SqliteTransaction:
                 f" RETURNING {SPEC_COLUMNS}, attempts",
                 (worker, now, lease_until, *part, *queues),
             ).fetchall()
-            claimed += (Assignment(row[0], row[13], _spec(row)) for row in rows)
+            claimed += (Assignment(row["id"], row["attempts"], _spec(row)) for row in rows)
         if len(claimed) > 1:  # RETURNING has no order: keep the order the ids were taken in
             position = {job_id: i for i, job_id in enumerate(job_ids)}
             claimed.sort(key=lambda a: position[a.job_id])
@@ -368,7 +375,7 @@ class SqliteTransaction:
                 " RETURNING id, attempts",
                 (now, worker, *(v for r in part for v in (r.job_id, r.attempt))),
             ).fetchall()
-            recorded.update((job_id, attempt) for job_id, attempt in rows)
+            recorded.update((row["id"], row["attempts"]) for row in rows)
         quiet = [(r.job_id, r.attempt) for r in results if not (r.stdout or r.stderr)]
         quiet = [key for key in quiet if key in recorded]
         for i in range(0, len(quiet), BATCH_ROWS):
@@ -497,6 +504,7 @@ class SqliteStore:
             os.makedirs(parent, exist_ok=True)
             _create_private(path)
             self._c = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._c.row_factory = sqlite3.Row  # rows are read by column name
             self._c.execute("PRAGMA journal_mode = WAL")
             self._c.execute("PRAGMA busy_timeout = 5000")
             self._full = synchronous == "full"
@@ -522,7 +530,7 @@ class SqliteStore:
                     if known
                     else None
                 )
-                version = int(row[0]) if row else 0
+                version = int(row["value"]) if row else 0
                 if version > SCHEMA_VERSION:
                     raise Internal(
                         f"{self.path} has schema version {version}; this dts knows {SCHEMA_VERSION}"
@@ -596,13 +604,17 @@ class SqliteStore:
             "SELECT attempt, stdout, stderr FROM attempts WHERE job_id = ? AND attempt = ?",
             (job_id, attempt),
         )
-        return Output(rows[0][0], bytes(rows[0][1]), bytes(rows[0][2])) if rows else None
+        if not rows:
+            return None
+        row = rows[0]
+        return Output(row["attempt"], bytes(row["stdout"]), bytes(row["stderr"]))
 
     def stats(self) -> list[StatCount]:
         rows = self._all(
-            "SELECT queue, status, count(*) FROM jobs GROUP BY queue, status ORDER BY queue, status"
+            "SELECT queue, status, count(*) AS count FROM jobs GROUP BY queue, status"
+            " ORDER BY queue, status"
         )
-        return [StatCount(q, JobStatus(s), n) for q, s, n in rows]
+        return [StatCount(r["queue"], JobStatus(r["status"]), r["count"]) for r in rows]
 
     def workers(self) -> list[WorkerInfo]:
         return [
@@ -615,11 +627,11 @@ class SqliteStore:
             " ORDER BY run_at LIMIT ?",
             (now, limit),
         )
-        return [r[0] for r in rows]
+        return [r["id"] for r in rows]
 
     def next_run_at(self) -> float | None:
-        rows = self._all(f"SELECT min(run_at) FROM jobs WHERE status = {SCHEDULED}")
-        value = rows[0][0]
+        rows = self._all(f"SELECT min(run_at) AS earliest FROM jobs WHERE status = {SCHEDULED}")
+        value = rows[0]["earliest"]
         return float(value) if value is not None else None
 
     def expired_leases(self, now: float, limit: int) -> list[int]:
@@ -628,7 +640,7 @@ class SqliteStore:
             " ORDER BY lease_expires_at LIMIT ?",
             (now, limit),
         )
-        return [r[0] for r in rows]
+        return [r["id"] for r in rows]
 
     def running_of(self, worker: str) -> list[Job]:
         rows = self._all(
