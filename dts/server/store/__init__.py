@@ -1,4 +1,8 @@
-"""The store interface the coordinator relies on; `dts.stores` holds the implementations.
+"""The store interface the coordinator relies on, with one module per implementation beside it.
+
+This package holds the `Store` and `Transaction` protocols, and `Key` and `chunks`, which the
+implementations share; each implementation is a module of its own in it: sqlite.py today (a
+PostgreSQL store would be postgres.py beside it).
 
 A store keeps jobs, attempts (with captured output) and workers. Every change happens inside
 `transaction()`, which is atomic and serialised with other writers; reads outside a
