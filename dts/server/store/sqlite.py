@@ -52,9 +52,9 @@ SCHEDULED: Final = _literal(JobStatus.SCHEDULED)
 QUEUED: Final = _literal(JobStatus.QUEUED)
 RUNNING: Final = _literal(JobStatus.RUNNING)
 
-# The status changes this store makes in bulk, as a compare-and-set in SQL rather than through
-# the coordinator's check of each job; the SQL is built from these, and a unit test checks
-# each against the domain's transition table.
+# The status changes this store makes in bulk, as a compare-and-set in SQL, so not one job at a
+# time through the coordinator's _move and its domain.can_transition check. The SQL is built
+# from these, and a unit test checks each against the domain's transition table.
 CLAIM: Final = (JobStatus.QUEUED, JobStatus.RUNNING)
 FINISH: Final = (JobStatus.RUNNING, JobStatus.SUCCEEDED)
 BULK_MOVES: Final = (CLAIM, FINISH)
