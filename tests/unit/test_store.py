@@ -22,12 +22,21 @@ from dts.domain import (
     Limits,
     Outcome,
     Output,
+    Result,
     StatCount,
     WorkerInfo,
     WorkerState,
+    can_transition,
 )
 from dts.errors import Internal, Unavailable
-from dts.server.store.sqlite import SCHEMA_VERSION, SqliteStore
+from dts.server.store.sqlite import (
+    BULK_MOVES,
+    CLAIM,
+    FINISH,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SqliteStore,
+)
 
 S = JobStatus
 NASTY = "'; DROP TABLE jobs; --"
@@ -51,16 +60,24 @@ def store(db: Path) -> Iterator[SqliteStore]:
     s.close()
 
 
-def add(
-    store: SqliteStore,
-    *specs: JobSpec,
-    status: JobStatus = S.QUEUED,
-    created_at: float = 100.0,
-    run_at: float | None = None,
-) -> list[Job]:
-    """Insert `specs` in one transaction."""
+def add(store: SqliteStore, *specs: JobSpec, now: float = 100.0) -> list[Job]:
+    """Submit `specs` at `now` in one transaction, as the coordinator does: a spec with a
+    delay is scheduled for `now` + delay, the others are queued."""
     with store.transaction() as tx:
-        return [tx.insert_job(sp, status, created_at, run_at) for sp in specs]
+        return tx.insert_jobs(specs, now)
+
+
+def add_scheduled(store: SqliteStore, name: str, run_at: float) -> Job:
+    """A job scheduled for `run_at`: submitted at time 0 with that delay."""
+    (job,) = add(store, spec(name, delay=run_at), now=0.0)
+    return job
+
+
+def claim(store: SqliteStore, job: Job, worker: str = "w", now: float = 1.0) -> int:
+    """Claim queued `job` for `worker` at `now`, as a worker's exchange does; its attempt."""
+    with store.transaction() as tx:
+        (taken,) = tx.claim_queued([job.id], worker, [job.spec.queue], now, now + 30.0)
+    return taken.attempt
 
 
 def schema_version(path: Path) -> str:
@@ -89,7 +106,7 @@ def test_insert_get_update_in_a_transaction(store: SqliteStore) -> None:
         name="first",
     )
     with store.transaction() as tx:
-        job = tx.insert_job(full, S.SCHEDULED, 1000.25, 1002.75)
+        (job,) = tx.insert_jobs([full], 1000.25)  # delay 2.5: scheduled
         assert job.id > 0
         assert tx.get_job(job.id) == job  # visible inside its own transaction
     assert job == Job(id=job.id, spec=full, status=S.SCHEDULED, created_at=1000.25, run_at=1002.75)
@@ -131,9 +148,9 @@ def test_missing_job_is_none(store: SqliteStore) -> None:
 def test_rollback_on_exception_leaves_nothing(store: SqliteStore) -> None:
     (kept,) = add(store, spec("kept"))
     with pytest.raises(RuntimeError, match="boom"), store.transaction() as tx:
-        new = tx.insert_job(spec("lost"), S.QUEUED, 1.0, None)
-        tx.update_job(replace(kept, status=S.RUNNING, attempts=1))
-        tx.add_attempt(Attempt(kept.id, 1, "w", 2.0))
+        (new,) = tx.insert_jobs([spec("lost")], 1.0)
+        assert len(tx.claim_queued([kept.id], "w", ["default"], 2.0, 32.0)) == 1
+        tx.update_job(replace(kept, status=S.CANCELLED, attempts=1))
         raise RuntimeError("boom")
     assert store.get_job(new.id) is None
     assert store.get_job(kept.id) == kept
@@ -146,7 +163,7 @@ def test_rollback_on_exception_leaves_nothing(store: SqliteStore) -> None:
 
 def test_transaction_commits_only_at_the_end(store: SqliteStore, db: Path) -> None:
     with store.transaction() as tx:
-        job = tx.insert_job(spec("x"), S.QUEUED, 1.0, None)
+        (job,) = tx.insert_jobs([spec("x")], 1.0)
         other = sqlite3.connect(db)  # another connection sees nothing yet
         try:
             assert other.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
@@ -157,7 +174,7 @@ def test_transaction_commits_only_at_the_end(store: SqliteStore, db: Path) -> No
 
 def test_list_jobs_newest_first_with_filters_and_limit(store: SqliteStore) -> None:
     a = add(store, spec("1", queue="a"), spec("2", queue="b"), spec("3", queue="a"))
-    s = add(store, spec("4", queue="a"), spec("5", queue="b"), status=S.SCHEDULED, run_at=500.0)
+    s = add(store, spec("4", queue="a", delay=400.0), spec("5", queue="b", delay=400.0))
     ids = [j.id for j in a + s]
 
     def listed(**kw: object) -> list[int]:
@@ -175,7 +192,7 @@ def test_list_jobs_newest_first_with_filters_and_limit(store: SqliteStore) -> No
 
 def test_stats(store: SqliteStore) -> None:
     add(store, spec(queue="a"), spec(queue="a"), spec(queue="b"))
-    add(store, spec(queue="a"), status=S.SCHEDULED, run_at=1.0)
+    add(store, spec(queue="a", delay=1.0))
     assert store.stats() == [
         StatCount("a", S.QUEUED, 2),
         StatCount("a", S.SCHEDULED, 1),
@@ -190,17 +207,20 @@ def test_attempts_and_output_round_trip(store: SqliteStore) -> None:
     (job,) = add(store, spec("x"))
     out = b"\xff\xfe\x00\x80 not utf-8 \xc3\x28" * 1000
     err = b"\x00" * 10 + "h\u00e9".encode()
+    # attempt 1 by w1 fails; the job is queued again and w2 takes attempt 2
+    first = Attempt(job.id, 1, "w1", 10.0, 11.5, 1, Outcome.FAILED, "exited with code 1")
+    assert claim(store, job, "w1", 10.0) == 1
     with store.transaction() as tx:
-        tx.add_attempt(Attempt(job.id, 1, "w1", 10.0))
-        tx.add_attempt(Attempt(job.id, 2, "w2", 20.0))
+        tx.finish_attempt(first, Output(1, b"one", b""))
+        tx.update_job(replace(job, attempts=1, failures=1))  # queued, as a retry with no backoff
+    assert claim(store, job, "w2", 20.0) == 2
+    with store.transaction() as tx:
         running = tx.get_attempt(job.id, 2)
     assert running == Attempt(job.id, 2, "w2", 20.0)
     assert store.output(job.id, 2) == Output(2, b"", b"")
 
-    first = Attempt(job.id, 1, "w1", 10.0, 11.5, 1, Outcome.FAILED, "exited with code 1")
     second = Attempt(job.id, 2, "w2", 20.0, 21.0, 0, Outcome.SUCCEEDED)
     with store.transaction() as tx:
-        tx.finish_attempt(first, Output(1, b"one", b""))
         tx.finish_attempt(second, Output(2, out, err))
 
     assert store.output(job.id, 2) == Output(2, out, err)
@@ -215,8 +235,8 @@ def test_attempts_and_output_round_trip(store: SqliteStore) -> None:
 
 def test_finish_without_output_keeps_the_stored_output(store: SqliteStore) -> None:
     (job,) = add(store, spec("x"))
+    claim(store, job, "w", 1.0)
     with store.transaction() as tx:
-        tx.add_attempt(Attempt(job.id, 1, "w", 1.0))
         tx.finish_attempt(
             Attempt(job.id, 1, "w", 1.0, 2.0, 0, Outcome.SUCCEEDED), Output(1, b"o", b"e")
         )
@@ -235,8 +255,16 @@ def test_missing_attempt(store: SqliteStore) -> None:
 
 
 def test_attempt_of_a_missing_job_is_refused(store: SqliteStore) -> None:
-    with pytest.raises(sqlite3.Error), store.transaction() as tx:
-        tx.add_attempt(Attempt(999, 1, "w", 1.0))
+    # a claim of a job that does not exist takes nothing and starts no attempt
+    with store.transaction() as tx:
+        assert tx.claim_queued([999], "w", ["default"], 1.0, 2.0) == []
+    assert store.attempts(999) == []
+    # and the schema refuses such an attempt anyway (foreign keys are on)
+    with pytest.raises(sqlite3.IntegrityError):
+        store._all(
+            "INSERT INTO attempts (job_id, attempt, worker, started_at, outcome)"
+            " VALUES (999, 1, 'w', 1.0, 'running')"
+        )
     assert store.attempts(999) == []
 
 
@@ -245,7 +273,7 @@ def test_attempt_of_a_missing_job_is_refused(store: SqliteStore) -> None:
 
 def test_due_jobs_earliest_first(store: SqliteStore) -> None:
     late, early, future, exact = (
-        add(store, spec(n), status=S.SCHEDULED, run_at=t)[0]
+        add_scheduled(store, n, t)
         for n, t in (("late", 50.0), ("early", 10.0), ("future", 1000.0), ("exact", 100.0))
     )
     add(store, spec("queued"))  # not scheduled: never due
@@ -309,7 +337,7 @@ def test_running_of(store: SqliteStore) -> None:
 
 def test_queued_pages_by_id(store: SqliteStore) -> None:
     jobs = add(store, *(spec(str(i)) for i in range(5)))
-    add(store, spec("sched"), status=S.SCHEDULED, run_at=1.0)
+    add_scheduled(store, "sched", 1.0)
     ids = [j.id for j in jobs]
     assert [j.id for j in store.queued(0, 100)] == ids
     assert [j.id for j in store.queued(0, 2)] == ids[:2]
@@ -351,17 +379,18 @@ def test_workers_save_get_replace(store: SqliteStore) -> None:
 def test_reopening_keeps_data_and_schema_version(db: Path) -> None:
     s = SqliteStore(str(db))
     (job,) = add(s, spec("persist", name="kept"))
+    claim(s, job, "w", 1.0)
     with s.transaction() as tx:
-        tx.add_attempt(Attempt(job.id, 1, "w", 1.0))
-        tx.finish_attempt(
-            Attempt(job.id, 1, "w", 1.0, 2.0, 0, Outcome.SUCCEEDED), Output(1, b"\xff", b"")
-        )
+        ok = Result(job.id, 1, Outcome.SUCCEEDED, 0, stdout=b"\xff")
+        assert tx.finish_succeeded("w", [ok], 2.0) == {(job.id, 1)}
+    done = s.get_job(job.id)
+    assert done is not None and done.status is S.SUCCEEDED
     s.close()
     assert schema_version(db) == str(SCHEMA_VERSION)
 
     again = SqliteStore(str(db))
     try:
-        assert again.get_job(job.id) == job
+        assert again.get_job(job.id) == done
         assert again.output(job.id, 1) == Output(1, b"\xff", b"")
         (second,) = add(again, spec("more"))
         assert second.id > job.id
@@ -544,12 +573,12 @@ def test_sql_metacharacters_round_trip(store: SqliteStore, db: Path) -> None:
         queue="q",
     )
     (job,) = add(store, hostile)
+    claim(store, job, NASTY, 1.0)  # the job's worker and its attempt's are NASTY
     with store.transaction() as tx:
-        tx.update_job(replace(job, error=NASTY, worker=NASTY))
+        tx.update_job(replace(job, status=S.RUNNING, attempts=1, error=NASTY, worker=NASTY))
         tx.save_worker(
             WorkerInfo(NASTY, NASTY, 1, NASTY, 1, (NASTY,), WorkerState.IDLE, 0, 1.0, 1.0)
         )
-        tx.add_attempt(Attempt(job.id, 1, NASTY, 1.0))
         tx.finish_attempt(
             Attempt(job.id, 1, NASTY, 1.0, 2.0, 1, Outcome.FAILED, NASTY),
             Output(1, NASTY.encode(), b""),
@@ -602,7 +631,7 @@ def test_claims_in_bulk_keep_the_order_taken_and_only_take_queued_jobs(
 
     # Given more queued jobs than one statement takes, and one that is not queued
     jobs = add(store, *[spec(f"job{i}") for i in range(BATCH_ROWS + 50)])
-    (held,) = add(store, spec("scheduled"), status=S.SCHEDULED, run_at=500.0)
+    held = add_scheduled(store, "scheduled", 500.0)
     wanted = [j.id for j in reversed(jobs)] + [held.id, jobs[0].id]  # a duplicate too
     # When a worker claims them in an order of its own
     with store.transaction() as tx:
@@ -634,8 +663,6 @@ def test_a_claim_takes_only_jobs_of_the_queues_given(store: SqliteStore) -> None
 
 
 def test_successes_in_bulk_are_fenced_and_keep_their_output(store: SqliteStore) -> None:
-    from dts.domain import Result
-
     jobs = add(store, *[spec(f"job{i}") for i in range(4)])
     with store.transaction() as tx:
         tx.claim_queued([j.id for j in jobs], "w1", ["default"], 200.0, 230.0)
@@ -667,11 +694,82 @@ def test_successes_in_bulk_are_fenced_and_keep_their_output(store: SqliteStore) 
         assert store.output(job_id, 1) == Output(1, out, err)
 
 
+# ---- statuses in the SQL, against the domain ----------------------------------------------------
+
+# The partial indexes as databases have them today. SQLite keeps an index's DDL (less IF NOT
+# EXISTS) in sqlite_master, so building it from JobStatus must not change a byte of it.
+PARTIAL_INDEXES = {
+    "jobs_due": "CREATE INDEX IF NOT EXISTS jobs_due ON jobs (run_at) WHERE status = 'scheduled'",
+    "jobs_leases": (
+        "CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires_at) WHERE status = 'running'"
+    ),
+    "jobs_running_by_worker": (
+        "CREATE INDEX IF NOT EXISTS jobs_running_by_worker ON jobs (worker)"
+        " WHERE status = 'running'"
+    ),
+}
+
+
+def test_the_partial_indexes_keep_the_ddl_text_databases_have(store: SqliteStore, db: Path) -> None:
+    assert [ddl for ddl in SCHEMA if " WHERE " in ddl] == list(PARTIAL_INDEXES.values())
+    conn = sqlite3.connect(db)
+    try:
+        stored = dict(
+            conn.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql LIKE '% WHERE %'"
+            ).fetchall()
+        )
+    finally:
+        conn.close()
+    assert stored == {
+        name: ddl.replace(" IF NOT EXISTS", "") for name, ddl in PARTIAL_INDEXES.items()
+    }
+
+
+def test_every_status_change_the_store_makes_in_bulk_is_one_the_domain_allows() -> None:
+    assert set(BULK_MOVES) == {CLAIM, FINISH}
+    for old, new in BULK_MOVES:
+        assert can_transition(old, new), f"the store moves jobs from {old} to {new} in bulk"
+
+
+def stored_statuses(db: Path, ids: list[int]) -> list[str]:
+    """The status text of jobs `ids` as the database holds it, read past the store."""
+    conn = sqlite3.connect(db)
+    try:
+        return [
+            conn.execute("SELECT status FROM jobs WHERE id = ?", (i,)).fetchone()[0] for i in ids
+        ]
+    finally:
+        conn.close()
+
+
+def test_a_bulk_claim_and_a_bulk_finish_make_the_moves_they_declare(
+    store: SqliteStore, db: Path
+) -> None:
+    # Given queued jobs, and a scheduled one
+    ids = [j.id for j in add(store, *(spec(f"j{i}") for i in range(4)))]
+    held = add_scheduled(store, "held", 500.0)
+    assert stored_statuses(db, ids) == [CLAIM[0].value] * 4 == ["queued"] * 4
+    # When a worker claims them all in bulk
+    with store.transaction() as tx:
+        claimed = tx.claim_queued([*ids, held.id], "w1", ["default"], 200.0, 230.0)
+    # Then the queued ones made the claim's move, and the scheduled one stayed
+    assert stored_statuses(db, ids) == [CLAIM[1].value] * 4 == ["running"] * 4
+    assert stored_statuses(db, [held.id]) == ["scheduled"]
+    # When it reports two of them succeeded, in bulk
+    ok = [Result(a.job_id, a.attempt, Outcome.SUCCEEDED, 0) for a in claimed[:2]]
+    with store.transaction() as tx:
+        assert tx.finish_succeeded("w1", ok, 300.0) == {(a.job_id, 1) for a in claimed[:2]}
+    # Then those two made the finish's move, and the other two are still running
+    assert stored_statuses(db, ids) == [FINISH[1].value] * 2 + [FINISH[0].value] * 2
+    assert stored_statuses(db, ids) == ["succeeded"] * 2 + ["running"] * 2
+
+
 def test_a_soft_transaction_commits_and_leaves_the_store_durable(db: Path) -> None:
     s = SqliteStore(str(db), synchronous="full")
     try:
         with s.transaction(durable=False) as tx:
-            job = tx.insert_job(spec("soft"), S.QUEUED, 1.0, None)
+            (job,) = tx.insert_jobs([spec("soft")], 1.0)
         assert s.get_job(job.id) == job
         # the next transactions sync again (2 is FULL), also after a soft one that failed
         assert s._all("PRAGMA synchronous")[0][0] == 2

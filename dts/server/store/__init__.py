@@ -1,4 +1,8 @@
-"""The store interface the coordinator relies on; `dts.stores` holds the implementations.
+"""The store interface the coordinator relies on, with one module per implementation beside it.
+
+This package holds the `Store` and `Transaction` protocols, and `Key` and `chunks`, which the
+implementations share; each implementation is a module of its own in it: sqlite.py today (a
+PostgreSQL store would be postgres.py beside it).
 
 A store keeps jobs, attempts (with captured output) and workers. Every change happens inside
 `transaction()`, which is atomic and serialised with other writers; reads outside a
@@ -17,7 +21,6 @@ from dts.domain import (
     Job,
     JobFilter,
     JobSpec,
-    JobStatus,
     Output,
     Result,
     StatCount,
@@ -29,10 +32,6 @@ Key = tuple[int, int]  # (job id, attempt)
 
 class Transaction(Protocol):
     """Reads and writes inside one atomic unit of work."""
-
-    def insert_job(
-        self, spec: JobSpec, status: JobStatus, created_at: float, run_at: float | None
-    ) -> Job: ...
 
     def insert_jobs(self, specs: Sequence[JobSpec], now: float) -> list[Job]:
         """Add jobs submitted at `now`, in order, as `domain.submitted_job` makes them."""
@@ -65,8 +64,6 @@ class Transaction(Protocol):
         """Record successful results of attempts `worker` still runs (compare-and-set on
         status, attempt and worker): those jobs succeed. Returns the (job id, attempt) keys
         recorded; the rest are left untouched for the caller to judge."""
-
-    def add_attempt(self, attempt: Attempt) -> None: ...
 
     def get_attempt(self, job_id: int, attempt: int) -> Attempt | None: ...
 

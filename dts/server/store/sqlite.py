@@ -10,7 +10,8 @@ import stat
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from enum import StrEnum
+from typing import Any, Final
 
 from dts.domain import (
     LIMIT_NAMES,
@@ -37,6 +38,29 @@ log = logging.getLogger("dts.store")
 
 SCHEMA_VERSION = 3
 BATCH_ROWS = 400  # rows one statement touches by an IN list (SQLite allows 32,766 variables)
+
+
+def _literal(value: StrEnum) -> str:
+    """`value` as an SQL string literal, e.g. 'running'."""
+    return "'" + value.value.replace("'", "''") + "'"
+
+
+# Statuses go into the SQL text as literals, not as bound parameters: a partial index
+# (WHERE status = 'running') serves only a query that names the same literal, and the
+# index's own DDL takes no parameters.
+SCHEDULED: Final = _literal(JobStatus.SCHEDULED)
+QUEUED: Final = _literal(JobStatus.QUEUED)
+RUNNING: Final = _literal(JobStatus.RUNNING)
+
+# The status changes this store makes in bulk, as a compare-and-set in SQL, so not one job at a
+# time through the coordinator's _move and its domain.can_transition check. The SQL is built
+# from these, and a unit test checks each against the domain's transition table.
+CLAIM: Final = (JobStatus.QUEUED, JobStatus.RUNNING)
+FINISH: Final = (JobStatus.RUNNING, JobStatus.SUCCEEDED)
+BULK_MOVES: Final = (CLAIM, FINISH)
+CLAIM_FROM, CLAIM_TO = (_literal(status) for status in CLAIM)
+FINISH_FROM, FINISH_TO = (_literal(status) for status in FINISH)
+ATTEMPT_SUCCEEDED: Final = _literal(Outcome.SUCCEEDED)  # the outcome an attempt then records
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -69,9 +93,10 @@ SCHEMA = [
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id)",
     "CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (queue, id)",
-    "CREATE INDEX IF NOT EXISTS jobs_due ON jobs (run_at) WHERE status = 'scheduled'",
-    "CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires_at) WHERE status = 'running'",
-    "CREATE INDEX IF NOT EXISTS jobs_running_by_worker ON jobs (worker) WHERE status = 'running'",
+    # SQLite keeps an index's DDL as written: this text must stay byte for byte what it was
+    f"CREATE INDEX IF NOT EXISTS jobs_due ON jobs (run_at) WHERE status = {SCHEDULED}",
+    f"CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires_at) WHERE status = {RUNNING}",
+    f"CREATE INDEX IF NOT EXISTS jobs_running_by_worker ON jobs (worker) WHERE status = {RUNNING}",
     """CREATE TABLE IF NOT EXISTS attempts (
         job_id INTEGER NOT NULL REFERENCES jobs (id),
         attempt INTEGER NOT NULL,
@@ -146,7 +171,7 @@ JOB_COLUMNS = (
 )
 ATTEMPT_COLUMNS = (
     "job_id, attempt, worker, started_at, finished_at, exit_code, outcome, error, "
-    "length(stdout), length(stderr)"
+    "length(stdout) AS stdout_bytes, length(stderr) AS stderr_bytes"
 )
 WORKER_COLUMNS = (
     "name, host, pid, session, concurrency, queues, state, running, registered_at, last_heartbeat,"
@@ -154,40 +179,45 @@ WORKER_COLUMNS = (
 )
 
 
-def _job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
+# Rows are sqlite3.Row (the connection's row factory) and are read by column name: a column
+# added to a SELECT, or moved in it, cannot shift what a field is read from.
+
+
+def _job(row: sqlite3.Row) -> Job:
+    """The job from a row that has JOB_COLUMNS."""
     return Job(
-        id=row[0],
+        id=row["id"],
         spec=_spec(row),
-        status=JobStatus(row[13]),
-        attempts=row[14],
-        failures=row[15],
-        lost=row[16],
-        exit_code=row[17],
-        error=row[18],
-        worker=row[19],
-        created_at=row[20],
-        started_at=row[21],
-        finished_at=row[22],
-        run_at=row[23],
-        lease_expires_at=row[24],
+        status=JobStatus(row["status"]),
+        attempts=row["attempts"],
+        failures=row["failures"],
+        lost=row["lost"],
+        exit_code=row["exit_code"],
+        error=row["error"],
+        worker=row["worker"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        run_at=row["run_at"],
+        lease_expires_at=row["lease_expires_at"],
     )
 
 
-def _spec(row: sqlite3.Row | tuple[Any, ...]) -> JobSpec:
-    """The spec from a row whose first 13 columns are SPEC_COLUMNS."""
+def _spec(row: sqlite3.Row) -> JobSpec:
+    """The spec from a row that has SPEC_COLUMNS."""
     return JobSpec(
-        argv=tuple(json.loads(row[4])),
-        shell=bool(row[5]),
-        queue=row[2],
-        priority=row[3],
-        max_retries=row[9],
-        backoff=row[10],
-        timeout=row[8],
-        delay=row[11],
-        env=tuple((k, v) for k, v in json.loads(row[6])),
-        cwd=row[7],
-        name=row[1],
-        limits=_limits(row[12]),
+        argv=tuple(json.loads(row["argv"])),
+        shell=bool(row["shell"]),
+        queue=row["queue"],
+        priority=row["priority"],
+        max_retries=row["max_retries"],
+        backoff=row["backoff"],
+        timeout=row["timeout"],
+        delay=row["delay"],
+        env=tuple((k, v) for k, v in json.loads(row["env"])),
+        cwd=row["cwd"],
+        name=row["name"],
+        limits=_limits(row["limits"]),
     )
 
 
@@ -204,34 +234,36 @@ def _limits_json(limits: Limits) -> str:
     return json.dumps({k: v for k, v in zip(LIMIT_NAMES, limits.values, strict=True) if v})
 
 
-def _attempt(row: tuple[Any, ...]) -> Attempt:
+def _attempt(row: sqlite3.Row) -> Attempt:
+    """The attempt from a row that has ATTEMPT_COLUMNS."""
     return Attempt(
-        job_id=row[0],
-        attempt=row[1],
-        worker=row[2],
-        started_at=row[3],
-        finished_at=row[4],
-        exit_code=row[5],
-        outcome=Outcome(row[6]),
-        error=row[7],
-        stdout_bytes=row[8],
-        stderr_bytes=row[9],
+        job_id=row["job_id"],
+        attempt=row["attempt"],
+        worker=row["worker"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        exit_code=row["exit_code"],
+        outcome=Outcome(row["outcome"]),
+        error=row["error"],
+        stdout_bytes=row["stdout_bytes"],
+        stderr_bytes=row["stderr_bytes"],
     )
 
 
-def _worker(row: tuple[Any, ...]) -> WorkerInfo:
+def _worker(row: sqlite3.Row) -> WorkerInfo:
+    """The worker from a row that has WORKER_COLUMNS."""
     return WorkerInfo(
-        name=row[0],
-        host=row[1],
-        pid=row[2],
-        session=row[3],
-        concurrency=row[4],
-        queues=tuple(json.loads(row[5])),
-        state=WorkerState(row[6]),
-        running=row[7],
-        registered_at=row[8],
-        last_heartbeat=row[9],
-        credential=row[10],
+        name=row["name"],
+        host=row["host"],
+        pid=row["pid"],
+        session=row["session"],
+        concurrency=row["concurrency"],
+        queues=tuple(json.loads(row["queues"])),
+        state=WorkerState(row["state"]),
+        running=row["running"],
+        registered_at=row["registered_at"],
+        last_heartbeat=row["last_heartbeat"],
+        credential=row["credential"],
     )
 
 
@@ -240,18 +272,6 @@ class SqliteTransaction:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._c = conn
-
-    def insert_job(
-        self, spec: JobSpec, status: JobStatus, created_at: float, run_at: float | None
-    ) -> Job:
-        cur = self._c.execute(
-            f"INSERT INTO jobs ({INSERT_COLUMNS}) VALUES ({INSERT_MARKS})",
-            _insert_row(spec, status, created_at, run_at),
-        )
-        job_id = cur.lastrowid
-        if job_id is None:
-            raise Internal("insert returned no id")
-        return Job(id=job_id, spec=spec, status=status, created_at=created_at, run_at=run_at)
 
     def insert_jobs(self, specs: Sequence[JobSpec], now: float) -> list[Job]:
         jobs: list[Job] = []
@@ -266,7 +286,7 @@ class SqliteTransaction:
                 values,
             ).fetchall()
             # ids grow in insertion order (AUTOINCREMENT); RETURNING promises no order
-            ids = sorted(row[0] for row in rows)
+            ids = sorted(row["id"] for row in rows)
             if len(ids) != len(made):
                 raise Internal(f"inserted {len(ids)} jobs of {len(made)}")
             jobs += (submitted_job(i, spec, now) for spec, i in zip(part, ids, strict=True))
@@ -299,14 +319,14 @@ class SqliteTransaction:
     def renew_lease(self, job_id: int, attempt: int, worker: str, until: float) -> bool:
         cur = self._c.execute(
             "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND attempts = ? AND worker = ?"
-            " AND status = 'running'",
+            f" AND status = {RUNNING}",
             (until, job_id, attempt, worker),
         )
         return cur.rowcount == 1
 
     def extend_leases(self, until: float) -> int:
         cur = self._c.execute(
-            "UPDATE jobs SET lease_expires_at = ? WHERE status = 'running'"
+            f"UPDATE jobs SET lease_expires_at = ? WHERE status = {RUNNING}"
             " AND lease_expires_at < ?",
             (until, until),
         )
@@ -325,13 +345,13 @@ class SqliteTransaction:
         for part in chunks(job_ids, BATCH_ROWS):
             marks = ",".join("?" * len(part))
             rows = self._c.execute(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = ?,"
+                f"UPDATE jobs SET status = {CLAIM_TO}, attempts = attempts + 1, worker = ?,"
                 " started_at = ?, lease_expires_at = ?, exit_code = NULL, error = ''"
-                f" WHERE id IN ({marks}) AND status = 'queued' AND queue IN ({served})"
+                f" WHERE id IN ({marks}) AND status = {CLAIM_FROM} AND queue IN ({served})"
                 f" RETURNING {SPEC_COLUMNS}, attempts",
                 (worker, now, lease_until, *part, *queues),
             ).fetchall()
-            claimed += (Assignment(row[0], row[13], _spec(row)) for row in rows)
+            claimed += (Assignment(row["id"], row["attempts"], _spec(row)) for row in rows)
         if len(claimed) > 1:  # RETURNING has no order: keep the order the ids were taken in
             position = {job_id: i for i, job_id in enumerate(job_ids)}
             claimed.sort(key=lambda a: position[a.job_id])
@@ -348,26 +368,29 @@ class SqliteTransaction:
             part = results[i : i + BATCH_ROWS]
             pairs = ",".join("(?,?)" for _ in part)
             rows = self._c.execute(
-                "UPDATE jobs SET status = 'succeeded', exit_code = 0, error = '',"
+                f"UPDATE jobs SET status = {FINISH_TO}, exit_code = 0, error = '',"
                 " finished_at = ?, lease_expires_at = NULL"
-                f" WHERE status = 'running' AND worker = ? AND (id, attempts) IN (VALUES {pairs})"
+                f" WHERE status = {FINISH_FROM} AND worker = ?"
+                f" AND (id, attempts) IN (VALUES {pairs})"
                 " RETURNING id, attempts",
                 (now, worker, *(v for r in part for v in (r.job_id, r.attempt))),
             ).fetchall()
-            recorded.update((job_id, attempt) for job_id, attempt in rows)
+            recorded.update((row["id"], row["attempts"]) for row in rows)
         quiet = [(r.job_id, r.attempt) for r in results if not (r.stdout or r.stderr)]
         quiet = [key for key in quiet if key in recorded]
         for i in range(0, len(quiet), BATCH_ROWS):
             keys = quiet[i : i + BATCH_ROWS]
             pairs = ",".join("(?,?)" for _ in keys)
             self._c.execute(
-                "UPDATE attempts SET finished_at = ?, exit_code = 0, outcome = 'succeeded',"
-                f" error = '' WHERE (job_id, attempt) IN (VALUES {pairs})",
+                "UPDATE attempts SET finished_at = ?, exit_code = 0,"
+                f" outcome = {ATTEMPT_SUCCEEDED}, error = ''"
+                f" WHERE (job_id, attempt) IN (VALUES {pairs})",
                 (now, *(v for key in keys for v in key)),
             )
         self._c.executemany(
-            "UPDATE attempts SET finished_at = ?, exit_code = 0, outcome = 'succeeded',"
-            " error = '', stdout = ?, stderr = ? WHERE job_id = ? AND attempt = ?",
+            "UPDATE attempts SET finished_at = ?, exit_code = 0,"
+            f" outcome = {ATTEMPT_SUCCEEDED}, error = '', stdout = ?, stderr = ?"
+            " WHERE job_id = ? AND attempt = ?",
             (
                 (now, r.stdout, r.stderr, r.job_id, r.attempt)
                 for r in results
@@ -375,19 +398,6 @@ class SqliteTransaction:
             ),
         )
         return recorded
-
-    def add_attempt(self, attempt: Attempt) -> None:
-        self._c.execute(
-            "INSERT INTO attempts (job_id, attempt, worker, started_at, outcome)"
-            " VALUES (?,?,?,?,?)",
-            (
-                attempt.job_id,
-                attempt.attempt,
-                attempt.worker,
-                attempt.started_at,
-                attempt.outcome.value,
-            ),
-        )
 
     def get_attempt(self, job_id: int, attempt: int) -> Attempt | None:
         row = self._c.execute(
@@ -494,6 +504,7 @@ class SqliteStore:
             os.makedirs(parent, exist_ok=True)
             _create_private(path)
             self._c = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._c.row_factory = sqlite3.Row  # rows are read by column name
             self._c.execute("PRAGMA journal_mode = WAL")
             self._c.execute("PRAGMA busy_timeout = 5000")
             self._full = synchronous == "full"
@@ -519,7 +530,7 @@ class SqliteStore:
                     if known
                     else None
                 )
-                version = int(row[0]) if row else 0
+                version = int(row["value"]) if row else 0
                 if version > SCHEMA_VERSION:
                     raise Internal(
                         f"{self.path} has schema version {version}; this dts knows {SCHEMA_VERSION}"
@@ -593,13 +604,17 @@ class SqliteStore:
             "SELECT attempt, stdout, stderr FROM attempts WHERE job_id = ? AND attempt = ?",
             (job_id, attempt),
         )
-        return Output(rows[0][0], bytes(rows[0][1]), bytes(rows[0][2])) if rows else None
+        if not rows:
+            return None
+        row = rows[0]
+        return Output(row["attempt"], bytes(row["stdout"]), bytes(row["stderr"]))
 
     def stats(self) -> list[StatCount]:
         rows = self._all(
-            "SELECT queue, status, count(*) FROM jobs GROUP BY queue, status ORDER BY queue, status"
+            "SELECT queue, status, count(*) AS count FROM jobs GROUP BY queue, status"
+            " ORDER BY queue, status"
         )
-        return [StatCount(q, JobStatus(s), n) for q, s, n in rows]
+        return [StatCount(r["queue"], JobStatus(r["status"]), r["count"]) for r in rows]
 
     def workers(self) -> list[WorkerInfo]:
         return [
@@ -608,34 +623,34 @@ class SqliteStore:
 
     def due_jobs(self, now: float, limit: int) -> list[int]:
         rows = self._all(
-            "SELECT id FROM jobs WHERE status = 'scheduled' AND run_at <= ?"
+            f"SELECT id FROM jobs WHERE status = {SCHEDULED} AND run_at <= ?"
             " ORDER BY run_at LIMIT ?",
             (now, limit),
         )
-        return [r[0] for r in rows]
+        return [r["id"] for r in rows]
 
     def next_run_at(self) -> float | None:
-        rows = self._all("SELECT min(run_at) FROM jobs WHERE status = 'scheduled'")
-        value = rows[0][0]
+        rows = self._all(f"SELECT min(run_at) AS earliest FROM jobs WHERE status = {SCHEDULED}")
+        value = rows[0]["earliest"]
         return float(value) if value is not None else None
 
     def expired_leases(self, now: float, limit: int) -> list[int]:
         rows = self._all(
-            "SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < ?"
+            f"SELECT id FROM jobs WHERE status = {RUNNING} AND lease_expires_at < ?"
             " ORDER BY lease_expires_at LIMIT ?",
             (now, limit),
         )
-        return [r[0] for r in rows]
+        return [r["id"] for r in rows]
 
     def running_of(self, worker: str) -> list[Job]:
         rows = self._all(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running' AND worker = ?", (worker,)
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = {RUNNING} AND worker = ?", (worker,)
         )
         return [_job(r) for r in rows]
 
     def queued(self, after_id: int, limit: int) -> list[Job]:
         rows = self._all(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'queued' AND id > ?"
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = {QUEUED} AND id > ?"
             " ORDER BY id LIMIT ?",
             (after_id, limit),
         )
