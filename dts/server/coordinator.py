@@ -16,9 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from queue import Empty, SimpleQueue
 
-from dts.backoff import compute_backoff
 from dts.domain import (
-    EXIT_CANNOT_RUN,
     MAX_CONCURRENCY,
     MAX_HOST_CHARS,
     MAX_NAME_CHARS,
@@ -36,23 +34,20 @@ from dts.domain import (
     StatCount,
     WorkerInfo,
     WorkerState,
-    can_transition,
     validate_queue_name,
     validate_spec,
 )
 from dts.errors import (
     DtsError,
     FailedPrecondition,
-    Internal,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
     QueueUnavailable,
-    SessionSuperseded,
     ShuttingDown,
-    UnknownSession,
 )
 from dts.queue import JobQueue, QueuedJob, is_job_id
+from dts.server.outcomes import end_attempt, finish, late_report, lose, move
+from dts.server.sessions import check_takeover, session_of
 from dts.server.store import Store, Transaction
 from dts.server.waiters import MAX_WAIT, Waiters, Waker, check_wait_timeout
 
@@ -256,8 +251,8 @@ class Coordinator:
             if job.status.final:
                 raise FailedPrecondition(f"job {job_id} is already {job.status}")
             if job.status is JobStatus.RUNNING:
-                self._end_attempt(tx, job, now, Outcome.CANCELLED, None, "cancelled by user")
-            job = self._move(
+                end_attempt(tx, job, now, Outcome.CANCELLED, None, "cancelled by user")
+            job = move(
                 tx,
                 job,
                 JobStatus.CANCELLED,
@@ -277,9 +272,7 @@ class Coordinator:
                 raise FailedPrecondition(
                     f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried"
                 )
-            job = self._move(
-                tx, job, JobStatus.QUEUED, failures=0, lost=0, finished_at=None, run_at=None
-            )
+            job = move(tx, job, JobStatus.QUEUED, failures=0, lost=0, finished_at=None, run_at=None)
         self._enqueue([job])
         return job
 
@@ -320,11 +313,13 @@ class Coordinator:
         now = self.clock()
         requeued: list[Job] = []
         with self.store.transaction() as tx:
-            self._check_takeover(tx.get_worker(name), credential, now)
+            check_takeover(tx.get_worker(name), credential, now, self.settings.worker_timeout)
             # A new registration under a known name is that worker restarted: whatever its
             # previous life was running is gone, so recover it now instead of after the lease.
             for old in self.store.running_of(name):
-                requeued.append(self._lose(tx, old, now, f"worker {name} restarted"))
+                requeued.append(
+                    lose(tx, old, now, f"worker {name} restarted", self.settings.max_lost)
+                )
             tx.save_worker(
                 WorkerInfo(
                     name,
@@ -360,7 +355,7 @@ class Coordinator:
         stale = []
         # soft state: after a power loss leases get a full grace at start (grace_leases)
         with self.store.transaction(durable=False) as tx:
-            worker = self._session(tx, name, session)
+            worker = session_of(tx, name, session)
             for lease in leases:
                 if not tx.renew_lease(lease.job_id, lease.attempt, name, until):
                     stale.append(lease)
@@ -390,7 +385,7 @@ class Coordinator:
         changed: list[Job] = []
         job_ids = [i for i in job_ids if is_job_id(i)]  # no other number names a job
         with self.store.transaction() as tx:
-            worker = self._session(tx, name, session)
+            worker = session_of(tx, name, session)
             # the common case in bulk: a success from the worker that holds the attempt
             ok = [r for r in results if r.outcome is Outcome.SUCCEEDED and is_job_id(r.job_id)]
             succeeded = tx.finish_succeeded(name, ok, now) if ok else set()
@@ -406,9 +401,9 @@ class Coordinator:
                     or job.attempts != r.attempt
                     or job.worker != name
                 ):
-                    acks.append(self._late_report(tx, job, name, r))
+                    acks.append(late_report(tx, job, name, r))
                 else:
-                    changed.append(self._finish(tx, job, r, now))
+                    changed.append(finish(tx, job, r, now, self.settings.max_backoff, self.rand))
                     acks.append((True, ""))
             # a claim is a compare-and-set queued -> running that starts a numbered attempt;
             # ids that are not claimable (delivered twice, cancelled, of a queue the worker
@@ -439,7 +434,7 @@ class Coordinator:
 
     def unregister(self, name: str, session: str) -> None:
         with self.store.transaction() as tx:
-            worker = self._session(tx, name, session)
+            worker = session_of(tx, name, session)
             tx.save_worker(
                 replace(worker, state=WorkerState.STOPPED, running=0, last_heartbeat=self.clock())
             )
@@ -474,7 +469,7 @@ class Coordinator:
             for job_id in ids:
                 job = tx.get_job(job_id)
                 if job is not None and job.status is JobStatus.SCHEDULED:
-                    moved.append(self._move(tx, job, JobStatus.QUEUED, run_at=None))
+                    moved.append(move(tx, job, JobStatus.QUEUED, run_at=None))
         self._enqueue(moved)
         return len(moved)
 
@@ -493,7 +488,7 @@ class Coordinator:
                         continue
                     silent = self.settings.worker_timeout
                     reason = f"worker {job.worker} lost (no heartbeat for {silent:g}s)"
-                    requeued.append(self._lose(tx, job, now, reason))
+                    requeued.append(lose(tx, job, now, reason, self.settings.max_lost))
             self._after(requeued)
         self._mark_lost_workers(now)
         return len(ids)
@@ -563,166 +558,6 @@ class Coordinator:
         if job is None:
             raise NotFound(f"no job with id {job_id}")
         return job
-
-    def _session(self, tx: Transaction, name: str, session: str) -> WorkerInfo:
-        worker = tx.get_worker(name)
-        if worker is None:
-            raise UnknownSession(f"worker {name} is not registered")
-        if worker.session != session:
-            # Last registration wins: a restarted worker replaces its dead predecessor; a
-            # second live process with the same name is told to stop instead of fighting.
-            raise SessionSuperseded(
-                f"worker name {name} was registered again by {worker.host} pid {worker.pid}"
-            )
-        return worker
-
-    def _check_takeover(self, old: WorkerInfo | None, credential: str, now: float) -> None:
-        """Refuse a registration under the name of a live worker that registered with another
-        credential: an unbound worker token must not knock a real worker off its name. Once
-        that worker stopped or is lost, any worker token may take the name; a session kept
-        without a credential (none was recorded before schema version 3) protects nothing."""
-        if old is None or not old.credential or old.credential == credential:
-            return
-        if old.state in (WorkerState.LOST, WorkerState.STOPPED):
-            return
-        if now - old.last_heartbeat > self.settings.worker_timeout:
-            return
-        log.warning(
-            "registration as worker %s refused: that worker (host %s, pid %d) is alive and "
-            "registered with another credential",
-            old.name,
-            old.host,
-            old.pid,
-        )
-        raise PermissionDenied(
-            f"worker name {old.name} is in use by a live worker (host {old.host}, pid {old.pid})"
-            " that registered with another token; it can be taken once that worker stops or is"
-            f" lost ({self.settings.worker_timeout:g}s without a heartbeat)"
-        )
-
-    def _move(self, tx: Transaction, job: Job, status: JobStatus, **changes: object) -> Job:
-        if not can_transition(job.status, status):
-            raise Internal(f"job {job.id}: {job.status} -> {status} is not allowed")
-        new = replace(job, status=status, **changes)  # type: ignore[arg-type]
-        tx.update_job(new)
-        detail = f" worker={new.worker} attempt={new.attempts}" if new.worker else ""
-        log.info(
-            "job %d %s -> %s%s%s",
-            job.id,
-            job.status,
-            status,
-            detail,
-            f" ({new.error})" if new.error and status is not JobStatus.RUNNING else "",
-        )
-        return new
-
-    def _end_attempt(
-        self,
-        tx: Transaction,
-        job: Job,
-        now: float,
-        outcome: Outcome,
-        exit_code: int | None,
-        error: str,
-        output: Output | None = None,
-    ) -> None:
-        tx.finish_attempt(
-            Attempt(
-                job.id,
-                job.attempts,
-                job.worker,
-                job.started_at or now,
-                now,
-                exit_code,
-                outcome,
-                error,
-            ),
-            output,
-        )
-
-    def _finish(self, tx: Transaction, job: Job, r: Result, now: float) -> Job:
-        if r.outcome is Outcome.RELEASED:  # its worker stopped under it: run it again, no blame
-            self._end_attempt(
-                tx,
-                job,
-                now,
-                Outcome.RELEASED,
-                r.exit_code,
-                r.error,
-                Output(job.attempts, r.stdout, r.stderr),
-            )
-            return self._move(tx, job, JobStatus.QUEUED, lease_expires_at=None, error=r.error)
-        outcome = (
-            r.outcome
-            if r.outcome in (Outcome.SUCCEEDED, Outcome.TIMED_OUT, Outcome.CANCELLED)
-            else Outcome.FAILED
-        )
-        error = r.error if outcome is not Outcome.SUCCEEDED else ""
-        exit_code = (
-            r.exit_code
-            if r.exit_code is not None
-            else (0 if outcome is Outcome.SUCCEEDED else EXIT_CANNOT_RUN)
-        )
-        self._end_attempt(
-            tx, job, now, outcome, exit_code, error, Output(job.attempts, r.stdout, r.stderr)
-        )
-        common: dict[str, object] = {
-            "exit_code": exit_code,
-            "error": error,
-            "lease_expires_at": None,
-        }
-        if outcome is Outcome.SUCCEEDED:
-            return self._move(tx, job, JobStatus.SUCCEEDED, finished_at=now, **common)
-        if outcome is Outcome.CANCELLED:
-            return self._move(tx, job, JobStatus.CANCELLED, finished_at=now, **common)
-        failures = job.failures + 1
-        if failures > job.max_retries:
-            return self._move(
-                tx, job, JobStatus.FAILED, failures=failures, finished_at=now, **common
-            )
-        delay = compute_backoff(
-            failures, job.spec.backoff or 0.0, self.settings.max_backoff, rand=self.rand
-        )
-        if delay <= 0:
-            return self._move(tx, job, JobStatus.QUEUED, failures=failures, **common)
-        return self._move(
-            tx, job, JobStatus.SCHEDULED, failures=failures, run_at=now + delay, **common
-        )
-
-    def _lose(self, tx: Transaction, job: Job, now: float, reason: str) -> Job:
-        """End a running attempt as lost; the job runs again unless it was lost too often."""
-        self._end_attempt(tx, job, now, Outcome.LOST, None, reason)
-        lost = job.lost + 1
-        if lost >= self.settings.max_lost:
-            return self._move(
-                tx,
-                job,
-                JobStatus.FAILED,
-                lost=lost,
-                finished_at=now,
-                lease_expires_at=None,
-                error=f"{reason}; gave up after {lost} lost attempts",
-            )
-        return self._move(tx, job, JobStatus.QUEUED, lost=lost, lease_expires_at=None, error=reason)
-
-    def _late_report(self, tx: Transaction, job: Job, name: str, r: Result) -> tuple[bool, str]:
-        attempt = tx.get_attempt(job.id, r.attempt)
-        if attempt is not None and attempt.worker == name and attempt.outcome is Outcome.CANCELLED:
-            # The user cancelled it while it ran: keep what it printed, the status stays.
-            tx.finish_attempt(attempt, Output(r.attempt, r.stdout, r.stderr))
-            return True, ""
-        log.warning(
-            "job %d: refused report of attempt %d from %s (job is %s at attempt %d)",
-            job.id,
-            r.attempt,
-            name,
-            job.status,
-            job.attempts,
-        )
-        return (
-            False,
-            f"stale attempt {r.attempt}: job {job.id} is {job.status} at attempt {job.attempts}",
-        )
 
     def _mark_lost_workers(self, now: float) -> None:
         """Mark silent workers lost; forget stopped or lost ones after WORKER_RETENTION."""

@@ -21,6 +21,8 @@ PACKAGE = ROOT / "dts"
 MODEL = ("dts.errors", "dts.domain")
 SHARED = (*MODEL, "dts.backoff", "dts.wire", "dts.v1", "dts.options", "dts.channel")
 QUEUE_API = ("dts.queue",)  # the protocol module itself, not dts.queue.redis (see `exact`)
+# the coordinator's own parts: the store protocol and the rules it applies inside a transaction
+RULES = ("dts.server.store", "dts.server.outcomes", "dts.server.sessions", "dts.server.waiters")
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,13 @@ LAYERS = (
         "dts.server.coordinator",
         (*MODEL, "dts.backoff"),
         banned=NO_IO,
-        exact=(*QUEUE_API, "dts.server.store", "dts.server.waiters"),
+        exact=(*QUEUE_API, *RULES),
     ),
     Layer("dts.server.waiters", MODEL, banned=NO_IO, own=False),
+    Layer(
+        "dts.server.outcomes", (*MODEL, "dts.backoff"), banned=NO_IO, exact=("dts.server.store",)
+    ),
+    Layer("dts.server.sessions", MODEL, banned=NO_IO, exact=("dts.server.store",)),
     Layer("dts.server.store", MODEL, banned=NO_IO, own=False),
     Layer("dts.server.store.sqlite", MODEL, banned=("grpc", "redis"), exact=("dts.server.store",)),
     Layer(
