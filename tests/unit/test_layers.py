@@ -10,6 +10,8 @@ the rules and knows the store and the queue only as protocols, and nothing impor
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,3 +222,20 @@ def test_relative_imports_are_resolved() -> None:
 def test_every_module_has_a_layer() -> None:
     for path in SOURCES:
         layer_of(module_name(path))
+
+
+@pytest.mark.parametrize(
+    ("module", "absent"),
+    [
+        ("dts.server.coordinator", ("grpc", "redis", "sqlite3", "google", "configargparse")),
+        ("dts.domain", ("grpc", "redis", "sqlite3", "google", "configargparse")),
+        ("dts.client", ("redis", "sqlite3", "configargparse")),
+    ],
+)
+def test_what_a_module_loads_at_run_time(module: str, absent: tuple[str, ...]) -> None:
+    # the same rules, seen from a fresh interpreter: nothing pulls them in on the side
+    probe = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert not {m.split(".")[0] for m in out} & set(absent)
