@@ -22,7 +22,8 @@ from dts import wire
 from dts.channel import open_channel
 from dts.daemon import logs
 from dts.daemon.notify import sd_notify
-from dts.daemon.process import PidFile, Readiness, Signals, daemonize, fail
+from dts.daemon.process import Readiness, Signals
+from dts.daemon.startup import launch
 from dts.domain import Outcome
 from dts.errors import DtsError
 from dts.queue.redis import connect
@@ -142,26 +143,10 @@ class Worker:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        cfg = load_worker_config(argv)
-    except DtsError as e:
-        return fail(PROG, e, 2)
-    readiness = daemonize(PROG) if cfg.process.daemon else Readiness(None)
-    close_inherited_fds()  # jobs must not get what the worker inherited
-    logs.setup(cfg.process)
-    signals = Signals()
-    signals.install()
-    pidfile = PidFile(cfg.process.pidfile) if cfg.process.pidfile else None
-    try:
-        if pidfile:
-            note = pidfile.acquire()
-            if note:
-                log.warning("%s", note)
-        return Worker(cfg, signals).run(readiness)
-    except DtsError as e:
-        log.error("%s", e)
-        readiness.failed(str(e))
-        return fail(PROG, e)
-    finally:
-        if pidfile:
-            pidfile.release()
+    return launch(
+        PROG,
+        lambda: load_worker_config(argv),
+        lambda cfg, readiness, signals: Worker(cfg, signals).run(readiness),
+        log=log,
+        before_logging=close_inherited_fds,  # jobs must not get what the worker inherited
+    )
