@@ -1,5 +1,4 @@
-"""How a daemon starts: its options, detaching, logging, signals, the PID file, and one report
-of a failure to start."""
+"""How a daemon starts: config, detaching, logging, signals, PID file, a failure to start."""
 
 from __future__ import annotations
 

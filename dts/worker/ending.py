@@ -1,5 +1,4 @@
-"""How a worker comes to a stop of its own: its exit code, a thread of it dying of a bug, the
-server turning it away."""
+"""How the worker stops on its own: its exit code, a thread dying of a bug, being turned away."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Where the slots' job ids come from: the Redis queue (pops, waits for an enqueue, hand-backs,
-acknowledgements) and the state of the link to it."""
+"""Where the slots' job ids come from: the Redis queue (pop, wait, release, ack) and its link."""
 
 from __future__ import annotations
 

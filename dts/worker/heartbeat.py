@@ -1,5 +1,4 @@
-"""The heartbeat thread: renews the worker's leases, stops what the server no longer gives it,
-and self-fences (kills its jobs) when no renewal got through for most of a lease."""
+"""The heartbeat thread: renews leases, stops cancelled jobs, self-fences when cut off."""
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
-"""dts-worker: registers with the server, takes job ids from Redis, claims and runs them, and
-reports results; reconnects with backoff to both the server and Redis.
+"""dts-worker's process: main(), and the Worker that composes its parts and runs them.
 
-Threads: one per slot (`--concurrency`), each a loop of "take an id from Redis, report the
-previous result and claim the id in one Exchange call, run the job" (slots.py); a heartbeat
-thread renews leases, learns cancellations and self-fences (heartbeat.py); the main thread
-waits for signals and drains. A result stays with its slot until the server has it.
-
-Who does what: session.py talks to the server, feed.py to Redis, attempts.py keeps the
-attempts held, ending.py the exit code; this module composes them into one process.
+A worker registers with the server, takes job ids from Redis, claims and runs them, and reports
+results; it reconnects with backoff to both the server and Redis. Threads: one per slot
+(`--concurrency`), each a loop of "take an id from Redis, report the previous result and claim
+the id in one Exchange call, run the job" (slots.py); a heartbeat thread renews leases, learns
+cancellations and self-fences (heartbeat.py); the main thread waits for signals and drains. A
+result stays with its slot until the server has it. session.py talks to the server, feed.py to
+Redis; attempts.py keeps the attempts held, ending.py the exit code.
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""The worker's conversation with the server: register (again), Exchange, heartbeats and
-unregister over one channel, retried with backoff, and what each gRPC error means to it."""
+"""The worker's conversation with the server: register, Exchange, heartbeat, retries, errors."""
 
 from __future__ import annotations
 

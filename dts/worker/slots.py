@@ -1,5 +1,4 @@
-"""The slot threads: each takes ids from Redis, claims them (a few ahead while jobs are short),
-runs them and reports their results; and at the end the drain, and what a dead slot left."""
+"""The slot threads: take ids, claim ahead, run jobs, report results; the drain, the orphans."""
 
 from __future__ import annotations
 
@@ -178,15 +177,16 @@ class Slot:
 
     def run(self) -> None:
         ready, done = self.ready, self.done
+        run_next, stop = self._run_next, self.signals.stop  # locals: the per-job loop
         while True:
-            stopping = self.signals.stop.is_set()
+            stopping = stop.is_set()
             pending = self.pending
             if pending is not None and (not ready or pending[0].done()):
                 self.pending = None
                 self._arrived(pending)
                 continue
             if ready:
-                self._run_next(stopping)
+                run_next(stopping)
                 continue
             if stopping and not done:
                 self.feed.take(0, self.to_ack)
