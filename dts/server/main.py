@@ -18,7 +18,8 @@ import grpc
 from dts import __version__, wire
 from dts.daemon import logs
 from dts.daemon.notify import sd_notify
-from dts.daemon.process import PidFile, Readiness, Signals, daemonize, fail
+from dts.daemon.process import Readiness, Signals
+from dts.daemon.startup import launch
 from dts.errors import DtsError, Unavailable
 from dts.options import parse_hostport
 from dts.queue.redis import Keys, RedisQueue, connect, redacted_url
@@ -198,49 +199,38 @@ def _bind_error(address: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        cfg = load_server_config(argv)
-    except DtsError as e:
-        return fail(PROG, e, 2)
-    readiness = daemonize(PROG) if cfg.process.daemon else Readiness(None)
-    return run(cfg, readiness)
+    return launch(
+        PROG,
+        lambda: load_server_config(argv),
+        run,
+        log=log,
+        failure="cannot start: %s",
+        errors=(DtsError, OSError),
+    )
 
 
-def run(cfg: ServerConfig, readiness: Readiness) -> int:
-    logs.setup(cfg.process)
-    signals = Signals()
-    signals.install()
-    pidfile = PidFile(cfg.process.pidfile) if cfg.process.pidfile else None
-    try:
-        if pidfile:
-            note = pidfile.acquire()
-            if note:
-                log.warning("%s", note)
-        server = Server(cfg)
-        server.start()
-    except (DtsError, OSError) as e:
-        log.error("cannot start: %s", e)
-        readiness.failed(str(e))
-        if pidfile:
-            pidfile.release()
-        return fail(PROG, e)
+def run(cfg: ServerConfig, readiness: Readiness, signals: Signals) -> Callable[[], int]:
+    """Bring the server up (its errors are a failure to start); returns its main loop."""
+    server = Server(cfg)
+    server.start()
+    return lambda: serve(server, cfg, readiness, signals)
+
+
+def serve(server: Server, cfg: ServerConfig, readiness: Readiness, signals: Signals) -> int:
+    """The started server's main loop: reload on SIGHUP, stop (draining) on a stop signal."""
     readiness.ready()
     sd_notify(f"READY=1\nSTATUS=listening on {cfg.listen}\nMAINPID={os.getpid()}")
-    try:
-        while not signals.stop.is_set():
-            signals.wakeup.wait(5.0)
-            signals.wakeup.clear()
-            if signals.hup.is_set():
-                signals.hup.clear()
-                cfg = _reload(cfg)
-                server.reload_tokens()
-            sd_notify("WATCHDOG=1")
-        log.info("stopping (signal received); draining in-flight calls")
-        sd_notify("STOPPING=1")
-        server.stop(grace=0.5 if signals.stops > 1 else 10.0, hurry=lambda: signals.stops > 1)
-    finally:
-        if pidfile:
-            pidfile.release()
+    while not signals.stop.is_set():
+        signals.wakeup.wait(5.0)
+        signals.wakeup.clear()
+        if signals.hup.is_set():
+            signals.hup.clear()
+            cfg = _reload(cfg)
+            server.reload_tokens()
+        sd_notify("WATCHDOG=1")
+    log.info("stopping (signal received); draining in-flight calls")
+    sd_notify("STOPPING=1")
+    server.stop(grace=0.5 if signals.stops > 1 else 10.0, hurry=lambda: signals.stops > 1)
     return 0
 
 

@@ -14,6 +14,7 @@ import sys
 from dts.domain import Result
 from dts.v1 import dts_pb2 as pb
 from dts.worker import main as worker
+from dts.worker.attempts import Attempts
 from dts.worker.runner import Execution
 
 
@@ -23,25 +24,25 @@ class PlantedBug(RuntimeError):
 
 def plant(mode: str) -> None:
     if mode == "slot":
-        execute = worker.Worker._execute
+        execute = Attempts.execute
 
-        def buggy_execute(self: worker.Worker, exe: Execution) -> Result:
+        def buggy_execute(self: Attempts, exe: Execution) -> Result:
             result = execute(self, exe)
             if "CRASH" in exe.assignment.spec.display:
                 raise PlantedBug(f"planted bug after job {result.job_id} ran")
             return result
 
-        worker.Worker._execute = buggy_execute  # type: ignore[method-assign]
+        Attempts.execute = buggy_execute  # type: ignore[method-assign]
     elif mode == "heartbeat":
-        leases = worker.Worker._leases
+        leases = Attempts.leases
 
-        def buggy_leases(self: worker.Worker) -> list[pb.Lease]:
+        def buggy_leases(self: Attempts) -> list[pb.Lease]:
             held = leases(self)
             if held:
                 raise PlantedBug("planted bug in the heartbeat")
             return held
 
-        worker.Worker._leases = buggy_leases  # type: ignore[method-assign]
+        Attempts.leases = buggy_leases  # type: ignore[method-assign]
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from dts.domain import JobSpec
-from dts.worker.main import EXIT_SOFTWARE
+from dts.worker.ending import EXIT_SOFTWARE
 from tests.conftest import Cluster, make_cluster
 from tests.harness import WorkerProcess, clean_env, wait_until
 

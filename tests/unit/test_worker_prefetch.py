@@ -10,8 +10,8 @@ from dts.daemon.process import Signals
 from dts.domain import Assignment, JobSpec
 from dts.v1 import dts_pb2 as pb
 from dts.worker.config import WorkerConfig
-from dts.worker.main import PREFETCH_MAX, PREFETCH_WORK, Worker, prefetch_count
-from dts.worker.runner import Execution
+from dts.worker.main import Worker
+from dts.worker.slots import PREFETCH_MAX, PREFETCH_WORK, prefetch_count
 
 
 def test_short_jobs_are_claimed_many_at_a_time_up_to_the_cap() -> None:
@@ -39,20 +39,21 @@ def test_what_an_exchange_sent_ahead_claims_is_held_when_its_answer_arrives() ->
     long job their leases would lapse and the server would give them to another worker."""
     worker = Worker(WorkerConfig(name="w"), Signals())
     answer: Future[pb.ExchangeResponse] = Future()
-    worker.stub = SimpleNamespace(Exchange=SimpleNamespace(future=lambda req, timeout: answer))  # type: ignore[assignment]
+    stub = SimpleNamespace(Exchange=SimpleNamespace(future=lambda req, timeout: answer))
+    worker.session.stub = stub  # type: ignore[assignment]
+    slot = worker.slots.new()
     try:
-        pending = worker._send_ahead([], [7])
-        assert worker._leases() == []
+        pending = slot._send_ahead([], [7])
+        assert worker.attempts.leases() == []
         # When the answer arrives while the slot is busy
         spec = JobSpec(argv=("true",))
         answer.set_result(
             pb.ExchangeResponse(assignments=[wire.assignment_to_pb(Assignment(7, 1, spec))])
         )
         # Then the attempt is held at once, and the slot later takes that same execution
-        assert [(lease.job_id, lease.attempt) for lease in worker._leases()] == [(7, 1)]
-        ready: list[Execution] = []
-        worker._absorb(answer.result(), [], [7], [], ready, [], pending[4])
-        assert len(ready) == 1 and ready[0].assignment.job_id == 7
-        assert len(worker._leases()) == 1
+        assert [(lease.job_id, lease.attempt) for lease in worker.attempts.leases()] == [(7, 1)]
+        slot._absorb(answer.result(), [], [7], pending[4])
+        assert len(slot.ready) == 1 and slot.ready[0].assignment.job_id == 7
+        assert len(worker.attempts.leases()) == 1
     finally:
-        worker.channel.close()
+        worker.session.close()
