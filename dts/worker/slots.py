@@ -84,9 +84,9 @@ class Slots:
         for t in self._threads:
             t.start()
 
-    def new(self) -> Slot:
+    def new(self) -> SlotLoop:
         """One slot's loop, not started."""
-        return Slot(self.session, self.feed, self.attempts, self.signals)
+        return SlotLoop(self.session, self.feed, self.attempts, self.signals)
 
     def _guarded(self) -> None:
         """A slot thread. A bug that ends it stops the worker after a drain: the other slots'
@@ -144,7 +144,7 @@ class Slots:
             self.attempts.forget(results)
 
 
-class Slot:
+class SlotLoop:
     """One slot's loop: claim and run jobs; results ride on the next claim.
 
     While jobs are short (under PREFETCH_BELOW), the slot claims several at a time and sends

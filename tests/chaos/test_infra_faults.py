@@ -127,7 +127,7 @@ def test_worker_started_before_redis_and_server(chaos: Chaos) -> None:
 
 
 def test_worker_reconnects_within_its_backoff_cap_after_a_long_outage(chaos: Chaos) -> None:
-    """Reconnects use capped backoff (5 s, dts/worker.py): after a server outage of any
+    """Reconnects use capped backoff (5 s, dts/worker/session.py): after a server outage of any
     length a waiting worker registers within about that cap of the server's return."""
     c = chaos(start=False)
     c.start_redis()
