@@ -152,18 +152,21 @@ class Session:
         while without the server (the ids go back to other workers); results are kept
         trying until a second stop signal."""
 
+        if req.claim:
+            return self._call(self._exchange_call(req), give_up_after=self.claim_patience)
+        return self._call(self._exchange_call(req), until=lambda: self.signals.stops > 1)
+
+    def exchange_once(self, req: pb.ExchangeRequest) -> pb.ExchangeResponse | None:
+        """Exchange with one try at most while the server is away (the worker is stopping)."""
+        return self._call(self._exchange_call(req), until=lambda: True)
+
+    def _exchange_call(self, req: pb.ExchangeRequest) -> Callable[[], pb.ExchangeResponse]:
         def call() -> pb.ExchangeResponse:
             req.session = self.id  # it changes when we register again
             resp: pb.ExchangeResponse = self.stub.Exchange(req, timeout=RPC_TIMEOUT)
             return resp
 
-        if req.claim:
-            return self._call(call, give_up_after=self.claim_patience)
-        return self._call(call, until=lambda: self.signals.stops > 1)
-
-    def exchange_once(self, req: pb.ExchangeRequest) -> pb.ExchangeResponse | None:
-        """Exchange with one try at most while the server is away (the worker is stopping)."""
-        return self._call(lambda: self.stub.Exchange(req, timeout=RPC_TIMEOUT), until=lambda: True)
+        return call
 
     def heartbeat_request(self, leases: list[pb.Lease], draining: bool) -> pb.HeartbeatRequest:
         return pb.HeartbeatRequest(
