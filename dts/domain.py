@@ -358,6 +358,9 @@ class Output:
     stderr: bytes = b""
 
 
+AttemptKey = tuple[int, int]  # (job id, attempt): one attempt of one job, a fencing token
+
+
 @dataclass(frozen=True)
 class Result:
     """The end of an attempt as a worker reports it."""

@@ -7,14 +7,12 @@ import threading
 import time
 from collections import Counter
 
-from dts.domain import Assignment, Outcome, Result
+from dts.domain import Assignment, AttemptKey, Outcome, Result
 from dts.v1 import dts_pb2 as pb
 from dts.worker.guard import Guard
 from dts.worker.runner import Execution, RunOptions
 
 log = logging.getLogger("dts.worker")
-
-Key = tuple[int, int]  # (job id, attempt)
 
 
 class Attempts:
@@ -29,9 +27,9 @@ class Attempts:
         self._lock = threading.Lock()
         # keyed by (job id, attempt): a stale attempt of a job may still be dying here when
         # the server hands us its next attempt
-        self._running: dict[Key, Execution] = {}
+        self._running: dict[AttemptKey, Execution] = {}
         self._held: Counter[int] = Counter()  # job id -> its attempts in _running
-        self._unreported: dict[Key, Result] = {}
+        self._unreported: dict[AttemptKey, Result] = {}
 
     def hold(self, a: Assignment) -> Execution:
         """A claimed attempt, known to the heartbeat (renewed, cancellable) before it starts."""

@@ -1,6 +1,6 @@
 """The store interface the coordinator relies on, with one module per implementation beside it.
 
-This package holds the `Store` and `Transaction` protocols, and `Key` and `chunks`, which the
+This package holds the `Store` and `Transaction` protocols, and `chunks`, which the
 implementations share; each implementation is a module of its own in it: sqlite.py today (a
 PostgreSQL store would be postgres.py beside it).
 
@@ -18,6 +18,7 @@ from typing import Protocol
 from dts.domain import (
     Assignment,
     Attempt,
+    AttemptKey,
     Job,
     JobFilter,
     JobSpec,
@@ -26,8 +27,6 @@ from dts.domain import (
     StatCount,
     WorkerInfo,
 )
-
-Key = tuple[int, int]  # (job id, attempt)
 
 
 class Transaction(Protocol):
@@ -60,7 +59,9 @@ class Transaction(Protocol):
         `worker` with its next attempt (recorded as started at `now`, its lease until
         `lease_until`); ids of other jobs are skipped."""
 
-    def finish_succeeded(self, worker: str, results: Sequence[Result], now: float) -> set[Key]:
+    def finish_succeeded(
+        self, worker: str, results: Sequence[Result], now: float
+    ) -> set[AttemptKey]:
         """Record successful results of attempts `worker` still runs (compare-and-set on
         status, attempt and worker): those jobs succeed. Returns the (job id, attempt) keys
         recorded; the rest are left untouched for the caller to judge."""

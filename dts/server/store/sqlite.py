@@ -18,6 +18,7 @@ from dts.domain import (
     NO_LIMITS,
     Assignment,
     Attempt,
+    AttemptKey,
     Job,
     JobFilter,
     JobSpec,
@@ -32,7 +33,7 @@ from dts.domain import (
     submitted_job,
 )
 from dts.errors import Internal, Unavailable
-from dts.server.store import Key, chunks
+from dts.server.store import chunks
 
 log = logging.getLogger("dts.store")
 
@@ -362,8 +363,10 @@ class SqliteTransaction:
         )
         return claimed
 
-    def finish_succeeded(self, worker: str, results: Sequence[Result], now: float) -> set[Key]:
-        recorded: set[Key] = set()
+    def finish_succeeded(
+        self, worker: str, results: Sequence[Result], now: float
+    ) -> set[AttemptKey]:
+        recorded: set[AttemptKey] = set()
         for i in range(0, len(results), BATCH_ROWS):
             part = results[i : i + BATCH_ROWS]
             pairs = ",".join("(?,?)" for _ in part)
