@@ -91,6 +91,12 @@ def escapee_alive(pid: int, pidfile: Path) -> bool:
     return ours and pid_alive(pid)
 
 
+def assert_running(pid: int, pidfile: Path) -> None:
+    """The escapee is there. Polled: between writing its pid file and exec'ing `sleep`, a
+    process's cmdline reads empty for an instant, which is not its end."""
+    wait_until(lambda: escapee_alive(pid, pidfile), 10, what=f"escapee {pid} running")
+
+
 def end_escapee(pid: int, pidfile: Path) -> None:
     if escapee_alive(pid, pidfile):
         kill_quietly(pid)
@@ -141,7 +147,7 @@ def test_escapee_ends_when_its_job_is_cancelled(cluster: Cluster, spot: Path, ki
     script, pidfile = job(spot, kind, f"{kind}-cancel", "exec sleep 300")
     job_id = submit(cluster, "--shell", "--", script)
     pid = planted(pidfile)
-    assert escapee_alive(pid, pidfile)
+    assert_running(pid, pidfile)
     assert cluster.cli("cancel", str(job_id)).returncode == 0
     assert wait_status(cluster, job_id, "cancelled") == "cancelled"
     assert_gone(pid, pidfile, "job cancelled")
@@ -153,7 +159,7 @@ def test_escapee_ends_when_its_worker_drains(fresh_cluster: Cluster, spot: Path,
     script, pidfile = job(spot, kind, f"{kind}-drain", "exec sleep 300")
     submit(fresh_cluster, "--shell", "--", script)
     pid = planted(pidfile)
-    assert escapee_alive(pid, pidfile)
+    assert_running(pid, pidfile)
     # When the worker gets SIGTERM and its drain timeout passes, then it exits 0
     w.signal(signal.SIGTERM)
     assert w.wait(30) == 0
@@ -168,7 +174,7 @@ def test_escapee_ends_when_its_worker_is_killed(
     script, pidfile = job(spot, kind, f"{kind}-kill", "exec sleep 300")
     job_id = submit(fresh_cluster, "--retries", "0", "--shell", "--", script)
     pid = planted(pidfile)
-    assert escapee_alive(pid, pidfile)
+    assert_running(pid, pidfile)
     # When the worker is SIGKILLed, then its guard ends the escapee
     w.signal(signal.SIGKILL)
     w.wait()
