@@ -67,7 +67,13 @@ LAYERS = (
     ),
     Layer("dts.server.sessions", MODEL, banned=NO_IO, exact=("dts.server.store",)),
     Layer("dts.server.store", MODEL, banned=NO_IO, own=False),
-    Layer("dts.server.store.sqlite", MODEL, banned=("grpc", "redis"), exact=("dts.server.store",)),
+    Layer("dts.server.store.rows", MODEL, banned=NO_IO, own=False),
+    Layer(
+        "dts.server.store.sqlite",
+        MODEL,
+        banned=("grpc", "redis"),
+        exact=("dts.server.store", "dts.server.store.rows"),
+    ),
     Layer(
         "dts.server.duties",
         (*MODEL, "dts.backoff", "dts.server.coordinator"),

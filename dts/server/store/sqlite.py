@@ -14,8 +14,6 @@ from enum import StrEnum
 from typing import Any, Final
 
 from dts.domain import (
-    LIMIT_NAMES,
-    NO_LIMITS,
     Assignment,
     Attempt,
     AttemptKey,
@@ -23,17 +21,27 @@ from dts.domain import (
     JobFilter,
     JobSpec,
     JobStatus,
-    Limits,
     Outcome,
     Output,
     Result,
     StatCount,
     WorkerInfo,
-    WorkerState,
     submitted_job,
 )
 from dts.errors import Internal, Unavailable
 from dts.server.store import chunks
+from dts.server.store.rows import (
+    ATTEMPT_COLUMNS,
+    INSERT_COLUMNS,
+    JOB_COLUMNS,
+    SPEC_COLUMNS,
+    WORKER_COLUMNS,
+    attempt_of,
+    insert_row,
+    job_of,
+    spec_of,
+    worker_of,
+)
 
 log = logging.getLogger("dts.store")
 
@@ -126,34 +134,8 @@ SCHEMA = [
     )""",
 ]
 
-INSERT_COLUMNS = (
-    "name, queue, priority, argv, shell, env, cwd, timeout, max_retries, backoff, delay, status,"
-    " created_at, run_at, limits"
-)
 INSERT_MARKS = ",".join("?" * 15)
 INSERT_ROWS = 1000  # jobs one INSERT statement adds (15 variables each; SQLite allows 32,766)
-
-
-def _insert_row(
-    spec: JobSpec, status: JobStatus, created_at: float, run_at: float | None
-) -> tuple[Any, ...]:
-    return (
-        spec.name,
-        spec.queue,
-        spec.priority,
-        json.dumps(list(spec.argv)),
-        int(spec.shell),
-        json.dumps([list(kv) for kv in spec.env]) if spec.env else "[]",
-        spec.cwd,
-        spec.timeout or 0.0,
-        spec.max_retries or 0,
-        spec.backoff or 0.0,
-        spec.delay,
-        status.value,
-        created_at,
-        run_at,
-        _limits_json(spec.limits),
-    )
 
 
 # Statements that bring a database of version N-1 to version N (a new one is made at the latest
@@ -162,110 +144,6 @@ MIGRATIONS: dict[int, list[str]] = {
     2: ["ALTER TABLE jobs ADD COLUMN limits TEXT NOT NULL DEFAULT ''"],
     3: ["ALTER TABLE workers ADD COLUMN credential TEXT NOT NULL DEFAULT ''"],
 }
-
-SPEC_COLUMNS = (
-    "id, name, queue, priority, argv, shell, env, cwd, timeout, max_retries, backoff, delay, limits"
-)
-JOB_COLUMNS = (
-    f"{SPEC_COLUMNS}, status, attempts, failures, lost, exit_code, error, worker, created_at, "
-    "started_at, finished_at, run_at, lease_expires_at"
-)
-ATTEMPT_COLUMNS = (
-    "job_id, attempt, worker, started_at, finished_at, exit_code, outcome, error, "
-    "length(stdout) AS stdout_bytes, length(stderr) AS stderr_bytes"
-)
-WORKER_COLUMNS = (
-    "name, host, pid, session, concurrency, queues, state, running, registered_at, last_heartbeat,"
-    " credential"
-)
-
-
-# Rows are sqlite3.Row (the connection's row factory) and are read by column name: a column
-# added to a SELECT, or moved in it, cannot shift what a field is read from.
-
-
-def _job(row: sqlite3.Row) -> Job:
-    """The job from a row that has JOB_COLUMNS."""
-    return Job(
-        id=row["id"],
-        spec=_spec(row),
-        status=JobStatus(row["status"]),
-        attempts=row["attempts"],
-        failures=row["failures"],
-        lost=row["lost"],
-        exit_code=row["exit_code"],
-        error=row["error"],
-        worker=row["worker"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        run_at=row["run_at"],
-        lease_expires_at=row["lease_expires_at"],
-    )
-
-
-def _spec(row: sqlite3.Row) -> JobSpec:
-    """The spec from a row that has SPEC_COLUMNS."""
-    return JobSpec(
-        argv=tuple(json.loads(row["argv"])),
-        shell=bool(row["shell"]),
-        queue=row["queue"],
-        priority=row["priority"],
-        max_retries=row["max_retries"],
-        backoff=row["backoff"],
-        timeout=row["timeout"],
-        delay=row["delay"],
-        env=tuple((k, v) for k, v in json.loads(row["env"])),
-        cwd=row["cwd"],
-        name=row["name"],
-        limits=_limits(row["limits"]),
-    )
-
-
-def _limits(text: str) -> Limits:
-    if not text:
-        return NO_LIMITS
-    stored = json.loads(text)
-    return Limits(**{k: int(stored.get(k, 0)) for k in LIMIT_NAMES})
-
-
-def _limits_json(limits: Limits) -> str:
-    if not limits.any:
-        return ""
-    return json.dumps({k: v for k, v in zip(LIMIT_NAMES, limits.values, strict=True) if v})
-
-
-def _attempt(row: sqlite3.Row) -> Attempt:
-    """The attempt from a row that has ATTEMPT_COLUMNS."""
-    return Attempt(
-        job_id=row["job_id"],
-        attempt=row["attempt"],
-        worker=row["worker"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        exit_code=row["exit_code"],
-        outcome=Outcome(row["outcome"]),
-        error=row["error"],
-        stdout_bytes=row["stdout_bytes"],
-        stderr_bytes=row["stderr_bytes"],
-    )
-
-
-def _worker(row: sqlite3.Row) -> WorkerInfo:
-    """The worker from a row that has WORKER_COLUMNS."""
-    return WorkerInfo(
-        name=row["name"],
-        host=row["host"],
-        pid=row["pid"],
-        session=row["session"],
-        concurrency=row["concurrency"],
-        queues=tuple(json.loads(row["queues"])),
-        state=WorkerState(row["state"]),
-        running=row["running"],
-        registered_at=row["registered_at"],
-        last_heartbeat=row["last_heartbeat"],
-        credential=row["credential"],
-    )
 
 
 class SqliteTransaction:
@@ -279,7 +157,7 @@ class SqliteTransaction:
         for i in range(0, len(specs), INSERT_ROWS):
             part = specs[i : i + INSERT_ROWS]
             made = [submitted_job(0, spec, now) for spec in part]
-            values = [v for job in made for v in _insert_row(job.spec, job.status, now, job.run_at)]
+            values = [v for job in made for v in insert_row(job.spec, job.status, now, job.run_at)]
             rows = self._c.execute(
                 f"INSERT INTO jobs ({INSERT_COLUMNS}) VALUES "
                 + ",".join(f"({INSERT_MARKS})" for _ in part)
@@ -295,7 +173,7 @@ class SqliteTransaction:
 
     def get_job(self, job_id: int) -> Job | None:
         row = self._c.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _job(row) if row else None
+        return job_of(row) if row else None
 
     def update_job(self, job: Job) -> None:
         self._c.execute(
@@ -352,7 +230,7 @@ class SqliteTransaction:
                 f" RETURNING {SPEC_COLUMNS}, attempts",
                 (worker, now, lease_until, *part, *queues),
             ).fetchall()
-            claimed += (Assignment(row["id"], row["attempts"], _spec(row)) for row in rows)
+            claimed += (Assignment(row["id"], row["attempts"], spec_of(row)) for row in rows)
         if len(claimed) > 1:  # RETURNING has no order: keep the order the ids were taken in
             position = {job_id: i for i, job_id in enumerate(job_ids)}
             claimed.sort(key=lambda a: position[a.job_id])
@@ -407,7 +285,7 @@ class SqliteTransaction:
             f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ? AND attempt = ?",
             (job_id, attempt),
         ).fetchone()
-        return _attempt(row) if row else None
+        return attempt_of(row) if row else None
 
     def finish_attempt(self, attempt: Attempt, output: Output | None) -> None:
         self._c.execute(
@@ -450,7 +328,7 @@ class SqliteTransaction:
         row = self._c.execute(
             f"SELECT {WORKER_COLUMNS} FROM workers WHERE name = ?", (name,)
         ).fetchone()
-        return _worker(row) if row else None
+        return worker_of(row) if row else None
 
     def delete_worker(self, name: str) -> None:
         self._c.execute("DELETE FROM workers WHERE name = ?", (name,))
@@ -579,7 +457,7 @@ class SqliteStore:
 
     def get_job(self, job_id: int) -> Job | None:
         rows = self._all(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
-        return _job(rows[0]) if rows else None
+        return job_of(rows[0]) if rows else None
 
     def list_jobs(self, flt: JobFilter) -> list[Job]:
         where, args = [], []
@@ -594,13 +472,13 @@ class SqliteStore:
             f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?",
             (*args, flt.limit),
         )
-        return [_job(r) for r in rows]
+        return [job_of(r) for r in rows]
 
     def attempts(self, job_id: int) -> list[Attempt]:
         rows = self._all(
             f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ? ORDER BY attempt", (job_id,)
         )
-        return [_attempt(r) for r in rows]
+        return [attempt_of(r) for r in rows]
 
     def output(self, job_id: int, attempt: int) -> Output | None:
         rows = self._all(
@@ -621,7 +499,7 @@ class SqliteStore:
 
     def workers(self) -> list[WorkerInfo]:
         return [
-            _worker(r) for r in self._all(f"SELECT {WORKER_COLUMNS} FROM workers ORDER BY name")
+            worker_of(r) for r in self._all(f"SELECT {WORKER_COLUMNS} FROM workers ORDER BY name")
         ]
 
     def due_jobs(self, now: float, limit: int) -> list[int]:
@@ -649,7 +527,7 @@ class SqliteStore:
         rows = self._all(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = {RUNNING} AND worker = ?", (worker,)
         )
-        return [_job(r) for r in rows]
+        return [job_of(r) for r in rows]
 
     def queued(self, after_id: int, limit: int) -> list[Job]:
         rows = self._all(
@@ -657,14 +535,14 @@ class SqliteStore:
             " ORDER BY id LIMIT ?",
             (after_id, limit),
         )
-        return [_job(r) for r in rows]
+        return [job_of(r) for r in rows]
 
     def statuses(self, ids: Sequence[int]) -> dict[int, Job]:
         found: dict[int, Job] = {}
         for part in chunks(ids, 500):
             marks = ",".join("?" * len(part))
             for row in self._all(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", part):
-                job = _job(row)
+                job = job_of(row)
                 found[job.id] = job
         return found
 

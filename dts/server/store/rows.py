@@ -1,0 +1,159 @@
+"""Jobs, attempts and workers as rows of an SQL store: the columns, a submitted job's row, and
+each row read back by column name into the domain's objects. Any SQL store shares these."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from dts.domain import (
+    LIMIT_NAMES,
+    NO_LIMITS,
+    Attempt,
+    Job,
+    JobSpec,
+    JobStatus,
+    Limits,
+    Outcome,
+    WorkerInfo,
+    WorkerState,
+)
+
+
+class Row(Protocol):
+    """A row read by column name (Row, a dict)."""
+
+    def __getitem__(self, column: str) -> Any: ...
+
+
+INSERT_COLUMNS = (
+    "name, queue, priority, argv, shell, env, cwd, timeout, max_retries, backoff, delay, status,"
+    " created_at, run_at, limits"
+)
+
+
+def insert_row(
+    spec: JobSpec, status: JobStatus, created_at: float, run_at: float | None
+) -> tuple[Any, ...]:
+    return (
+        spec.name,
+        spec.queue,
+        spec.priority,
+        json.dumps(list(spec.argv)),
+        int(spec.shell),
+        json.dumps([list(kv) for kv in spec.env]) if spec.env else "[]",
+        spec.cwd,
+        spec.timeout or 0.0,
+        spec.max_retries or 0,
+        spec.backoff or 0.0,
+        spec.delay,
+        status.value,
+        created_at,
+        run_at,
+        limits_json(spec.limits),
+    )
+
+
+SPEC_COLUMNS = (
+    "id, name, queue, priority, argv, shell, env, cwd, timeout, max_retries, backoff, delay, limits"
+)
+JOB_COLUMNS = (
+    f"{SPEC_COLUMNS}, status, attempts, failures, lost, exit_code, error, worker, created_at, "
+    "started_at, finished_at, run_at, lease_expires_at"
+)
+ATTEMPT_COLUMNS = (
+    "job_id, attempt, worker, started_at, finished_at, exit_code, outcome, error, "
+    "length(stdout) AS stdout_bytes, length(stderr) AS stderr_bytes"
+)
+WORKER_COLUMNS = (
+    "name, host, pid, session, concurrency, queues, state, running, registered_at, last_heartbeat,"
+    " credential"
+)
+
+
+# Rows are read by column name: a column added to a SELECT, or moved in it, cannot shift what a
+# field is read from.
+
+
+def job_of(row: Row) -> Job:
+    """The job from a row that has JOB_COLUMNS."""
+    return Job(
+        id=row["id"],
+        spec=spec_of(row),
+        status=JobStatus(row["status"]),
+        attempts=row["attempts"],
+        failures=row["failures"],
+        lost=row["lost"],
+        exit_code=row["exit_code"],
+        error=row["error"],
+        worker=row["worker"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        run_at=row["run_at"],
+        lease_expires_at=row["lease_expires_at"],
+    )
+
+
+def spec_of(row: Row) -> JobSpec:
+    """The spec from a row that has SPEC_COLUMNS."""
+    return JobSpec(
+        argv=tuple(json.loads(row["argv"])),
+        shell=bool(row["shell"]),
+        queue=row["queue"],
+        priority=row["priority"],
+        max_retries=row["max_retries"],
+        backoff=row["backoff"],
+        timeout=row["timeout"],
+        delay=row["delay"],
+        env=tuple((k, v) for k, v in json.loads(row["env"])),
+        cwd=row["cwd"],
+        name=row["name"],
+        limits=limits_of(row["limits"]),
+    )
+
+
+def limits_of(text: str) -> Limits:
+    if not text:
+        return NO_LIMITS
+    stored = json.loads(text)
+    return Limits(**{k: int(stored.get(k, 0)) for k in LIMIT_NAMES})
+
+
+def limits_json(limits: Limits) -> str:
+    if not limits.any:
+        return ""
+    return json.dumps({k: v for k, v in zip(LIMIT_NAMES, limits.values, strict=True) if v})
+
+
+def attempt_of(row: Row) -> Attempt:
+    """The attempt from a row that has ATTEMPT_COLUMNS."""
+    return Attempt(
+        job_id=row["job_id"],
+        attempt=row["attempt"],
+        worker=row["worker"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        exit_code=row["exit_code"],
+        outcome=Outcome(row["outcome"]),
+        error=row["error"],
+        stdout_bytes=row["stdout_bytes"],
+        stderr_bytes=row["stderr_bytes"],
+    )
+
+
+def worker_of(row: Row) -> WorkerInfo:
+    """The worker from a row that has WORKER_COLUMNS."""
+    return WorkerInfo(
+        name=row["name"],
+        host=row["host"],
+        pid=row["pid"],
+        session=row["session"],
+        concurrency=row["concurrency"],
+        queues=tuple(json.loads(row["queues"])),
+        state=WorkerState(row["state"]),
+        running=row["running"],
+        registered_at=row["registered_at"],
+        last_heartbeat=row["last_heartbeat"],
+        credential=row["credential"],
+    )
