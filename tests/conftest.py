@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dts.client import Client
+from dts.server.store import Store
 from tests.harness import RedisProcess, ServerProcess, WorkerProcess, run_cli
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -70,6 +71,43 @@ def redis_proc(tmp_path: Path) -> Iterator[RedisProcess]:
     r.start()
     yield r
     r.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server's admin URL for the run: skipped locally without one (and without
+    initdb to start one), a failure in CI."""
+    from tests import postgres
+
+    try:
+        with postgres.server() as url:
+            yield url
+    except RuntimeError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """The URL of an empty PostgreSQL database of this test's own."""
+    from tests import postgres
+
+    with postgres.database(postgres_server) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Each store in turn, empty: a test that takes it is the contract both must keep."""
+    if request.param == "sqlite":
+        from dts.server.store.sqlite import SqliteStore
+
+        opened: Store = SqliteStore(str(tmp_path / "dts.db"))
+    else:
+        from dts.server.store.postgres import PostgresStore
+
+        opened = PostgresStore(request.getfixturevalue("postgres_url"))
+    yield opened
+    opened.close()
 
 
 @pytest.fixture(scope="module")

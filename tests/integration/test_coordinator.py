@@ -1,4 +1,5 @@
-"""The coordinator's rules against a real SQLite file and a real redis-server (no gRPC)."""
+"""The coordinator's rules on each store (a SQLite file, a PostgreSQL database) and a real
+redis-server (no gRPC)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +21,7 @@ from dts.errors import (
 )
 from dts.queue.redis import Keys, RedisQueue
 from dts.server.coordinator import Coordinator, Settings
-from dts.server.store.sqlite import SqliteStore
+from dts.server.store import Store
 from tests.harness import RedisProcess, wait_until
 
 
@@ -68,15 +68,14 @@ class Env:
 
 
 @pytest.fixture
-def env(tmp_path: Path, redis_proc: RedisProcess) -> Iterator[Env]:
+def env(store: Store, redis_proc: RedisProcess) -> Iterator[Env]:
+    """The coordinator on each store in turn (the `store` fixture), and a real Redis."""
     cfg = Settings(worker_timeout=10, default_retries=0, default_backoff=0, max_lost=3)
-    store = SqliteStore(str(tmp_path / "dts.db"))
     queue = RedisQueue(redis_proc.client(), Keys("test:"))
     clock = Clock()
     yield Env(
         Coordinator(store, queue, cfg, clock=clock, rand=lambda: 0.5), queue, clock, redis_proc
     )
-    store.close()
 
 
 def spec(*argv: str, **kw: object) -> JobSpec:
