@@ -181,7 +181,7 @@ class ServerProcess(Proc):
         redis_url: str,
         *extra: str,
         port: int | None = None,
-        db: Path | None = None,
+        db: Path | str | None = None,
         prefix: str = "dts:",
         probe: ChannelSecurity | None = None,
     ) -> None:

@@ -13,6 +13,7 @@ from dts.errors import InvalidArgument
 from dts.options import ArgumentParser, new_parser, non_negative, parse, parse_hostport, positive
 from dts.queue.redis import DEFAULT_REDIS_URL, check_redis_url
 from dts.server.api.auth import ServerTls, load_tokens
+from dts.server.store.url import parse_store_url
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,8 @@ class ServerConfig:
     listen: str = DEFAULT_SERVER
     redis_url: str = DEFAULT_REDIS_URL
     key_prefix: str = "dts:"
-    db: str = "dts.db"
+    db: str = "dts.db"  # a SQLite path (or sqlite:///PATH), or a postgresql:// URL
+    db_password_file: str = ""
     worker_timeout: float = 30.0
     default_retries: int = 0
     default_backoff: float = 1.0
@@ -40,13 +42,25 @@ class ServerConfig:
 
 
 def server_parser(env: Mapping[str, str] | None = None) -> ArgumentParser:
-    p = new_parser("dts-server", "The dts coordinator: gRPC API, SQLite history, Redis queue.")
+    p = new_parser(
+        "dts-server", "The dts coordinator: gRPC API, history in SQLite or PostgreSQL, Redis queue."
+    )
     environ = os.environ if env is None else env
     state_dir = environ.get("STATE_DIRECTORY", "").split(":")[0] or "."
     p.add_argument("--listen", default=DEFAULT_SERVER, help="gRPC address HOST:PORT")
     p.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="Redis that carries the queue")
     p.add_argument("--key-prefix", default="dts:", help="prefix of every Redis key")
-    p.add_argument("--db", default=os.path.join(state_dir, "dts.db"), help="SQLite database")
+    p.add_argument(
+        "--db",
+        default=os.path.join(state_dir, "dts.db"),
+        help="the history: a SQLite file (PATH or sqlite:///PATH) or a PostgreSQL database "
+        "(postgresql://USER@HOST/DB?OPTIONS, any libpq option)",
+    )
+    p.add_argument(
+        "--db-password-file",
+        default="",
+        help="file holding the PostgreSQL password (default: the URL's, $PGPASSWORD or ~/.pgpass)",
+    )
     p.add_argument(
         "--worker-timeout",
         type=float,
@@ -134,6 +148,7 @@ def load_server_config(
         redis_url=ns.redis_url,
         key_prefix=ns.key_prefix,
         db=ns.db,
+        db_password_file=ns.db_password_file,
         worker_timeout=ns.worker_timeout,
         default_retries=ns.default_retries,
         default_backoff=ns.default_backoff,
@@ -167,9 +182,22 @@ def load_server_config(
     positive("--reconcile-interval", cfg.reconcile_interval)
     positive("--grpc-threads", cfg.grpc_threads)
     positive("--max-waiters", cfg.max_waiters)
-    if not cfg.db:
-        raise InvalidArgument("--db must not be empty")
+    store = parse_store_url(cfg.db)
+    if cfg.db_password_file:
+        if store.kind != "postgres":
+            raise InvalidArgument("--db-password-file is for a postgresql:// --db")
+        read_db_password(cfg.db_password_file)  # refuse an unreadable file now
     return cfg
+
+
+def read_db_password(path: str) -> str:
+    """The password in `path` (its first line); InvalidArgument naming the file otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise InvalidArgument(f"--db-password-file {path}: {why}") from None
 
 
 def _server_tls(ns: Any) -> ServerTls | None:

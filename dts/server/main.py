@@ -27,14 +27,16 @@ from dts.server.api.auth import TokenAuth, load_tokens
 from dts.server.api.health import SERVING, Health
 from dts.server.api.rpc import EventLoop, Pools, anonymous
 from dts.server.api.servicer import SCHEDULER, WORKER_SERVICE, SchedulerServicer, WorkerServicer
-from dts.server.config import ServerConfig, load_server_config
+from dts.server.config import ServerConfig, load_server_config, read_db_password
 from dts.server.coordinator import Coordinator, Settings
 from dts.server.duties.enqueuer import Enqueuer
 from dts.server.duties.loop import Loop
 from dts.server.duties.promoter import Promoter
 from dts.server.duties.reaper import LeaseReaper
 from dts.server.duties.reconciler import Reconciler
+from dts.server.store import Store
 from dts.server.store.sqlite import SqliteStore
+from dts.server.store.url import parse_store_url
 
 log = logging.getLogger("dts.server")
 
@@ -47,7 +49,7 @@ class Server:
 
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
-        self.store = SqliteStore(cfg.db, cfg.sqlite_synchronous)
+        self.store = open_store(cfg)
         client = connect(cfg.redis_url)
         self.queue = RedisQueue(client, Keys(cfg.key_prefix))
         self.coordinator = Coordinator(self.store, self.queue, rules_of(cfg))
@@ -84,7 +86,7 @@ class Server:
             __version__,
             self.cfg.listen,
             _security_note(self.cfg),
-            self.cfg.db,
+            parse_store_url(self.cfg.db).shown,
             redacted_url(self.cfg.redis_url),
             self.cfg.key_prefix,
         )
@@ -161,6 +163,18 @@ class Server:
         assert self.health is not None
         self.health.shutdown()
         self.scheduler.end_streams()  # long-lived SubmitStreams would hold the stop too
+
+
+def open_store(cfg: ServerConfig) -> Store:
+    """The store `--db` names: a SQLite file, or a PostgreSQL database (psycopg is loaded only
+    for that one)."""
+    url = parse_store_url(cfg.db)
+    if url.kind == "postgres":
+        from dts.server.store.postgres import PostgresStore
+
+        password = read_db_password(cfg.db_password_file) if cfg.db_password_file else ""
+        return PostgresStore(url.target, password, max_connections=2 * cfg.grpc_threads + 8)
+    return SqliteStore(url.target, cfg.sqlite_synchronous)
 
 
 def rules_of(cfg: ServerConfig) -> Settings:

@@ -40,7 +40,7 @@ class Layer:
     exact: tuple[str, ...] = ()  # dts modules allowed by their exact name only
 
 
-NO_IO = ("grpc", "google", "redis", "sqlite3", "configargparse", "psycopg")
+NO_IO = ("grpc", "google", "redis", "sqlite3", "configargparse", "psycopg", "psycopg_pool")
 
 # The most specific prefix that names a module decides its layer.
 LAYERS = (
@@ -68,6 +68,13 @@ LAYERS = (
     Layer("dts.server.sessions", MODEL, banned=NO_IO, exact=("dts.server.store",)),
     Layer("dts.server.store", MODEL, banned=NO_IO, own=False),
     Layer("dts.server.store.rows", MODEL, banned=NO_IO, own=False),
+    Layer("dts.server.store.url", MODEL, banned=NO_IO, own=False),
+    Layer(
+        "dts.server.store.postgres",
+        MODEL,
+        banned=("grpc", "redis", "sqlite3"),
+        exact=("dts.server.store", "dts.server.store.rows", "dts.server.store.url"),
+    ),
     Layer(
         "dts.server.store.sqlite",
         MODEL,
@@ -86,7 +93,13 @@ LAYERS = (
     ),
     Layer(
         "dts.server.config",
-        (*SHARED, "dts.daemon.config", "dts.queue.redis", "dts.server.api.auth"),
+        (
+            *SHARED,
+            "dts.daemon.config",
+            "dts.queue.redis",
+            "dts.server.api.auth",
+            "dts.server.store.url",
+        ),
         own=False,
     ),
     Layer("dts.server", (*SHARED, "dts.queue", "dts.daemon", "dts.server")),

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
 import psycopg_pool
@@ -31,7 +29,7 @@ from dts.domain import (
     WorkerInfo,
     submitted_job,
 )
-from dts.errors import DtsError, Internal, InvalidArgument, Unavailable
+from dts.errors import DtsError, Internal, Unavailable
 from dts.server.store.rows import (
     ATTEMPT_COLUMNS,
     INSERT_COLUMNS,
@@ -44,6 +42,7 @@ from dts.server.store.rows import (
     spec_of,
     worker_of,
 )
+from dts.server.store.url import redacted
 
 log = logging.getLogger("dts.store")
 
@@ -51,6 +50,10 @@ SCHEMA_VERSION = 1  # PostgreSQL's own line of versions; it starts where SQLite'
 MIGRATION_LOCK = 0x647473  # pg_advisory_xact_lock key: 'dts'; one migrating server at a time
 INSERT_ROWS = 1000  # jobs one INSERT statement adds (15 parameters each; the limit is 65,535)
 POOL_TIMEOUT = 10.0  # seconds a transaction waits for a connection before UNAVAILABLE
+CONNECT_TIMEOUT = 5  # seconds to connect, unless the URL says (connect_timeout=)
+
+# The pool logs each failed reconnection on several lines; the store's own errors say it once.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 def _literal(value: JobStatus | Outcome) -> str:
@@ -140,35 +143,6 @@ SAVE_WORKER = (
     " state=EXCLUDED.state, running=EXCLUDED.running, registered_at=EXCLUDED.registered_at,"
     " last_heartbeat=EXCLUDED.last_heartbeat, credential=EXCLUDED.credential"
 )
-
-
-def is_postgres_url(db: str) -> bool:
-    return db.startswith(("postgresql://", "postgres://"))
-
-
-def redacted_dsn(url: str) -> str:
-    """A connection URL fit for logs and errors: its password, in the authority or in a
-    `password=` parameter, as ***."""
-    scheme, sep, rest = url.partition("://")
-    authority, slash, tail = rest.partition("/")
-    if "@" in authority:
-        user, _, host = authority.rpartition("@")
-        if ":" in user:
-            user = user.split(":", 1)[0] + ":***"
-        authority = f"{user}@{host}"
-    return scheme + sep + authority + slash + re.sub(r"([?&]password=)[^&]*", r"\1***", tail)
-
-
-def check_dsn(url: str) -> None:
-    """Refuse a PostgreSQL URL libpq would not parse, naming the option, not the password."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - parses the port, raising ValueError when it is not one
-        parse_qsl(parts.query, strict_parsing=bool(parts.query))
-        psycopg.conninfo.conninfo_to_dict(url)
-    except (ValueError, psycopg.ProgrammingError) as e:
-        why = str(e).replace(url, redacted_dsn(url))
-        raise InvalidArgument(f"--db {redacted_dsn(url)}: {why}") from None
 
 
 @contextmanager
@@ -383,10 +357,16 @@ class PostgresStore:
     side by side."""
 
     def __init__(self, url: str, password: str = "", max_connections: int = 16) -> None:
-        self.url = redacted_dsn(url)
-        extra: dict[str, Any] = {"row_factory": dict_row}
+        self.url = redacted(url)
+        extra: dict[str, Any] = {}
         if password:
             extra["password"] = password
+        with _errors("connecting"):
+            if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(url):
+                extra["connect_timeout"] = CONNECT_TIMEOUT  # libpq's default waits for ever
+            # one connection first: its failure says why, where the pool would only time out
+            psycopg.connect(url, **extra).close()
+        extra["row_factory"] = dict_row
         with _errors("connecting"):
             self._pool = psycopg_pool.ConnectionPool(
                 url,
