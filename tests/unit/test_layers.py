@@ -246,7 +246,10 @@ def test_every_module_has_a_layer() -> None:
 @pytest.mark.parametrize(
     ("module", "absent"),
     [
-        ("dts.server.coordinator", ("grpc", "redis", "sqlite3", "google", "configargparse")),
+        (
+            "dts.server.coordinator",
+            ("grpc", "redis", "sqlite3", "google", "configargparse", "psycopg"),
+        ),
         ("dts.domain", ("grpc", "redis", "sqlite3", "google", "configargparse")),
         ("dts.client", ("redis", "sqlite3", "configargparse")),
     ],
