@@ -65,10 +65,19 @@ class Cluster:
             raise RuntimeError("initdb and pg_ctl are not installed (Debian: postgresql)")
         data = self.dir / "data"
         self._run(initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self.resume()
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server (fast: sessions are ended; immediate: as a crash), keeping its data."""
+        self._run(str(_pg_bin("pg_ctl")), "-D", str(self.dir / "data"), "-m", mode, "stop")
+
+    def resume(self) -> None:
+        """Start the stopped server again on the same port."""
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off"
         log = str(self.dir / "postgres.log")  # the server must not hold our pipes open
-        self._run(pg_ctl, "-D", str(data), "-o", options, "-l", log, "-w", "-t", "60", "start")
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        pg_ctl = str(_pg_bin("pg_ctl"))
+        self._run(pg_ctl, "-D", str(self.dir / "data"), "-o", options, "-l", log, "-w", "start")
 
     def stop(self) -> None:
         pg_ctl = _pg_bin("pg_ctl")

@@ -4,7 +4,10 @@ jobs run by a real worker, the history kept across a restart, the password never
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from dts.client import Client
 from dts.domain import JobSpec, JobStatus
@@ -15,8 +18,10 @@ from tests.harness import (
     WorkerProcess,
     clean_env,
     free_port,
+    run_cli,
     wait_until,
 )
+from tests.postgres import Cluster
 
 PASSWORD = "pg-s3cret-word"  # trust auth ignores it; it must show nowhere
 
@@ -106,3 +111,59 @@ def test_an_unreachable_database_fails_the_start_without_showing_the_password() 
     assert r.stderr.count("\n") == 1, r.stderr
     assert PASSWORD not in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[Cluster]:
+    """A PostgreSQL cluster of this test's own, which it may stop and start."""
+    cluster = Cluster()
+    try:
+        cluster.start()
+    except (subprocess.CalledProcessError, RuntimeError, OSError) as e:
+        cluster.stop()
+        pytest.skip(f"cannot start a PostgreSQL cluster: {getattr(e, 'stderr', '') or e}")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_the_server_rides_out_a_database_restart(
+    tmp_path: Path, own_postgres: Cluster, mode: str
+) -> None:
+    redis = RedisProcess(tmp_path)
+    redis.start()
+    url = f"postgresql://postgres@127.0.0.1:{own_postgres.port}/postgres"
+    server = ServerProcess(tmp_path, redis.url, db=url)
+    worker = WorkerProcess(tmp_path, server.address, redis.url, "pgw")
+    try:
+        server.start()
+        worker.start()
+        done = server_submit(server, "--wait")
+        assert done.returncode == 0, done.stderr
+        # When the database goes away
+        own_postgres.halt(mode)
+        # Then a submit is refused in one line, as unavailable (exit 3), with nothing stored
+        refused = server_submit(server)
+        assert refused.returncode == 3, refused.stderr
+        assert "database unavailable" in refused.stderr
+        assert refused.stderr.count("\n") == 1
+        # And when it is back, the server serves again by itself, within seconds
+        own_postgres.resume()
+        wait_until(
+            lambda: server_submit(server, "--wait").returncode == 0,
+            20,
+            what="a submit to succeed after the database came back",
+        )
+        assert server.alive() and worker.alive()
+        with Client(server.address) as c:
+            # (the refused submit stored nothing: two jobs, both run)
+            assert [j.status for j in c.list_jobs(limit=10)] == [JobStatus.SUCCEEDED] * 2
+    finally:
+        worker.stop()
+        server.stop()
+        redis.kill()
+    assert "Traceback" not in server.log_path.read_text()
+
+
+def server_submit(server: ServerProcess, *opts: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(server.address, "submit", *opts, "--", "true")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from dts.errors import Unavailable
 from dts.server.coordinator import Coordinator
 
 log = logging.getLogger("dts.background")
@@ -33,10 +34,19 @@ class Loop:
         """Cut the current sleep short (subclasses wait on more than the stop event)."""
 
     def _run(self) -> None:
+        away = False  # the store is unavailable: said once, until it is back
         while not self._stop.is_set():
             try:
                 delay = self.tick()
-            except Exception:  # a loop must survive a bad tick (store busy, a bug): log, go on
+                if away:
+                    log.info("%s: the store is available again", self.name)
+                    away = False
+            except Unavailable as e:  # the database is down or restarting: not a bug
+                if not away:
+                    log.error("%s: %s; retrying", self.name, e)
+                    away = True
+                delay = 1.0
+            except Exception:  # a loop must survive a bad tick (a bug): log it whole, go on
                 log.exception("%s failed; retrying", self.name)
                 delay = 1.0
             self.sleep(delay)
