@@ -23,6 +23,7 @@ from dts.daemon.startup import launch
 from dts.errors import DtsError, Unavailable
 from dts.options import parse_hostport
 from dts.queue.redis import Keys, RedisQueue, connect, redacted_url
+from dts.server import history
 from dts.server.api.auth import TokenAuth, load_tokens
 from dts.server.api.health import SERVING, Health
 from dts.server.api.rpc import EventLoop, Pools, anonymous
@@ -213,9 +214,12 @@ def _bind_error(address: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["copy-history"]:
+        return history.main(args[1:])
     return launch(
         PROG,
-        lambda: load_server_config(argv),
+        lambda: load_server_config(args),
         run,
         log=log,
         failure="cannot start: %s",

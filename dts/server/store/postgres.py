@@ -168,6 +168,10 @@ class PostgresTransaction:
     def __init__(self, conn: psycopg.Connection[DictRow]) -> None:
         self._c = conn
 
+    @property
+    def connection(self) -> psycopg.Connection[DictRow]:
+        return self._c
+
     def insert_jobs(self, specs: Sequence[JobSpec], now: float) -> list[Job]:
         jobs: list[Job] = []
         for i in range(0, len(specs), INSERT_ROWS):
@@ -431,6 +435,32 @@ class PostgresStore:
     def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with _errors("reading"), self._pool.connection() as conn:
             return conn.execute(sql, args).fetchall()
+
+    # ---- copying a history (dts-server copy-history) --------------------------------------
+
+    PARAM = "%s"
+
+    def read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """Rows of a query written with PARAM as its placeholder, readable by column name."""
+        return self._all(sql, args)
+
+    def put_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert rows as they are, ids included, in one transaction (COPY: one round trip)."""
+        with (
+            self.transaction() as tx,
+            _errors("copying"),
+            tx.connection.cursor().copy(f"COPY {table} ({','.join(columns)}) FROM STDIN") as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
+
+    def ids_copied(self) -> None:
+        """New jobs get ids after the largest copied one."""
+        with self.transaction() as tx:
+            tx.connection.execute(
+                "SELECT setval(pg_get_serial_sequence('jobs', 'id'),"
+                " (SELECT coalesce(max(id), 0) + 1 FROM jobs), false)"
+            )
 
     def get_job(self, job_id: int) -> Job | None:
         rows = self._all(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,))

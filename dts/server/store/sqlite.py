@@ -455,6 +455,23 @@ class SqliteStore:
         with self._lock:
             return self._c.execute(sql, args).fetchall()
 
+    # ---- copying a history (dts-server copy-history) --------------------------------------
+
+    PARAM = "?"
+
+    def read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """Rows of a query written with PARAM as its placeholder, readable by column name."""
+        return self._all(sql, args)
+
+    def put_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert rows as they are, ids included, in one transaction."""
+        marks = ",".join("?" * len(columns))
+        with self.transaction():
+            self._c.executemany(f"INSERT INTO {table} ({','.join(columns)}) VALUES ({marks})", rows)
+
+    def ids_copied(self) -> None:
+        """Nothing to do: AUTOINCREMENT goes on after the largest id ever inserted."""
+
     def get_job(self, job_id: int) -> Job | None:
         rows = self._all(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         return job_of(rows[0]) if rows else None
