@@ -251,7 +251,7 @@ def test_every_module_has_a_layer() -> None:
             ("grpc", "redis", "sqlite3", "google", "configargparse", "psycopg"),
         ),
         ("dts.domain", ("grpc", "redis", "sqlite3", "google", "configargparse")),
-        ("dts.client", ("redis", "sqlite3", "configargparse")),
+        ("dts.client", ("redis", "sqlite3", "configargparse", "psycopg")),
     ],
 )
 def test_what_a_module_loads_at_run_time(module: str, absent: tuple[str, ...]) -> None:
