@@ -139,6 +139,21 @@ def test_ids_increase(store: SqliteStore) -> None:
     assert ids == sorted(ids) and len(set(ids)) == 3
 
 
+def test_a_big_batch_reads_back_as_it_was_returned(store: SqliteStore) -> None:
+    # (a store may take another path for big batches: PostgreSQL's COPY)
+    specs = [
+        spec(f"job {i}", NASTY, name=f"n{i}", env=(("K", f"v{i}\t\\"),), delay=float(i % 2))
+        for i in range(300)
+    ]
+    jobs = add(store, *specs)
+    ids = [j.id for j in jobs]
+    assert ids == sorted(ids) and len(set(ids)) == 300
+    assert [j.spec for j in jobs] == specs
+    assert [store.get_job(i) for i in ids] == jobs
+    [after] = add(store, spec("after"))
+    assert after.id > ids[-1]
+
+
 def test_missing_job_is_none(store: SqliteStore) -> None:
     assert store.get_job(12345) is None
     with store.transaction() as tx:
