@@ -72,7 +72,8 @@ def dirs() -> Iterator[Path]:
     base = Path(tempfile.mkdtemp(prefix="dts-cwd-", dir="/tmp"))
     try:
         base.chmod(0o755)
-        (base / "open").mkdir(mode=0o755)
+        (base / "open").mkdir()
+        (base / "open").chmod(0o755)  # whatever the umask
         (base / "private" / "exists").mkdir(parents=True)
         os.chown(base / "private", 12345, 12345)
         (base / "private").chmod(0o700)
@@ -116,7 +117,7 @@ def test_a_run_as_job_enters_its_directory_with_its_own_users_rights(
         done = [client.wait(j.id, timeout=30) for j in jobs]
         out = client.logs(jobs[0].id).stdout
     # Then a directory nobody may enter works as before
-    assert (done[0].status, out) == (JobStatus.SUCCEEDED, f"{opened}\n".encode())
+    assert (done[0].status, out) == (JobStatus.SUCCEEDED, f"{opened}\n".encode()), done[0]
     # A missing one that nobody could look for is missing, as for anyone
     assert (done[1].exit_code, done[1].error) == (
         127,
