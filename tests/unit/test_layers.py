@@ -70,16 +70,27 @@ LAYERS = (
     Layer("dts.server.store.rows", MODEL, banned=NO_IO, own=False),
     Layer("dts.server.store.url", MODEL, banned=NO_IO, own=False),
     Layer(
+        "dts.server.store.reads",
+        MODEL,
+        banned=NO_IO,
+        exact=("dts.server.store.rows",),
+    ),
+    Layer(
         "dts.server.store.postgres",
         MODEL,
         banned=("grpc", "redis", "sqlite3"),
-        exact=("dts.server.store", "dts.server.store.rows", "dts.server.store.url"),
+        exact=(
+            "dts.server.store",
+            "dts.server.store.reads",
+            "dts.server.store.rows",
+            "dts.server.store.url",
+        ),
     ),
     Layer(
         "dts.server.store.sqlite",
         MODEL,
         banned=("grpc", "redis"),
-        exact=("dts.server.store", "dts.server.store.rows"),
+        exact=("dts.server.store", "dts.server.store.reads", "dts.server.store.rows"),
     ),
     Layer(
         "dts.server.duties",

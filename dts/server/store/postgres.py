@@ -19,17 +19,16 @@ from dts.domain import (
     Attempt,
     AttemptKey,
     Job,
-    JobFilter,
     JobSpec,
     JobStatus,
     Outcome,
     Output,
     Result,
-    StatCount,
     WorkerInfo,
     submitted_job,
 )
 from dts.errors import DtsError, Internal, Unavailable
+from dts.server.store.reads import QUEUED, RUNNING, SCHEDULED, SqlReads, literal
 from dts.server.store.rows import (
     ATTEMPT_COLUMNS,
     INSERT_COLUMNS,
@@ -57,15 +56,8 @@ CONNECT_TIMEOUT = 5  # seconds to connect, unless the URL says (connect_timeout=
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
-def _literal(value: JobStatus | Outcome) -> str:
-    return "'" + value.value.replace("'", "''") + "'"
-
-
-SCHEDULED: Final = _literal(JobStatus.SCHEDULED)
-QUEUED: Final = _literal(JobStatus.QUEUED)
-RUNNING: Final = _literal(JobStatus.RUNNING)
-SUCCEEDED: Final = _literal(JobStatus.SUCCEEDED)
-ATTEMPT_SUCCEEDED: Final = _literal(Outcome.SUCCEEDED)
+SUCCEEDED: Final = literal(JobStatus.SUCCEEDED)
+ATTEMPT_SUCCEEDED: Final = literal(Outcome.SUCCEEDED)
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -373,7 +365,7 @@ class PostgresTransaction:
         self._c.execute("DELETE FROM workers WHERE name = %s", (name,))
 
 
-class PostgresStore:
+class PostgresStore(SqlReads):
     """A Store on a PostgreSQL database, through a pool of connections. Thread-safe. Writing
     transactions are serialised in this process, as the SQLite store's are; readers run
     side by side."""
@@ -458,10 +450,6 @@ class PostgresStore:
 
     PARAM = "%s"
 
-    def read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        """Rows of a query written with PARAM as its placeholder, readable by column name."""
-        return self._all(sql, args)
-
     def put_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Insert rows as they are, ids included, in one transaction (COPY: one round trip)."""
         with (
@@ -479,89 +467,6 @@ class PostgresStore:
                 "SELECT setval(pg_get_serial_sequence('jobs', 'id'),"
                 " (SELECT coalesce(max(id), 0) + 1 FROM jobs), false)"
             )
-
-    def get_job(self, job_id: int) -> Job | None:
-        rows = self._all(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,))
-        return job_of(rows[0]) if rows else None
-
-    def list_jobs(self, flt: JobFilter) -> list[Job]:
-        where, args = [], []
-        if flt.status is not None:
-            where.append("status = %s")
-            args.append(flt.status.value)
-        if flt.queue is not None:
-            where.append("queue = %s")
-            args.append(flt.queue)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self._all(
-            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT %s",
-            (*args, flt.limit),
-        )
-        return [job_of(r) for r in rows]
-
-    def attempts(self, job_id: int) -> list[Attempt]:
-        rows = self._all(
-            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = %s ORDER BY attempt",
-            (job_id,),
-        )
-        return [attempt_of(r) for r in rows]
-
-    def output(self, job_id: int, attempt: int) -> Output | None:
-        rows = self._all(
-            "SELECT attempt, stdout, stderr FROM attempts WHERE job_id = %s AND attempt = %s",
-            (job_id, attempt),
-        )
-        if not rows:
-            return None
-        row = rows[0]
-        return Output(row["attempt"], bytes(row["stdout"]), bytes(row["stderr"]))
-
-    def stats(self) -> list[StatCount]:
-        rows = self._all(
-            "SELECT queue, status, count(*) AS count FROM jobs GROUP BY queue, status"
-            " ORDER BY queue, status"
-        )
-        return [StatCount(r["queue"], JobStatus(r["status"]), r["count"]) for r in rows]
-
-    def workers(self) -> list[WorkerInfo]:
-        return [
-            worker_of(r) for r in self._all(f"SELECT {WORKER_COLUMNS} FROM workers ORDER BY name")
-        ]
-
-    def due_jobs(self, now: float, limit: int) -> list[int]:
-        rows = self._all(
-            f"SELECT id FROM jobs WHERE status = {SCHEDULED} AND run_at <= %s"
-            " ORDER BY run_at LIMIT %s",
-            (now, limit),
-        )
-        return [r["id"] for r in rows]
-
-    def next_run_at(self) -> float | None:
-        rows = self._all(f"SELECT min(run_at) AS earliest FROM jobs WHERE status = {SCHEDULED}")
-        value = rows[0]["earliest"]
-        return float(value) if value is not None else None
-
-    def expired_leases(self, now: float, limit: int) -> list[int]:
-        rows = self._all(
-            f"SELECT id FROM jobs WHERE status = {RUNNING} AND lease_expires_at < %s"
-            " ORDER BY lease_expires_at LIMIT %s",
-            (now, limit),
-        )
-        return [r["id"] for r in rows]
-
-    def running_of(self, worker: str) -> list[Job]:
-        rows = self._all(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = {RUNNING} AND worker = %s", (worker,)
-        )
-        return [job_of(r) for r in rows]
-
-    def queued(self, after_id: int, limit: int) -> list[Job]:
-        rows = self._all(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = {QUEUED} AND id > %s"
-            " ORDER BY id LIMIT %s",
-            (after_id, limit),
-        )
-        return [job_of(r) for r in rows]
 
     def statuses(self, ids: Sequence[int]) -> dict[int, Job]:
         rows = self._all(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY(%s)", (list(ids),))

@@ -10,7 +10,6 @@ import stat
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from enum import StrEnum
 from typing import Any, Final
 
 from dts.domain import (
@@ -18,18 +17,17 @@ from dts.domain import (
     Attempt,
     AttemptKey,
     Job,
-    JobFilter,
     JobSpec,
     JobStatus,
     Outcome,
     Output,
     Result,
-    StatCount,
     WorkerInfo,
     submitted_job,
 )
 from dts.errors import Internal, Unavailable
 from dts.server.store import chunks
+from dts.server.store.reads import RUNNING, SCHEDULED, SqlReads, literal
 from dts.server.store.rows import (
     ATTEMPT_COLUMNS,
     INSERT_COLUMNS,
@@ -49,27 +47,15 @@ SCHEMA_VERSION = 3
 BATCH_ROWS = 400  # rows one statement touches by an IN list (SQLite allows 32,766 variables)
 
 
-def _literal(value: StrEnum) -> str:
-    """`value` as an SQL string literal, e.g. 'running'."""
-    return "'" + value.value.replace("'", "''") + "'"
-
-
-# Statuses go into the SQL text as literals, not as bound parameters: a partial index
-# (WHERE status = 'running') serves only a query that names the same literal, and the
-# index's own DDL takes no parameters.
-SCHEDULED: Final = _literal(JobStatus.SCHEDULED)
-QUEUED: Final = _literal(JobStatus.QUEUED)
-RUNNING: Final = _literal(JobStatus.RUNNING)
-
 # The status changes this store makes in bulk, as a compare-and-set in SQL, so not one job at a
 # time through the coordinator's _move and its domain.can_transition check. The SQL is built
 # from these, and a unit test checks each against the domain's transition table.
 CLAIM: Final = (JobStatus.QUEUED, JobStatus.RUNNING)
 FINISH: Final = (JobStatus.RUNNING, JobStatus.SUCCEEDED)
 BULK_MOVES: Final = (CLAIM, FINISH)
-CLAIM_FROM, CLAIM_TO = (_literal(status) for status in CLAIM)
-FINISH_FROM, FINISH_TO = (_literal(status) for status in FINISH)
-ATTEMPT_SUCCEEDED: Final = _literal(Outcome.SUCCEEDED)  # the outcome an attempt then records
+CLAIM_FROM, CLAIM_TO = (literal(status) for status in CLAIM)
+FINISH_FROM, FINISH_TO = (literal(status) for status in FINISH)
+ATTEMPT_SUCCEEDED: Final = literal(Outcome.SUCCEEDED)  # the outcome an attempt then records
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -375,7 +361,7 @@ def _warn_if_exposed(path: str) -> None:
         )
 
 
-class SqliteStore:
+class SqliteStore(SqlReads):
     """A Store on one SQLite file. Thread-safe: one connection, one lock."""
 
     def __init__(self, path: str, synchronous: str = "full") -> None:
@@ -459,10 +445,6 @@ class SqliteStore:
 
     PARAM = "?"
 
-    def read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        """Rows of a query written with PARAM as its placeholder, readable by column name."""
-        return self._all(sql, args)
-
     def put_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Insert rows as they are, ids included, in one transaction."""
         marks = ",".join("?" * len(columns))
@@ -471,88 +453,6 @@ class SqliteStore:
 
     def ids_copied(self) -> None:
         """Nothing to do: AUTOINCREMENT goes on after the largest id ever inserted."""
-
-    def get_job(self, job_id: int) -> Job | None:
-        rows = self._all(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
-        return job_of(rows[0]) if rows else None
-
-    def list_jobs(self, flt: JobFilter) -> list[Job]:
-        where, args = [], []
-        if flt.status is not None:
-            where.append("status = ?")
-            args.append(flt.status.value)
-        if flt.queue is not None:
-            where.append("queue = ?")
-            args.append(flt.queue)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self._all(
-            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?",
-            (*args, flt.limit),
-        )
-        return [job_of(r) for r in rows]
-
-    def attempts(self, job_id: int) -> list[Attempt]:
-        rows = self._all(
-            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ? ORDER BY attempt", (job_id,)
-        )
-        return [attempt_of(r) for r in rows]
-
-    def output(self, job_id: int, attempt: int) -> Output | None:
-        rows = self._all(
-            "SELECT attempt, stdout, stderr FROM attempts WHERE job_id = ? AND attempt = ?",
-            (job_id, attempt),
-        )
-        if not rows:
-            return None
-        row = rows[0]
-        return Output(row["attempt"], bytes(row["stdout"]), bytes(row["stderr"]))
-
-    def stats(self) -> list[StatCount]:
-        rows = self._all(
-            "SELECT queue, status, count(*) AS count FROM jobs GROUP BY queue, status"
-            " ORDER BY queue, status"
-        )
-        return [StatCount(r["queue"], JobStatus(r["status"]), r["count"]) for r in rows]
-
-    def workers(self) -> list[WorkerInfo]:
-        return [
-            worker_of(r) for r in self._all(f"SELECT {WORKER_COLUMNS} FROM workers ORDER BY name")
-        ]
-
-    def due_jobs(self, now: float, limit: int) -> list[int]:
-        rows = self._all(
-            f"SELECT id FROM jobs WHERE status = {SCHEDULED} AND run_at <= ?"
-            " ORDER BY run_at LIMIT ?",
-            (now, limit),
-        )
-        return [r["id"] for r in rows]
-
-    def next_run_at(self) -> float | None:
-        rows = self._all(f"SELECT min(run_at) AS earliest FROM jobs WHERE status = {SCHEDULED}")
-        value = rows[0]["earliest"]
-        return float(value) if value is not None else None
-
-    def expired_leases(self, now: float, limit: int) -> list[int]:
-        rows = self._all(
-            f"SELECT id FROM jobs WHERE status = {RUNNING} AND lease_expires_at < ?"
-            " ORDER BY lease_expires_at LIMIT ?",
-            (now, limit),
-        )
-        return [r["id"] for r in rows]
-
-    def running_of(self, worker: str) -> list[Job]:
-        rows = self._all(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = {RUNNING} AND worker = ?", (worker,)
-        )
-        return [job_of(r) for r in rows]
-
-    def queued(self, after_id: int, limit: int) -> list[Job]:
-        rows = self._all(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = {QUEUED} AND id > ?"
-            " ORDER BY id LIMIT ?",
-            (after_id, limit),
-        )
-        return [job_of(r) for r in rows]
 
     def statuses(self, ids: Sequence[int]) -> dict[int, Job]:
         found: dict[int, Job] = {}
