@@ -8,11 +8,16 @@ import subprocess
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from dts.client import Client
 from dts.server.store import Store
+
+if TYPE_CHECKING:
+    from tests.postgres import Databases
+from tests import harness
 from tests.harness import RedisProcess, ServerProcess, WorkerProcess, run_cli
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -95,7 +100,38 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+STORES = ("sqlite", "postgres")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes `dts_store` (every system test does) runs once on each store, unless it
+    is marked single_store: it names its store itself."""
+    if "dts_store" in metafunc.fixturenames and not metafunc.definition.get_closest_marker(
+        "single_store"
+    ):
+        metafunc.parametrize("dts_store", STORES, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def dts_store(request: pytest.FixtureRequest) -> Iterator[Databases | None]:
+    """The store the dts-servers the tests start keep their history in, when not given one: a
+    SQLite file in their directory, or (param "postgres") a PostgreSQL database of their own.
+    Fixtures that start a server take this one, so that they start again for the other store."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield None
+        return
+    from tests.postgres import Databases
+
+    databases = Databases(request.getfixturevalue("postgres_server"))
+    harness.default_db = databases.for_dir
+    try:
+        yield databases
+    finally:
+        harness.default_db = harness.sqlite_file
+        databases.drop_since(0)
+
+
+@pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """Each store in turn, empty: a test that takes it is the contract both must keep."""
     if request.param == "sqlite":
@@ -174,7 +210,9 @@ def make_cluster(
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, dts_store: Databases | None
+) -> Iterator[Cluster]:
     """Shared by a module: server (2 s worker timeout) and two workers of concurrency 2."""
     c = make_cluster(
         tmp_path_factory.mktemp("cluster"),
@@ -188,7 +226,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def fresh_cluster(tmp_path: Path) -> Iterator[Cluster]:
+def fresh_cluster(tmp_path: Path, dts_store: Databases | None) -> Iterator[Cluster]:
     """A cluster of one's own with no workers yet (tests add the workers they need)."""
     c = make_cluster(tmp_path, 0, "--worker-timeout", "2")
     yield c

@@ -172,8 +172,17 @@ class RedisProcess(Proc):
             raise
 
 
+def sqlite_file(workdir: Path) -> Path | str:
+    return workdir / "dts.db"
+
+
+#: Where a ServerProcess not given a db keeps its history, by its directory: a SQLite file there,
+#: unless the tests' `dts_store` fixture switched to a PostgreSQL database per directory.
+default_db: Callable[[Path], Path | str] = sqlite_file
+
+
 class ServerProcess(Proc):
-    """A dts-server with its own SQLite file."""
+    """A dts-server with its own store (the db given, else `default_db` of its directory)."""
 
     def __init__(
         self,
@@ -187,7 +196,7 @@ class ServerProcess(Proc):
     ) -> None:
         self.port = port or free_port()
         self.probe = probe  # how start() reaches the server to see it serving
-        self.db = db or workdir / "dts.db"
+        self.db = db or default_db(workdir)
         self.address = f"127.0.0.1:{self.port}"
         super().__init__(
             [

@@ -114,14 +114,45 @@ def server() -> Iterator[str]:
         cluster.stop()
 
 
-@contextlib.contextmanager
-def database(admin_url: str) -> Iterator[str]:
-    """A new, empty database on the server of `admin_url`, dropped at the end."""
+def create_database(admin_url: str) -> str:
+    """A new, empty database on the server of `admin_url`; its URL."""
     name = f"dts_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    """Drop the database of `url`, ending whatever sessions it still has."""
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def database(admin_url: str) -> Iterator[str]:
+    """A new, empty database on the server of `admin_url`, dropped at the end."""
+    url = create_database(admin_url)
     try:
-        yield admin_url.rsplit("/", 1)[0] + "/" + name
+        yield url
     finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(admin_url, url)
+
+
+class Databases:
+    """A database per directory, made when first asked for: what a dts-server started by the
+    tests in that directory keeps its history in when the tests run on PostgreSQL."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.made: dict[Path, str] = {}
+
+    def for_dir(self, workdir: Path) -> str:
+        if workdir not in self.made:
+            self.made[workdir] = create_database(self.admin_url)
+        return self.made[workdir]
+
+    def drop_since(self, count: int) -> None:
+        """Drop the databases made after the first `count` (their servers have stopped)."""
+        for workdir in list(self.made)[count:]:
+            drop_database(self.admin_url, self.made.pop(workdir))

@@ -26,7 +26,7 @@ ACCEPTABLE = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def server(tmp_path_factory: pytest.TempPathFactory, dts_store: object) -> Iterator[Cluster]:
     c = make_cluster(tmp_path_factory.mktemp("bad"), 1, worker_args=("--concurrency", "2"))
     yield c
     c.stop()
@@ -282,7 +282,7 @@ REFUSALS = {  # each rule broken, and the words its refusal must contain
 
 
 @pytest.fixture(scope="module")
-def rules_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def rules_server(tmp_path_factory: pytest.TempPathFactory, dts_store: object) -> Iterator[Any]:
     """A server of its own (no worker: the jobs are years ahead anyway), so the big jobs
     stored here do not swell the other tests' listings."""
     c = make_cluster(tmp_path_factory.mktemp("rules"), 0)

@@ -18,6 +18,8 @@ import pytest
 
 from tests.harness import clean_env
 
+pytestmark = pytest.mark.single_store  # names its store itself: runs once
+
 REPO = Path(__file__).resolve().parents[2]
 # the --smoke sizes, stated here: the report must say it ran them
 N, QUEUED = 50, 200

@@ -16,6 +16,8 @@ from dts.server.store.postgres import PostgresStore
 from dts.server.store.sqlite import SqliteStore
 from tests.harness import BIN, clean_env
 
+pytestmark = pytest.mark.single_store  # names its store itself: runs once
+
 JOBS = 10_000
 
 

@@ -33,6 +33,8 @@ from tests.harness import (
     wait_until,
 )
 
+pytestmark = pytest.mark.single_store  # names its store itself: runs once
+
 LAUNCH_TIMEOUT = 40.0  # the launcher itself gives up after 30 s
 
 

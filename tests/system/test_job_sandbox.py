@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(find_prlimit() is None, reason="util-linux prlim
 
 
 @pytest.fixture(scope="module")
-def sandboxed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def sandboxed(tmp_path_factory: pytest.TempPathFactory, dts_store: object) -> Iterator[Cluster]:
     """One worker with secrets in its environment, a --pass-env glob and operator limits."""
     c = make_cluster(tmp_path_factory.mktemp("sandbox"), 0)
     c.add_worker(

@@ -27,6 +27,8 @@ from tests.harness import (
     wait_until,
 )
 
+pytestmark = pytest.mark.single_store  # names its store itself: runs once
+
 ISO_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) ")
 PRIORITY_LINE = re.compile(r"^<([0-7])>")
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d")

@@ -23,6 +23,8 @@ from tests.harness import (
 )
 from tests.postgres import Cluster
 
+pytestmark = pytest.mark.single_store  # names its store itself: runs once
+
 PASSWORD = "pg-s3cret-word"  # trust auth ignores it; it must show nowhere
 
 

@@ -22,6 +22,8 @@ import pytest
 from dts.devrun import SUPERVISOR_TEMPLATE, supervisor_config, worker_names
 from tests.harness import BIN, RedisProcess, clean_env, free_port, pid_alive, run_cli, wait_until
 
+pytestmark = pytest.mark.single_store  # names its store itself: runs once
+
 
 @dataclass
 class Supervised:
