@@ -548,6 +548,13 @@ class Coordinator:
         """Answer every pending WaitJob now, with the job as it is (used when stopping)."""
         self.waiters.notify(self.waiters.job_ids())
 
+    def wake_finished(self) -> None:
+        """Wake the waiters of jobs found final (they may have ended through another server)."""
+        waited = self.waiters.job_ids()
+        if waited:
+            jobs = self.store.statuses(waited)
+            self.waiters.notify([i for i, job in jobs.items() if job.status.final])
+
     def next_due(self) -> float | None:
         return self.store.next_run_at()
 

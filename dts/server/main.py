@@ -31,10 +31,12 @@ from dts.server.api.servicer import SCHEDULER, WORKER_SERVICE, SchedulerServicer
 from dts.server.config import ServerConfig, load_server_config, read_db_password
 from dts.server.coordinator import Coordinator, Settings
 from dts.server.duties.enqueuer import Enqueuer
+from dts.server.duties.lead import Leadership
 from dts.server.duties.loop import Loop
 from dts.server.duties.promoter import Promoter
 from dts.server.duties.reaper import LeaseReaper
 from dts.server.duties.reconciler import Reconciler
+from dts.server.duties.waitpoll import WaitPoller
 from dts.server.store import Store
 from dts.server.store.sqlite import SqliteStore
 from dts.server.store.url import parse_store_url
@@ -54,12 +56,15 @@ class Server:
         client = connect(cfg.redis_url)
         self.queue = RedisQueue(client, Keys(cfg.key_prefix))
         self.coordinator = Coordinator(self.store, self.queue, rules_of(cfg))
+        lead = Leadership(self.coordinator)  # these three run on one server at a time
         self.loops: list[Loop] = [
             Enqueuer(self.coordinator),
-            Promoter(self.coordinator),
-            LeaseReaper(self.coordinator),
-            Reconciler(self.coordinator, cfg.reconcile_interval),
+            Promoter(self.coordinator, lead),
+            LeaseReaper(self.coordinator, lead),
+            Reconciler(self.coordinator, lead, cfg.reconcile_interval),
         ]
+        if self.store.shared:  # a job waited for here may end through another server
+            self.loops.append(WaitPoller(self.coordinator))
         self.auth = TokenAuth(load_tokens(cfg.tokens_file)) if cfg.tokens_file else None
         self.pools = Pools(cfg.grpc_threads)
         self.scheduler = SchedulerServicer(self.coordinator, self.pools)
@@ -76,7 +81,6 @@ class Server:
             raise Unavailable(f"cannot listen on {self.cfg.listen}: {problem}")
         self.events.start()
         self.events.call(self._listen())
-        self.coordinator.grace_leases()
         self.coordinator.check_redis()
         self.coordinator.reconcile_needed.set()  # Redis may have lost jobs while we were down
         for loop in self.loops:

@@ -81,11 +81,13 @@ LAYERS = (
         banned=("grpc", "redis", "sqlite3"),
         exact=(
             "dts.server.store",
+            "dts.server.store.lead",
             "dts.server.store.reads",
             "dts.server.store.rows",
             "dts.server.store.url",
         ),
     ),
+    Layer("dts.server.store.lead", MODEL, banned=("grpc", "redis", "sqlite3"), own=False),
     Layer(
         "dts.server.store.sqlite",
         MODEL,

@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 from dts.errors import Unavailable
 from dts.server.coordinator import Coordinator
 
+if TYPE_CHECKING:
+    from dts.server.duties.lead import Leadership
+
 log = logging.getLogger("dts.background")
+
+FOLLOW = 1.0  # seconds between looks at the lead, for a duty that waits for it
 
 
 class Loop:
-    """A daemon thread that calls `tick()` until stopped; `tick()` returns seconds to sleep."""
+    """A daemon thread that calls `tick()` until stopped; `tick()` returns seconds to sleep.
+    Given a `lead`, it ticks only while this server holds it (a duty run once among servers)."""
 
     name = "loop"
 
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Coordinator, lead: Leadership | None = None) -> None:
         self.c = coordinator
+        self.lead = lead
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"dts-{self.name}", daemon=True)
 
@@ -37,7 +45,7 @@ class Loop:
         away = False  # the store is unavailable: said once, until it is back
         while not self._stop.is_set():
             try:
-                delay = self.tick()
+                delay = self.tick() if self.lead is None or self.lead.held() else FOLLOW
                 if away:
                     log.info("%s: the store is available again", self.name)
                     away = False

@@ -6,6 +6,7 @@ import logging
 import time
 
 from dts.server.coordinator import Coordinator
+from dts.server.duties.lead import Leadership
 from dts.server.duties.loop import Loop
 
 log = logging.getLogger("dts.background")
@@ -16,8 +17,8 @@ class Reconciler(Loop):
 
     name = "reconciler"
 
-    def __init__(self, coordinator: Coordinator, interval: float) -> None:
-        super().__init__(coordinator)
+    def __init__(self, coordinator: Coordinator, lead: Leadership, interval: float) -> None:
+        super().__init__(coordinator, lead)
         self.interval = interval  # seconds between full checks (--reconcile-interval)
         self._last_full = 0.0
 

@@ -1,8 +1,8 @@
 """The store interface the coordinator relies on, with one module per implementation beside it.
 
 This package holds the `Store` and `Transaction` protocols, and `chunks`, which the
-implementations share; each implementation is a module of its own in it: sqlite.py today (a
-PostgreSQL store would be postgres.py beside it).
+implementations share; each implementation is a module of its own in it: sqlite.py and
+postgres.py (with lead.py, the lead among servers that share a database).
 
 A store keeps jobs, attempts (with captured output) and workers. Every change happens inside
 `transaction()`, which is atomic and serialised with other writers; reads outside a
@@ -80,6 +80,14 @@ class Transaction(Protocol):
 
 class Store(Protocol):
     """Durable home of jobs, their history and the worker registry."""
+
+    #: Other servers may use this store at the same time (PostgreSQL); a SQLite file is one
+    #: server's own.
+    shared: bool
+
+    def lead(self) -> bool:
+        """Whether this server may run the duties that must run on one server at a time: it
+        holds the store's lead (taking it when free), always so for a store of its own."""
 
     def transaction(self, durable: bool = True) -> AbstractContextManager[Transaction]:
         """One atomic unit of work; durable=False: it may be lost with the machine (not with

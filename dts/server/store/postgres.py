@@ -28,6 +28,7 @@ from dts.domain import (
     submitted_job,
 )
 from dts.errors import DtsError, Internal, Unavailable
+from dts.server.store.lead import Lead
 from dts.server.store.reads import QUEUED, RUNNING, SCHEDULED, SqlReads, literal
 from dts.server.store.rows import (
     ATTEMPT_COLUMNS,
@@ -368,7 +369,7 @@ class PostgresTransaction:
 class PostgresStore(SqlReads):
     """A Store on a PostgreSQL database, through a pool of connections. Thread-safe. Writing
     transactions are serialised in this process, as the SQLite store's are; readers run
-    side by side."""
+    side by side; other servers' transactions meet ours in PostgreSQL's row locks."""
 
     def __init__(self, url: str, password: str = "", max_connections: int = 16) -> None:
         self.url = redacted(url)
@@ -380,6 +381,7 @@ class PostgresStore(SqlReads):
                 extra["connect_timeout"] = CONNECT_TIMEOUT  # libpq's default waits for ever
             # one connection first: its failure says why, where the pool would only time out
             psycopg.connect(url, **extra).close()
+        self._lead = Lead(url, dict(extra))
         extra["row_factory"] = dict_row
         with _errors("connecting"):
             self._pool = psycopg_pool.ConnectionPool(
@@ -472,5 +474,11 @@ class PostgresStore(SqlReads):
         rows = self._all(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY(%s)", (list(ids),))
         return {job.id: job for job in map(job_of, rows)}
 
+    shared = True  # several servers may serve from one database
+
+    def lead(self) -> bool:
+        return self._lead.held()
+
     def close(self) -> None:
+        self._lead.close()
         self._pool.close()

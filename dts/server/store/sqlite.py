@@ -463,6 +463,11 @@ class SqliteStore(SqlReads):
                 found[job.id] = job
         return found
 
+    shared = False  # the file is locked to one server
+
+    def lead(self) -> bool:
+        return True
+
     def close(self) -> None:
         with self._lock:
             self._c.close()
