@@ -463,6 +463,18 @@ QUEUE_NAME_CHARS: Final = frozenset(
 )
 
 
+MAX_SUBMIT_KEY_CHARS = 128
+
+
+def validate_submit_key(key: str) -> None:
+    """A submit's key (the client's name for it, so that a retry is not stored twice): empty
+    (none), or up to MAX_SUBMIT_KEY_CHARS printable ASCII characters."""
+    if len(key) > MAX_SUBMIT_KEY_CHARS or not (key.isascii() and key.isprintable()):
+        raise InvalidArgument(
+            f"a submit key is at most {MAX_SUBMIT_KEY_CHARS} printable ASCII characters"
+        )
+
+
 def validate_queue_name(queue: str) -> None:
     if not queue or len(queue) > 64 or not set(queue) <= QUEUE_NAME_CHARS:
         raise InvalidArgument(

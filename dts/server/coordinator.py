@@ -36,6 +36,7 @@ from dts.domain import (
     WorkerState,
     validate_queue_name,
     validate_spec,
+    validate_submit_key,
 )
 from dts.errors import (
     DtsError,
@@ -56,6 +57,7 @@ log = logging.getLogger("dts.coordinator")
 MAX_BATCH = 100_000  # jobs in one submit call
 MAX_LIST = 10_000  # jobs in one listing
 WORKER_RETENTION = 86400.0  # seconds a stopped or lost worker stays listed
+SUBMIT_KEY_RETENTION = 86400.0  # seconds a submit's key keeps a retry from storing it again
 
 
 @dataclass(frozen=True)
@@ -114,43 +116,75 @@ class Coordinator:
 
     # ---- client-facing --------------------------------------------------------------------
 
-    def submit(self, specs: Sequence[JobSpec]) -> list[Job]:
-        """Store the jobs (durable when this returns) and queue the ones due now."""
-        (outcome,) = self.store_submits([specs])
+    def submit(self, specs: Sequence[JobSpec], key: str = "") -> list[Job]:
+        """Store the jobs (durable when this returns) and queue the ones due now. A submit
+        whose `key` an earlier one had gets that one's jobs, as they are now."""
+        (outcome,) = self.store_submits([specs], [key])
         if isinstance(outcome, DtsError):
             raise outcome
         self.queue_submitted(outcome)
         return outcome
 
-    def store_submits(self, batches: Sequence[Sequence[JobSpec]]) -> list[list[Job] | DtsError]:
+    def store_submits(
+        self, batches: Sequence[Sequence[JobSpec]], keys: Sequence[str] = ()
+    ) -> list[list[Job] | DtsError]:
         """Store several submits in one transaction (one commit for all: group commit).
 
         Each batch is judged on its own: a refused one gets its error in its place and keeps
-        nothing; the others are stored. `queue_submitted` must follow for the stored jobs.
+        nothing; the others are stored. A batch with the key (`keys`, in step with `batches`;
+        '' for none) of an earlier submit stores nothing and gets the earlier one's jobs.
+        `queue_submitted` must follow for the jobs returned.
         """
         outcomes: list[list[Job] | DtsError] = []
-        valid: list[Sequence[JobSpec]] = []
-        for specs in batches:
+        valid: list[tuple[Sequence[JobSpec], str]] = []
+        for specs, key in zip(batches, [*keys, *[""] * (len(batches) - len(keys))], strict=True):
             try:
                 self._check_submit(specs)
+                validate_submit_key(key)
             except DtsError as e:
                 outcomes.append(e)
                 continue
             outcomes.append([])
-            valid.append(specs)
+            valid.append((specs, key))
         if not valid:
             return outcomes
-        st = self.settings
         now = self.clock()
-        defaults = (st.default_retries, st.default_backoff, st.default_timeout)
         with self.store.transaction() as tx:
-            stored = [tx.insert_jobs([s.with_defaults(*defaults) for s in b], now) for b in valid]
+            stored = [self._store(tx, specs, key, now) for specs, key in valid]
+        answers = [self._earlier(s) if isinstance(s, Earlier) else s for s in stored]
         if log.isEnabledFor(logging.INFO):
             for jobs in stored:
-                for job in jobs:
+                for job in jobs if isinstance(jobs, list) else ():
                     log.info("job %d %s: %s", job.id, job.status, job.spec.display[:200])
-        it = iter(stored)
+        it = iter(answers)
         return [o if isinstance(o, DtsError) else next(it) for o in outcomes]
+
+    def _store(
+        self, tx: Transaction, specs: Sequence[JobSpec], key: str, now: float
+    ) -> list[Job] | Earlier | DtsError:
+        if key:
+            earlier = tx.take_submit_key(key, now)
+            if earlier is not None:
+                if len(earlier) != len(specs):
+                    return InvalidArgument(
+                        f"submit key {key!r} was given to another submit (of {len(earlier)}"
+                        f" jobs, this one has {len(specs)})"
+                    )
+                return Earlier(earlier)
+        st = self.settings
+        defaults = (st.default_retries, st.default_backoff, st.default_timeout)
+        jobs = tx.insert_jobs([s.with_defaults(*defaults) for s in specs], now)
+        if key:
+            tx.record_submit_key(key, [j.id for j in jobs])
+        return jobs
+
+    def _earlier(self, earlier: Earlier) -> list[Job] | DtsError:
+        """The jobs of an earlier submit with the same key, as they are now."""
+        found = self.store.statuses(earlier.ids)
+        if len(found) != len(earlier.ids):
+            return FailedPrecondition("the jobs of an earlier submit with this key are gone")
+        log.info("a submit repeated the key of jobs %s; they are not stored again", earlier)
+        return [found[i] for i in earlier.ids]
 
     def queue_submitted(self, jobs: Sequence[Job]) -> None:
         """After a submit's commit: put its due jobs in Redis (through the enqueuer thread, when
@@ -493,6 +527,11 @@ class Coordinator:
         self._mark_lost_workers(now)
         return len(ids)
 
+    def forget_submit_keys(self) -> int:
+        """Drop the keys of submits older than SUBMIT_KEY_RETENTION; returns how many."""
+        with self.store.transaction() as tx:
+            return tx.forget_submit_keys(self.clock() - SUBMIT_KEY_RETENTION)
+
     def recover_inflight(self, limit: int = 1000) -> int:
         """Put back ids a worker took from Redis but never claimed (it died in between)."""
         try:
@@ -618,6 +657,16 @@ class Coordinator:
 
     def _notify(self, job_ids: Sequence[int]) -> None:
         self.waiters.notify(job_ids)
+
+
+@dataclass(frozen=True)
+class Earlier:
+    """The ids an earlier submit with the same key stored."""
+
+    ids: list[int]
+
+    def __str__(self) -> str:
+        return f"{self.ids[0]}..{self.ids[-1]}" if len(self.ids) > 1 else str(self.ids[0])
 
 
 FOREIGN_CHECKS = 100  # unclaimed ids of one exchange looked at for the warning about them

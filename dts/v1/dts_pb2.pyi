@@ -433,8 +433,14 @@ class SubmitRequest(_message.Message):
 
     JOBS_FIELD_NUMBER: _builtins.int
     IDS_ONLY_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
     ids_only: _builtins.bool
     """answer with ids, not whole jobs (see SubmitResponse)"""
+    key: _builtins.str
+    """The client's name for this submit (up to 128 printable ASCII characters; empty: none).
+    A submit with the key of one stored in the last day stores nothing and is answered with
+    that one's jobs: a client may retry a submit whose answer it lost, on any server.
+    """
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobSpec]:
         """one or many; all stored in one transaction"""
@@ -444,10 +450,11 @@ class SubmitRequest(_message.Message):
         *,
         jobs: _abc.Iterable[Global___JobSpec] | None = ...,
         ids_only: _builtins.bool = ...,
+        key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids_only", b"ids_only", "jobs", b"jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids_only", b"ids_only", "jobs", b"jobs", "key", b"key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

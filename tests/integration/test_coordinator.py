@@ -93,6 +93,42 @@ def test_submit_stores_and_enqueues(env: Env) -> None:
     assert env.q.pop(["default"], 10, 30) == [jobs[0].id, jobs[1].id]
 
 
+def test_a_submit_retried_with_its_key_is_not_stored_twice(env: Env) -> None:
+    # Given a submit of three jobs with a key, one of which has run since
+    jobs = env.c.submit([spec("echo", "1"), spec("echo", "2"), spec("echo", "3")], key="k-1")
+    session = env.worker()
+    assert env.take("w1", session, 1) == [jobs[0].id]
+    # When the same submit comes again with the same key
+    again = env.c.submit([spec("echo", "1"), spec("echo", "2"), spec("echo", "3")], key="k-1")
+    # Then it gets the same jobs, as they are now, and nothing new is stored or queued
+    assert [j.id for j in again] == [j.id for j in jobs]
+    assert again[0].status is JobStatus.RUNNING
+    assert len(env.c.list_jobs(None, None, 100)) == 3
+    assert sorted(env.q.pop(["default"], 10, 30)) == [jobs[1].id, jobs[2].id]
+    # And a different key, or none, stores anew
+    assert env.c.submit([spec()], key="k-2")[0].id > jobs[-1].id
+    assert env.c.submit([spec()])[0].id > jobs[-1].id
+
+
+def test_a_key_given_to_a_different_submit_is_refused(env: Env) -> None:
+    env.c.submit([spec(), spec()], key="k")
+    with pytest.raises(InvalidArgument, match="submit key 'k' was given to another submit"):
+        env.c.submit([spec()], key="k")
+    with pytest.raises(InvalidArgument, match="a submit key is at most 128 printable ASCII"):
+        env.c.submit([spec()], key="x" * 129)
+    # two submits of one commit (a stream's group) with the same key: one job, answered twice
+    first, second = env.c.store_submits([[spec()], [spec()]], ["same", "same"])
+    assert isinstance(first, list) and isinstance(second, list)
+    assert [j.id for j in first] == [j.id for j in second]
+
+
+def test_submit_keys_are_forgotten_after_a_day(env: Env) -> None:
+    first = env.c.submit([spec()], key="k")
+    env.clock.now += 86400 + 1
+    assert env.c.forget_submit_keys() == 1
+    assert env.c.submit([spec()], key="k")[0].id != first[0].id
+
+
 def test_submit_validates_every_job(env: Env) -> None:
     with pytest.raises(InvalidArgument, match="job 2: priority must be between 0 and 9"):
         env.c.submit([spec(), spec(priority=12)])

@@ -48,3 +48,52 @@ def test_a_newer_schema_is_refused(postgres_url: str) -> None:
         )
     with pytest.raises(Internal, match=f"schema version {SCHEMA_VERSION + 1}; this dts knows"):
         PostgresStore(postgres_url)
+
+
+def test_a_version_1_database_gets_its_submit_keys_table(postgres_url: str) -> None:
+    # Given a database as dts left it at schema version 1 (before submit keys)
+    PostgresStore(postgres_url).close()
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("DROP TABLE submit_keys")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    # When this dts opens it, then submit keys work and the schema is current
+    store = PostgresStore(postgres_url)
+    try:
+        with store.transaction() as tx:
+            assert tx.take_submit_key("k", 1.0) is None
+            tx.record_submit_key("k", [5, 6])
+        with store.transaction() as tx:
+            assert tx.take_submit_key("k", 2.0) == [5, 6]
+    finally:
+        store.close()
+    with psycopg.connect(postgres_url) as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    assert row == (str(SCHEMA_VERSION),) == ("2",)
+
+
+def test_a_submit_key_in_flight_on_another_server_is_waited_for(postgres_url: str) -> None:
+    """Two servers given the same key at once: the second waits for the first's commit and
+    answers with its ids, so a retry racing its original stores nothing twice."""
+    a, b = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    try:
+        first_has_key = threading.Event()
+        answer: list[list[int] | None] = []
+
+        def second() -> None:
+            first_has_key.wait(10)
+            with b.transaction() as tx:
+                answer.append(tx.take_submit_key("k", 2.0))
+
+        t = threading.Thread(target=second)
+        t.start()
+        with a.transaction() as tx:
+            assert tx.take_submit_key("k", 1.0) is None
+            first_has_key.set()
+            t.join(0.5)  # the second is blocked on our key until we commit
+            assert t.is_alive() and answer == []
+            tx.record_submit_key("k", [41, 42])
+        t.join(10)
+        assert answer == [[41, 42]]
+    finally:
+        a.close()
+        b.close()

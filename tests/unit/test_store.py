@@ -154,6 +154,34 @@ def test_a_big_batch_reads_back_as_it_was_returned(store: SqliteStore) -> None:
     assert after.id > ids[-1]
 
 
+def test_a_submit_key_is_taken_once_and_answers_with_its_ids(store: SqliteStore) -> None:
+    # Given a submit stored under a key
+    with store.transaction() as tx:
+        assert tx.take_submit_key("k1", 100.0) is None
+        jobs = tx.insert_jobs([spec("a"), spec("b"), spec("c")], 100.0)
+        tx.record_submit_key("k1", [j.id for j in jobs])
+    # When the key comes again, then it answers with those ids, and nothing else is taken
+    with store.transaction() as tx:
+        assert tx.take_submit_key("k1", 200.0) == [j.id for j in jobs]
+        assert tx.take_submit_key("k2", 200.0) is None
+        tx.record_submit_key("k2", [7, 8, 9, 12])
+    with store.transaction() as tx:
+        assert tx.take_submit_key("k2", 300.0) == [7, 8, 9, 12]
+    # And keys older than a time are forgotten: a retry after that is a new submit
+    with store.transaction() as tx:
+        assert tx.forget_submit_keys(150.0) == 1
+        assert tx.take_submit_key("k1", 400.0) is None
+        assert tx.take_submit_key("k2", 400.0) == [7, 8, 9, 12]
+
+
+def test_a_submit_key_taken_in_a_rolled_back_transaction_is_free(store: SqliteStore) -> None:
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        assert tx.take_submit_key("k", 100.0) is None
+        raise RuntimeError("the submit failed")
+    with store.transaction() as tx:
+        assert tx.take_submit_key("k", 100.0) is None
+
+
 def test_missing_job_is_none(store: SqliteStore) -> None:
     assert store.get_job(12345) is None
     with store.transaction() as tx:
@@ -496,11 +524,29 @@ def test_a_version_2_database_is_migrated_and_keeps_its_workers(db: Path) -> Non
         old = WorkerInfo("w1", "h", 7, "s1", 2, ("default",), WorkerState.IDLE, 0, 1.0, 2.0)
         assert s.workers() == [old]
         assert old.credential == ""
-        assert schema_version(db) == str(SCHEMA_VERSION) == "3"
+        assert schema_version(db) == str(SCHEMA_VERSION) == "4"
         # And a worker's credential is kept from now on
         with s.transaction() as tx:
             tx.save_worker(replace(old, session="s2", credential="sha256:0123456789abcdef"))
         assert s.workers()[0].credential == "sha256:0123456789abcdef"
+    finally:
+        s.close()
+
+
+def test_a_version_3_database_gets_its_submit_keys_table(db: Path) -> None:
+    conn = old_database(db, 2)
+    conn.execute("ALTER TABLE workers ADD COLUMN credential TEXT NOT NULL DEFAULT ''")
+    conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    s = SqliteStore(str(db))
+    try:
+        with s.transaction() as tx:
+            assert tx.take_submit_key("k", 1.0) is None
+            tx.record_submit_key("k", [1])
+        with s.transaction() as tx:
+            assert tx.take_submit_key("k", 2.0) == [1]
+        assert schema_version(db) == "4"
     finally:
         s.close()
 

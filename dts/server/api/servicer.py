@@ -79,7 +79,7 @@ class SchedulerServicer:
     # ---- unary, in an executor thread ----------------------------------------------------
 
     def submit(self, request: pb.SubmitRequest, caller: Credential | None) -> pb.SubmitResponse:
-        jobs = self.c.submit([wire.spec_from_pb(s) for s in request.jobs])
+        jobs = self.c.submit([wire.spec_from_pb(s) for s in request.jobs], request.key)
         if request.ids_only:
             return _lean_answer(jobs, self.c)
         return pb.SubmitResponse(jobs=[wire.job_to_pb(j) for j in jobs])
@@ -186,14 +186,17 @@ class SchedulerServicer:
         A submit that does not parse ends the stream: the ones before it are stored and
         answered, and its error is returned for the stream to end with."""
         batches: list[list[JobSpec]] = []
+        keys: list[str] = []
         broken: DtsError | None = None
         for raw in group:
             try:
-                batches.append([wire.spec_from_pb(s) for s in parse(pb.SubmitRequest, raw).jobs])
+                request = parse(pb.SubmitRequest, raw)
+                batches.append([wire.spec_from_pb(s) for s in request.jobs])
+                keys.append(request.key)
             except DtsError as e:
                 broken = e
                 break
-        outcomes = self.c.store_submits(batches) if batches else []
+        outcomes = self.c.store_submits(batches, keys) if batches else []
         self.c.queue_submitted([j for o in outcomes if not isinstance(o, DtsError) for j in o])
         return [_lean_answer(o, self.c) for o in outcomes], broken
 

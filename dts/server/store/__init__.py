@@ -37,6 +37,17 @@ class Transaction(Protocol):
 
     def get_job(self, job_id: int) -> Job | None: ...
 
+    def take_submit_key(self, key: str, now: float) -> list[int] | None:
+        """Claim `key` for a submit this transaction stores (None; `record_submit_key` must
+        follow), or the ids an earlier submit with that key stored (a retry: store nothing).
+        A submit with the same key in another open transaction is waited for."""
+
+    def record_submit_key(self, key: str, ids: Sequence[int]) -> None:
+        """The ids the submit that took `key` stored, ascending."""
+
+    def forget_submit_keys(self, before: float) -> int:
+        """Drop the keys of submits made before `before`; returns how many."""
+
     def update_job(self, job: Job) -> None:
         """Write every mutable field of `job` (status, counters, times, worker, lease)."""
 

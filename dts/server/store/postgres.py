@@ -37,8 +37,10 @@ from dts.server.store.rows import (
     SPEC_COLUMNS,
     WORKER_COLUMNS,
     attempt_of,
+    ids_of,
     insert_row,
     job_of,
+    ranges_of,
     spec_of,
     worker_of,
 )
@@ -46,7 +48,7 @@ from dts.server.store.url import redacted
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 1  # PostgreSQL's own line of versions; it starts where SQLite's version 3 is
+SCHEMA_VERSION = 2  # PostgreSQL's own line of versions; it starts where SQLite's version 3 is
 MIGRATION_LOCK = 0x647473  # pg_advisory_xact_lock key: 'dts'; one migrating server at a time
 INSERT_ROWS = 1000  # jobs one INSERT statement adds (15 parameters each; the limit is 65,535)
 COPY_FROM = 64  # jobs from which a submit's rows go by COPY rather than INSERT
@@ -59,6 +61,13 @@ logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 SUCCEEDED: Final = literal(JobStatus.SUCCEEDED)
 ATTEMPT_SUCCEEDED: Final = literal(Outcome.SUCCEEDED)
+
+# Keys of recent submits, so that a retried submit is not stored twice (version 2).
+SUBMIT_KEYS = [
+    "CREATE TABLE IF NOT EXISTS submit_keys (key TEXT PRIMARY KEY, ids TEXT NOT NULL,"
+    " created_at DOUBLE PRECISION NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS submit_keys_by_age ON submit_keys (created_at)",
+]
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -120,10 +129,11 @@ SCHEMA = [
         last_heartbeat DOUBLE PRECISION NOT NULL,
         credential TEXT NOT NULL DEFAULT ''
     )""",
+    *SUBMIT_KEYS,
 ]
 
-# Statements that bring a database of version N-1 to version N (none yet).
-MIGRATIONS: dict[int, list[str]] = {}
+# Statements that bring a database of version N-1 to version N.
+MIGRATIONS: dict[int, list[str]] = {2: SUBMIT_KEYS}
 
 INSERT_MARKS = "(" + ",".join(["%s"] * 15) + ")"
 UPDATE_JOB = (
@@ -165,6 +175,25 @@ class PostgresTransaction:
     @property
     def connection(self) -> psycopg.Connection[DictRow]:
         return self._c
+
+    def take_submit_key(self, key: str, now: float) -> list[int] | None:
+        # the insert waits for another transaction inserting the same key, then finds it
+        taken = self._c.execute(
+            "INSERT INTO submit_keys (key, ids, created_at) VALUES (%s, '', %s)"
+            " ON CONFLICT (key) DO NOTHING",
+            (key, now),
+        ).rowcount
+        if taken:
+            return None
+        row = self._c.execute("SELECT ids FROM submit_keys WHERE key = %s", (key,)).fetchone()
+        return ids_of(row["ids"]) if row else []
+
+    def record_submit_key(self, key: str, ids: Sequence[int]) -> None:
+        self._c.execute("UPDATE submit_keys SET ids = %s WHERE key = %s", (ranges_of(ids), key))
+
+    def forget_submit_keys(self, before: float) -> int:
+        cur = self._c.execute("DELETE FROM submit_keys WHERE created_at < %s", (before,))
+        return cur.rowcount
 
     def insert_jobs(self, specs: Sequence[JobSpec], now: float) -> list[Job]:
         if len(specs) >= COPY_FROM:

@@ -4,6 +4,7 @@ each row read back by column name into the domain's objects. Any SQL store share
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from dts.domain import (
@@ -157,3 +158,25 @@ def worker_of(row: Row) -> WorkerInfo:
         last_heartbeat=row["last_heartbeat"],
         credential=row["credential"],
     )
+
+
+def ranges_of(ids: Sequence[int]) -> str:
+    """Ascending ids as compact text: runs as FIRST-LAST, joined by commas ("1-100,205")."""
+    runs: list[str] = []
+    i = 0
+    while i < len(ids):
+        j = i
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        runs.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
+        i = j + 1
+    return ",".join(runs)
+
+
+def ids_of(ranges: str) -> list[int]:
+    """The ids `ranges_of` wrote."""
+    ids: list[int] = []
+    for run in filter(None, ranges.split(",")):
+        first, _, last = run.partition("-")
+        ids.extend(range(int(first), int(last or first) + 1))
+    return ids

@@ -35,15 +35,17 @@ from dts.server.store.rows import (
     SPEC_COLUMNS,
     WORKER_COLUMNS,
     attempt_of,
+    ids_of,
     insert_row,
     job_of,
+    ranges_of,
     spec_of,
     worker_of,
 )
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BATCH_ROWS = 400  # rows one statement touches by an IN list (SQLite allows 32,766 variables)
 
 
@@ -56,6 +58,13 @@ BULK_MOVES: Final = (CLAIM, FINISH)
 CLAIM_FROM, CLAIM_TO = (literal(status) for status in CLAIM)
 FINISH_FROM, FINISH_TO = (literal(status) for status in FINISH)
 ATTEMPT_SUCCEEDED: Final = literal(Outcome.SUCCEEDED)  # the outcome an attempt then records
+
+# Keys of recent submits, so that a retried submit is not stored twice (version 4).
+SUBMIT_KEYS = [
+    "CREATE TABLE IF NOT EXISTS submit_keys (key TEXT PRIMARY KEY, ids TEXT NOT NULL,"
+    " created_at REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS submit_keys_by_age ON submit_keys (created_at)",
+]
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -118,6 +127,7 @@ SCHEMA = [
         last_heartbeat REAL NOT NULL,
         credential TEXT NOT NULL DEFAULT ''  -- a non-secret name of the token it registered with
     )""",
+    *SUBMIT_KEYS,
 ]
 
 INSERT_MARKS = ",".join("?" * 15)
@@ -129,6 +139,7 @@ INSERT_ROWS = 1000  # jobs one INSERT statement adds (15 variables each; SQLite 
 MIGRATIONS: dict[int, list[str]] = {
     2: ["ALTER TABLE jobs ADD COLUMN limits TEXT NOT NULL DEFAULT ''"],
     3: ["ALTER TABLE workers ADD COLUMN credential TEXT NOT NULL DEFAULT ''"],
+    4: SUBMIT_KEYS,
 }
 
 
@@ -137,6 +148,21 @@ class SqliteTransaction:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._c = conn
+
+    def take_submit_key(self, key: str, now: float) -> list[int] | None:
+        row = self._c.execute("SELECT ids FROM submit_keys WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            return ids_of(row[0])
+        self._c.execute(
+            "INSERT INTO submit_keys (key, ids, created_at) VALUES (?, '', ?)", (key, now)
+        )
+        return None
+
+    def record_submit_key(self, key: str, ids: Sequence[int]) -> None:
+        self._c.execute("UPDATE submit_keys SET ids = ? WHERE key = ?", (ranges_of(ids), key))
+
+    def forget_submit_keys(self, before: float) -> int:
+        return self._c.execute("DELETE FROM submit_keys WHERE created_at < ?", (before,)).rowcount
 
     def insert_jobs(self, specs: Sequence[JobSpec], now: float) -> list[Job]:
         jobs: list[Job] = []
