@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from dts.errors import InvalidArgument
+from dts.failover import FailoverChannel
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 HEADER = "authorization"
@@ -79,13 +80,40 @@ def check_channel(address: str, sec: ChannelSecurity) -> None:
         )
 
 
+def parse_hostport(value: str, what: str) -> tuple[str, int]:
+    """Split HOST:PORT (IPv6 as [::1]:PORT); raises InvalidArgument naming `what`."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise InvalidArgument(f"{what} must be HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def server_addresses(value: str) -> list[str]:
+    """--server: HOST:PORT, or several separated by commas (the servers of one cluster)."""
+    addresses = [a.strip() for a in value.split(",")]
+    for address in addresses:
+        parse_hostport(address, "--server")
+    if len(set(addresses)) != len(addresses):
+        raise InvalidArgument(f"--server names an address twice: {value!r}")
+    return addresses
+
+
 def open_channel(
     address: str, sec: ChannelSecurity, options: list[tuple[str, Any]]
 ) -> grpc.Channel:
-    """A channel to `address` with TLS when configured and the token on every call.
+    """A channel to `address` (several, comma-separated: a FailoverChannel over them) with TLS
+    when configured and the token on every call.
 
     A token is never sent in plaintext, except to a loopback address when allowed."""
-    check_channel(address, sec)
+    addresses = server_addresses(address)
+    for one in addresses:
+        check_channel(one, sec)
+    if len(addresses) > 1:
+        return FailoverChannel(addresses, lambda one: _open_one(one, sec, options))
+    return _open_one(addresses[0], sec, options)
+
+
+def _open_one(address: str, sec: ChannelSecurity, options: list[tuple[str, Any]]) -> grpc.Channel:
     if sec.tls:
         creds = grpc.ssl_channel_credentials(
             root_certificates=read_file(sec.ca, "--tls-ca"),

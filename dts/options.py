@@ -72,14 +72,6 @@ def parse(parser: ArgumentParser, argv: Sequence[str] | None, env: Mapping[str, 
     )
 
 
-def parse_hostport(value: str, what: str) -> tuple[str, int]:
-    """Split HOST:PORT (IPv6 as [::1]:PORT); raises InvalidArgument naming `what`."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-        raise InvalidArgument(f"{what} must be HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
-
-
 def positive(name: str, value: float) -> None:
     if not value > 0:
         raise InvalidArgument(f"{name} must be greater than 0, got {value}")

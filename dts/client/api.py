@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -15,11 +16,17 @@ from dts.backoff import Backoff
 from dts.channel import DEFAULT_SERVER, ChannelSecurity, open_channel
 from dts.client.pipeline import PendingSubmit, StreamUnsupported, SubmitPipe
 from dts.domain import Attempt, Job, JobSpec, JobStatus, Output, StatCount, WorkerInfo
-from dts.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from dts.errors import DeadlineExceeded, DtsError, ResourceExhausted, Unavailable
+from dts.failover import FailoverChannel
 from dts.v1 import dts_pb2 as pb
 from dts.v1 import dts_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
+
+
+def new_key() -> str:
+    """A submit's key: random, so no two submits share one."""
+    return uuid.uuid4().hex
 
 
 class Client:
@@ -59,9 +66,15 @@ class Client:
 
     # ---- jobs -----------------------------------------------------------------------------
 
-    def submit(self, specs: Sequence[JobSpec]) -> list[Job]:
-        """Submit many jobs in one round trip; they are durable when this returns."""
-        req = pb.SubmitRequest(jobs=[wire.spec_to_pb(s) for s in specs], ids_only=True)
+    def submit(self, specs: Sequence[JobSpec], key: str = "") -> list[Job]:
+        """Submit many jobs in one round trip; they are durable when this returns.
+
+        The submit carries a key (`key`, else a new random one), so that when its answer is
+        lost and it goes again (to the next server, when several are given) it is not stored
+        twice."""
+        req = pb.SubmitRequest(
+            jobs=[wire.spec_to_pb(s) for s in specs], ids_only=True, key=key or new_key()
+        )
         resp = self._call(self.stub.Submit, req, max(self.timeout, 60.0))
         return wire.submitted_jobs(specs, resp)
 
@@ -71,11 +84,12 @@ class Client:
         Submits made this way go over one SubmitStream call, in order, so a caller can keep
         many on their way (the server stores the ones that arrive together in one commit).
         Each is durable when its result() returns."""
-        pending = PendingSubmit(specs, lambda: self.submit(specs))
+        key = new_key()
+        pending = PendingSubmit(specs, lambda: self.submit(specs, key))
         if not self._streams:
             pending._settle(None, StreamUnsupported())
             return pending
-        request = pb.SubmitRequest(jobs=[wire.spec_to_pb(s) for s in specs], ids_only=True)
+        request = pb.SubmitRequest(jobs=[wire.spec_to_pb(s) for s in specs], ids_only=True, key=key)
         with self._pipe_lock:
             if self._pipe is None or not self._pipe.send(request, pending):
                 self._pipe = SubmitPipe(self.stub.SubmitStream, self.address, self._no_streams)
@@ -155,6 +169,26 @@ class Client:
     def stats(self) -> list[StatCount]:
         resp = self._call(self.stub.GetStats, pb.StatsRequest())
         return [wire.stat_from_pb(c) for c in resp.counts]
+
+    def health_of_each(self) -> list[tuple[str, str | DtsError]]:
+        """Each server's health status name, or the error asking it gave, in the order given
+        (one entry when the client was given one server)."""
+        channel = self.channel
+        if not isinstance(channel, FailoverChannel):
+            return [(self.address, self._health_or_error(channel, self.address))]
+        return [
+            (address, self._health_or_error(channel.channel(i), address))
+            for i, address in enumerate(channel.addresses)
+        ]
+
+    def _health_or_error(self, channel: grpc.Channel, address: str) -> str | DtsError:
+        try:
+            resp = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=self.timeout
+            )
+        except grpc.RpcError as e:
+            return wire.error_from_rpc(e, address)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
 
     def health(self, service: str = "") -> str:
         """The server's gRPC health status name, e.g. SERVING."""

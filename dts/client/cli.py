@@ -10,7 +10,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
-from dts.channel import DEFAULT_SERVER, add_channel_options, channel_security
+from dts.channel import DEFAULT_SERVER, add_channel_options, channel_security, server_addresses
 from dts.client import Client
 from dts.domain import (
     LIMITS,
@@ -27,7 +27,7 @@ from dts.domain import (
     validate_spec,
 )
 from dts.errors import DtsError, InvalidArgument, Unavailable
-from dts.options import limit_arg, new_parser, parse_hostport
+from dts.options import limit_arg, new_parser
 
 PROG = "dts-client"
 EXIT_USAGE = 2
@@ -149,7 +149,11 @@ def global_parser() -> argparse.ArgumentParser:
     p.usage = f"{PROG} [--server HOST:PORT] [--json] COMMAND ..."
     p.epilog = "commands:\n" + "\n".join(f"  {k:<9} {v}" for k, v in COMMANDS.items())
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--server", default=DEFAULT_SERVER, help="dts-server address HOST:PORT")
+    p.add_argument(
+        "--server",
+        default=DEFAULT_SERVER,
+        help="dts-server address HOST:PORT, or the addresses of several, comma-separated",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--rpc-timeout", type=float, default=10.0, help="seconds to wait for a reply")
     add_channel_options(p)
@@ -552,11 +556,26 @@ class Cli:
         return 0
 
     def ping(self, ns: argparse.Namespace) -> int:
-        status = self.client.health()
-        self.out({"server": self.client.address, "status": status}, status)
-        return 0 if status == "SERVING" else 1
+        """One server: its status. Several: each one's, on a line of its own; serving means
+        all of them are."""
+        each = self.client.health_of_each()
+        if len(each) == 1 and isinstance(each[0][1], DtsError):
+            raise each[0][1]
+        said = [_said(address, status) for address, status in each]
+        if len(said) == 1:
+            self.out(said[0], said[0]["status"])
+        else:
+            self.out(said, "\n".join(" ".join(one.values()) for one in said))
+        return 0 if all(one["status"] == "SERVING" for one in said) else 1
 
     health = ping
+
+
+def _said(address: str, status: str | DtsError) -> dict[str, str]:
+    """What ping says of one server: its health status, or the error code and message."""
+    if isinstance(status, DtsError):
+        return {"server": address, "status": status.code, "error": status.message}
+    return {"server": address, "status": status}
 
 
 def wait_exit_code(job: Job) -> int:
@@ -601,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if getattr(ns, key) is None:
                 setattr(ns, key, getattr(g, key))
     try:
-        parse_hostport(ns.server, "--server")
+        server_addresses(ns.server)
         if not 0 < ns.rpc_timeout < 86400:
             raise InvalidArgument(f"--rpc-timeout must be between 0 and 86400, got {g.rpc_timeout}")
         client = Client(ns.server, timeout=ns.rpc_timeout, security=channel_security(g))

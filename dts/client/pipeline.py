@@ -2,9 +2,10 @@
 waiting for the answers to the ones before, and the answers come back in order.
 
 One pipe is one call. It ends itself after a second without work (so an idle client holds no
-server thread), and a client opens a new one on its next submit. A pipe that breaks fails every
-submit still waiting for its answer; those may or may not have been stored, exactly as with a
-unary Submit whose answer was lost.
+server thread), and a client opens a new one on its next submit. When a pipe breaks because its
+server went away, every submit still waiting for its answer is sent again as a unary Submit
+with the same key (on the next server, if the client knows several): one the server had stored
+is answered with its jobs, not stored twice.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class PendingSubmit:
         self._done = threading.Event()
         self._answer: pb.SubmitResponse | None = None
         self._error: BaseException | None = None
+        self._again = False  # the stream broke before the answer: submit again (same key)
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -44,7 +46,7 @@ class PendingSubmit:
     def result(self, timeout: float | None = None) -> list[Job]:
         if not self._done.wait(timeout):
             raise DeadlineExceeded(f"no answer to a submit within {timeout}s")
-        if isinstance(self._error, StreamUnsupported):
+        if isinstance(self._error, StreamUnsupported) or self._again:
             return self._fallback()
         if self._error is not None:
             raise self._error
@@ -54,8 +56,10 @@ class PendingSubmit:
             raise from_code(name, self._answer.message)
         return wire.submitted_jobs(self.specs, self._answer)
 
-    def _settle(self, answer: pb.SubmitResponse | None, error: BaseException | None) -> None:
-        self._answer, self._error = answer, error
+    def _settle(
+        self, answer: pb.SubmitResponse | None, error: BaseException | None, again: bool = False
+    ) -> None:
+        self._answer, self._error, self._again = answer, error, again
         self._done.set()
 
 
@@ -120,6 +124,7 @@ class SubmitPipe:
 
     def _read(self, call: Iterator[pb.SubmitResponse]) -> None:
         error: BaseException
+        again = True  # the server went away or ended the call: its submits may go again
         try:
             for answer in call:
                 with self._lock:
@@ -127,6 +132,7 @@ class SubmitPipe:
                 pending._settle(answer, None)
             error = Unavailable(f"dts-server at {self.address} ended the submit stream")
         except grpc.RpcError as e:
+            again = e.code() is grpc.StatusCode.UNAVAILABLE
             if e.code() is grpc.StatusCode.UNIMPLEMENTED:
                 self._on_unsupported()
                 error = StreamUnsupported()
@@ -136,9 +142,10 @@ class SubmitPipe:
                 error = wire.error_from_rpc(e, self.address)
         except IndexError:  # an answer nobody asked for: the server is not speaking dts
             error = DtsError(f"dts-server at {self.address} answered a submit never sent")
+            again = False
         with self._lock:
             self.closed = True
             left = list(self._waiting)
             self._waiting.clear()
         for pending in left:
-            pending._settle(None, error)
+            pending._settle(None, error, again)

@@ -7,10 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dts.channel import DEFAULT_SERVER, is_loopback
+from dts.channel import DEFAULT_SERVER, is_loopback, parse_hostport
 from dts.daemon.config import ProcessConfig, add_process_options, process_config
 from dts.errors import InvalidArgument
-from dts.options import ArgumentParser, new_parser, non_negative, parse, parse_hostport, positive
+from dts.options import ArgumentParser, new_parser, non_negative, parse, positive
 from dts.queue.redis import DEFAULT_REDIS_URL, check_redis_url
 from dts.server.api.auth import ServerTls, load_tokens
 from dts.server.store.url import parse_store_url

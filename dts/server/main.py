@@ -16,12 +16,12 @@ from dataclasses import replace
 import grpc
 
 from dts import __version__, wire
+from dts.channel import parse_hostport
 from dts.daemon import logs
 from dts.daemon.notify import sd_notify
 from dts.daemon.process import Readiness, Signals
 from dts.daemon.startup import launch
 from dts.errors import DtsError, Unavailable
-from dts.options import parse_hostport
 from dts.queue.redis import Keys, RedisQueue, connect, redacted_url
 from dts.server import history
 from dts.server.api.auth import TokenAuth, load_tokens

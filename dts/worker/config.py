@@ -15,6 +15,7 @@ from dts.channel import (
     add_channel_options,
     channel_security,
     check_channel,
+    server_addresses,
 )
 from dts.daemon.config import ProcessConfig, add_process_options, process_config
 from dts.domain import (
@@ -33,7 +34,6 @@ from dts.options import (
     new_parser,
     non_negative,
     parse,
-    parse_hostport,
     positive,
     size_arg,
 )
@@ -64,7 +64,11 @@ class WorkerConfig:
 
 def worker_parser() -> ArgumentParser:
     p = new_parser("dts-worker", "A dts worker: takes jobs from Redis and runs them.")
-    p.add_argument("--server", default=DEFAULT_SERVER, help="dts-server address HOST:PORT")
+    p.add_argument(
+        "--server",
+        default=DEFAULT_SERVER,
+        help="dts-server address HOST:PORT, or the addresses of several, comma-separated",
+    )
     p.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="Redis that carries the queue")
     p.add_argument(
         "--concurrency",
@@ -144,8 +148,8 @@ def load_worker_config(
         security=channel_security(ns, env),
         process=process_config(ns),
     )
-    parse_hostport(cfg.server, "--server")
-    check_channel(cfg.server, cfg.security)
+    for address in server_addresses(cfg.server):
+        check_channel(address, cfg.security)
     check_redis_url(cfg.redis_url)
     if not 1 <= cfg.concurrency <= MAX_CONCURRENCY:
         raise InvalidArgument(

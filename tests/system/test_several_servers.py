@@ -4,6 +4,7 @@ a report through one server sees what happened through another."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import pytest
 
 from dts.client import Client
 from dts.domain import JobSpec, JobStatus
-from tests.harness import RedisProcess, ServerProcess, WorkerProcess, wait_until
+from tests.harness import RedisProcess, ServerProcess, WorkerProcess, run_cli, wait_until
 
 pytestmark = pytest.mark.single_store  # PostgreSQL only: SQLite is one server's own
 
@@ -126,3 +127,77 @@ def always_one_leader(three: Servers, seconds: float) -> None:
         said = [len(re.findall(LEADS, s.output())) for s in three.servers]
         assert sorted(said) == [0, 0, 1], said
         time.sleep(0.1)
+
+
+def every(three: Servers) -> str:
+    return ",".join(s.address for s in three.servers)
+
+
+def test_a_client_naming_every_server_carries_on_when_one_dies(three: Servers) -> None:
+    with Client(every(three)) as c:
+        # Given a client that talks to the first server
+        first = c.submit([JobSpec(argv=("true",))])[0]
+        assert c.channel.address == three.servers[0].address  # type: ignore[attr-defined]
+        # When that server is killed
+        three.servers[0].kill()
+        t0 = time.monotonic()
+        # Then the next submit goes through another, and reads see every job
+        second = c.submit([JobSpec(argv=("true",))])[0]
+        took = time.monotonic() - t0
+        print(f"\nfrom the kill to the next submit: {took:.2f}s")
+        assert took < 5, took
+        assert [j.id for j in c.list_jobs(limit=10)] == [second.id, first.id]
+    # And so does the CLI given every server
+    r = run_cli(every(three), "submit", "--", "true")
+    assert r.returncode == 0, r.stderr
+    listed = run_cli(every(three), "--json", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 3
+
+
+def test_a_worker_naming_every_server_carries_on_when_its_server_dies(three: Servers) -> None:
+    w = WorkerProcess(three.dir, every(three), three.redis.url, "wall")
+    w.start()
+    three.workers.append(w)
+    with Client(three.servers[2].address) as c:
+        assert c.wait(c.submit([JobSpec(argv=("true",))])[0].id, 20).status is JobStatus.SUCCEEDED
+        # When the server the worker talks to (the first) is killed
+        three.servers[0].kill()
+        t0 = time.monotonic()
+        # Then the worker goes on with another: it claims, runs and reports the next jobs
+        job = c.submit([JobSpec(argv=("true",))])[0]
+        done = c.wait(job.id, 30)
+        print(f"\nfrom the kill to the next job done: {time.monotonic() - t0:.2f}s")
+        assert done.status is JobStatus.SUCCEEDED and done.attempts == 1, done
+    assert w.alive()
+
+
+def test_ping_says_how_each_server_is(three: Servers) -> None:
+    three.servers[1].kill()
+    r = run_cli(every(three), "ping")
+    lines = r.stdout.splitlines()
+    assert r.returncode == 1, r
+    assert lines[0] == f"{three.servers[0].address} SERVING"
+    assert lines[1].startswith(f"{three.servers[1].address} UNAVAILABLE cannot reach dts-server")
+    assert lines[2] == f"{three.servers[2].address} SERVING"
+    one = run_cli(three.servers[0].address, "ping")
+    assert (one.returncode, one.stdout) == (0, "SERVING\n")
+
+
+def test_submits_made_while_their_server_is_killed_are_stored_once(three: Servers) -> None:
+    """A stream of submits through a client naming every server; the server is killed in the
+    middle: every submit acknowledged is stored, and none twice (a submit whose answer was
+    lost goes again with its key)."""
+    names = [f"m{i}" for i in range(600)]
+    acknowledged: list[str] = []
+    with Client(every(three), timeout=20) as c:
+        pending = []
+        for i, name in enumerate(names):
+            pending.append((name, c.submit_async([JobSpec(argv=("true",), name=name)])))
+            if i == 300:
+                three.servers[0].kill()
+        for name, p in pending:
+            p.result(30)  # each is stored, through one server or another
+            acknowledged.append(name)
+        stored = [j.spec.name for j in c.list_jobs(limit=10_000)]
+    assert sorted(stored) == sorted(acknowledged) == sorted(names)

@@ -19,11 +19,10 @@ import dts.client.cli
 import dts.options
 import dts.server.config
 import dts.worker.config
-from dts.channel import DEFAULT_SERVER
+from dts.channel import DEFAULT_SERVER, parse_hostport
 from dts.client.cli import limits_json, main, split_command
 from dts.domain import LIMIT_NAMES, LIMITS, Job, JobSpec, LimitField, Limits, submitted_job
 from dts.errors import InvalidArgument
-from dts.options import parse_hostport
 from dts.queue.redis import DEFAULT_REDIS_URL
 from dts.server.config import ServerConfig, load_server_config
 from dts.worker.config import load_worker_config

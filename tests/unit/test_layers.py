@@ -21,7 +21,15 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "dts"
 
 MODEL = ("dts.errors", "dts.domain")
-SHARED = (*MODEL, "dts.backoff", "dts.wire", "dts.v1", "dts.options", "dts.channel")
+SHARED = (
+    *MODEL,
+    "dts.backoff",
+    "dts.wire",
+    "dts.v1",
+    "dts.options",
+    "dts.failover",
+    "dts.channel",
+)
 QUEUE_API = ("dts.queue",)  # the protocol module itself, not dts.queue.redis (see `exact`)
 # the coordinator's own parts: the store protocol and the rules it applies inside a transaction
 RULES = ("dts.server.store", "dts.server.outcomes", "dts.server.sessions", "dts.server.waiters")
@@ -50,7 +58,8 @@ LAYERS = (
     Layer("dts.v1", ("dts.v1",)),
     Layer("dts.wire", (*MODEL, "dts.v1"), banned=("redis", "sqlite3")),
     Layer("dts.options", MODEL, banned=("grpc", "redis", "sqlite3")),
-    Layer("dts.channel", MODEL, banned=("redis", "sqlite3")),
+    Layer("dts.failover", (), banned=("redis", "sqlite3"), own=False),
+    Layer("dts.channel", (*MODEL, "dts.failover"), banned=("redis", "sqlite3")),
     Layer("dts.queue", MODEL, banned=("grpc", "redis", "sqlite3"), own=False),
     Layer("dts.queue.redis", MODEL, banned=("grpc", "sqlite3"), exact=QUEUE_API),
     Layer("dts.daemon", (*MODEL, "dts.options"), banned=("grpc", "redis", "sqlite3")),
