@@ -1,6 +1,9 @@
 """Fault-injection fixtures: a restartable cluster whose jobs write a ledger, and its checker.
 
-The ledger and the checker that judges a run by it are in tests/chaos/ledger.py.
+The ledger and the checker that judges a run by it are in tests/chaos/ledger.py. A cluster keeps
+its history in SQLite (a file of its own) or in PostgreSQL: `chaos(store="postgres")` gives it
+a fresh database on the run's shared PostgreSQL, `chaos(db=url)` the database at `url` (that of
+the `pg` fixture's own cluster, for a test that stops and starts PostgreSQL).
 """
 
 from __future__ import annotations
@@ -9,15 +12,19 @@ import contextlib
 import os
 import signal
 import sqlite3
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from dts.client import Client
 from dts.domain import JobSpec
+from tests import postgres
 from tests.chaos.ledger import Entry, Ledger, Verdict, check
 from tests.harness import (
     Proc,
@@ -60,10 +67,17 @@ class ChaosCluster:
     Redis and the server keep their ports (and the server its --db) across restarts; a worker
     restarted under its name appends to the same log. `close()` takes everything down, frozen
     workers included, and kills any job process the ledger knows that is still alive.
+
+    `db` is the server's --db: a PostgreSQL URL, or (by default) the SQLite file root/dts.db.
     """
 
     def __init__(
-        self, root: Path, *server_args: str, lease: float = 2.0, max_lost: int = 3
+        self,
+        root: Path,
+        *server_args: str,
+        lease: float = 2.0,
+        max_lost: int = 3,
+        db: str | None = None,
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
@@ -77,7 +91,7 @@ class ChaosCluster:
         )
         self.redis_port = free_port()
         self.server_port = free_port()
-        self.db = root / "dts.db"
+        self.db: Path | str = db or root / "dts.db"
         self.ledger = Ledger(root / "ledger.txt")
         self.redis: RedisProcess | None = None
         self.server: ServerProcess | None = None
@@ -193,10 +207,13 @@ class ChaosCluster:
 
     # ---- jobs -------------------------------------------------------------------------------
 
-    def submit(self, commands: Sequence[str], **spec: object) -> list[int]:
+    def specs(self, commands: Sequence[str], **spec: object) -> list[JobSpec]:
+        """Shell jobs of `commands`, with the ledger's environment."""
         env = (*self.ledger.env, *spec.pop("env", ()))  # type: ignore[misc]
-        specs = [JobSpec(argv=(c,), shell=True, env=env, **spec) for c in commands]  # type: ignore[arg-type]
-        return [j.id for j in self.client.submit(specs)]
+        return [JobSpec(argv=(c,), shell=True, env=env, **spec) for c in commands]  # type: ignore[arg-type]
+
+    def submit(self, commands: Sequence[str], **spec: object) -> list[int]:
+        return [j.id for j in self.client.submit(self.specs(commands, **spec))]
 
     def counts(self) -> dict[str, int]:
         out: Counter[str] = Counter()
@@ -231,17 +248,26 @@ class ChaosCluster:
         print(f"\n{v}")
         return v
 
+    @property
+    def postgres(self) -> bool:
+        """Whether the server keeps its history in PostgreSQL (else in SQLite)."""
+        return str(self.db).startswith(("postgresql://", "postgres://"))
+
     def db_job(self, job_id: int) -> dict[str, object]:
-        """The job's row straight from the server's SQLite file (read-only), for what the API
-        does not show: the failure and loss counters and the lease deadline."""
+        """The job's row straight from the server's store (SQLite read-only, or PostgreSQL),
+        for what the API does not show: the failure and loss counters and the lease deadline."""
+        columns = "status, attempts, failures, lost, worker, lease_expires_at"
+        if self.postgres:
+            with psycopg.connect(str(self.db), connect_timeout=5, row_factory=dict_row) as pg:
+                found = pg.execute(
+                    f"SELECT {columns} FROM jobs WHERE id = %s", (job_id,)
+                ).fetchone()
+            assert found is not None, f"no job {job_id} in {self.db}"
+            return dict(found)
         conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
         conn.row_factory = sqlite3.Row
         try:
-            row = conn.execute(
-                "SELECT status, attempts, failures, lost, worker, lease_expires_at"
-                " FROM jobs WHERE id = ?",
-                (job_id,),
-            ).fetchone()
+            row = conn.execute(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         finally:
             conn.close()
         return dict(row)
@@ -279,22 +305,82 @@ class ChaosCluster:
                     os.killpg(pid, signal.SIGKILL)
 
 
+STORES = ("sqlite", "postgres")  # what chaos(store=...) takes
+
+
 @pytest.fixture
-def chaos(tmp_path: Path) -> Iterator[Callable[..., ChaosCluster]]:
-    """Factory: chaos(*server_args, lease=2.0, max_lost=3) -> a started ChaosCluster."""
+def chaos(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., ChaosCluster]]:
+    """Factory: chaos(*server_args, lease=2.0, max_lost=3, store="sqlite", db=None) -> a
+    started ChaosCluster. store="postgres": a fresh database on the run's PostgreSQL (the
+    postgres_server fixture), dropped afterwards; db=URL: that database (e.g. the `pg`
+    fixture's), left to its owner."""
     made: list[ChaosCluster] = []
+    with contextlib.ExitStack() as databases:
 
-    def make(
-        *server_args: str, lease: float = 2.0, max_lost: int = 3, start: bool = True
-    ) -> ChaosCluster:
-        c = ChaosCluster(
-            tmp_path / f"cluster{len(made)}", *server_args, lease=lease, max_lost=max_lost
-        )
-        made.append(c)
-        if start:
-            c.start()
-        return c
+        def make(
+            *server_args: str,
+            lease: float = 2.0,
+            max_lost: int = 3,
+            start: bool = True,
+            store: str = "sqlite",
+            db: str | None = None,
+        ) -> ChaosCluster:
+            assert store in STORES, f"store must be one of {STORES}, not {store!r}"
+            if db is None and store == "postgres":
+                admin = request.getfixturevalue("postgres_server")
+                db = databases.enter_context(postgres.database(admin))
+            c = ChaosCluster(
+                tmp_path / f"cluster{len(made)}",
+                *server_args,
+                lease=lease,
+                max_lost=max_lost,
+                db=db,
+            )
+            made.append(c)
+            if start:
+                c.start()
+            return c
 
-    yield make
-    for c in made:
-        c.close()
+        try:
+            yield make
+        finally:  # the servers stop before their databases are dropped
+            for c in made:
+                c.close()
+
+
+class OwnPostgres:
+    """A throwaway PostgreSQL cluster of one test's own (tests.postgres.Cluster), which the
+    test may stop and start: never the machine's server on 5432."""
+
+    def __init__(self, cluster: postgres.Cluster) -> None:
+        self.cluster = cluster
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.cluster.port}/postgres"
+
+    def halt(self, mode: str) -> None:
+        """pg_ctl stop -m `mode` (fast: sessions ended; immediate: as a crash); returns once
+        the server is down."""
+        self.cluster.halt(mode)
+
+    def resume(self) -> None:
+        """pg_ctl start -w: returns once it accepts connections again, on the same port."""
+        self.cluster.resume()
+
+
+@pytest.fixture
+def pg() -> Iterator[OwnPostgres]:
+    """A PostgreSQL cluster of this test's own (initdb + pg_ctl on a free port), removed
+    afterwards; skipped where none can be started (and so a failure in CI). A test names it
+    before `chaos`, so that its servers stop before PostgreSQL does."""
+    cluster = postgres.Cluster()
+    try:
+        cluster.start()
+    except (subprocess.CalledProcessError, RuntimeError, OSError, KeyError) as e:
+        cluster.stop()
+        pytest.skip(f"cannot start a PostgreSQL cluster: {getattr(e, 'stderr', '') or e}")
+    try:
+        yield OwnPostgres(cluster)
+    finally:
+        cluster.stop()

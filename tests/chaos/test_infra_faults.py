@@ -8,7 +8,9 @@ import re
 import time
 from collections.abc import Callable
 
-from tests.chaos.conftest import ChaosCluster
+import pytest
+
+from tests.chaos.conftest import STORES, ChaosCluster
 from tests.harness import wait_until
 
 Chaos = Callable[..., ChaosCluster]
@@ -18,11 +20,12 @@ def _unavailable_lines(log: str, what: str) -> int:
     return sum(1 for line in log.splitlines() if "unavailable" in line and what in line)
 
 
-def test_redis_restarted_empty_loses_no_job(chaos: Chaos) -> None:
-    """Redis carries only ids and SQLite is the truth: when Redis restarts empty while jobs are
-    queued and running, the running ones finish and report, the queued ones are re-sent by the
-    server's reconciler, and every job completes exactly once."""
-    c = chaos()
+@pytest.mark.parametrize("store", STORES)
+def test_redis_restarted_empty_loses_no_job(chaos: Chaos, store: str) -> None:
+    """Redis carries only ids and the store (SQLite, or PostgreSQL) is the truth: when Redis
+    restarts empty while jobs are queued and running, the running ones finish and report, the
+    queued ones are re-sent by the server's reconciler, and every job completes exactly once."""
+    c = chaos(store=store)
     # Given 4 running and 8 queued jobs
     for name in ("w1", "w2"):
         c.add_worker(name, concurrency=2)
@@ -69,16 +72,17 @@ def test_redis_outage_of_ten_seconds_under_load(chaos: Chaos) -> None:
     assert _unavailable_lines(c.server_log(), "redis") == 1
 
 
-def test_server_sigkilled_under_load_loses_and_repeats_nothing(chaos: Chaos) -> None:
+@pytest.mark.parametrize("store", STORES)
+def test_server_sigkilled_under_load_loses_and_repeats_nothing(chaos: Chaos, store: str) -> None:
     """The server SIGKILLed and restarted (same port, same --db) while ~50 jobs run and ~200
-    wait: SQLite keeps every accepted job, workers buffer their results and deliver them once
-    the server is back, running jobs keep their leases (the restarted server grants a fresh
-    lease), so nothing is lost and no job runs twice.
+    wait: the store (SQLite, or PostgreSQL) keeps every accepted job, workers buffer their
+    results and deliver them once the server is back, running jobs keep their leases (the
+    restarted server grants a fresh lease), so nothing is lost and no job runs twice.
 
     The lease is 5 s here: workers self-fence after 0.8 x 5 = 4 s without a renewal, and a
     server restart takes 1-2 s, so the restart does not make workers kill their jobs.
     """
-    c = chaos(lease=5)
+    c = chaos(lease=5, store=store)
     rng = random.Random(6)
     for i in range(3):
         c.add_worker(f"w{i + 1}", concurrency=17)
