@@ -276,6 +276,7 @@ class Bench:
 
 
 PIPELINE_WINDOW = 64  # single submits a client keeps on their way at once
+SINGLES = f"single submits, one client: each waited for / {PIPELINE_WINDOW} on their way"
 
 
 def _pipelined(c: Client, n: int, window: int) -> float:
@@ -405,31 +406,12 @@ def render(r: dict[str, Any]) -> str:
             "throughput, 1 / 2 / 4 workers (c2)",
             " / ".join(f"{v:,.0f}" for v in r["workers"].values()),
         ),
-        (
-            "throughput with 0 / 10% / 100% backlog queued",
-            " / ".join(f"{v:,.0f}" for v in r["backlog"].values())
-            + f" (backlog {max(map(int, r['backlog'])):,})",
-        ),
-        (
-            "submit: batch call / --from-file",
-            f"{sub['batch_per_s']:,.0f} / {sub['from_file_per_s']:,.0f} per s",
-        ),
-        (
-            f"single submits, one client: each waited for / {PIPELINE_WINDOW} on their way",
-            f"{sub['single_per_s']:,.0f} / {sub.get('pipelined_per_s', 0):,.0f} per s",
-        ),
-        (
-            "latency submit→start p50 / p99",
-            f"{lat['start_p50_ms']:.1f} / {lat['start_p99_ms']:.1f} ms",
-        ),
-        (
-            "latency submit→finished p50 / p99",
-            f"{lat['finish_p50_ms']:.1f} / {lat['finish_p99_ms']:.1f} ms",
-        ),
-        (
-            "status / list / list --queue with history",
-            f"{hist['status_ms']:.1f} / {hist['list_ms']:.1f} / {hist['list_queue_ms']:.1f} ms",
-        ),
+        ("throughput with 0 / 10% / 100% backlog queued", _backlog_cell(r["backlog"])),
+        ("submit: batch call / --from-file", _submit_cell(sub)),
+        (SINGLES, _singles_cell(sub)),
+        ("latency submit→start p50 / p99", _latency_cell(lat, "start")),
+        ("latency submit→finished p50 / p99", _latency_cell(lat, "finish")),
+        ("status / list / list --queue with history", _history_cell(hist)),
         (
             f"RSS server idle / load / {r.get('queued', 100_000):,} queued",
             f"{mem['server_idle_mb']:.0f} / "
@@ -447,6 +429,28 @@ def render(r: dict[str, Any]) -> str:
     ]
     head = f"dts benchmark, {r['date']}, {r['machine']}; medians of {r['reps']}, N={r['n']}\n\n"
     return head + "| measure | result |\n|---|---|\n" + "".join(f"| {a} | {b} |\n" for a, b in rows)
+
+
+def _backlog_cell(backlog: dict[str, float]) -> str:
+    return (
+        " / ".join(f"{v:,.0f}" for v in backlog.values()) + f" (backlog {max(map(int, backlog)):,})"
+    )
+
+
+def _submit_cell(sub: dict[str, float]) -> str:
+    return f"{sub['batch_per_s']:,.0f} / {sub['from_file_per_s']:,.0f} per s"
+
+
+def _singles_cell(sub: dict[str, float]) -> str:
+    return f"{sub['single_per_s']:,.0f} / {sub.get('pipelined_per_s', 0):,.0f} per s"
+
+
+def _latency_cell(lat: dict[str, float], to: str) -> str:
+    return f"{lat[f'{to}_p50_ms']:.1f} / {lat[f'{to}_p99_ms']:.1f} ms"
+
+
+def _history_cell(hist: dict[str, float]) -> str:
+    return f"{hist['status_ms']:.1f} / {hist['list_ms']:.1f} / {hist['list_queue_ms']:.1f} ms"
 
 
 def _storm_row(st: dict[str, float], when: str, label: str) -> tuple[str, str]:
