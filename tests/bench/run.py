@@ -24,8 +24,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from dts.client import Client
 from dts.domain import JobSpec
+from tests import postgres
 from tests.bench.storm import storm
 from tests.harness import BIN, RedisProcess, ServerProcess, WorkerProcess, wait_until
 
@@ -102,34 +105,78 @@ SMOKE = Sizes(
 )
 
 
-class Bench:
-    """One redis-server and dts-server per measurement, torn down afterwards."""
+class Database:
+    """A fresh PostgreSQL database for one measurement's server; stop() drops it."""
 
-    def __init__(self, root: Path, sizes: Sizes = FULL) -> None:
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.url = postgres.create_database(admin_url)
+        self._dropped = False
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if not self._dropped:
+            self._dropped = True
+            postgres.drop_database(self.admin_url, self.url)
+
+
+class Bench:
+    """One redis-server and dts-server per measurement, torn down afterwards. The server's
+    store is SQLite, or with store="postgres" a fresh database on the PostgreSQL server of
+    `postgres` (its admin URL), dropped after the measurement."""
+
+    def __init__(
+        self,
+        root: Path,
+        sizes: Sizes = FULL,
+        store: str = "sqlite",
+        postgres: str | None = None,
+    ) -> None:
+        if store not in ("sqlite", "postgres") or (store == "postgres" and not postgres):
+            raise ValueError(f"store {store!r} (PostgreSQL admin URL {postgres!r})")
         self.root = root
         self.sizes = sizes
+        self.store = store
+        self.postgres = postgres
+
+    def on(self, store: str) -> Bench:
+        """The same bench with another store."""
+        return Bench(self.root, self.sizes, store, self.postgres)
 
     def cluster(self, workers: int, concurrency: int) -> tuple[list[Any], Client, ServerProcess]:
         d = Path(tempfile.mkdtemp(dir=self.root))
-        r = RedisProcess(d)
-        r.start()
-        s = ServerProcess(d, r.url, *QUIET, *SERVER_ARGS)
-        s.start()
-        ws = [
-            WorkerProcess(
-                d, s.address, r.url, f"bench{i}", "--concurrency", str(concurrency), *QUIET
-            )
-            for i in range(workers)
-        ]
-        for w in ws:  # all at once: their start-up is not measured
-            w.start(wait=False)
-        for w in ws:
-            w.wait_registered()
-        return [r, s, *ws], Client(s.address, timeout=60), s
+        procs: list[Any] = []
+        try:
+            db = None
+            if self.store == "postgres":
+                assert self.postgres is not None
+                procs.append(Database(self.postgres))  # first: dropped last, after the server
+                db = procs[-1].url
+            r = RedisProcess(d)
+            r.start()
+            procs.append(r)
+            s = ServerProcess(d, r.url, *QUIET, *SERVER_ARGS, db=db)
+            procs.append(s)
+            s.start()
+            ws = [
+                WorkerProcess(
+                    d, s.address, r.url, f"bench{i}", "--concurrency", str(concurrency), *QUIET
+                )
+                for i in range(workers)
+            ]
+            procs += ws
+            for w in ws:  # all at once: their start-up is not measured
+                w.start(wait=False)
+            for w in ws:
+                w.wait_registered()
+        except BaseException:
+            self.down(procs, None)
+            raise
+        return procs, Client(s.address, timeout=60), s
 
     @staticmethod
-    def down(procs: list[Any], client: Client) -> None:
-        client.close()
+    def down(procs: list[Any], client: Client | None) -> None:
+        if client is not None:
+            client.close()
         workers = [p for p in procs if isinstance(p, WorkerProcess)]
         for w in workers:  # all drain at once
             w.signal(signal.SIGTERM)
@@ -245,22 +292,23 @@ class Bench:
             self.down(procs, c)
 
     def history_reads(self, rows: int) -> dict[str, float]:
-        """list/status latency with `rows` jobs in history (rows written straight to SQLite)."""
+        """list/status latency with `rows` jobs in history (rows written straight to the
+        store's jobs table, the server stopped)."""
         procs, c, s = self.cluster(0, 1)
         try:
             c.submit([JobSpec(argv=("true",))])  # creates the schema
             s.stop()
-            con = sqlite3.connect(s.db)
             now = time.time()
-            con.executemany(
-                "INSERT INTO jobs (name, queue, priority, argv, shell, env, cwd, timeout,"
-                " max_retries, backoff, delay, status, attempts, created_at, started_at,"
-                " finished_at, exit_code, worker) VALUES ('', 'default', 0, '[\"true\"]', 0,"
-                " '[]', '', 0, 0, 1, 0, 'succeeded', 1, ?, ?, ?, 0, 'w')",
-                ((now, now, now) for _ in range(rows)),
-            )
-            con.commit()
-            con.close()
+            if self.store == "postgres":
+                _pg_history(str(s.db), rows, now)
+            else:
+                con = sqlite3.connect(s.db)
+                con.executemany(
+                    f"INSERT INTO jobs ({HISTORY_COLUMNS}) VALUES ({history_row('?')})",
+                    ((now, now, now) for _ in range(rows)),
+                )
+                con.commit()
+                con.close()
             s.start()
             ids = [rows // 2 + k for k in range(200)]
             status = _timed(lambda: [c.get(i) for i in ids]) / len(ids)
@@ -273,6 +321,34 @@ class Bench:
             }
         finally:
             self.down(procs, c)
+
+
+# A succeeded job's row as the server leaves it (history_reads writes `rows` of them), with the
+# store's placeholder for its created_at, started_at and finished_at.
+HISTORY_COLUMNS = (
+    "name, queue, priority, argv, shell, env, cwd, timeout, max_retries, backoff, delay, status,"
+    " attempts, created_at, started_at, finished_at, exit_code, worker"
+)
+
+
+def history_row(param: str) -> str:
+    return (
+        "'', 'default', 0, '[\"true\"]', 0, '[]', '', 0, 0, 1, 0, 'succeeded', 1,"
+        f" {param}, {param}, {param}, 0, 'w'"
+    )
+
+
+def _pg_history(url: str, rows: int, now: float) -> None:
+    """`rows` succeeded jobs into the PostgreSQL jobs table in one statement, their ids from
+    its sequence as the server's would be; then VACUUM ANALYZE, which autovacuum would have
+    done to a table grown by a million rows (the planner then knows its size)."""
+    with psycopg.connect(url, autocommit=True) as con:
+        con.execute(
+            f"INSERT INTO jobs ({HISTORY_COLUMNS}) SELECT {history_row('%s')}"
+            " FROM generate_series(1, %s)",
+            (now, now, now, rows),
+        )
+        con.execute("VACUUM ANALYZE jobs")
 
 
 PIPELINE_WINDOW = 64  # single submits a client keeps on their way at once
