@@ -3,11 +3,18 @@
 Every figure is the median of --reps repetitions, and the machine's process-spawn rate is
 measured in the same run so ratios survive a change of machine speed. Results go to
 bench-results/dts.json and a Markdown table on stdout (and bench-results/dts.md).
+
+The store is SQLite unless a figure says otherwise; the measures that depend on the store
+(throughput at concurrency 2, submit rates, latency, backlog, history reads) are also taken
+with a PostgreSQL store, a fresh database of tests.postgres's server per measurement, in the
+same run (the "postgres" section, the table's PostgreSQL column). Without a PostgreSQL the
+report has the SQLite figures only and says so on stderr; under CI=true that is a failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -408,8 +415,8 @@ def main() -> int:
     sizes = replace(sizes, **given)
     out = Path(a.out)
     out.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="dts-bench-") as tmp:
-        r = measure(Bench(Path(tmp), sizes))
+    with tempfile.TemporaryDirectory(prefix="dts-bench-") as tmp, contextlib.ExitStack() as pg:
+        r = measure(Bench(Path(tmp), sizes, postgres=_postgres_server(pg)))
     (out / "dts.json").write_text(json.dumps(r, indent=2) + "\n")
     table = render(r)
     (out / "dts.md").write_text(table)
@@ -431,8 +438,16 @@ def measure(b: Bench) -> dict[str, Any]:
     step = _progress()
     r["spawn_limit_per_s"] = median_of(z.reps, lambda: spawn_limit(z.spawns))
     step("spawn limit", r["spawn_limit_per_s"])
-    r["throughput_c2"] = median_of(z.reps, lambda: b.throughput(z.n, 1, 2))
-    step("throughput c2", r["throughput_c2"])
+    pg = b.on("postgres") if b.postgres else None
+    pairs: list[tuple[float, float]] = []  # throughput c2: (SQLite, PostgreSQL) in turn
+    if pg is None:
+        r["throughput_c2"] = median_of(z.reps, lambda: b.throughput(z.n, 1, 2))
+        step("throughput c2", r["throughput_c2"])
+    else:  # the two stores take turns, so that their ratio is of runs minutes apart at most
+        pairs = [(b.throughput(z.n, 1, 2), pg.throughput(z.n, 1, 2)) for _ in range(z.reps)]
+        r["throughput_c2"] = statistics.median(sqlite for sqlite, _ in pairs)
+        step("throughput c2", r["throughput_c2"])
+        step("throughput c2, PostgreSQL", statistics.median(p for _, p in pairs))
     r["throughput_c4"] = median_of(z.reps, lambda: b.throughput(z.n, 1, 4))
     step("throughput c4", r["throughput_c4"])
     r["spawn_fraction_c2"] = r["throughput_c2"] / r["spawn_limit_per_s"]
@@ -457,7 +472,65 @@ def measure(b: Bench) -> dict[str, Any]:
         z.reps, lambda: storm(b.root, z.storm_waiters, z.storm_hanging, z.storm_calls)
     )
     step("storm", r["storm"])
+    if pg is not None:
+        r["postgres"] = measure_postgres(pg, r, pairs, step)
     return r
+
+
+def measure_postgres(
+    pg: Bench,
+    r: dict[str, Any],
+    pairs: list[tuple[float, float]],
+    step: Callable[[str, Any], None],
+) -> dict[str, Any]:
+    """The store-bound figures with the PostgreSQL store: throughput at concurrency 2 (from
+    `pairs`, runs of SQLite and PostgreSQL taken in turn), submit rates, latency, backlog and
+    history reads; each the median of `reps` runs, history reads once as SQLite's."""
+    assert pg.postgres is not None
+    z = pg.sizes
+    p: dict[str, Any] = {"server": _describe(pg.postgres)}
+    p["throughput_c2"] = statistics.median(q for _, q in pairs)
+    p["spawn_fraction_c2"] = p["throughput_c2"] / r["spawn_limit_per_s"]
+    p["throughput_ratio"] = statistics.median(q / sq for sq, q in pairs)  # of SQLite's
+    p["submit"] = median_of(z.reps, lambda: pg.submit_rates(max(z.n, z.submits)))
+    step("submit, PostgreSQL", p["submit"])
+    p["latency"] = median_of(z.reps, lambda: pg.latency(z.latency_jobs))
+    step("latency, PostgreSQL", p["latency"])
+    p["backlog"] = {
+        str(k): median_of(z.reps, lambda k=k: pg.throughput(z.n, 1, 2, k))
+        for k in (0, z.queued // 10, z.queued)
+    }
+    step("backlog, PostgreSQL", p["backlog"])
+    p["history"] = pg.history_reads(z.history)
+    step("history, PostgreSQL", p["history"])
+    return p
+
+
+def _postgres_server(stack: contextlib.ExitStack) -> str | None:
+    """The admin URL of tests.postgres's server, kept for the run by `stack`; None, said on
+    stderr, when there is none (under CI=true that fails the run)."""
+    try:
+        return stack.enter_context(postgres.server())
+    except RuntimeError as e:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            raise RuntimeError(f"CI must benchmark the PostgreSQL store: {e}") from e
+        print(
+            f"bench: no PostgreSQL ({e}); the report has the SQLite figures only",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+
+
+def _describe(admin_url: str) -> dict[str, str]:
+    """What the PostgreSQL figures were measured on: version, address, durability settings."""
+    info = psycopg.conninfo.conninfo_to_dict(admin_url)
+    with psycopg.connect(admin_url) as con:
+        settings = {
+            name: str(row[0]) if (row := con.execute(f"SHOW {name}").fetchone()) else "?"
+            for name in ("server_version", "fsync", "synchronous_commit")
+        }
+    return {"address": f"{info.get('host', '')}:{info.get('port', 5432)}", **settings}
 
 
 def _progress() -> Callable[[str, Any], None]:
@@ -470,7 +543,10 @@ def _progress() -> Callable[[str, Any], None]:
 
 
 def render(r: dict[str, Any]) -> str:
+    """The Markdown table; with a "postgres" section, a PostgreSQL column beside the result
+    (the SQLite store's, for the measures that depend on the store), "—" where it has none."""
     lat, sub, mem, hist = r["latency"], r["submit"], r["memory"], r["history"]
+    pg = r.get("postgres")
     rows = [
         ("spawn limit (subprocess.run true, 2 threads)", f"{r['spawn_limit_per_s']:,.0f} /s"),
         (
@@ -504,7 +580,34 @@ def render(r: dict[str, Any]) -> str:
         ),
     ]
     head = f"dts benchmark, {r['date']}, {r['machine']}; medians of {r['reps']}, N={r['n']}\n\n"
-    return head + "| measure | result |\n|---|---|\n" + "".join(f"| {a} | {b} |\n" for a, b in rows)
+    if pg is None:
+        return (
+            head
+            + "| measure | result |\n|---|---|\n"
+            + "".join(f"| {a} | {b} |\n" for a, b in rows)
+        )
+    srv = pg["server"]
+    head += (
+        f"result: the SQLite store (synchronous=full) where the store matters; PostgreSQL: "
+        f"PostgreSQL {srv['server_version']} on {srv['address']} (fsync {srv['fsync']}, "
+        f"synchronous_commit {srv['synchronous_commit']}), a fresh database per measurement\n\n"
+    )
+    beside = {  # the PostgreSQL cell of each measure that has one
+        "throughput, 1 worker, concurrency 2": f"{pg['throughput_c2']:,.0f} jobs/s "
+        f"({pg['spawn_fraction_c2']:.0%} of spawn limit, {pg['throughput_ratio']:.0%} of SQLite's)",
+        "throughput with 0 / 10% / 100% backlog queued": _backlog_cell(pg["backlog"]),
+        "submit: batch call / --from-file": _submit_cell(pg["submit"]),
+        SINGLES: _singles_cell(pg["submit"]),
+        "latency submit→start p50 / p99": _latency_cell(pg["latency"], "start"),
+        "latency submit→finished p50 / p99": _latency_cell(pg["latency"], "finish"),
+        "status / list / list --queue with history": _history_cell(pg["history"]),
+    }
+    assert set(beside) <= {a for a, _ in rows}, set(beside) - {a for a, _ in rows}
+    return (
+        head
+        + "| measure | result | PostgreSQL |\n|---|---|---|\n"
+        + "".join(f"| {a} | {b} | {beside.get(a, '—')} |\n" for a, b in rows)
+    )
 
 
 def _backlog_cell(backlog: dict[str, float]) -> str:
