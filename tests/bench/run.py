@@ -3,11 +3,18 @@
 Every figure is the median of --reps repetitions, and the machine's process-spawn rate is
 measured in the same run so ratios survive a change of machine speed. Results go to
 bench-results/dts.json and a Markdown table on stdout (and bench-results/dts.md).
+
+The store is SQLite unless a figure says otherwise; the measures that depend on the store
+(throughput at concurrency 2, submit rates, latency, backlog, history reads) are also taken
+with a PostgreSQL store, a fresh database of tests.postgres's server per measurement, in the
+same run (the "postgres" section, the table's PostgreSQL column). Without a PostgreSQL the
+report has the SQLite figures only and says so on stderr; under CI=true that is a failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -24,8 +31,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from dts.client import Client
 from dts.domain import JobSpec
+from tests import postgres
 from tests.bench.storm import storm
 from tests.harness import BIN, RedisProcess, ServerProcess, WorkerProcess, wait_until
 
@@ -102,34 +112,78 @@ SMOKE = Sizes(
 )
 
 
-class Bench:
-    """One redis-server and dts-server per measurement, torn down afterwards."""
+class Database:
+    """A fresh PostgreSQL database for one measurement's server; stop() drops it."""
 
-    def __init__(self, root: Path, sizes: Sizes = FULL) -> None:
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.url = postgres.create_database(admin_url)
+        self._dropped = False
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if not self._dropped:
+            self._dropped = True
+            postgres.drop_database(self.admin_url, self.url)
+
+
+class Bench:
+    """One redis-server and dts-server per measurement, torn down afterwards. The server's
+    store is SQLite, or with store="postgres" a fresh database on the PostgreSQL server of
+    `postgres` (its admin URL), dropped after the measurement."""
+
+    def __init__(
+        self,
+        root: Path,
+        sizes: Sizes = FULL,
+        store: str = "sqlite",
+        postgres: str | None = None,
+    ) -> None:
+        if store not in ("sqlite", "postgres") or (store == "postgres" and not postgres):
+            raise ValueError(f"store {store!r} (PostgreSQL admin URL {postgres!r})")
         self.root = root
         self.sizes = sizes
+        self.store = store
+        self.postgres = postgres
+
+    def on(self, store: str) -> Bench:
+        """The same bench with another store."""
+        return Bench(self.root, self.sizes, store, self.postgres)
 
     def cluster(self, workers: int, concurrency: int) -> tuple[list[Any], Client, ServerProcess]:
         d = Path(tempfile.mkdtemp(dir=self.root))
-        r = RedisProcess(d)
-        r.start()
-        s = ServerProcess(d, r.url, *QUIET, *SERVER_ARGS)
-        s.start()
-        ws = [
-            WorkerProcess(
-                d, s.address, r.url, f"bench{i}", "--concurrency", str(concurrency), *QUIET
-            )
-            for i in range(workers)
-        ]
-        for w in ws:  # all at once: their start-up is not measured
-            w.start(wait=False)
-        for w in ws:
-            w.wait_registered()
-        return [r, s, *ws], Client(s.address, timeout=60), s
+        procs: list[Any] = []
+        try:
+            db = None
+            if self.store == "postgres":
+                assert self.postgres is not None
+                procs.append(Database(self.postgres))  # first: dropped last, after the server
+                db = procs[-1].url
+            r = RedisProcess(d)
+            r.start()
+            procs.append(r)
+            s = ServerProcess(d, r.url, *QUIET, *SERVER_ARGS, db=db)
+            procs.append(s)
+            s.start()
+            ws = [
+                WorkerProcess(
+                    d, s.address, r.url, f"bench{i}", "--concurrency", str(concurrency), *QUIET
+                )
+                for i in range(workers)
+            ]
+            procs += ws
+            for w in ws:  # all at once: their start-up is not measured
+                w.start(wait=False)
+            for w in ws:
+                w.wait_registered()
+        except BaseException:
+            self.down(procs, None)
+            raise
+        return procs, Client(s.address, timeout=60), s
 
     @staticmethod
-    def down(procs: list[Any], client: Client) -> None:
-        client.close()
+    def down(procs: list[Any], client: Client | None) -> None:
+        if client is not None:
+            client.close()
         workers = [p for p in procs if isinstance(p, WorkerProcess)]
         for w in workers:  # all drain at once
             w.signal(signal.SIGTERM)
@@ -245,22 +299,23 @@ class Bench:
             self.down(procs, c)
 
     def history_reads(self, rows: int) -> dict[str, float]:
-        """list/status latency with `rows` jobs in history (rows written straight to SQLite)."""
+        """list/status latency with `rows` jobs in history (rows written straight to the
+        store's jobs table, the server stopped)."""
         procs, c, s = self.cluster(0, 1)
         try:
             c.submit([JobSpec(argv=("true",))])  # creates the schema
             s.stop()
-            con = sqlite3.connect(s.db)
             now = time.time()
-            con.executemany(
-                "INSERT INTO jobs (name, queue, priority, argv, shell, env, cwd, timeout,"
-                " max_retries, backoff, delay, status, attempts, created_at, started_at,"
-                " finished_at, exit_code, worker) VALUES ('', 'default', 0, '[\"true\"]', 0,"
-                " '[]', '', 0, 0, 1, 0, 'succeeded', 1, ?, ?, ?, 0, 'w')",
-                ((now, now, now) for _ in range(rows)),
-            )
-            con.commit()
-            con.close()
+            if self.store == "postgres":
+                _pg_history(str(s.db), rows, now)
+            else:
+                con = sqlite3.connect(s.db)
+                con.executemany(
+                    f"INSERT INTO jobs ({HISTORY_COLUMNS}) VALUES ({history_row('?')})",
+                    ((now, now, now) for _ in range(rows)),
+                )
+                con.commit()
+                con.close()
             s.start()
             ids = [rows // 2 + k for k in range(200)]
             status = _timed(lambda: [c.get(i) for i in ids]) / len(ids)
@@ -275,7 +330,36 @@ class Bench:
             self.down(procs, c)
 
 
+# A succeeded job's row as the server leaves it (history_reads writes `rows` of them), with the
+# store's placeholder for its created_at, started_at and finished_at.
+HISTORY_COLUMNS = (
+    "name, queue, priority, argv, shell, env, cwd, timeout, max_retries, backoff, delay, status,"
+    " attempts, created_at, started_at, finished_at, exit_code, worker"
+)
+
+
+def history_row(param: str) -> str:
+    return (
+        "'', 'default', 0, '[\"true\"]', 0, '[]', '', 0, 0, 1, 0, 'succeeded', 1,"
+        f" {param}, {param}, {param}, 0, 'w'"
+    )
+
+
+def _pg_history(url: str, rows: int, now: float) -> None:
+    """`rows` succeeded jobs into the PostgreSQL jobs table in one statement, their ids from
+    its sequence as the server's would be; then VACUUM ANALYZE, which autovacuum would have
+    done to a table grown by a million rows (the planner then knows its size)."""
+    with psycopg.connect(url, autocommit=True) as con:
+        con.execute(
+            f"INSERT INTO jobs ({HISTORY_COLUMNS}) SELECT {history_row('%s')}"
+            " FROM generate_series(1, %s)",
+            (now, now, now, rows),
+        )
+        con.execute("VACUUM ANALYZE jobs")
+
+
 PIPELINE_WINDOW = 64  # single submits a client keeps on their way at once
+SINGLES = f"single submits, one client: each waited for / {PIPELINE_WINDOW} on their way"
 
 
 def _pipelined(c: Client, n: int, window: int) -> float:
@@ -331,8 +415,8 @@ def main() -> int:
     sizes = replace(sizes, **given)
     out = Path(a.out)
     out.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="dts-bench-") as tmp:
-        r = measure(Bench(Path(tmp), sizes))
+    with tempfile.TemporaryDirectory(prefix="dts-bench-") as tmp, contextlib.ExitStack() as pg:
+        r = measure(Bench(Path(tmp), sizes, postgres=_postgres_server(pg)))
     (out / "dts.json").write_text(json.dumps(r, indent=2) + "\n")
     table = render(r)
     (out / "dts.md").write_text(table)
@@ -354,8 +438,16 @@ def measure(b: Bench) -> dict[str, Any]:
     step = _progress()
     r["spawn_limit_per_s"] = median_of(z.reps, lambda: spawn_limit(z.spawns))
     step("spawn limit", r["spawn_limit_per_s"])
-    r["throughput_c2"] = median_of(z.reps, lambda: b.throughput(z.n, 1, 2))
-    step("throughput c2", r["throughput_c2"])
+    pg = b.on("postgres") if b.postgres else None
+    pairs: list[tuple[float, float]] = []  # throughput c2: (SQLite, PostgreSQL) in turn
+    if pg is None:
+        r["throughput_c2"] = median_of(z.reps, lambda: b.throughput(z.n, 1, 2))
+        step("throughput c2", r["throughput_c2"])
+    else:  # the two stores take turns, so that their ratio is of runs minutes apart at most
+        pairs = [(b.throughput(z.n, 1, 2), pg.throughput(z.n, 1, 2)) for _ in range(z.reps)]
+        r["throughput_c2"] = statistics.median(sqlite for sqlite, _ in pairs)
+        step("throughput c2", r["throughput_c2"])
+        step("throughput c2, PostgreSQL", statistics.median(p for _, p in pairs))
     r["throughput_c4"] = median_of(z.reps, lambda: b.throughput(z.n, 1, 4))
     step("throughput c4", r["throughput_c4"])
     r["spawn_fraction_c2"] = r["throughput_c2"] / r["spawn_limit_per_s"]
@@ -380,7 +472,65 @@ def measure(b: Bench) -> dict[str, Any]:
         z.reps, lambda: storm(b.root, z.storm_waiters, z.storm_hanging, z.storm_calls)
     )
     step("storm", r["storm"])
+    if pg is not None:
+        r["postgres"] = measure_postgres(pg, r, pairs, step)
     return r
+
+
+def measure_postgres(
+    pg: Bench,
+    r: dict[str, Any],
+    pairs: list[tuple[float, float]],
+    step: Callable[[str, Any], None],
+) -> dict[str, Any]:
+    """The store-bound figures with the PostgreSQL store: throughput at concurrency 2 (from
+    `pairs`, runs of SQLite and PostgreSQL taken in turn), submit rates, latency, backlog and
+    history reads; each the median of `reps` runs, history reads once as SQLite's."""
+    assert pg.postgres is not None
+    z = pg.sizes
+    p: dict[str, Any] = {"server": _describe(pg.postgres)}
+    p["throughput_c2"] = statistics.median(q for _, q in pairs)
+    p["spawn_fraction_c2"] = p["throughput_c2"] / r["spawn_limit_per_s"]
+    p["throughput_ratio"] = statistics.median(q / sq for sq, q in pairs)  # of SQLite's
+    p["submit"] = median_of(z.reps, lambda: pg.submit_rates(max(z.n, z.submits)))
+    step("submit, PostgreSQL", p["submit"])
+    p["latency"] = median_of(z.reps, lambda: pg.latency(z.latency_jobs))
+    step("latency, PostgreSQL", p["latency"])
+    p["backlog"] = {
+        str(k): median_of(z.reps, lambda k=k: pg.throughput(z.n, 1, 2, k))
+        for k in (0, z.queued // 10, z.queued)
+    }
+    step("backlog, PostgreSQL", p["backlog"])
+    p["history"] = pg.history_reads(z.history)
+    step("history, PostgreSQL", p["history"])
+    return p
+
+
+def _postgres_server(stack: contextlib.ExitStack) -> str | None:
+    """The admin URL of tests.postgres's server, kept for the run by `stack`; None, said on
+    stderr, when there is none (under CI=true that fails the run)."""
+    try:
+        return stack.enter_context(postgres.server())
+    except RuntimeError as e:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            raise RuntimeError(f"CI must benchmark the PostgreSQL store: {e}") from e
+        print(
+            f"bench: no PostgreSQL ({e}); the report has the SQLite figures only",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+
+
+def _describe(admin_url: str) -> dict[str, str]:
+    """What the PostgreSQL figures were measured on: version, address, durability settings."""
+    info = psycopg.conninfo.conninfo_to_dict(admin_url)
+    with psycopg.connect(admin_url) as con:
+        settings = {
+            name: str(row[0]) if (row := con.execute(f"SHOW {name}").fetchone()) else "?"
+            for name in ("server_version", "fsync", "synchronous_commit")
+        }
+    return {"address": f"{info.get('host', '')}:{info.get('port', 5432)}", **settings}
 
 
 def _progress() -> Callable[[str, Any], None]:
@@ -393,7 +543,10 @@ def _progress() -> Callable[[str, Any], None]:
 
 
 def render(r: dict[str, Any]) -> str:
+    """The Markdown table; with a "postgres" section, a PostgreSQL column beside the result
+    (the SQLite store's, for the measures that depend on the store), "—" where it has none."""
     lat, sub, mem, hist = r["latency"], r["submit"], r["memory"], r["history"]
+    pg = r.get("postgres")
     rows = [
         ("spawn limit (subprocess.run true, 2 threads)", f"{r['spawn_limit_per_s']:,.0f} /s"),
         (
@@ -405,31 +558,12 @@ def render(r: dict[str, Any]) -> str:
             "throughput, 1 / 2 / 4 workers (c2)",
             " / ".join(f"{v:,.0f}" for v in r["workers"].values()),
         ),
-        (
-            "throughput with 0 / 10% / 100% backlog queued",
-            " / ".join(f"{v:,.0f}" for v in r["backlog"].values())
-            + f" (backlog {max(map(int, r['backlog'])):,})",
-        ),
-        (
-            "submit: batch call / --from-file",
-            f"{sub['batch_per_s']:,.0f} / {sub['from_file_per_s']:,.0f} per s",
-        ),
-        (
-            f"single submits, one client: each waited for / {PIPELINE_WINDOW} on their way",
-            f"{sub['single_per_s']:,.0f} / {sub.get('pipelined_per_s', 0):,.0f} per s",
-        ),
-        (
-            "latency submit→start p50 / p99",
-            f"{lat['start_p50_ms']:.1f} / {lat['start_p99_ms']:.1f} ms",
-        ),
-        (
-            "latency submit→finished p50 / p99",
-            f"{lat['finish_p50_ms']:.1f} / {lat['finish_p99_ms']:.1f} ms",
-        ),
-        (
-            "status / list / list --queue with history",
-            f"{hist['status_ms']:.1f} / {hist['list_ms']:.1f} / {hist['list_queue_ms']:.1f} ms",
-        ),
+        ("throughput with 0 / 10% / 100% backlog queued", _backlog_cell(r["backlog"])),
+        ("submit: batch call / --from-file", _submit_cell(sub)),
+        (SINGLES, _singles_cell(sub)),
+        ("latency submit→start p50 / p99", _latency_cell(lat, "start")),
+        ("latency submit→finished p50 / p99", _latency_cell(lat, "finish")),
+        ("status / list / list --queue with history", _history_cell(hist)),
         (
             f"RSS server idle / load / {r.get('queued', 100_000):,} queued",
             f"{mem['server_idle_mb']:.0f} / "
@@ -446,7 +580,56 @@ def render(r: dict[str, Any]) -> str:
         ),
     ]
     head = f"dts benchmark, {r['date']}, {r['machine']}; medians of {r['reps']}, N={r['n']}\n\n"
-    return head + "| measure | result |\n|---|---|\n" + "".join(f"| {a} | {b} |\n" for a, b in rows)
+    if pg is None:
+        return (
+            head
+            + "| measure | result |\n|---|---|\n"
+            + "".join(f"| {a} | {b} |\n" for a, b in rows)
+        )
+    srv = pg["server"]
+    head += (
+        f"result: the SQLite store (synchronous=full) where the store matters; PostgreSQL: "
+        f"PostgreSQL {srv['server_version']} on {srv['address']} (fsync {srv['fsync']}, "
+        f"synchronous_commit {srv['synchronous_commit']}), a fresh database per measurement\n\n"
+    )
+    beside = {  # the PostgreSQL cell of each measure that has one
+        "throughput, 1 worker, concurrency 2": f"{pg['throughput_c2']:,.0f} jobs/s "
+        f"({pg['spawn_fraction_c2']:.0%} of spawn limit, {pg['throughput_ratio']:.0%} of SQLite's)",
+        "throughput with 0 / 10% / 100% backlog queued": _backlog_cell(pg["backlog"]),
+        "submit: batch call / --from-file": _submit_cell(pg["submit"]),
+        SINGLES: _singles_cell(pg["submit"]),
+        "latency submit→start p50 / p99": _latency_cell(pg["latency"], "start"),
+        "latency submit→finished p50 / p99": _latency_cell(pg["latency"], "finish"),
+        "status / list / list --queue with history": _history_cell(pg["history"]),
+    }
+    assert set(beside) <= {a for a, _ in rows}, set(beside) - {a for a, _ in rows}
+    return (
+        head
+        + "| measure | result | PostgreSQL |\n|---|---|---|\n"
+        + "".join(f"| {a} | {b} | {beside.get(a, '—')} |\n" for a, b in rows)
+    )
+
+
+def _backlog_cell(backlog: dict[str, float]) -> str:
+    return (
+        " / ".join(f"{v:,.0f}" for v in backlog.values()) + f" (backlog {max(map(int, backlog)):,})"
+    )
+
+
+def _submit_cell(sub: dict[str, float]) -> str:
+    return f"{sub['batch_per_s']:,.0f} / {sub['from_file_per_s']:,.0f} per s"
+
+
+def _singles_cell(sub: dict[str, float]) -> str:
+    return f"{sub['single_per_s']:,.0f} / {sub.get('pipelined_per_s', 0):,.0f} per s"
+
+
+def _latency_cell(lat: dict[str, float], to: str) -> str:
+    return f"{lat[f'{to}_p50_ms']:.1f} / {lat[f'{to}_p99_ms']:.1f} ms"
+
+
+def _history_cell(hist: dict[str, float]) -> str:
+    return f"{hist['status_ms']:.1f} / {hist['list_ms']:.1f} / {hist['list_queue_ms']:.1f} ms"
 
 
 def _storm_row(st: dict[str, float], when: str, label: str) -> tuple[str, str]:

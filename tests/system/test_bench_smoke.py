@@ -1,6 +1,8 @@
 """`make bench`'s own entry point, run with its smallest sizes (--smoke): every figure of the
 report is there and sane (rates positive and below what a 2-core machine can do, ratios
-between 0 and 1, latencies of milliseconds, memory of megabytes).
+between 0 and 1, latencies of milliseconds, memory of megabytes), the PostgreSQL store's
+as well as SQLite's (without a PostgreSQL the bench must say so and report SQLite's; under
+CI=true it must fail).
 
 The figures' values belong to `make bench`; this catches a measurement that is missing,
 broken (zero, NaN, a unit off by a thousand) or inconsistent with the others.
@@ -8,14 +10,18 @@ broken (zero, NaN, a unit off by a thousand) or inconsistent with the others.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 
+from tests.bench import run as bench
+from tests.bench.run import render
 from tests.harness import clean_env
 
 pytestmark = pytest.mark.single_store  # names its store itself: runs once
@@ -25,13 +31,47 @@ REPO = Path(__file__).resolve().parents[2]
 N, QUEUED = 50, 200
 WAITERS, HANGING = 50, 10
 ROWS = 15  # measures in the Markdown table
+# those with a PostgreSQL figure beside SQLite's, by how they begin
+PG_MEASURES = (
+    "throughput, 1 worker, concurrency 2",
+    "throughput with 0 / 10% / 100% backlog",
+    "submit: batch call / --from-file",
+    "single submits, one client",
+    "latency submit→start",
+    "latency submit→finished",
+    "status / list / list --queue",
+)
 
 
 def within(value: object, low: float, high: float) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and low < value < high
 
 
-@pytest.mark.timeout(120)
+def check_submit(sub: dict[str, float]) -> None:
+    """Submits per second: one batch call beats one call per job."""
+    assert set(sub) == {"batch_per_s", "from_file_per_s", "single_per_s", "pipelined_per_s"}
+    for name, rate in sub.items():
+        assert within(rate, 1, 1_000_000), (name, rate)
+    assert sub["batch_per_s"] > sub["single_per_s"], sub
+
+
+def check_latency(lat: dict[str, float]) -> None:
+    """Latencies in milliseconds (a submit, a claim and a process spawn take more than 0.1 ms),
+    a job starts before it has finished, p50 <= p99."""
+    assert set(lat) == {"start_p50_ms", "start_p99_ms", "finish_p50_ms", "finish_p99_ms"}
+    for name, ms in lat.items():
+        assert within(ms, 0.1, 10_000), (name, ms)
+    assert lat["start_p50_ms"] <= lat["start_p99_ms"] and lat["start_p50_ms"] < lat["finish_p50_ms"]
+    assert lat["finish_p50_ms"] <= lat["finish_p99_ms"], lat
+
+
+def check_history(hist: dict[str, float]) -> None:
+    assert set(hist) == {"status_ms", "list_ms", "list_queue_ms"}
+    for name, ms in hist.items():
+        assert within(ms, 0.01, 5_000), (name, ms)  # a gRPC round trip at least
+
+
+@pytest.mark.timeout(180)
 def test_make_bench_entry_point_reports_every_figure_sanely(tmp_path: Path) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "tests.bench.run", "--smoke", "--out", str(tmp_path)],
@@ -39,14 +79,17 @@ def test_make_bench_entry_point_reports_every_figure_sanely(tmp_path: Path) -> N
         env=clean_env(),
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=170,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((tmp_path / "dts.json").read_text())
+    with_pg = "postgres" in report
+    if not with_pg:  # the bench says why; CI, which must have one, failed above
+        assert "no PostgreSQL" in r.stderr, r.stderr[-3000:]
     assert set(report) == {
         "date", "machine", "n", "reps", "queued", "spawn_limit_per_s", "throughput_c2",
         "throughput_c4", "spawn_fraction_c2", "submit", "latency", "workers", "backlog",
-        "history", "memory", "storm",
+        "history", "memory", "storm", *(["postgres"] if with_pg else []),
     }  # fmt: skip
     assert (report["n"], report["reps"], report["queued"]) == (N, 1, QUEUED)
     assert report["date"] and "CPUs" in report["machine"]
@@ -67,25 +110,9 @@ def test_make_bench_entry_point_reports_every_figure_sanely(tmp_path: Path) -> N
     assert report["spawn_fraction_c2"] == pytest.approx(report["throughput_c2"] / spawn)
     assert within(report["spawn_fraction_c2"], 0, 1), report["spawn_fraction_c2"]
 
-    # submits per second: one batch call beats one call per job
-    sub = report["submit"]
-    assert set(sub) == {"batch_per_s", "from_file_per_s", "single_per_s", "pipelined_per_s"}
-    for name, rate in sub.items():
-        assert within(rate, 1, 1_000_000), (name, rate)
-    assert sub["batch_per_s"] > sub["single_per_s"], sub
-
-    # latencies in milliseconds (a submit, a claim and a process spawn take more than 0.1 ms),
-    # a job starts before it has finished, p50 <= p99
-    lat = report["latency"]
-    assert set(lat) == {"start_p50_ms", "start_p99_ms", "finish_p50_ms", "finish_p99_ms"}
-    for name, ms in lat.items():
-        assert within(ms, 0.1, 10_000), (name, ms)
-    assert lat["start_p50_ms"] <= lat["start_p99_ms"] and lat["start_p50_ms"] < lat["finish_p50_ms"]
-    assert lat["finish_p50_ms"] <= lat["finish_p99_ms"], lat
-    hist = report["history"]
-    assert set(hist) == {"status_ms", "list_ms", "list_queue_ms"}
-    for name, ms in hist.items():
-        assert within(ms, 0.01, 5_000), (name, ms)  # a gRPC round trip at least
+    check_submit(report["submit"])
+    check_latency(report["latency"])
+    check_history(report["history"])
 
     # memory: resident sizes of Python processes, and SQLite bytes per stored job
     mem = report["memory"]
@@ -108,11 +135,66 @@ def test_make_bench_entry_point_reports_every_figure_sanely(tmp_path: Path) -> N
         for c in ("ping", "status", "heartbeat"):
             assert st[f"{w} {c} p50 ms"] <= st[f"{w} {c} p99 ms"], (w, c, st)
 
-    # and the table: on stdout and in dts.md, one row per measure, every cell a figure
+    if with_pg:
+        check_postgres(report["postgres"], report)
+
+    # and the table: on stdout and in dts.md, one row per measure, every cell a figure (or,
+    # in the PostgreSQL column, "—" for a measure it has none of)
     table = (tmp_path / "dts.md").read_text()
     assert table in r.stdout
-    rows = [line.split(" | ") for line in table.splitlines()[3:] if line.startswith("| ")]
-    assert len(rows) == ROWS, table
-    for measure, result in rows:
-        assert any(ch.isdigit() for ch in result), (measure, result)
-        assert "nan" not in result and "inf" not in result, (measure, result)
+    lines = table.splitlines()
+    body = lines[lines.index("|---|---|---|" if with_pg else "|---|---|") + 1 :]
+    rows = [line.removeprefix("| ").removesuffix(" |").split(" | ") for line in body]
+    assert len(rows) == ROWS and all(len(row) == (3 if with_pg else 2) for row in rows), table
+    for measure, *cells in rows:
+        if with_pg:
+            assert (cells[1] != "—") == measure.startswith(PG_MEASURES), (measure, cells)
+        for cell in (c for c in cells if c != "—"):
+            assert any(ch.isdigit() for ch in cell), (measure, cell)
+            assert "nan" not in cell and "inf" not in cell, (measure, cell)
+    if with_pg:
+        assert sum(row[2] != "—" for row in rows) == len(PG_MEASURES), table
+        # the same report without its PostgreSQL section: the SQLite table as it always was
+        alone = render({k: v for k, v in report.items() if k != "postgres"})
+        assert alone.splitlines()[2:4] == ["| measure | result |", "|---|---|"], alone
+        assert alone.splitlines()[4:] == [f"| {a} | {b} |" for a, b, _ in rows], alone
+
+
+def test_without_postgresql_the_bench_says_so_and_in_ci_fails(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def none() -> NoReturn:
+        raise RuntimeError("no PostgreSQL answers and none could be started: test")
+
+    monkeypatch.setattr(bench.postgres, "server", none)
+    monkeypatch.delenv("CI", raising=False)
+    with contextlib.ExitStack() as stack:
+        assert bench._postgres_server(stack) is None
+    assert "no PostgreSQL" in capsys.readouterr().err
+    monkeypatch.setenv("CI", "true")
+    with contextlib.ExitStack() as stack, pytest.raises(RuntimeError, match="CI must benchmark"):
+        bench._postgres_server(stack)
+
+
+def check_postgres(pg: dict[str, Any], report: dict[str, Any]) -> None:
+    """The PostgreSQL store's figures: the same measures, as sane as SQLite's, and what they
+    were measured on."""
+    assert set(pg) == {
+        "server", "throughput_c2", "spawn_fraction_c2", "throughput_ratio", "submit", "latency",
+        "backlog", "history",
+    }  # fmt: skip
+    assert set(pg["server"]) == {"address", "server_version", "fsync", "synchronous_commit"}
+    assert all(pg["server"].values()), pg["server"]
+    spawn = report["spawn_limit_per_s"]
+    rates = {"throughput_c2": pg["throughput_c2"], **pg["backlog"]}
+    assert list(pg["backlog"]) == ["0", str(QUEUED // 10), str(QUEUED)]
+    for name, rate in rates.items():
+        assert within(rate, 1, 2 * spawn), (name, rate, spawn)
+    assert pg["spawn_fraction_c2"] == pytest.approx(pg["throughput_c2"] / spawn)
+    assert within(pg["spawn_fraction_c2"], 0, 1), pg["spawn_fraction_c2"]
+    # one pair of runs (reps 1): the ratio is of the two figures reported
+    assert pg["throughput_ratio"] == pytest.approx(pg["throughput_c2"] / report["throughput_c2"])
+    assert within(pg["throughput_ratio"], 0.01, 100), pg["throughput_ratio"]
+    check_submit(pg["submit"])
+    check_latency(pg["latency"])
+    check_history(pg["history"])
