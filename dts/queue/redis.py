@@ -44,12 +44,17 @@ JUNK_REPEAT = 60.0  # seconds between two warnings of one cause of dropped membe
 
 
 def redacted_url(url: str) -> str:
-    """A Redis URL fit for logs: its user and password, and a password query value, as ***."""
+    """A Redis URL fit for logs: its user and password, and the value of any query option
+    ending in `password` (`password=`, `sentinel_password=`...), as ***. Everything before the
+    last '@' is taken for credentials, so a password with an unescaped '/' or '?' is hidden
+    too (and a query value with an '@' hides more than it needs to)."""
     scheme, sep, rest = url.partition("://")
-    authority, slash, tail = rest.partition("/")
-    if "@" in authority:
-        authority = "***@" + authority.rsplit("@", 1)[1]
-    return scheme + sep + authority + slash + re.sub(r"([?&]password=)[^&]*", r"\1***", tail)
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    base, question, query = rest.partition("?")
+    return (
+        scheme + sep + base + question + re.sub(r"((?:^|&)[^&=]*password=)[^&]*", r"\1***", query)
+    )
 
 
 @dataclass(frozen=True)
@@ -334,9 +339,10 @@ class RedisQueue:
 
 
 def check_redis_url(url: str) -> None:
+    """InvalidArgument, in one line that shows no password, for a URL dts could not use."""
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise InvalidArgument(
-            f"--redis-url must start with redis://, rediss:// or unix://: {url!r}"
+            f"--redis-url must start with redis://, rediss:// or unix://: {redacted_url(url)!r}"
         )
     try:  # what redis-py would refuse later, with a traceback: a bad port or query value
         parse_redis_url(url)  # type: ignore[no-untyped-call]
