@@ -319,3 +319,69 @@ def pid_alive(pid: int) -> bool:
 def kill_quietly(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+class SentinelProcess(Proc):
+    """A Redis Sentinel (`redis-server CONF --sentinel`) on a free loopback port, watching the
+    master of `service` at 127.0.0.1:`master_port` with a quick failure detector: down after
+    `down_after_ms` of silence, quorum `quorum`, failovers bounded by `failover_timeout_ms`.
+    Its config file (which Sentinel rewrites as it learns) lives in `workdir`."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        master_port: int,
+        service: str = "dts",
+        quorum: int = 2,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 3000,
+        tls: tuple[str, str, str] | None = None,
+        extra: Sequence[str] = (),
+    ) -> None:
+        self.port = free_port()
+        self.service = service
+        self.tls = tls  # (certificate, key, CA): TLS only, to clients and to the Redis nodes
+        self.conf = workdir / f"sentinel-{self.port}.conf"
+        ports = [f"port {self.port}"]
+        if tls:
+            ports = ["port 0", f"tls-port {self.port}", "tls-replication yes"]
+            ports += ["tls-auth-clients no", f"tls-cert-file {tls[0]}", f"tls-key-file {tls[1]}"]
+            ports += [f"tls-ca-cert-file {tls[2]}"]
+        self.conf.write_text(
+            "\n".join(
+                [
+                    *ports,
+                    "bind 127.0.0.1",
+                    f"dir {workdir}",
+                    f"sentinel monitor {service} 127.0.0.1 {master_port} {quorum}",
+                    f"sentinel down-after-milliseconds {service} {down_after_ms}",
+                    f"sentinel failover-timeout {service} {failover_timeout_ms}",
+                    f"sentinel parallel-syncs {service} 1",
+                    *extra,
+                    "",
+                ]
+            )
+        )
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        super().__init__([exe, str(self.conf), "--sentinel"], workdir / f"sentinel-{self.port}.log")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client(self) -> redis.Redis:
+        tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": self.tls[2]} if self.tls else {}
+        return redis.Redis("127.0.0.1", self.port, socket_timeout=5, decode_responses=True, **tls)
+
+    def master(self) -> dict[str, Any]:
+        """What this sentinel knows of its service's master (SENTINEL MASTER)."""
+        state: dict[str, Any] = self.client().sentinel_master(self.service)
+        return state
+
+    def start(self) -> None:
+        super().start()
+        try:
+            wait_until(lambda: self.client().ping(), 10, what=f"sentinel on {self.port}")
+        except AssertionError:
+            self.kill()
+            raise

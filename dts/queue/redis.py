@@ -29,6 +29,7 @@ from redis.connection import parse_url as parse_redis_url
 from dts.domain import MAX_PRIORITY
 from dts.errors import InvalidArgument, QueueUnavailable
 from dts.queue import ID_BITS, ID_LIMIT, QueuedJob
+from dts.queue.sentinel import failovers, is_sentinel_url, parse_sentinel_url, sentinel_client
 
 log = logging.getLogger("dts.queue")
 
@@ -44,12 +45,17 @@ JUNK_REPEAT = 60.0  # seconds between two warnings of one cause of dropped membe
 
 
 def redacted_url(url: str) -> str:
-    """A Redis URL fit for logs: its user and password, and a password query value, as ***."""
+    """A Redis URL fit for logs: its user and password, and the value of any query option
+    ending in `password` (`password=`, `sentinel_password=`...), as ***. Everything before the
+    last '@' is taken for credentials, so a password with an unescaped '/' or '?' is hidden
+    too (and a query value with an '@' hides more than it needs to)."""
     scheme, sep, rest = url.partition("://")
-    authority, slash, tail = rest.partition("/")
-    if "@" in authority:
-        authority = "***@" + authority.rsplit("@", 1)[1]
-    return scheme + sep + authority + slash + re.sub(r"([?&]password=)[^&]*", r"\1***", tail)
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    base, question, query = rest.partition("?")
+    return (
+        scheme + sep + base + question + re.sub(r"((?:^|&)[^&=]*password=)[^&]*", r"\1***", query)
+    )
 
 
 @dataclass(frozen=True)
@@ -173,11 +179,13 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(AR
 
 
 def connect(url: str) -> redis.Redis:
-    """A connection pool to the Redis at `url`, with the timeouts both daemons use (connections
-    are made lazily: nothing is dialled here)."""
-    return redis.Redis.from_url(
-        url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10
-    )
+    """A connection pool to the Redis at `url` (with a `redis+sentinel://` URL, to the current
+    master of its service), with the timeouts both daemons use (connections are made lazily:
+    nothing is dialled here)."""
+    timeouts = {"socket_timeout": 5, "socket_connect_timeout": 2, "health_check_interval": 10}
+    if is_sentinel_url(url):
+        return sentinel_client(url, **timeouts)
+    return redis.Redis.from_url(url, **timeouts)
 
 
 def _unavailable(method: Callable[P, R]) -> Callable[P, R]:
@@ -205,6 +213,7 @@ class RedisQueue:
         self._expired = client.register_script(EXPIRED_SCRIPT)
         self._enqueue = client.register_script(ENQUEUE_SCRIPT)
         self.dropped = DropLog()
+        self._failovers = failovers(client)  # moves of a Sentinel master seen by epoch()
 
     @_unavailable
     def enqueue(self, jobs: Sequence[QueuedJob]) -> int:
@@ -324,7 +333,14 @@ class RedisQueue:
 
     @_unavailable
     def epoch(self) -> str | None:
+        """The mark the server left in this Redis, or None when Redis may have lost ids: the
+        mark is gone (Redis restarted empty), or Sentinel moved the master since the last call
+        (a replica lags its master, so ids written just before a failover may be missing)."""
         value = self.redis.get(self.keys.epoch)
+        moved = failovers(self.redis)
+        if moved != self._failovers:
+            self._failovers = moved
+            return None
         # any bytes a writer left there are an epoch: a decoding error must not stop the check
         return value.decode(errors="replace") if isinstance(value, bytes) else value
 
@@ -334,9 +350,17 @@ class RedisQueue:
 
 
 def check_redis_url(url: str) -> None:
+    """InvalidArgument, in one line that shows no password, for a URL dts could not use."""
+    if is_sentinel_url(url):
+        try:
+            parse_sentinel_url(url)
+        except ValueError as e:
+            raise InvalidArgument(f"--redis-url {redacted_url(url)}: {e}") from None
+        return
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise InvalidArgument(
-            f"--redis-url must start with redis://, rediss:// or unix://: {url!r}"
+            "--redis-url must start with redis://, rediss://, unix://, redis+sentinel:// or "
+            f"rediss+sentinel://: {redacted_url(url)!r}"
         )
     try:  # what redis-py would refuse later, with a traceback: a bad port or query value
         parse_redis_url(url)  # type: ignore[no-untyped-call]

@@ -61,7 +61,13 @@ LAYERS = (
     Layer("dts.failover", (), banned=("redis", "sqlite3"), own=False),
     Layer("dts.channel", (*MODEL, "dts.failover"), banned=("redis", "sqlite3")),
     Layer("dts.queue", MODEL, banned=("grpc", "redis", "sqlite3"), own=False),
-    Layer("dts.queue.redis", MODEL, banned=("grpc", "sqlite3"), exact=QUEUE_API),
+    Layer(
+        "dts.queue.redis",
+        MODEL,
+        banned=("grpc", "sqlite3"),
+        exact=(*QUEUE_API, "dts.queue.sentinel"),
+    ),
+    Layer("dts.queue.sentinel", MODEL, banned=("grpc", "sqlite3"), own=False),
     Layer("dts.daemon", (*MODEL, "dts.options"), banned=("grpc", "redis", "sqlite3")),
     # the server: rules at the bottom, then the store and duties, the API, then start-up
     Layer(
