@@ -183,6 +183,32 @@ def test_second_server_with_the_same_pidfile_refuses_naming_the_pid(
     assert _health(address) == "SERVING"
 
 
+def test_a_second_server_on_the_same_sqlite_file_refuses_naming_postgresql(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    # Given a running server on a SQLite file
+    port = free_port()
+    db = tmp_path / "shared.db"
+    pidfile, log = tmp_path / "server.pid", tmp_path / "server.log"
+    r = daemons.launch(daemons.server_args(port, db), *_daemon_flags(pidfile, log))
+    assert r.returncode == 0, r.stderr
+    pid = daemons.adopt(pidfile)
+    # When a second server is started on the same file (another port, no pid file)
+    second = daemons.launch(daemons.server_args(free_port(), db))
+    # Then it refuses in one line naming the holder and what to use for several servers
+    assert second.returncode != 0
+    assert second.stderr.count("\n") == 1, second.stderr
+    assert f"database {db} is in use by another process (pid {pid})" in second.stderr
+    assert "give several servers a PostgreSQL store" in second.stderr
+    # And the first serves on; once it has stopped, the file opens again
+    assert _health(f"127.0.0.1:{port}") == "SERVING"
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not pid_alive(pid), 20, what="the first server to stop")
+    third = ServerProcess(tmp_path, daemons.redis_url, db=db)
+    third.start()
+    third.stop()
+
+
 @pytest.mark.parametrize("content", ["dead pid", "garbage", "empty"])
 def test_stale_pid_file_is_replaced(daemons: Daemons, tmp_path: Path, content: str) -> None:
     # Given a pid file left by a process that died (or holding garbage)

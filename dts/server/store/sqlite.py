@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from dts.domain import (
     WorkerInfo,
     submitted_job,
 )
-from dts.errors import Internal, Unavailable
+from dts.errors import FailedPrecondition, Internal, Unavailable
 from dts.server.store import chunks
 from dts.server.store.reads import RUNNING, SCHEDULED, SqlReads, literal
 from dts.server.store.rows import (
@@ -387,6 +388,25 @@ def _warn_if_exposed(path: str) -> None:
         )
 
 
+def _hold(path: str) -> int:
+    """Lock PATH.lock for this process (its pid written in it), so that no second server opens
+    the database; raises FailedPrecondition naming the holder. The lock goes with the process."""
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise FailedPrecondition(
+            f"database {path} is in use by another process (pid {holder}); a SQLite store "
+            "belongs to one dts-server: give several servers a PostgreSQL store "
+            "(--db postgresql://...)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class SqliteStore(SqlReads):
     """A Store on one SQLite file. Thread-safe: one connection, one lock."""
 
@@ -395,6 +415,7 @@ class SqliteStore(SqlReads):
         parent = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(parent, exist_ok=True)
+            self._held = _hold(path)
             _create_private(path)
             self._c = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._c.row_factory = sqlite3.Row  # rows are read by column name
@@ -497,3 +518,4 @@ class SqliteStore(SqlReads):
     def close(self) -> None:
         with self._lock:
             self._c.close()
+            os.close(self._held)
