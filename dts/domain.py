@@ -420,6 +420,7 @@ class WorkerInfo:
     # what it registered with: a non-secret name of its token ('' without tokens), so that
     # another token cannot take over the name while this worker is alive
     credential: str = ""
+    server: str = ""  # the address of the server it last talked to ('' before schema 4)
 
 
 @dataclass(frozen=True)

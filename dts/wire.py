@@ -252,6 +252,7 @@ def worker_to_pb(w: WorkerInfo) -> pb.Worker:
         queues=list(w.queues),
         registered_at=w.registered_at,
         last_heartbeat=w.last_heartbeat,
+        server=w.server,
     )
 
 
@@ -271,6 +272,7 @@ def worker_from_pb(msg: pb.Worker) -> WorkerInfo:
         msg.running,
         msg.registered_at,
         msg.last_heartbeat,
+        server=msg.server,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from dts.domain import (
     LimitUnit,
     StatCount,
     WorkerInfo,
+    WorkerState,
     validate_spec,
 )
 from dts.errors import DtsError, InvalidArgument, Unavailable
@@ -310,7 +312,14 @@ def worker_json(w: WorkerInfo) -> dict[str, Any]:
         "queues": list(w.queues),
         "registered_at": iso(w.registered_at),
         "last_heartbeat": iso(w.last_heartbeat),
+        "server": w.server,
     }
+
+
+def by_server(workers: Sequence[WorkerInfo]) -> dict[str, int]:
+    """How many live workers (neither lost nor stopped) talk to each server."""
+    live = [w for w in workers if w.state not in (WorkerState.LOST, WorkerState.STOPPED)]
+    return dict(sorted(Counter(w.server or "-" for w in live).items()))
 
 
 def stats_json(counts: Sequence[StatCount]) -> dict[str, Any]:
@@ -531,20 +540,19 @@ class Cli:
                 w.concurrency,
                 ",".join(w.queues),
                 _short(w.last_heartbeat),
+                w.server or "-",
             )
             for w in ws
         ]
-        text = (
-            table(rows, ("NAME", "HOST", "STATE", "RUNNING", "SLOTS", "QUEUES", "LAST_HEARTBEAT"))
-            if ws
-            else "no workers"
-        )
+        head = ("NAME", "HOST", "STATE", "RUNNING", "SLOTS", "QUEUES", "LAST_HEARTBEAT", "SERVER")
+        text = table(rows, head) if ws else "no workers"
         self.out([worker_json(w) for w in ws], text)
         return 0
 
     def stats(self, ns: argparse.Namespace) -> int:
         counts = self.client.stats()
         obj = stats_json(counts)
+        obj["workers_by_server"] = by_server(self.client.workers())
         lines = [f"{s + ':':<11} {n}" for s, n in obj["by_status"].items()]
         lines.append(f"{'total:':<11} {obj['total']}")
         if counts:
@@ -552,6 +560,9 @@ class Cli:
                 "",
                 table([(c.queue, c.status, c.count) for c in counts], ("QUEUE", "STATUS", "COUNT")),
             ]
+        if obj["workers_by_server"]:
+            rows = list(obj["workers_by_server"].items())
+            lines += ["", table(rows, ("SERVER", "WORKERS"))]
         self.out(obj, "\n".join(lines))
         return 0
 

@@ -72,6 +72,7 @@ class Settings:
     max_backoff: float = 3600.0
     max_lost: int = 3  # attempts lost with their worker before a job fails
     max_waiters: int = 10_000
+    server: str = ""  # this server's address, as workers' records show it
 
     @property
     def heartbeat_interval(self) -> float:
@@ -367,6 +368,7 @@ class Coordinator:
                     now,
                     now,
                     credential,
+                    self.settings.server,
                 )
             )
         log.info(
@@ -402,7 +404,15 @@ class Coordinator:
             )
             if worker.state is WorkerState.LOST:
                 log.info("worker %s is back", name)
-            tx.save_worker(replace(worker, state=state, running=len(leases), last_heartbeat=now))
+            tx.save_worker(
+                replace(
+                    worker,
+                    state=state,
+                    running=len(leases),
+                    last_heartbeat=now,
+                    server=self.settings.server,
+                )
+            )
         return stale
 
     def exchange(

@@ -192,7 +192,17 @@ def rules_of(cfg: ServerConfig) -> Settings:
         max_backoff=cfg.max_backoff,
         max_lost=cfg.max_lost,
         max_waiters=cfg.max_waiters,
+        server=advertised(cfg.listen),
     )
+
+
+def advertised(listen: str) -> str:
+    """How workers' records name this server: the address it listens on, with this machine's
+    name for an address of every interface (0.0.0.0, ::)."""
+    host, port = parse_hostport(listen, "--listen")
+    if host in ("0.0.0.0", "::", ""):
+        return f"{socket.gethostname()}:{port}"
+    return listen
 
 
 def _done(future: concurrent.futures.Future[None], timeout: float) -> bool:

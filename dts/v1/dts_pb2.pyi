@@ -386,6 +386,7 @@ class Worker(_message.Message):
     QUEUES_FIELD_NUMBER: _builtins.int
     REGISTERED_AT_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_FIELD_NUMBER: _builtins.int
+    SERVER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """unique name, e.g. host:pid or the --name given"""
     host: _builtins.str
@@ -402,6 +403,8 @@ class Worker(_message.Message):
     """first registration of this session"""
     last_heartbeat: _builtins.float
     """last time it was heard from"""
+    server: _builtins.str
+    """the server it last talked to (the address that one listens on)"""
     @_builtins.property
     def queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """queues it takes jobs from, in order"""
@@ -418,10 +421,11 @@ class Worker(_message.Message):
         queues: _abc.Iterable[_builtins.str] | None = ...,
         registered_at: _builtins.float = ...,
         last_heartbeat: _builtins.float = ...,
+        server: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "host", b"host", "last_heartbeat", b"last_heartbeat", "name", b"name", "pid", b"pid", "queues", b"queues", "registered_at", b"registered_at", "running", b"running", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "host", b"host", "last_heartbeat", b"last_heartbeat", "name", b"name", "pid", b"pid", "queues", b"queues", "registered_at", b"registered_at", "running", b"running", "server", b"server", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

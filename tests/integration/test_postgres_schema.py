@@ -55,6 +55,11 @@ def test_a_version_1_database_gets_its_submit_keys_table(postgres_url: str) -> N
     PostgresStore(postgres_url).close()
     with psycopg.connect(postgres_url) as conn:
         conn.execute("DROP TABLE submit_keys")
+        conn.execute("ALTER TABLE workers DROP COLUMN server")
+        conn.execute(
+            "INSERT INTO workers VALUES"
+            " ('w1', 'h', 7, 's', 1, '[\"default\"]', 'idle', 0, 1, 2, '')"
+        )
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     # When this dts opens it, then submit keys work and the schema is current
     store = PostgresStore(postgres_url)
@@ -64,6 +69,7 @@ def test_a_version_1_database_gets_its_submit_keys_table(postgres_url: str) -> N
             tx.record_submit_key("k", [5, 6])
         with store.transaction() as tx:
             assert tx.take_submit_key("k", 2.0) == [5, 6]
+        assert [(w.name, w.server) for w in store.workers()] == [("w1", "")]
     finally:
         store.close()
     with psycopg.connect(postgres_url) as conn:

@@ -412,8 +412,10 @@ def test_workers_lists_both_workers(cluster: Cluster) -> None:
         w = by_name[name]
         assert w["state"] in ("idle", "busy") and w["concurrency"] == 2
         assert set(w) >= {"name", "host", "state", "running", "last_heartbeat"}
+        assert w["server"] == cluster.server.address  # the server it talks to
     text = cluster.cli("workers").stdout
     assert text.splitlines()[0].split()[:3] == ["NAME", "HOST", "STATE"]
+    assert text.splitlines()[0].split()[-1] == "SERVER"
 
 
 def test_stats_counts_by_status_and_queue(cluster: Cluster) -> None:
@@ -429,6 +431,10 @@ def test_stats_counts_by_status_and_queue(cluster: Cluster) -> None:
     }
     assert obj["by_queue"]["default"]["succeeded"] >= 1
     assert obj["total"] == sum(obj["by_status"].values())
+    live = [w for w in cluster.client().workers() if w.state.value in ("idle", "busy")]
+    assert obj["workers_by_server"] == {cluster.server.address: len(live)}
+    text = cluster.cli("stats").stdout
+    assert f"{cluster.server.address}  {len(live)}" in text
 
 
 def test_ping_exits_0_while_serving(cluster: Cluster) -> None:

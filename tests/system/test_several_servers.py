@@ -172,6 +172,17 @@ def test_a_worker_naming_every_server_carries_on_when_its_server_dies(three: Ser
     assert w.alive()
 
 
+def test_workers_and_stats_say_which_server_each_worker_talks_to(three: Servers) -> None:
+    a, b, c = three.servers
+    three.add_worker("on-a", a)
+    three.add_worker("on-b", b)
+    with Client(c.address) as client:
+        servers = {w.name: w.server for w in client.workers()}
+    assert servers == {"on-a": a.address, "on-b": b.address}
+    stats = json.loads(run_cli(c.address, "--json", "stats").stdout)
+    assert stats["workers_by_server"] == {a.address: 1, b.address: 1}
+
+
 def test_ping_says_how_each_server_is(three: Servers) -> None:
     three.servers[1].kill()
     r = run_cli(every(three), "ping")

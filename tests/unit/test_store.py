@@ -547,6 +547,11 @@ def test_a_version_3_database_gets_its_submit_keys_table(db: Path) -> None:
         with s.transaction() as tx:
             assert tx.take_submit_key("k", 2.0) == [1]
         assert schema_version(db) == "4"
+        # and its workers a column for the server each talks to
+        old = WorkerInfo("w1", "h", 7, "s1", 2, ("default",), WorkerState.IDLE, 0, 1.0, 2.0)
+        with s.transaction() as tx:
+            tx.save_worker(replace(old, server="10.0.0.1:50051"))
+        assert s.workers()[0].server == "10.0.0.1:50051"
     finally:
         s.close()
 

@@ -133,13 +133,19 @@ SCHEMA = [
         running INTEGER NOT NULL,
         registered_at DOUBLE PRECISION NOT NULL,
         last_heartbeat DOUBLE PRECISION NOT NULL,
-        credential TEXT NOT NULL DEFAULT ''
+        credential TEXT NOT NULL DEFAULT '',
+        server TEXT NOT NULL DEFAULT ''
     )""",
     *SUBMIT_KEYS,
 ]
 
 # Statements that bring a database of version N-1 to version N.
-MIGRATIONS: dict[int, list[str]] = {2: SUBMIT_KEYS}
+MIGRATIONS: dict[int, list[str]] = {
+    2: [
+        *SUBMIT_KEYS,
+        "ALTER TABLE workers ADD COLUMN IF NOT EXISTS server TEXT NOT NULL DEFAULT ''",
+    ]
+}
 
 INSERT_MARKS = "(" + ",".join(["%s"] * 15) + ")"
 UPDATE_JOB = (
@@ -147,11 +153,12 @@ UPDATE_JOB = (
     " worker=%s, started_at=%s, finished_at=%s, run_at=%s, lease_expires_at=%s WHERE id=%s"
 )
 SAVE_WORKER = (
-    f"INSERT INTO workers ({WORKER_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+    f"INSERT INTO workers ({WORKER_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
     " ON CONFLICT (name) DO UPDATE SET host=EXCLUDED.host, pid=EXCLUDED.pid,"
     " session=EXCLUDED.session, concurrency=EXCLUDED.concurrency, queues=EXCLUDED.queues,"
     " state=EXCLUDED.state, running=EXCLUDED.running, registered_at=EXCLUDED.registered_at,"
-    " last_heartbeat=EXCLUDED.last_heartbeat, credential=EXCLUDED.credential"
+    " last_heartbeat=EXCLUDED.last_heartbeat, credential=EXCLUDED.credential,"
+    " server=EXCLUDED.server"
 )
 
 
@@ -398,6 +405,7 @@ class PostgresTransaction:
                 worker.registered_at,
                 worker.last_heartbeat,
                 worker.credential,
+                worker.server,
             ),
         )
 

@@ -68,7 +68,7 @@ ATTEMPT_COLUMNS = (
 )
 WORKER_COLUMNS = (
     "name, host, pid, session, concurrency, queues, state, running, registered_at, last_heartbeat,"
-    " credential"
+    " credential, server"
 )
 
 
@@ -157,6 +157,7 @@ def worker_of(row: Row) -> WorkerInfo:
         registered_at=row["registered_at"],
         last_heartbeat=row["last_heartbeat"],
         credential=row["credential"],
+        server=row["server"],
     )
 
 

@@ -126,7 +126,8 @@ SCHEMA = [
         running INTEGER NOT NULL,
         registered_at REAL NOT NULL,
         last_heartbeat REAL NOT NULL,
-        credential TEXT NOT NULL DEFAULT ''  -- a non-secret name of the token it registered with
+        credential TEXT NOT NULL DEFAULT '',  -- a non-secret name of the token it registered with
+        server TEXT NOT NULL DEFAULT ''  -- the address of the server it last talked to
     )""",
     *SUBMIT_KEYS,
 ]
@@ -140,7 +141,7 @@ INSERT_ROWS = 1000  # jobs one INSERT statement adds (15 variables each; SQLite 
 MIGRATIONS: dict[int, list[str]] = {
     2: ["ALTER TABLE jobs ADD COLUMN limits TEXT NOT NULL DEFAULT ''"],
     3: ["ALTER TABLE workers ADD COLUMN credential TEXT NOT NULL DEFAULT ''"],
-    4: SUBMIT_KEYS,
+    4: [*SUBMIT_KEYS, "ALTER TABLE workers ADD COLUMN server TEXT NOT NULL DEFAULT ''"],
 }
 
 
@@ -321,7 +322,7 @@ class SqliteTransaction:
 
     def save_worker(self, worker: WorkerInfo) -> None:
         self._c.execute(
-            f"INSERT OR REPLACE INTO workers ({WORKER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR REPLACE INTO workers ({WORKER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 worker.name,
                 worker.host,
@@ -334,6 +335,7 @@ class SqliteTransaction:
                 worker.registered_at,
                 worker.last_heartbeat,
                 worker.credential,
+                worker.server,
             ),
         )
 
