@@ -13,14 +13,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from queue import Empty, SimpleQueue
 
 from dts.domain import (
-    MAX_CONCURRENCY,
-    MAX_HOST_CHARS,
-    MAX_NAME_CHARS,
-    MAX_WORKER_QUEUES,
     Assignment,
     Attempt,
     Job,
@@ -34,9 +30,6 @@ from dts.domain import (
     StatCount,
     WorkerInfo,
     WorkerState,
-    validate_queue_name,
-    validate_spec,
-    validate_submit_key,
 )
 from dts.errors import (
     DtsError,
@@ -44,51 +37,20 @@ from dts.errors import (
     InvalidArgument,
     NotFound,
     QueueUnavailable,
-    ShuttingDown,
 )
 from dts.queue import JobQueue, QueuedJob, is_job_id
 from dts.server.outcomes import end_attempt, finish, late_report, lose, move
-from dts.server.sessions import check_takeover, session_of
+from dts.server.sessions import check_registration, check_takeover, session_of
+from dts.server.settings import Settings
 from dts.server.store import Store, Transaction
+from dts.server.submits import Earlier, check_submit, store_one
 from dts.server.waiters import MAX_WAIT, Waiters, Waker, check_wait_timeout
 
 log = logging.getLogger("dts.coordinator")
 
-MAX_BATCH = 100_000  # jobs in one submit call
 MAX_LIST = 10_000  # jobs in one listing
 WORKER_RETENTION = 86400.0  # seconds a stopped or lost worker stays listed
 SUBMIT_KEY_RETENTION = 86400.0  # seconds a submit's key keeps a retry from storing it again
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The settings the coordinator's rules depend on, and the timings derived from them (each
-    computed here only)."""
-
-    worker_timeout: float = 30.0  # a worker's lease: seconds it may go without a heartbeat
-    default_retries: int = 0
-    default_backoff: float = 1.0
-    default_timeout: float = 0.0
-    max_backoff: float = 3600.0
-    max_lost: int = 3  # attempts lost with their worker before a job fails
-    max_waiters: int = 10_000
-    server: str = ""  # this server's address, as workers' records show it
-
-    @property
-    def heartbeat_interval(self) -> float:
-        """How often a worker renews its leases: four times a lease, and at least each second."""
-        return min(1.0, self.worker_timeout / 4)
-
-    @property
-    def reap_interval(self) -> float:
-        """How often lost leases are looked for: as often as they are renewed."""
-        return max(0.05, self.heartbeat_interval)
-
-    @property
-    def inflight_grace(self) -> float:
-        """The furthest deadline a pop sets on an id it takes (its taker's lease, twice, and a
-        minute for clocks): one further away was set by no pop."""
-        return 2 * self.worker_timeout + 60
 
 
 class Coordinator:
@@ -114,6 +76,8 @@ class Coordinator:
         self.waiters = Waiters(settings.max_waiters)
         # submitted jobs on their way to Redis, when an enqueuer thread takes them (the server)
         self.handoff: SimpleQueue[list[Job]] | None = None
+        st = settings
+        self._defaults = (st.default_retries, st.default_backoff, st.default_timeout)
 
     # ---- client-facing --------------------------------------------------------------------
 
@@ -140,8 +104,7 @@ class Coordinator:
         valid: list[tuple[Sequence[JobSpec], str]] = []
         for specs, key in zip(batches, [*keys, *[""] * (len(batches) - len(keys))], strict=True):
             try:
-                self._check_submit(specs)
-                validate_submit_key(key)
+                check_submit(specs, key, self.accepting)
             except DtsError as e:
                 outcomes.append(e)
                 continue
@@ -151,7 +114,7 @@ class Coordinator:
             return outcomes
         now = self.clock()
         with self.store.transaction() as tx:
-            stored = [self._store(tx, specs, key, now) for specs, key in valid]
+            stored = [store_one(tx, specs, key, now, self._defaults) for specs, key in valid]
         answers = [self._earlier(s) if isinstance(s, Earlier) else s for s in stored]
         if log.isEnabledFor(logging.INFO):
             for jobs in stored:
@@ -159,25 +122,6 @@ class Coordinator:
                     log.info("job %d %s: %s", job.id, job.status, job.spec.display[:200])
         it = iter(answers)
         return [o if isinstance(o, DtsError) else next(it) for o in outcomes]
-
-    def _store(
-        self, tx: Transaction, specs: Sequence[JobSpec], key: str, now: float
-    ) -> list[Job] | Earlier | DtsError:
-        if key:
-            earlier = tx.take_submit_key(key, now)
-            if earlier is not None:
-                if len(earlier) != len(specs):
-                    return InvalidArgument(
-                        f"submit key {key!r} was given to another submit (of {len(earlier)}"
-                        f" jobs, this one has {len(specs)})"
-                    )
-                return Earlier(earlier)
-        st = self.settings
-        defaults = (st.default_retries, st.default_backoff, st.default_timeout)
-        jobs = tx.insert_jobs([s.with_defaults(*defaults) for s in specs], now)
-        if key:
-            tx.record_submit_key(key, [j.id for j in jobs])
-        return jobs
 
     def _earlier(self, earlier: Earlier) -> list[Job] | DtsError:
         """The jobs of an earlier submit with the same key, as they are now."""
@@ -216,19 +160,6 @@ class Coordinator:
                 break
         self._enqueue(jobs)
         return len(jobs)
-
-    def _check_submit(self, specs: Sequence[JobSpec]) -> None:
-        if not self.accepting:
-            raise ShuttingDown("server is shutting down; not accepting jobs")
-        if not specs:
-            raise InvalidArgument("no jobs to submit")
-        if len(specs) > MAX_BATCH:
-            raise InvalidArgument(f"at most {MAX_BATCH} jobs per submit, got {len(specs)}")
-        for i, spec in enumerate(specs):
-            try:
-                validate_spec(spec)
-            except InvalidArgument as e:
-                raise InvalidArgument(f"job {i + 1}: {e}" if len(specs) > 1 else str(e)) from e
 
     def get(self, job_id: int) -> Job:
         job = self.store.get_job(job_id)
@@ -332,18 +263,7 @@ class Coordinator:
         of the token the worker presented ('' without tokens): a name whose session is alive
         is refused to another credential (PERMISSION_DENIED), and taken over at once by the
         same one (a restart)."""
-        if not name or len(name) > MAX_NAME_CHARS:
-            raise InvalidArgument(f"worker name must be 1-{MAX_NAME_CHARS} characters")
-        if len(host) > MAX_HOST_CHARS:
-            raise InvalidArgument(f"host name is longer than {MAX_HOST_CHARS} characters")
-        if not 1 <= concurrency <= MAX_CONCURRENCY or not queues:
-            raise InvalidArgument(
-                f"a worker needs concurrency 1-{MAX_CONCURRENCY} and at least one queue"
-            )
-        if len(queues) > MAX_WORKER_QUEUES:
-            raise InvalidArgument(f"a worker takes jobs from at most {MAX_WORKER_QUEUES} queues")
-        for queue in queues:
-            validate_queue_name(queue)
+        check_registration(name, host, concurrency, queues)
         session = uuid.uuid4().hex
         now = self.clock()
         requeued: list[Job] = []
@@ -667,16 +587,6 @@ class Coordinator:
 
     def _notify(self, job_ids: Sequence[int]) -> None:
         self.waiters.notify(job_ids)
-
-
-@dataclass(frozen=True)
-class Earlier:
-    """The ids an earlier submit with the same key stored."""
-
-    ids: list[int]
-
-    def __str__(self) -> str:
-        return f"{self.ids[0]}..{self.ids[-1]}" if len(self.ids) > 1 else str(self.ids[0])
 
 
 FOREIGN_CHECKS = 100  # unclaimed ids of one exchange looked at for the warning about them

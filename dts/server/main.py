@@ -29,7 +29,7 @@ from dts.server.api.health import SERVING, Health
 from dts.server.api.rpc import EventLoop, Pools, anonymous
 from dts.server.api.servicer import SCHEDULER, WORKER_SERVICE, SchedulerServicer, WorkerServicer
 from dts.server.config import ServerConfig, load_server_config, read_db_password
-from dts.server.coordinator import Coordinator, Settings
+from dts.server.coordinator import Coordinator
 from dts.server.duties.enqueuer import Enqueuer
 from dts.server.duties.lead import Leadership
 from dts.server.duties.loop import Loop
@@ -37,6 +37,7 @@ from dts.server.duties.promoter import Promoter
 from dts.server.duties.reaper import LeaseReaper
 from dts.server.duties.reconciler import Reconciler
 from dts.server.duties.waitpoll import WaitPoller
+from dts.server.settings import Settings
 from dts.server.store import Store
 from dts.server.store.sqlite import SqliteStore
 from dts.server.store.url import parse_store_url

@@ -4,12 +4,37 @@ worker's name."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
-from dts.domain import WorkerInfo, WorkerState
-from dts.errors import PermissionDenied, SessionSuperseded, UnknownSession
+from dts.domain import (
+    MAX_CONCURRENCY,
+    MAX_HOST_CHARS,
+    MAX_NAME_CHARS,
+    MAX_WORKER_QUEUES,
+    WorkerInfo,
+    WorkerState,
+    validate_queue_name,
+)
+from dts.errors import InvalidArgument, PermissionDenied, SessionSuperseded, UnknownSession
 from dts.server.store import Transaction
 
 log = logging.getLogger("dts.coordinator")
+
+
+def check_registration(name: str, host: str, concurrency: int, queues: Sequence[str]) -> None:
+    """Refuse a registration whose fields break the rules (InvalidArgument naming the rule)."""
+    if not name or len(name) > MAX_NAME_CHARS:
+        raise InvalidArgument(f"worker name must be 1-{MAX_NAME_CHARS} characters")
+    if len(host) > MAX_HOST_CHARS:
+        raise InvalidArgument(f"host name is longer than {MAX_HOST_CHARS} characters")
+    if not 1 <= concurrency <= MAX_CONCURRENCY or not queues:
+        raise InvalidArgument(
+            f"a worker needs concurrency 1-{MAX_CONCURRENCY} and at least one queue"
+        )
+    if len(queues) > MAX_WORKER_QUEUES:
+        raise InvalidArgument(f"a worker takes jobs from at most {MAX_WORKER_QUEUES} queues")
+    for queue in queues:
+        validate_queue_name(queue)
 
 
 def session_of(tx: Transaction, name: str, session: str) -> WorkerInfo:

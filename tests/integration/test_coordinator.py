@@ -20,7 +20,8 @@ from dts.errors import (
     UnknownSession,
 )
 from dts.queue.redis import Keys, RedisQueue
-from dts.server.coordinator import Coordinator, Settings
+from dts.server.coordinator import Coordinator
+from dts.server.settings import Settings
 from dts.server.store import Store
 from tests.harness import RedisProcess, wait_until
 

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from dts.domain import JobSpec, JobStatus, Outcome, Result
 from dts.queue import ID_BITS
 from dts.queue.redis import Keys, RedisQueue
-from dts.server.coordinator import Coordinator, Settings
+from dts.server.coordinator import Coordinator
+from dts.server.settings import Settings
 from dts.server.store.sqlite import SqliteStore
 
 LEASE = 30.0

@@ -12,7 +12,8 @@ import pytest
 from dts.domain import JobSpec, JobStatus
 from dts.errors import QueueUnavailable
 from dts.queue import JobQueue, QueuedJob
-from dts.server.coordinator import Coordinator, Settings
+from dts.server.coordinator import Coordinator
+from dts.server.settings import Settings
 from dts.server.store.sqlite import SqliteStore
 
 

@@ -32,7 +32,14 @@ SHARED = (
 )
 QUEUE_API = ("dts.queue",)  # the protocol module itself, not dts.queue.redis (see `exact`)
 # the coordinator's own parts: the store protocol and the rules it applies inside a transaction
-RULES = ("dts.server.store", "dts.server.outcomes", "dts.server.sessions", "dts.server.waiters")
+RULES = (
+    "dts.server.store",
+    "dts.server.outcomes",
+    "dts.server.sessions",
+    "dts.server.settings",
+    "dts.server.submits",
+    "dts.server.waiters",
+)
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,8 @@ LAYERS = (
         "dts.server.outcomes", (*MODEL, "dts.backoff"), banned=NO_IO, exact=("dts.server.store",)
     ),
     Layer("dts.server.sessions", MODEL, banned=NO_IO, exact=("dts.server.store",)),
+    Layer("dts.server.settings", (), banned=NO_IO, own=False),
+    Layer("dts.server.submits", MODEL, banned=NO_IO, exact=("dts.server.store",)),
     Layer("dts.server.store", MODEL, banned=NO_IO, own=False),
     Layer("dts.server.store.rows", MODEL, banned=NO_IO, own=False),
     Layer("dts.server.store.url", MODEL, banned=NO_IO, own=False),

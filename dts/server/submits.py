@@ -1,0 +1,64 @@
+"""The submit rules: what one submit may hold, and storing it inside a transaction, once per
+key (a submit whose key was seen stores nothing and gets the earlier one's ids)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dts.domain import Job, JobSpec, validate_spec, validate_submit_key
+from dts.errors import DtsError, InvalidArgument, ShuttingDown
+from dts.server.store import Transaction
+
+MAX_BATCH = 100_000  # jobs in one submit call
+
+
+@dataclass(frozen=True)
+class Earlier:
+    """The ids an earlier submit with the same key stored."""
+
+    ids: list[int]
+
+    def __str__(self) -> str:
+        return f"{self.ids[0]}..{self.ids[-1]}" if len(self.ids) > 1 else str(self.ids[0])
+
+
+def check_submit(specs: Sequence[JobSpec], key: str, accepting: bool) -> None:
+    """Refuse a submit the server must not store (InvalidArgument naming the job, or
+    ShuttingDown)."""
+    if not accepting:
+        raise ShuttingDown("server is shutting down; not accepting jobs")
+    if not specs:
+        raise InvalidArgument("no jobs to submit")
+    if len(specs) > MAX_BATCH:
+        raise InvalidArgument(f"at most {MAX_BATCH} jobs per submit, got {len(specs)}")
+    for i, spec in enumerate(specs):
+        try:
+            validate_spec(spec)
+        except InvalidArgument as e:
+            raise InvalidArgument(f"job {i + 1}: {e}" if len(specs) > 1 else str(e)) from e
+    validate_submit_key(key)
+
+
+def store_one(
+    tx: Transaction,
+    specs: Sequence[JobSpec],
+    key: str,
+    now: float,
+    defaults: tuple[int, float, float],
+) -> list[Job] | Earlier | DtsError:
+    """Store one checked submit (the server's `defaults` for retries, backoff and timeout
+    filled in), or, when its key was seen, what the earlier one stored."""
+    if key:
+        earlier = tx.take_submit_key(key, now)
+        if earlier is not None:
+            if len(earlier) != len(specs):
+                return InvalidArgument(
+                    f"submit key {key!r} was given to another submit (of {len(earlier)}"
+                    f" jobs, this one has {len(specs)})"
+                )
+            return Earlier(earlier)
+    jobs = tx.insert_jobs([s.with_defaults(*defaults) for s in specs], now)
+    if key:
+        tx.record_submit_key(key, [j.id for j in jobs])
+    return jobs
