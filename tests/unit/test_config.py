@@ -20,7 +20,8 @@ import dts.options
 import dts.server.config
 import dts.worker.config
 from dts.channel import DEFAULT_SERVER, parse_hostport
-from dts.client.cli import limits_json, main, split_command
+from dts.client.cli import main, split_command
+from dts.client.render import limits_json
 from dts.domain import LIMIT_NAMES, LIMITS, Job, JobSpec, LimitField, Limits, submitted_job
 from dts.errors import InvalidArgument
 from dts.queue.redis import DEFAULT_REDIS_URL
