@@ -1,13 +1,16 @@
-"""The PostgreSQL store's schema: made once by servers starting together, refused when newer."""
+"""The PostgreSQL store with other servers on its database: the schema made once by servers
+starting together (refused when newer), submit keys and conflicts between their transactions."""
 
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import psycopg
 import pytest
 
-from dts.errors import Internal
+from dts.domain import JobSpec
+from dts.errors import Internal, Unavailable
 from dts.server.store.postgres import SCHEMA_VERSION, PostgresStore
 
 
@@ -100,6 +103,54 @@ def test_a_submit_key_in_flight_on_another_server_is_waited_for(postgres_url: st
             tx.record_submit_key("k", [41, 42])
         t.join(10)
         assert answer == [[41, 42]]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_deadlock_with_another_server_is_unavailable_and_writes_nothing(
+    postgres_url: str,
+) -> None:
+    """Two servers' transactions that lock two jobs in opposite orders: PostgreSQL ends one;
+    that one answers UNAVAILABLE (its caller tries again) and left nothing written."""
+    a, b = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    try:
+        with a.transaction() as tx:
+            one, two = tx.insert_jobs([JobSpec(argv=("true",))] * 2, 1.0)
+        both_hold_one = threading.Barrier(2)
+        outcomes: dict[str, BaseException | None] = {}
+
+        def lock(store: PostgresStore, first: int, then: int, who: str) -> None:
+            try:
+                with store.transaction() as tx:
+                    job = tx.get_job(first)
+                    assert job is not None
+                    tx.update_job(replace(job, error=who))
+                    both_hold_one.wait(10)
+                    tx.get_job(then)
+                outcomes[who] = None
+            except BaseException as e:
+                outcomes[who] = e
+
+        threads = [
+            threading.Thread(target=lock, args=(a, one.id, two.id, "a")),
+            threading.Thread(target=lock, args=(b, two.id, one.id, "b")),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        failed = {who: e for who, e in outcomes.items() if e is not None}
+        assert len(outcomes) == 2 and len(failed) == 1, outcomes
+        ((loser, error),) = failed.items()
+        assert isinstance(error, Unavailable), error
+        assert "database conflict (writing), nothing written" in str(error)
+        winner_first = one.id if loser == "b" else two.id
+        loser_first = two.id if loser == "b" else one.id
+        assert [j.error for j in (a.get_job(winner_first), a.get_job(loser_first))] == [
+            "b" if loser == "a" else "a",
+            "",
+        ]
     finally:
         a.close()
         b.close()

@@ -54,6 +54,7 @@ INSERT_ROWS = 1000  # jobs one INSERT statement adds (15 parameters each; the li
 COPY_FROM = 64  # jobs from which a submit's rows go by COPY rather than INSERT
 POOL_TIMEOUT = 10.0  # seconds a transaction waits for a connection before UNAVAILABLE
 AWAY_WAIT = 0.5  # the same while the database is away (the last call could not reach it)
+ROLLED_BACK = "40"  # SQLSTATE class of transactions ended for a conflict (deadlock, serialization)
 CONNECT_TIMEOUT = 5  # seconds to connect, unless the URL says (connect_timeout=)
 # Seconds the pool goes on trying to replace a lost connection (tries 1 s apart) before it
 # gives up; the next call that finds no connection has it try again at once. The pool's own
@@ -171,6 +172,12 @@ def _errors(what: str, unreachable: Callable[[], None] = lambda: None) -> Iterat
     except DtsError:
         raise
     except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
+        if isinstance(e, psycopg.Error) and (e.sqlstate or "").startswith(ROLLED_BACK):
+            # a deadlock with another server's transaction (or a serialization failure): this
+            # one was rolled back whole, the database is fine, and the caller may try again
+            raise Unavailable(
+                f"database conflict ({what}), nothing written: {_first_line(e)}"
+            ) from e
         unreachable()
         raise Unavailable(f"database unavailable ({what}): {_first_line(e)}") from e
     except psycopg.Error as e:
