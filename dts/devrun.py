@@ -26,6 +26,7 @@ import redis
 from dts.client import Client
 from dts.domain import Job, JobSpec, WorkerState
 from dts.errors import DeadlineExceeded, DtsError
+from dts.queue.redis import connect, redacted_url
 
 PROG = "devrun"
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,10 +250,11 @@ class DevCluster:
     def _redis(self) -> str:
         url = os.environ.get("DTS_REDIS_URL", "")
         if url:
+            safe = redacted_url(url)
             if _pings(url):
-                say(f"redis: using {url} (DTS_REDIS_URL)")
+                say(f"redis: using {safe} (DTS_REDIS_URL)")
                 return url
-            say(f"redis: DTS_REDIS_URL={url} does not answer PING; starting our own")
+            say(f"redis: DTS_REDIS_URL={safe} does not answer PING; starting our own")
         exe = _which("redis-server") or "/usr/bin/redis-server"
         if not os.access(exe, os.X_OK):
             raise StartupError("redis-server not found (install it, or set DTS_REDIS_URL)")
@@ -452,12 +454,12 @@ def _redis_state(proc: subprocess.Popen[bytes], url: str) -> bool | None:
 
 def _pings(url: str) -> bool:
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        client = connect(url)  # a redis+sentinel:// URL too
         try:
             return bool(client.ping())
         finally:
             client.close()
-    except (redis.RedisError, ValueError, OSError):
+    except (redis.RedisError, ValueError, OSError, DtsError):
         return False
 
 

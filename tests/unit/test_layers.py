@@ -147,7 +147,7 @@ LAYERS = (
         banned=("sqlite3",),
     ),
     Layer("dts.client", SHARED, banned=("redis", "sqlite3")),
-    Layer("dts.devrun", (*MODEL, "dts.client"), banned=("sqlite3",)),
+    Layer("dts.devrun", (*MODEL, "dts.client", "dts.queue"), banned=("sqlite3",)),
 )
 
 
