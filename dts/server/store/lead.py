@@ -51,6 +51,7 @@ class Lead:
         self._conn: psycopg.Connection[Any] | None = None
         self._held = False
         self._looked = float("-inf")
+        self._failing = False  # the last look failed (said once, until one succeeds)
 
     def held(self) -> bool:
         with self._mutex:
@@ -71,7 +72,11 @@ class Lead:
             else:
                 row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LEAD_LOCK,))
                 self._held = bool(row.fetchone()[0])  # type: ignore[index]
-        except psycopg.Error:
+            self._failing = False
+        except psycopg.Error as e:
+            if not self._failing:  # while no server holds the lead, no server reaps
+                log.warning("cannot look at the lead among servers: %s; retrying", _line(e))
+                self._failing = True
             self._drop()
 
     def _drop(self) -> None:
@@ -84,3 +89,7 @@ class Lead:
     def close(self) -> None:
         with self._mutex:
             self._drop()
+
+
+def _line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
