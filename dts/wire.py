@@ -31,6 +31,9 @@ from dts.domain import (
 from dts.v1 import dts_pb2 as pb
 
 MAX_MESSAGE = 64 * 1024 * 1024
+# Trailing metadata of an error the server itself answered with (its store is away, it is
+# shutting down...), so that a client does not take it for a server it could not reach.
+FROM_SERVER = (("dts-error", "server"),)
 
 
 def grpc_options() -> list[tuple[str, int]]:
@@ -341,11 +344,21 @@ def status_code(err: errors.DtsError) -> grpc.StatusCode:
     return grpc.StatusCode[err.code]
 
 
+def _from_server(e: grpc.RpcError) -> bool:
+    trailing = getattr(e, "trailing_metadata", None)
+    try:
+        return any(tuple(item) == FROM_SERVER[0] for item in (trailing() if trailing else ()) or ())
+    except Exception:  # a call that never reached a server has no trailers to give
+        return False
+
+
 def error_from_rpc(e: grpc.RpcError, address: str) -> errors.DtsError:
     """The dts error for a failed call (the receiving side of the one mapping)."""
     code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
     details = (e.details() if hasattr(e, "details") else "") or str(code)
     if code is grpc.StatusCode.UNAVAILABLE:
+        if _from_server(e):
+            return errors.Unavailable(f"dts-server at {address}: {details}")
         return errors.Unavailable(f"cannot reach dts-server at {address}: {details}")
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return errors.DeadlineExceeded(f"dts-server at {address} did not answer in time")

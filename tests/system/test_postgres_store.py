@@ -148,6 +148,9 @@ def test_the_server_rides_out_a_database_restart(
         refused = server_submit(server)
         assert refused.returncode == 3, refused.stderr
         assert "database unavailable" in refused.stderr
+        # (the server was reached: the message says the server answered, not that it is away)
+        assert f"dts-server at {server.address}: database unavailable" in refused.stderr
+        assert "cannot reach" not in refused.stderr
         assert refused.stderr.count("\n") == 1
         # And when it is back, the server serves again by itself, within seconds
         own_postgres.resume()

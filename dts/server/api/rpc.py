@@ -53,7 +53,7 @@ async def run_in(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> 
 async def abort(e: BaseException, name: str, context: Context) -> NoReturn:
     """End the call with the status of a dts error, or INTERNAL (logged) for anything else."""
     if isinstance(e, DtsError):
-        await context.abort(wire.status_code(e), e.message)
+        await context.abort(wire.status_code(e), e.message, wire.FROM_SERVER)
     log.error("internal error in %s", name, exc_info=e)
     await context.abort(grpc.StatusCode.INTERNAL, "internal server error (see the server log)")
     raise AssertionError("unreachable")  # abort raises
