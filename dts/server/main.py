@@ -110,7 +110,9 @@ class Server:
             ],
             interceptors=[auth] if auth is not None else [],
             # no SO_REUSEPORT: a second server on a port in use must fail, not share it
-            options=[*wire.grpc_options(), ("grpc.so_reuseport", 0)],
+            # no BDP probing: a call's window stays small, so a caller refused on its headers
+            # cannot have the server buffer megabytes of the message it keeps sending
+            options=[*wire.grpc_options(), ("grpc.so_reuseport", 0), ("grpc.http2.bdp_probe", 0)],
         )
         try:
             if self.cfg.tls is not None:
