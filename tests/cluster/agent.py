@@ -195,12 +195,15 @@ def op_workers(servers: list[str]) -> dict[str, str]:
         return {w.name: w.state.value for w in c.workers()}
 
 
-def op_jobs(servers: list[str], tag: str) -> list[tuple[int, str, str]]:
-    """The stored jobs named `tag`-N: (id, name, status)."""
-    mine = re.compile(rf"{re.escape(tag)}-[0-9]+")
-    with _client(servers, timeout=30) as c:
-        jobs = c.list_jobs(limit=10_000)
-    return [(j.id, j.spec.name, j.status.value) for j in jobs if mine.fullmatch(j.spec.name)]
+def op_jobs(url: str, tag: str) -> list[tuple[int, str, str]]:
+    """The jobs named `tag`-N in the servers' database (all of them: a listing through the
+    API stops at 10,000): (id, name, status)."""
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        rows = conn.execute(
+            "SELECT id, name, status FROM jobs WHERE name ~ %s ORDER BY id",
+            (f"^{re.escape(tag)}-[0-9]+$",),
+        ).fetchall()
+    return [(int(i), str(name), str(status)) for i, name, status in rows]
 
 
 def op_check(servers: list[str], ledger: str, ids: list[int]) -> dict[str, Any]:

@@ -116,7 +116,7 @@ class Run:
         drained = time.monotonic() - t0
         stored: list[tuple[int, str, str]] = []
         for tag in self.tags():
-            stored += self.cl.agent.call("jobs", timeout=60, servers=self.cl.addresses, tag=tag)
+            stored += self.cl.agent.call("jobs", timeout=60, url=self.cl.pg.url, tag=tag)
         acked = {i for r in acknowledged(self.records) for i in r["ids"]}
         given_up = [r for r in self.records if r["answered"] is None]
         names = Counter(name for _, name, _ in stored)
