@@ -6,14 +6,17 @@ is skipped (and so fails under CI=true, tests/conftest.py)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
+import signal
 import tempfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.harness import pid_alive, wait_until
 from tests.postgres import _pg_bin
 
 from . import netns
@@ -33,15 +36,50 @@ def missing() -> str:
     return ""
 
 
+RUN_DIR = re.compile(r"^dts-cluster-(\d+)-")
+
+
+def sweep_dead_runs() -> list[str]:
+    """What a run killed outright (SIGKILL: no finalizer, no atexit) left behind: its
+    PostgreSQL is shut down, its namespaces emptied and deleted, its directory removed."""
+    dirs = []
+    for d in sorted(Path(tempfile.gettempdir()).glob("dts-cluster-*")):
+        m = RUN_DIR.match(d.name)
+        if not m or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
+            continue
+        stop_postmaster(d / "pg" / "data")
+        dirs.append(d)
+    namespaces = netns.sweep_stale()
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    return [*map(str, dirs), *namespaces]
+
+
+def stop_postmaster(data: Path) -> None:
+    """SIGQUIT to the postmaster of `data` (an immediate shutdown, which frees its shared
+    memory as a SIGKILL would not), if its pid file names one that runs on `data`."""
+    try:
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return
+    if str(data).encode() not in cmdline:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGQUIT)
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: not pid_alive(pid), 15, what="the postmaster to exit")
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     why = missing()
     if why:
         pytest.skip(f"cluster tier: {why}")
-    stale = netns.sweep_stale()
+    stale = sweep_dead_runs()
     if stale:
-        print(f"\nremoved the namespaces of a dead run: {stale}")
-    root = Path(tempfile.mkdtemp(prefix="dts-cluster-"))
+        print(f"\nremoved what runs killed outright left: {stale}")
+    root = Path(tempfile.mkdtemp(prefix=f"dts-cluster-{os.getpid()}-"))
     root.chmod(0o755)  # PostgreSQL (user postgres) has its directory in it
     c: Cluster | None = None
     try:
