@@ -10,7 +10,7 @@ PEERS_VENV ?= .venv-peers
 PEERS_REQ := tests/bench/peers-requirements.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help build all clean proto test test-unit test-chaos test-systemd bench bench-peers lint format run run-server run-worker run-client install uninstall
+.PHONY: help build all clean proto test test-unit test-chaos test-cluster test-systemd bench bench-peers lint format run run-server run-worker run-client install uninstall
 
 help: ## show this list
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,6 +40,9 @@ test-unit: build ## only the fast unit tests
 
 test-chaos: build ## the fault-injection suite: kills, freezes, outages, network cuts, a soak
 	$(BIN)/pytest tests/chaos $(PYTEST_ARGS)
+
+test-cluster: build ## (root) 3 servers, 2 workers, PostgreSQL, Redis+Sentinel on netns hosts: faults under load, a soak
+	$(BIN)/pytest tests/cluster $(PYTEST_ARGS)
 
 test-systemd: build ## boot a real systemd in a container and drive the shipped units (root)
 	$(BIN)/pytest tests/systemd $(PYTEST_ARGS)

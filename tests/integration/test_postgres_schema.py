@@ -12,6 +12,7 @@ import pytest
 from dts.domain import JobSpec
 from dts.errors import Internal, Unavailable
 from dts.server.store.postgres import SCHEMA_VERSION, PostgresStore
+from tests.harness import wait_until
 
 
 def test_servers_starting_at_once_on_an_empty_database_make_the_schema_once(
@@ -154,3 +155,43 @@ def test_a_deadlock_with_another_server_is_unavailable_and_writes_nothing(
     finally:
         a.close()
         b.close()
+
+
+def test_a_server_starting_while_another_submits_does_not_deadlock_with_it(
+    postgres_url: str,
+) -> None:
+    """A server that starts on a database whose schema is current must take no lock that the
+    writes of the servers already serving wait for. Here a serving server's keyed submit holds
+    its new row of submit_keys and is about to insert its jobs when another server starts."""
+    PostgresStore(postgres_url).close()  # the schema is current
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            PostgresStore(postgres_url, max_connections=2).close()
+        except BaseException as e:
+            errors.append(e)
+
+    with psycopg.connect(postgres_url) as serving:  # a transaction, as a keyed submit's
+        serving.execute("INSERT INTO submit_keys (key, ids, created_at) VALUES ('k', '', 0)")
+        starting = threading.Thread(target=start)
+        starting.start()
+        # (until the start is done, or waits for a lock: here, for our row of submit_keys)
+        wait_until(
+            lambda: not starting.is_alive() or waiting_for_a_lock(postgres_url),
+            15,
+            what="the start to end or wait",
+        )
+        try:  # the lock the submit's INSERT of its jobs takes
+            serving.execute("LOCK TABLE jobs IN ROW EXCLUSIVE MODE")
+        except psycopg.errors.DeadlockDetected as e:
+            errors.append(e)
+        serving.rollback()
+        starting.join(30)
+    assert errors == []
+
+
+def waiting_for_a_lock(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
+    return bool(row and row[0])

@@ -493,6 +493,8 @@ class PostgresStore(SqlReads):
                     f"database {self.url} has schema version {version}; this dts knows "
                     f"{SCHEMA_VERSION}"
                 )
+            if version == SCHEMA_VERSION:  # no DDL: CREATE INDEX locks out the others' writes
+                return
             for target in range(version + 1, SCHEMA_VERSION + 1) if version else ():
                 for statement in MIGRATIONS.get(target, []):
                     conn.execute(statement)
