@@ -520,4 +520,6 @@ class SqliteStore(SqlReads):
     def close(self) -> None:
         with self._lock:
             self._c.close()
-            os.close(self._held)
+            if self._held >= 0:
+                os.close(self._held)
+                self._held = -1
