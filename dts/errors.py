@@ -116,3 +116,9 @@ BY_CODE: dict[str, type[DtsError]] = {
 def from_code(code: str, message: str) -> DtsError:
     """The error for a status code name received from the other side."""
     return BY_CODE.get(code, DtsError)(message)
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of a foreign error's message (its type's name when it has none), for a
+    one-line error or log line of ours."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -20,6 +20,21 @@ DOWN = (ConnState.TRANSIENT_FAILURE, ConnState.SHUTDOWN)
 MOVE_ON = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+def _current_method(kind: str) -> Any:
+    """A grpc.Channel method making multicallables of `kind` bound to the current server."""
+
+    def make(
+        self: FailoverChannel,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        return _Current(self, kind, (method, request_serializer, response_deserializer))
+
+    return make
+
+
 class FailoverChannel(grpc.Channel):
     """A grpc.Channel over one channel per address (opened by `dial` when first used).
 
@@ -95,32 +110,10 @@ class FailoverChannel(grpc.Channel):
     ) -> Any:
         return _Unary(self, (method, request_serializer, response_deserializer))
 
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> Any:
-        return _Current(self, "stream_stream", (method, request_serializer, response_deserializer))
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> Any:
-        return _Current(self, "unary_stream", (method, request_serializer, response_deserializer))
-
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> Any:
-        return _Current(self, "stream_unary", (method, request_serializer, response_deserializer))
+    # the streaming kinds: each call goes to the server calls go to now (their callers retry)
+    stream_stream = _current_method("stream_stream")
+    unary_stream = _current_method("unary_stream")
+    stream_unary = _current_method("stream_unary")
 
     def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
         self.channel(self._current).subscribe(callback, try_to_connect)

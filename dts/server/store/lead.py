@@ -13,6 +13,8 @@ from typing import Any
 
 import psycopg
 
+from dts.errors import first_line
+
 log = logging.getLogger("dts.store")
 
 LEAD_LOCK = 0x64747302  # pg_try_advisory_lock key held by the server that runs the duties
@@ -75,7 +77,7 @@ class Lead:
             self._failing = False
         except psycopg.Error as e:
             if not self._failing:  # while no server holds the lead, no server reaps
-                log.warning("cannot look at the lead among servers: %s; retrying", _line(e))
+                log.warning("cannot look at the lead among servers: %s; retrying", first_line(e))
                 self._failing = True
             self._drop()
 
@@ -89,7 +91,3 @@ class Lead:
     def close(self) -> None:
         with self._mutex:
             self._drop()
-
-
-def _line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]

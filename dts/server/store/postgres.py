@@ -27,7 +27,7 @@ from dts.domain import (
     WorkerInfo,
     submitted_job,
 )
-from dts.errors import DtsError, Internal, Unavailable
+from dts.errors import DtsError, Internal, Unavailable, first_line
 from dts.server.store.lead import Lead
 from dts.server.store.reads import QUEUED, RUNNING, SCHEDULED, SqlReads, literal
 from dts.server.store.rows import (
@@ -176,16 +176,12 @@ def _errors(what: str, unreachable: Callable[[], None] = lambda: None) -> Iterat
             # a deadlock with another server's transaction (or a serialization failure): this
             # one was rolled back whole, the database is fine, and the caller may try again
             raise Unavailable(
-                f"database conflict ({what}), nothing written: {_first_line(e)}"
+                f"database conflict ({what}), nothing written: {first_line(e)}"
             ) from e
         unreachable()
-        raise Unavailable(f"database unavailable ({what}): {_first_line(e)}") from e
+        raise Unavailable(f"database unavailable ({what}): {first_line(e)}") from e
     except psycopg.Error as e:
-        raise Internal(f"database error ({what}): {_first_line(e)}") from e
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise Internal(f"database error ({what}): {first_line(e)}") from e
 
 
 class PostgresTransaction:
