@@ -115,9 +115,16 @@ def test_a_run_as_job_enters_its_directory_with_its_own_users_rights(
             [JobSpec(argv=("pwd",), cwd=str(d)) for d in (opened, missing, *closed)]
         )
         done = [client.wait(j.id, timeout=30) for j in jobs]
-        out = client.logs(jobs[0].id).stdout
+        first = client.logs(jobs[0].id)
     # Then a directory nobody may enter works as before
-    assert (done[0].status, out) == (JobStatus.SUCCEEDED, f"{opened}\n".encode()), done[0]
+    said = [line for line in c.server.output().splitlines() if f"job {jobs[0].id} " in line]
+    assert (done[0].status, first.stdout) == (JobStatus.SUCCEEDED, f"{opened}\n".encode()), (
+        done[0].attempts,
+        done[0].exit_code,
+        done[0].error,
+        first.stderr,
+        said,
+    )
     # A missing one that nobody could look for is missing, as for anyone
     assert (done[1].exit_code, done[1].error) == (
         127,
