@@ -7,10 +7,28 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, NoReturn
+from typing import Any
 
 from dts.channel import DEFAULT_SERVER, add_channel_options, channel_security, server_addresses
 from dts.client import Client
+from dts.client.args import (
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    PROG,
+    SUBMIT_DEFAULTS,
+    SUBMIT_FALLBACK,
+    SubParser,
+    UsageError,
+    add_command_argument,
+    add_spec_options,
+    checked,
+    command_words,
+    fill_spec_defaults,
+    int_in,
+    job_id,
+    spec_from,
+    with_command,
+)
 from dts.client.render import (
     attempt_json,
     by_server,
@@ -20,83 +38,12 @@ from dts.client.render import (
     table,
     worker_json,
 )
-from dts.domain import (
-    LIMITS,
-    MAX_PRIORITY,
-    MIN_PRIORITY,
-    Job,
-    JobSpec,
-    JobStatus,
-    Limits,
-    LimitUnit,
-    validate_spec,
-)
+from dts.domain import Job, JobStatus
 from dts.errors import DtsError, InvalidArgument, Unavailable
-from dts.options import limit_arg, new_parser
+from dts.options import new_parser
 
-PROG = "dts-client"
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
-
-
-class UsageError(Exception):
-    """A bad command line (exit code 2)."""
-
-
-class SubParser(argparse.ArgumentParser):
-    """Subcommand parser whose errors are one line and exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(EXIT_USAGE)
-
-
-# ---- argument types ---------------------------------------------------------------------------
-
-
-def _int_in(lo: int, hi: int, what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{what} must be between {lo} and {hi}, got {value}")
-        return value
-
-    return parse
-
-
-def _seconds(what: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be a number of seconds") from None
-        if not value >= 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"{what} must not be negative, got {text}")
-        return value
-
-    return parse
-
-
-def _env_pair(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--env takes KEY=VALUE, got {text!r}")
-    return key, value
-
-
-def _job_id(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"job id must be a positive integer, got {text!r}"
-        ) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"job id must be a positive integer, got {text!r}")
-    return value
+# Commands of their own modules: name -> the function that runs it (see `command_parser`).
+HANDLERS: dict[str, Callable[[Cli, argparse.Namespace], int]] = {}
 
 
 # ---- parser -----------------------------------------------------------------------------------
@@ -114,27 +61,6 @@ COMMANDS = {
     "stats": "job counts by status and queue",
     "ping": "exit 0 when the server is serving (alias: health)",
 }
-# submit options that may also come from DTS_* variables, client.conf or a global flag
-SUBMIT_DEFAULTS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
-    ("--queue", str, "queue name"),
-    ("--priority", _int_in(MIN_PRIORITY, MAX_PRIORITY, "--priority"), "0 (lowest) to 9"),
-    ("--retries", _int_in(0, 1000, "--retries"), "re-runs after a failure"),
-    ("--backoff", _seconds("--backoff"), "seconds before the first retry, doubling after"),
-    ("--timeout", _seconds("--timeout"), "seconds an attempt may run, 0 = none"),
-    ("--delay", _seconds("--delay"), "do not start before this many seconds from now"),
-)
-# None: the server's default applies
-SUBMIT_FALLBACK: dict[str, Any] = {
-    "--queue": "default",
-    "--priority": 0,
-    "--retries": None,
-    "--backoff": None,
-    "--timeout": None,
-    "--delay": 0.0,
-}
-# submit's limit options: the one the worker keeps itself (output) first, then the kernel's
-SUBMIT_LIMITS = tuple(sorted(LIMITS, key=lambda limit: bool(limit.rlimit)))
-LIMIT_METAVARS = {LimitUnit.SECONDS: "SECONDS", LimitUnit.SIZE: "SIZE", LimitUnit.COUNT: "N"}
 GLOBAL_WITH_VALUE = {
     "--server",
     "--rpc-timeout",
@@ -193,28 +119,7 @@ def command_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     s = sub.add_parser("submit", help=COMMANDS["submit"], prog=f"{PROG} submit")
-    for flag, kind, text in SUBMIT_DEFAULTS:
-        s.add_argument(flag, type=kind, default=None, help=f"{text} (default: see {PROG} -h)")
-    s.add_argument(
-        "--env",
-        type=_env_pair,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="environment variable for the job (repeatable)",
-    )
-    s.add_argument("--cwd", default="", help="working directory on the worker")
-    s.add_argument("--name", default="", help="label shown in listings")
-    # resource limits: a job can lower its worker's (dts-worker --max-*), not raise them
-    for limit in SUBMIT_LIMITS:
-        s.add_argument(
-            limit.flag,
-            type=limit_arg(limit.unit),
-            default=0,
-            metavar=LIMIT_METAVARS[limit.unit],
-            help=limit.submit_help,
-        )
-    s.add_argument("--shell", action="store_true", help="run the single string with /bin/sh -c")
+    add_spec_options(s)
     s.add_argument(
         "--wait",
         action="store_true",
@@ -225,20 +130,20 @@ def command_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="one shell command a line ('-' for stdin), submitted in one call",
     )
-    s.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+    add_command_argument(s)
 
     for name in ("status", "history", "cancel", "retry"):
         c = sub.add_parser(name, help=COMMANDS[name], prog=f"{PROG} {name}")
-        c.add_argument("id", type=_job_id)
+        c.add_argument("id", type=job_id)
 
     lg = sub.add_parser("logs", help=COMMANDS["logs"], prog=f"{PROG} logs")
-    lg.add_argument("id", type=_job_id)
-    lg.add_argument("--attempt", type=_int_in(1, 1_000_000, "--attempt"), default=0)
+    lg.add_argument("id", type=job_id)
+    lg.add_argument("--attempt", type=int_in(1, 1_000_000, "--attempt"), default=0)
 
     ls = sub.add_parser("list", help=COMMANDS["list"], prog=f"{PROG} list")
     ls.add_argument("--status", choices=[s.value for s in JobStatus])
     ls.add_argument("--queue", default="")
-    ls.add_argument("--limit", type=_int_in(1, 10_000, "--limit"), default=50)
+    ls.add_argument("--limit", type=int_in(1, 10_000, "--limit"), default=50)
 
     for name in ("workers", "stats"):
         sub.add_parser(name, help=COMMANDS[name], prog=f"{PROG} {name}")
@@ -258,38 +163,20 @@ class Cli:
             sys.stdout.write(text + "\n")
 
     def submit(self, ns: argparse.Namespace) -> int:
-        cmd = list(ns.cmd)
-        if cmd and cmd[0] == "--":
-            cmd = cmd[1:]
-        base = JobSpec(
-            argv=(),
-            shell=ns.shell,
-            queue=ns.queue,
-            priority=ns.priority,
-            max_retries=ns.retries,
-            backoff=ns.backoff,
-            timeout=ns.timeout,
-            delay=ns.delay,
-            env=tuple(ns.env),
-            cwd=ns.cwd,
-            name=ns.name,
-            limits=Limits(**{f.name: getattr(ns, f.dest) for f in LIMITS}),
-        )
+        cmd = command_words(ns)
+        base = spec_from(ns)
         if ns.from_file:
             if cmd:
                 raise UsageError("give either --from-file or a command, not both")
-            specs = [_with_argv(base, (line,), shell=True) for line in _read_lines(ns.from_file)]
+            specs = [replace(base, argv=(line,), shell=True) for line in _read_lines(ns.from_file)]
             if not specs:
                 raise UsageError(f"no commands in {ns.from_file}")
         else:
             if not cmd:
                 raise UsageError("no command given (submit [OPTIONS] -- COMMAND [ARG...])")
-            specs = [_with_argv(base, (" ".join(cmd),) if ns.shell else tuple(cmd), ns.shell)]
+            specs = [with_command(base, cmd)]
         for spec in specs:
-            try:
-                validate_spec(spec)
-            except InvalidArgument as e:
-                raise UsageError(str(e)) from None
+            checked(spec)
         jobs = self.client.submit(specs)
         if ns.wait:
             return self._wait_all(jobs)
@@ -499,10 +386,6 @@ def wait_exit_code(job: Job) -> int:
     return 1
 
 
-def _with_argv(base: JobSpec, argv: tuple[str, ...], shell: bool) -> JobSpec:
-    return replace(base, argv=argv, shell=shell)
-
-
 def _read_lines(path: str) -> list[str]:
     try:
         if path == "-":
@@ -526,11 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gp.error(f"missing COMMAND (one of: {', '.join(COMMANDS)})")
     ns = command_parser().parse_args(args[at:])
     ns.server, ns.json, ns.rpc_timeout = g.server, g.json, g.rpc_timeout
-    if ns.command == "submit":
-        for flag in SUBMIT_FALLBACK:
-            key = flag[2:].replace("-", "_")
-            if getattr(ns, key) is None:
-                setattr(ns, key, getattr(g, key))
+    fill_spec_defaults(ns, g)
     try:
         server_addresses(ns.server)
         if not 0 < ns.rpc_timeout < 86400:
@@ -540,6 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         gp.error(str(e))
     cli = Cli(client, ns.json)
     try:
+        handler = HANDLERS.get(ns.command)
+        if handler is not None:
+            return handler(cli, ns)
         return int(getattr(cli, ns.command.replace("-", "_"))(ns))
     except UsageError as e:
         sys.stderr.write(f"{PROG} {ns.command}: error: {e}\n")
