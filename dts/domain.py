@@ -245,6 +245,42 @@ def format_size(n: int) -> str:
     return str(n)
 
 
+DURATION_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_DURATION: Final = 100 * 365 * 86400  # a century: longer is a typo, not a plan
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from '30s', '5m', '1h', '1d', '2w' or a sum such as '1h30m'; a bare number is
+    seconds. Positive and at most a century."""
+    s = text.strip().lower()
+    if _SECONDS.fullmatch(s):
+        value = float(s)
+    elif s and _DURATION.fullmatch(s):
+        value = sum(float(n) * DURATION_UNITS[u] for n, u in _DURATION_PART.findall(s))
+    else:
+        raise InvalidArgument(f"not a duration (such as 30s, 5m, 1h, 1d, 1h30m): {text!r}")
+    if not 0 < value <= MAX_DURATION:
+        raise InvalidArgument(f"a duration must be more than 0 and at most 100 years: {text!r}")
+    return value
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact form of a whole number of seconds: 5400 -> '1h30m'; else '%gs'."""
+    if seconds != int(seconds) or seconds <= 0:
+        return f"{seconds:g}s"
+    left, parts = int(seconds), []
+    for unit in ("w", "d", "h", "m", "s"):
+        n, left = divmod(left, DURATION_UNITS[unit])
+        if n:
+            parts.append(f"{n}{unit}")
+    return "".join(parts)
+
+
+_SECONDS: Final = re.compile(r"\d{1,12}(?:\.\d{1,9})?")
+_DURATION: Final = re.compile(r"(?:\d{1,12}(?:\.\d{1,9})?[smhdw])+")
+_DURATION_PART: Final = re.compile(r"(\d{1,12}(?:\.\d{1,9})?)([smhdw])")
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """What to run and how: the part of a job a client chooses."""
