@@ -116,4 +116,3 @@ def test_a_status_that_is_not_final_is_refused(store: Store) -> None:
     with pytest.raises(Internal, match="not final"):
         store.purge(100.0, [S.QUEUED], "", 500)
     assert kept(store, job)
-
