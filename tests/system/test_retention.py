@@ -5,16 +5,21 @@ real programs, on each store."""
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import grpc
 
 from dts.channel import ChannelSecurity
 from dts.client import Client
 from dts.domain import Job, JobSpec, JobStatus
 from dts.errors import DtsError
 from dts.server.store.url import parse_store_url
+from dts.v1 import dts_pb2 as pb
+from dts.v1 import dts_pb2_grpc as pb_grpc
 from tests.conftest import Cluster
 from tests.harness import BIN, RedisProcess, ServerProcess, clean_env, run_cli, wait_until
 
@@ -225,6 +230,38 @@ def test_purge_refuses_bad_input_and_deletes_nothing(fresh_cluster: Cluster) -> 
     # The server refuses a bad --retain with one line and exit 2
     r = _server_with(c, "--retain", "forever")
     assert r[0] == 2 and "--retain: not a duration" in r[1], r
+
+
+def test_the_purge_call_refuses_bad_requests(fresh_cluster: Cluster) -> None:
+    # Given a cancelled job, and the Admin service called as a program would
+    c = fresh_cluster
+    with c.client() as client:
+        (job,) = client.submit([JobSpec(argv=("true",), queue="nobody")])
+        client.cancel(job.id)
+    bad = [
+        pb.PurgeRequest(older_than=0),
+        pb.PurgeRequest(older_than=-5),
+        pb.PurgeRequest(older_than=math.nan),
+        pb.PurgeRequest(older_than=math.inf),
+        pb.PurgeRequest(older_than=1e-3, statuses=[pb.JOB_STATUS_RUNNING]),
+        pb.PurgeRequest(older_than=1e-3, statuses=[pb.JOB_STATUS_CANCELLED, 99]),
+        pb.PurgeRequest(older_than=1e-3, statuses=[pb.JOB_STATUS_UNSPECIFIED]),
+    ]
+    wait_until(lambda: time.time() > (job.created_at or 0) + 0.1, 5)
+    with grpc.insecure_channel(c.server.address) as channel:
+        stub = pb_grpc.AdminStub(channel)
+        for request in bad:
+            try:
+                stub.Purge(request, timeout=10)
+            except grpc.RpcError as e:
+                assert e.code() is grpc.StatusCode.INVALID_ARGUMENT, (request, e)
+            else:
+                raise AssertionError(f"accepted {request}")
+        # Then nothing was deleted, and a good request deletes the job
+        with c.client() as client:
+            assert client.get(job.id).status is JobStatus.CANCELLED
+        assert stub.Purge(pb.PurgeRequest(older_than=1e-3), timeout=10).purged == 1
+    assert "Traceback" not in c.server.output()
 
 
 def _server_with(c: Cluster, *args: str) -> tuple[int, str]:
