@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from dts.channel import ChannelSecurity
 from dts.client import Client
@@ -325,3 +326,40 @@ def test_purge_needs_the_admin_role(tmp_path: Path) -> None:
     finally:
         s.stop()
         redis.kill()
+
+
+@pytest.mark.single_store  # PostgreSQL only: several servers share no SQLite file
+def test_with_several_servers_only_the_lead_runs_retention(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    # Given two servers on one PostgreSQL database, both told to keep final jobs 2 s
+    redis = RedisProcess(tmp_path)
+    redis.start()
+    args = ("--worker-timeout", "2", "--retain", "2s", "--retain-interval", "0.2")
+    servers = [ServerProcess(tmp_path, redis.url, *args, db=postgres_url) for _ in range(2)]
+    try:
+        for s in servers:
+            s.start()
+        leads = "now runs the reaper, promoter and reconciler"
+        wait_until(lambda: any(leads in s.output() for s in servers), 10, what="a lead")
+        # When jobs end through each server
+        ids = []
+        for s in servers:
+            with Client(s.address) as client:
+                for _ in range(3):
+                    (job,) = client.submit([JobSpec(argv=("true",), queue="nobody")])
+                    client.cancel(job.id)
+                    ids.append(job.id)
+        # Then they are deleted once their retention has passed
+        with Client(servers[1].address) as client:
+            wait_until(lambda: _gone(client, *ids), 20, what="retention")
+        # And only the server holding the lead deleted them
+        deleting = [s for s in servers if "retention: deleted" in s.output()]
+        (lead,) = [s for s in servers if leads in s.output()]
+        assert deleting == [lead]
+    finally:
+        for s in servers:
+            s.stop(timeout=15)
+        redis.kill()
+    for s in servers:
+        assert "Traceback" not in s.output()
