@@ -170,6 +170,23 @@ class Client:
         resp = self._call(self.stub.GetStats, pb.StatsRequest())
         return [wire.stat_from_pb(c) for c in resp.counts]
 
+    def purge(self, older_than: float, statuses: Sequence[JobStatus] = (), queue: str = "") -> int:
+        """Delete final jobs (in `statuses`, of `queue`) that finished more than `older_than`
+        seconds ago, with their attempts and output; how many. Needs the admin role. The
+        server deletes for a few seconds a call: this calls again while it says more are left."""
+        req = pb.PurgeRequest(
+            older_than=older_than,
+            statuses=[wire.STATUS_TO_PB[s] for s in statuses],
+            queue=queue,
+        )
+        stub = pb_grpc.AdminStub(self.channel)
+        total = 0
+        while True:
+            resp = self._call(stub.Purge, req, max(self.timeout, 30.0))
+            total += resp.purged
+            if not resp.more:
+                return total
+
     def health_of_each(self) -> list[tuple[str, str | DtsError]]:
         """Each server's health status name, or the error asking it gave, in the order given
         (one entry when the client was given one server)."""

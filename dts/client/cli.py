@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from dts.channel import DEFAULT_SERVER, add_channel_options, channel_security, server_addresses
-from dts.client import Client
+from dts.client import Client, purge
 from dts.client.args import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
@@ -60,6 +60,7 @@ COMMANDS = {
     "workers": "registered workers",
     "stats": "job counts by status and queue",
     "ping": "exit 0 when the server is serving (alias: health)",
+    "purge": purge.HELP,
 }
 GLOBAL_WITH_VALUE = {
     "--server",
@@ -148,6 +149,7 @@ def command_parser() -> argparse.ArgumentParser:
     for name in ("workers", "stats"):
         sub.add_parser(name, help=COMMANDS[name], prog=f"{PROG} {name}")
     sub.add_parser("ping", help=COMMANDS["ping"], aliases=["health"], prog=f"{PROG} ping")
+    purge.add_parsers(sub)
     return p
 
 
@@ -435,6 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         client.close()
+
+
+HANDLERS["purge"] = purge.purge
 
 
 def exit_code_for(err: DtsError) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 
 from dts.channel import DEFAULT_SERVER, is_loopback, parse_hostport
 from dts.daemon.config import ProcessConfig, add_process_options, process_config
+from dts.domain import parse_duration
 from dts.errors import InvalidArgument
 from dts.options import ArgumentParser, new_parser, non_negative, parse, positive
 from dts.queue.redis import DEFAULT_REDIS_URL, check_redis_url
@@ -32,6 +33,8 @@ class ServerConfig:
     default_timeout: float = 0.0
     max_lost: int = 3
     reconcile_interval: float = 60.0
+    retain: float = 0.0  # seconds a final job is kept after it finished; 0: for ever
+    retain_interval: float = 60.0
     grpc_threads: int = 8
     max_waiters: int = 10_000
     sqlite_synchronous: str = "full"
@@ -99,6 +102,19 @@ def server_parser(env: Mapping[str, str] | None = None) -> ArgumentParser:
         help="seconds between full checks that Redis holds every queued job",
     )
     p.add_argument(
+        "--retain",
+        default="",
+        metavar="DURATION",
+        help="delete final jobs (with their attempts and output) this long after they "
+        "finished, e.g. 30d, 12h, 90m (default: keep every job)",
+    )
+    p.add_argument(
+        "--retain-interval",
+        type=float,
+        default=60.0,
+        help="seconds between runs of --retain's deletion (small values are for tests)",
+    )
+    p.add_argument(
         "--grpc-threads",
         type=int,
         default=8,
@@ -156,6 +172,8 @@ def load_server_config(
         default_timeout=ns.default_timeout,
         max_lost=ns.max_lost,
         reconcile_interval=ns.reconcile_interval,
+        retain=_retain(ns.retain),
+        retain_interval=ns.retain_interval,
         grpc_threads=ns.grpc_threads,
         max_waiters=ns.max_waiters,
         sqlite_synchronous=ns.sqlite_synchronous,
@@ -180,6 +198,7 @@ def load_server_config(
     non_negative("--default-timeout", cfg.default_timeout)
     positive("--max-lost", cfg.max_lost)
     positive("--reconcile-interval", cfg.reconcile_interval)
+    positive("--retain-interval", cfg.retain_interval)
     positive("--grpc-threads", cfg.grpc_threads)
     positive("--max-waiters", cfg.max_waiters)
     store = parse_store_url(cfg.db)
@@ -198,6 +217,16 @@ def read_db_password(path: str) -> str:
     except (OSError, UnicodeDecodeError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise InvalidArgument(f"--db-password-file {path}: {why}") from None
+
+
+def _retain(text: str) -> float:
+    """--retain's seconds (0 when not given)."""
+    if not text.strip():
+        return 0.0
+    try:
+        return parse_duration(text)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"--retain: {e}") from None
 
 
 def _server_tls(ns: Any) -> ServerTls | None:

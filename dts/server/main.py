@@ -24,6 +24,7 @@ from dts.daemon.startup import launch
 from dts.errors import DtsError, Unavailable
 from dts.queue.redis import Keys, RedisQueue, connect, redacted_url
 from dts.server import history
+from dts.server.api.admin import ADMIN_SERVICE, AdminServicer
 from dts.server.api.auth import TokenAuth, load_tokens
 from dts.server.api.health import SERVING, Health
 from dts.server.api.rpc import EventLoop, Pools, anonymous
@@ -36,7 +37,9 @@ from dts.server.duties.loop import Loop
 from dts.server.duties.promoter import Promoter
 from dts.server.duties.reaper import LeaseReaper
 from dts.server.duties.reconciler import Reconciler
+from dts.server.duties.retainer import Retainer
 from dts.server.duties.waitpoll import WaitPoller
+from dts.server.retention import Retention
 from dts.server.settings import Settings
 from dts.server.store import Store
 from dts.server.store.sqlite import SqliteStore
@@ -45,7 +48,7 @@ from dts.server.store.url import parse_store_url
 log = logging.getLogger("dts.server")
 
 PROG = "dts-server"
-SERVICES = (SCHEDULER, WORKER_SERVICE)
+SERVICES = (SCHEDULER, WORKER_SERVICE, ADMIN_SERVICE)
 
 
 class Server:
@@ -57,19 +60,22 @@ class Server:
         client = connect(cfg.redis_url)
         self.queue = RedisQueue(client, Keys(cfg.key_prefix))
         self.coordinator = Coordinator(self.store, self.queue, rules_of(cfg))
-        lead = Leadership(self.coordinator)  # these three run on one server at a time
+        lead = Leadership(self.coordinator)  # these run on one server at a time
         self.loops: list[Loop] = [
             Enqueuer(self.coordinator),
             Promoter(self.coordinator, lead),
             LeaseReaper(self.coordinator, lead),
             Reconciler(self.coordinator, lead, cfg.reconcile_interval),
         ]
+        if cfg.retain:
+            self.loops.append(Retainer(self.coordinator, lead, cfg.retain, cfg.retain_interval))
         if self.store.shared:  # a job waited for here may end through another server
             self.loops.append(WaitPoller(self.coordinator))
         self.auth = TokenAuth(load_tokens(cfg.tokens_file)) if cfg.tokens_file else None
         self.pools = Pools(cfg.grpc_threads)
         self.scheduler = SchedulerServicer(self.coordinator, self.pools)
         self.workers = WorkerServicer(self.coordinator, self.pools, cfg.key_prefix)
+        self.admin = AdminServicer(Retention(self.store, self.coordinator.clock), self.pools)
         self.events = EventLoop()
         self.grpc: grpc.aio.Server | None = None
         self.health: Health | None = None
@@ -106,6 +112,7 @@ class Server:
             handlers=[
                 self.scheduler.handler(),
                 self.workers.handler(identify),
+                self.admin.handler(),
                 self.health.handler(),
             ],
             interceptors=[auth] if auth is not None else [],

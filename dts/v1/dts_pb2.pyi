@@ -1166,3 +1166,62 @@ class UnregisterResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnregisterResponse: _TypeAlias = UnregisterResponse  # noqa: Y015
+
+@_typing.final
+class PurgeRequest(_message.Message):
+    """Delete final jobs (with their attempts and output) that finished long enough ago. A call
+    deletes in small batches for a few seconds and says whether more are left to delete: the
+    caller calls again until none are (deletes are idempotent, so any server may take the next).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OLDER_THAN_FIELD_NUMBER: _builtins.int
+    STATUSES_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    older_than: _builtins.float
+    """seconds: jobs that finished longer ago than this"""
+    queue: _builtins.str
+    """only jobs of this queue ('' = every queue)"""
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___JobStatus.ValueType]:
+        """only jobs in these final statuses (empty: every final one)"""
+
+    def __init__(
+        self,
+        *,
+        older_than: _builtins.float = ...,
+        statuses: _abc.Iterable[Global___JobStatus.ValueType] | None = ...,
+        queue: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["older_than", b"older_than", "queue", b"queue", "statuses", b"statuses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeRequest: _TypeAlias = PurgeRequest  # noqa: Y015
+
+@_typing.final
+class PurgeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURGED_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    purged: _builtins.int
+    """jobs deleted by this call"""
+    more: _builtins.bool
+    """some that match are left: call again"""
+    def __init__(
+        self,
+        *,
+        purged: _builtins.int = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["more", b"more", "purged", b"purged"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeResponse: _TypeAlias = PurgeResponse  # noqa: Y015

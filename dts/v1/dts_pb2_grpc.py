@@ -748,3 +748,79 @@ class WorkerService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminStub:
+    """What operators call (the admin role, when tokens are required).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Purge = channel.unary_unary(
+                '/dts.v1.Admin/Purge',
+                request_serializer=dts_dot_v1_dot_dts__pb2.PurgeRequest.SerializeToString,
+                response_deserializer=dts_dot_v1_dot_dts__pb2.PurgeResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """What operators call (the admin role, when tokens are required).
+    """
+
+    def Purge(self, request, context):
+        """delete old final jobs now
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Purge': grpc.unary_unary_rpc_method_handler(
+                    servicer.Purge,
+                    request_deserializer=dts_dot_v1_dot_dts__pb2.PurgeRequest.FromString,
+                    response_serializer=dts_dot_v1_dot_dts__pb2.PurgeResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'dts.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('dts.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """What operators call (the admin role, when tokens are required).
+    """
+
+    @staticmethod
+    def Purge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dts.v1.Admin/Purge',
+            dts_dot_v1_dot_dts__pb2.PurgeRequest.SerializeToString,
+            dts_dot_v1_dot_dts__pb2.PurgeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

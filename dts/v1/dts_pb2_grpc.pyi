@@ -252,3 +252,34 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         """leave cleanly"""
 
 def add_WorkerServiceServicer_to_server(servicer: WorkerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class AdminStub:
+    """What operators call (the admin role, when tokens are required)."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> AdminAsyncStub: ...
+    Purge: _grpc.UnaryUnaryMultiCallable[_dts_pb2.PurgeRequest, _dts_pb2.PurgeResponse]
+    """delete old final jobs now"""
+
+@_typing.type_check_only
+class AdminAsyncStub(AdminStub):
+    """What operators call (the admin role, when tokens are required)."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Purge: _aio.UnaryUnaryMultiCallable[_dts_pb2.PurgeRequest, _dts_pb2.PurgeResponse]  # type: ignore[assignment]
+    """delete old final jobs now"""
+
+class AdminServicer(metaclass=_abc_1.ABCMeta):
+    """What operators call (the admin role, when tokens are required)."""
+
+    @_abc_1.abstractmethod
+    def Purge(
+        self,
+        request: _dts_pb2.PurgeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dts_pb2.PurgeResponse, _abc.Awaitable[_dts_pb2.PurgeResponse]]:
+        """delete old final jobs now"""
+
+def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

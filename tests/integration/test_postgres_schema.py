@@ -59,6 +59,7 @@ def test_a_version_1_database_gets_its_submit_keys_table(postgres_url: str) -> N
     PostgresStore(postgres_url).close()
     with psycopg.connect(postgres_url) as conn:
         conn.execute("DROP TABLE submit_keys")
+        conn.execute("DROP INDEX jobs_finished")
         conn.execute("ALTER TABLE workers DROP COLUMN server")
         conn.execute(
             "INSERT INTO workers VALUES"
@@ -78,7 +79,10 @@ def test_a_version_1_database_gets_its_submit_keys_table(postgres_url: str) -> N
         store.close()
     with psycopg.connect(postgres_url) as conn:
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    assert row == (str(SCHEMA_VERSION),) == ("2",)
+    assert row == (str(SCHEMA_VERSION),) == ("5",)
+    with psycopg.connect(postgres_url) as conn:
+        index = conn.execute("SELECT to_regclass('jobs_finished') IS NOT NULL").fetchone()
+    assert index == (True,)  # version 5: the purge's index
 
 
 def test_a_submit_key_in_flight_on_another_server_is_waited_for(postgres_url: str) -> None:

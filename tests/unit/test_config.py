@@ -159,6 +159,9 @@ def test_db_default_uses_the_first_state_directory(monkeypatch: pytest.MonkeyPat
         ["--max-backoff", "0"],
         ["--max-lost", "0"],
         ["--reconcile-interval", "0"],
+        ["--retain", "soon"],
+        ["--retain", "0"],
+        ["--retain-interval", "0"],
         ["--grpc-threads", "0"],
         ["--max-waiters", "0"],
         ["--redis-url", "http://127.0.0.1:6379"],
@@ -172,6 +175,17 @@ def test_db_default_uses_the_first_state_directory(monkeypatch: pytest.MonkeyPat
 def test_server_validation_errors(argv: list[str]) -> None:
     with pytest.raises(InvalidArgument, match=re.escape(argv[0])):
         load_server_config(argv, env={})
+
+
+def test_retain_takes_a_duration_from_flag_env_or_file(tmp_path: Path) -> None:
+    assert load_server_config([], env={}).retain == 0.0  # keep every job
+    assert load_server_config(["--retain", "30d"], env={}).retain == 30 * 86400
+    assert load_server_config([], env={"DTS_RETAIN": "12h"}).retain == 12 * 3600
+    f = conf(tmp_path / "s.conf", retain="90m", retain_interval="5")
+    cfg = load_server_config(["-c", f], env={})
+    assert (cfg.retain, cfg.retain_interval) == (90 * 60, 5.0)
+    with pytest.raises(InvalidArgument, match="--retain: not a duration"):
+        load_server_config([], env={"DTS_RETAIN": "a month"})
 
 
 def test_values_from_env_and_file_are_validated_too(tmp_path: Path) -> None:

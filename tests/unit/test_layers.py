@@ -106,6 +106,7 @@ LAYERS = (
         exact=(
             "dts.server.store",
             "dts.server.store.lead",
+            "dts.server.store.purge",
             "dts.server.store.reads",
             "dts.server.store.rows",
             "dts.server.store.url",
@@ -116,16 +117,29 @@ LAYERS = (
         "dts.server.store.sqlite",
         MODEL,
         banned=("grpc", "redis"),
-        exact=("dts.server.store", "dts.server.store.reads", "dts.server.store.rows"),
+        exact=(
+            "dts.server.store",
+            "dts.server.store.purge",
+            "dts.server.store.reads",
+            "dts.server.store.rows",
+        ),
     ),
     Layer(
+        "dts.server.store.purge",
+        MODEL,
+        banned=NO_IO,
+        exact=("dts.server.store.reads", "dts.server.store.rows"),
+    ),
+    # retention: the rules of deleting old jobs, on the store protocol
+    Layer("dts.server.retention", MODEL, banned=NO_IO, exact=("dts.server.store",)),
+    Layer(
         "dts.server.duties",
-        (*MODEL, "dts.backoff", "dts.server.coordinator"),
+        (*MODEL, "dts.backoff", "dts.server.coordinator", "dts.server.retention"),
         banned=("grpc", "redis", "sqlite3"),
     ),
     Layer(
         "dts.server.api",
-        (*SHARED, "dts.server.coordinator", "dts.server.waiters"),
+        (*SHARED, "dts.server.coordinator", "dts.server.waiters", "dts.server.retention"),
         banned=("redis", "sqlite3"),
     ),
     Layer(
@@ -147,6 +161,11 @@ LAYERS = (
         banned=("sqlite3",),
     ),
     Layer("dts.client", SHARED, banned=("redis", "sqlite3")),
+    Layer(
+        "dts.client.purge",
+        (*MODEL, "dts.client.args", "dts.client.cli"),
+        banned=("grpc", "redis", "sqlite3"),
+    ),
     Layer("dts.devrun", (*MODEL, "dts.client", "dts.queue"), banned=("sqlite3",)),
 )
 

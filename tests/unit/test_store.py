@@ -524,7 +524,7 @@ def test_a_version_2_database_is_migrated_and_keeps_its_workers(db: Path) -> Non
         old = WorkerInfo("w1", "h", 7, "s1", 2, ("default",), WorkerState.IDLE, 0, 1.0, 2.0)
         assert s.workers() == [old]
         assert old.credential == ""
-        assert schema_version(db) == str(SCHEMA_VERSION) == "4"
+        assert schema_version(db) == str(SCHEMA_VERSION) == "7"
         # And a worker's credential is kept from now on
         with s.transaction() as tx:
             tx.save_worker(replace(old, session="s2", credential="sha256:0123456789abcdef"))
@@ -546,7 +546,7 @@ def test_a_version_3_database_gets_its_submit_keys_table(db: Path) -> None:
             tx.record_submit_key("k", [1])
         with s.transaction() as tx:
             assert tx.take_submit_key("k", 2.0) == [1]
-        assert schema_version(db) == "4"
+        assert schema_version(db) == str(SCHEMA_VERSION)
         # and its workers a column for the server each talks to
         old = WorkerInfo("w1", "h", 7, "s1", 2, ("default",), WorkerState.IDLE, 0, 1.0, 2.0)
         with s.transaction() as tx:
@@ -554,6 +554,26 @@ def test_a_version_3_database_gets_its_submit_keys_table(db: Path) -> None:
         assert s.workers()[0].server == "10.0.0.1:50051"
     finally:
         s.close()
+
+
+def test_a_version_4_database_gets_the_index_of_finished_jobs(db: Path) -> None:
+    # Given a database as dts left it at schema version 4 (before retention), with a job
+    SqliteStore(str(db)).close()
+    conn = sqlite3.connect(db)
+    conn.execute("DROP INDEX jobs_finished")
+    conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    # When this dts opens it
+    SqliteStore(str(db)).close()
+    # Then the purge's index is there and the schema is current
+    conn = sqlite3.connect(db)
+    try:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    finally:
+        conn.close()
+    assert "jobs_finished" in names
+    assert schema_version(db) == str(SCHEMA_VERSION) == "7"
 
 
 def test_newer_schema_version_is_refused(db: Path) -> None:
@@ -772,6 +792,10 @@ PARTIAL_INDEXES = {
     "jobs_running_by_worker": (
         "CREATE INDEX IF NOT EXISTS jobs_running_by_worker ON jobs (worker)"
         " WHERE status = 'running'"
+    ),
+    "jobs_finished": (
+        "CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at)"
+        " WHERE finished_at IS NOT NULL"
     ),
 }
 

@@ -11,9 +11,9 @@ transaction see committed data only.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from dts.domain import (
     Assignment,
@@ -22,11 +22,14 @@ from dts.domain import (
     Job,
     JobFilter,
     JobSpec,
+    JobStatus,
     Output,
     Result,
     StatCount,
     WorkerInfo,
 )
+
+T = TypeVar("T")
 
 
 class Transaction(Protocol):
@@ -134,10 +137,15 @@ class Store(Protocol):
     def statuses(self, ids: Sequence[int]) -> dict[int, Job]:
         """The jobs among `ids` that exist."""
 
+    def purge(self, before: float, statuses: Collection[JobStatus], queue: str, limit: int) -> int:
+        """Delete at most `limit` final jobs in `statuses` (every final one when empty) that
+        finished before `before`, of `queue` if given, with their attempts (and output) and
+        the submit keys that name them, in one short transaction; returns how many."""
+
     def close(self) -> None: ...
 
 
-def chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     """`items` in slices of at most `size`."""
     for i in range(0, len(items), size):
         yield items[i : i + size]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -29,6 +29,7 @@ from dts.domain import (
 )
 from dts.errors import DtsError, Internal, Unavailable, first_line
 from dts.server.store.lead import Lead
+from dts.server.store.purge import FINISHED_INDEX, keys_naming, purge_condition
 from dts.server.store.reads import QUEUED, RUNNING, SCHEDULED, SqlReads, literal
 from dts.server.store.rows import (
     ATTEMPT_COLUMNS,
@@ -48,7 +49,8 @@ from dts.server.store.url import redacted
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 2  # PostgreSQL's own line of versions; it starts where SQLite's version 3 is
+SCHEMA_VERSION = 5  # PostgreSQL's own line of versions; it starts where SQLite's version 3 is
+# (3 and 4 are taken by other work: a migration loop finds nothing there)
 MIGRATION_LOCK = 0x647473  # pg_advisory_xact_lock key: 'dts'; one migrating server at a time
 INSERT_ROWS = 1000  # jobs one INSERT statement adds (15 parameters each; the limit is 65,535)
 COPY_FROM = 64  # jobs from which a submit's rows go by COPY rather than INSERT
@@ -138,6 +140,7 @@ SCHEMA = [
         server TEXT NOT NULL DEFAULT ''
     )""",
     *SUBMIT_KEYS,
+    FINISHED_INDEX,
 ]
 
 # Statements that bring a database of version N-1 to version N.
@@ -145,7 +148,8 @@ MIGRATIONS: dict[int, list[str]] = {
     2: [
         *SUBMIT_KEYS,
         "ALTER TABLE workers ADD COLUMN IF NOT EXISTS server TEXT NOT NULL DEFAULT ''",
-    ]
+    ],
+    5: [FINISHED_INDEX],  # retention finds old final jobs by it
 }
 
 INSERT_MARKS = "(" + ",".join(["%s"] * 15) + ")"
@@ -553,6 +557,31 @@ class PostgresStore(SqlReads):
     def statuses(self, ids: Sequence[int]) -> dict[int, Job]:
         rows = self._all(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY(%s)", (list(ids),))
         return {job.id: job for job in map(job_of, rows)}
+
+    def purge(self, before: float, statuses: Collection[JobStatus], queue: str, limit: int) -> int:
+        cond, args = purge_condition(before, statuses, queue, "%s")
+        with self.transaction() as tx, _errors("purging"):
+            c = tx.connection
+            # the batch's rows locked first; one another transaction is changing (a retry
+            # through another server) is left for the next run
+            rows = c.execute(
+                f"SELECT id, created_at FROM jobs WHERE {cond} LIMIT %s FOR UPDATE SKIP LOCKED",
+                (*args, limit),
+            ).fetchall()
+            ids = [row["id"] for row in rows]
+            if not ids:
+                return 0
+            # a submit's key has its jobs' created_at (one reading of the clock)
+            times = sorted({row["created_at"] for row in rows})
+            keys = c.execute(
+                "SELECT key, ids FROM submit_keys WHERE created_at = ANY(%s)", (times,)
+            ).fetchall()
+            doomed = keys_naming(keys, set(ids))
+            if doomed:
+                c.execute("DELETE FROM submit_keys WHERE key = ANY(%s)", (doomed,))
+            c.execute("DELETE FROM attempts WHERE job_id = ANY(%s)", (ids,))
+            c.execute("DELETE FROM jobs WHERE id = ANY(%s)", (ids,))
+        return len(ids)
 
     shared = True  # several servers may serve from one database
 
