@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from dts.domain import Job, JobSpec, validate_spec, validate_submit_key
 from dts.errors import DtsError, InvalidArgument, ShuttingDown
 from dts.server.store import Transaction
+from dts.server.unique import insert_specs
 
 MAX_BATCH = 100_000  # jobs in one submit call
 
@@ -48,7 +49,8 @@ def store_one(
     defaults: tuple[int, float, float],
 ) -> list[Job] | Earlier | DtsError:
     """Store one checked submit (the server's `defaults` for retries, backoff and timeout
-    filled in), or, when its key was seen, what the earlier one stored."""
+    filled in), or, when its key was seen, what the earlier one stored. A job with a unique
+    key may be found rather than stored (unique.py); its id is recorded with the key too."""
     if key:
         earlier = tx.take_submit_key(key, now)
         if earlier is not None:
@@ -58,7 +60,7 @@ def store_one(
                     f" jobs, this one has {len(specs)})"
                 )
             return Earlier(earlier)
-    jobs = tx.insert_jobs([s.with_defaults(*defaults) for s in specs], now)
+    jobs = insert_specs(tx, [s.with_defaults(*defaults) for s in specs], now)
     if key:
         tx.record_submit_key(key, [j.id for j in jobs])
     return jobs

@@ -35,6 +35,15 @@ class Transaction(Protocol):
     def insert_jobs(self, specs: Sequence[JobSpec], now: float) -> list[Job]:
         """Add jobs submitted at `now`, in order, as `domain.submitted_job` makes them."""
 
+    def insert_unique(self, spec: JobSpec, now: float) -> Job:
+        """Add a job with a unique key (`spec.unique`) as `insert_jobs` would, unless a job of
+        its queue with that key is not final: then that job, with `existing` set. Another
+        transaction adding the key is waited for (the schema's partial UNIQUE index holds the
+        rule, so two servers cannot both add it)."""
+
+    def unique_holder(self, queue: str, key: str) -> Job | None:
+        """The job of `queue` with unique key `key` that is not final, if any."""
+
     def get_job(self, job_id: int) -> Job | None: ...
 
     def take_submit_key(self, key: str, now: float) -> list[int] | None:
