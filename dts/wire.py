@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from itertools import pairwise
@@ -173,14 +174,22 @@ def submitted_jobs(specs: Sequence[JobSpec], resp: pb.SubmitResponse) -> list[Jo
     if len(resp.ids) != len(specs):
         raise errors.Internal(f"server answered {len(resp.ids)} ids for {len(specs)} jobs")
     retries, backoff, timeout = resp.default_retries, resp.default_backoff, resp.default_timeout
-    existing = {j.id: job_from_pb(j) for j in resp.existing}
-    return [
-        existing.get(job_id)
-        or submitted_job(
-            job_id, as_received(spec).with_defaults(retries, backoff, timeout), resp.created_at
-        )
-        for job_id, spec in zip(resp.ids, specs, strict=True)
-    ]
+    found: dict[int, list[Job]] = {}
+    for msg in resp.existing:
+        found.setdefault(msg.id, []).append(job_from_pb(msg))
+    # a job made by this submit is answered at its first position; found (existing) at the
+    # others, and at all of them when it was there before: `existing` has one per such position
+    left = Counter(resp.ids)
+    jobs = []
+    for job_id, spec in zip(resp.ids, specs, strict=True):
+        was_there = found.get(job_id, [])
+        if len(was_there) >= left[job_id]:
+            jobs.append(was_there.pop())
+        else:
+            spec = as_received(spec).with_defaults(retries, backoff, timeout)
+            jobs.append(submitted_job(job_id, spec, resp.created_at))
+        left[job_id] -= 1
+    return jobs
 
 
 def job_to_pb(job: Job) -> pb.Job:

@@ -509,8 +509,10 @@ class SubmitResponse(_message.Message):
 
     @_builtins.property
     def existing(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
-        """With ids_only: the jobs among `ids` that were not made by this submit but found (a
-        unique key whose job is not final), whole (existing set), as the spec sent is not theirs.
+        """With ids_only: the jobs among `ids` that were found, not made for their spec (a unique
+        key whose job is not final), whole (existing set), one per such position in request
+        order. A job this submit made is at its first position; an id given more often than it
+        is here was made by this submit.
         """
 
     def __init__(
