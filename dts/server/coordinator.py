@@ -44,7 +44,7 @@ from dts.server.sessions import check_registration, check_takeover, session_of
 from dts.server.settings import Settings
 from dts.server.store import Store, Transaction
 from dts.server.submits import Earlier, check_submit, store_one
-from dts.server.unique import check_retry
+from dts.server.unique import as_answered, check_retry
 from dts.server.waiters import MAX_WAIT, Waiters, Waker, check_wait_timeout
 
 log = logging.getLogger("dts.coordinator")
@@ -131,7 +131,7 @@ class Coordinator:
         if len(found) != len(set(earlier.ids)):  # a unique key may name one job twice
             return FailedPrecondition("the jobs of an earlier submit with this key are gone")
         log.info("a submit repeated the key of jobs %s; they are not stored again", earlier)
-        return [found[i] for i in earlier.ids]
+        return as_answered([found[i] for i in earlier.ids], earlier.at)
 
     def queue_submitted(self, jobs: Sequence[Job]) -> None:
         """After a submit's commit: put its due jobs in Redis (through the enqueuer thread, when

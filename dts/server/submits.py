@@ -16,9 +16,10 @@ MAX_BATCH = 100_000  # jobs in one submit call
 
 @dataclass(frozen=True)
 class Earlier:
-    """The ids an earlier submit with the same key stored."""
+    """The ids an earlier submit with the same key stored, and when (None: not known)."""
 
     ids: list[int]
+    at: float | None = None
 
     def __str__(self) -> str:
         return f"{self.ids[0]}..{self.ids[-1]}" if len(self.ids) > 1 else str(self.ids[0])
@@ -59,7 +60,7 @@ def store_one(
                     f"submit key {key!r} was given to another submit (of {len(earlier)}"
                     f" jobs, this one has {len(specs)})"
                 )
-            return Earlier(earlier)
+            return Earlier(earlier, tx.submit_key_time(key))
     jobs = insert_specs(tx, [s.with_defaults(*defaults) for s in specs], now)
     if key:
         tx.record_submit_key(key, [j.id for j in jobs])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 from dts.domain import Job, JobSpec
 from dts.errors import FailedPrecondition
@@ -41,6 +42,20 @@ def existing_note(job: Job) -> str:
         f"job {job.id} has unique key {job.spec.unique} in queue {job.spec.queue} and is not"
         " final: not submitted again"
     )
+
+
+def as_answered(jobs: Sequence[Job], made_at: float | None) -> list[Job]:
+    """The jobs of an earlier submit, for a retry of it (its submit key), marked `existing` as
+    its own answer had them: a job with a unique key was found, not made, when it is older
+    than that submit (made at `made_at`) or a repeat of its key within it."""
+    seen: set[int] = set()
+    answered = []
+    for job in jobs:
+        older = made_at is not None and job.created_at != made_at
+        found = bool(job.spec.unique) and (job.id in seen or older)
+        seen.add(job.id)
+        answered.append(replace(job, existing=True) if found else job)
+    return answered
 
 
 def check_retry(tx: Transaction, job: Job) -> None:

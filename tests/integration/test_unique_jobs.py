@@ -153,14 +153,20 @@ def test_a_key_twice_in_one_submit_makes_one_job(unique_env: Env) -> None:
     assert sorted(env.q.pop(["default"], 10, 30)) == sorted({j.id for j in jobs})
 
 
-def test_a_retried_submit_with_a_unique_key_is_answered_with_the_same_job(
-    unique_env: Env,
-) -> None:
+def test_a_retried_submit_with_a_unique_key_is_answered_as_it_was(unique_env: Env) -> None:
+    """A submit whose answer was lost goes again with its submit key: it stores nothing and
+    gets the same jobs, found ones still marked existing (the client then shows them whole)."""
     env = unique_env
-    first = env.c.submit([spec(unique="u"), spec(unique="u")], key="submit-1")
-    again = env.c.submit([spec(unique="u"), spec(unique="u")], key="submit-1")
-    assert [j.id for j in again] == [j.id for j in first] == [first[0].id] * 2
-    assert len(stored(env)) == 1
+    (there,) = env.c.submit([spec("before", unique="old")])
+    env.clock.now += 1
+    batch = [spec(unique="old"), spec(unique="u"), spec(unique="u"), spec()]
+    first = env.c.submit(batch, key="submit-1")
+    env.clock.now += 1
+    again = env.c.submit(batch, key="submit-1")
+    assert [j.id for j in again] == [j.id for j in first]
+    assert first[0].id == there.id and first[1].id == first[2].id
+    assert [j.existing for j in again] == [j.existing for j in first] == [True, False, True, False]
+    assert len(stored(env)) == 3
 
 
 def test_a_retry_may_not_take_a_key_another_live_job_holds(unique_env: Env) -> None:

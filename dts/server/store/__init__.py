@@ -51,6 +51,9 @@ class Transaction(Protocol):
         follow), or the ids an earlier submit with that key stored (a retry: store nothing).
         A submit with the same key in another open transaction is waited for."""
 
+    def submit_key_time(self, key: str) -> float | None:
+        """When the submit that took `key` was stored (the `now` its jobs were made at)."""
+
     def record_submit_key(self, key: str, ids: Sequence[int]) -> None:
         """The ids the submit that took `key` stored, ascending."""
 

@@ -231,6 +231,12 @@ class PostgresTransaction:
         row = self._c.execute("SELECT ids FROM submit_keys WHERE key = %s", (key,)).fetchone()
         return ids_of(row["ids"]) if row else []
 
+    def submit_key_time(self, key: str) -> float | None:
+        row = self._c.execute(
+            "SELECT created_at FROM submit_keys WHERE key = %s", (key,)
+        ).fetchone()
+        return float(row["created_at"]) if row else None
+
     def record_submit_key(self, key: str, ids: Sequence[int]) -> None:
         self._c.execute("UPDATE submit_keys SET ids = %s WHERE key = %s", (ranges_of(ids), key))
 

@@ -177,6 +177,10 @@ class SqliteTransaction:
         )
         return None
 
+    def submit_key_time(self, key: str) -> float | None:
+        row = self._c.execute("SELECT created_at FROM submit_keys WHERE key = ?", (key,)).fetchone()
+        return float(row[0]) if row else None
+
     def record_submit_key(self, key: str, ids: Sequence[int]) -> None:
         self._c.execute("UPDATE submit_keys SET ids = ? WHERE key = ?", (ranges_of(ids), key))
 
