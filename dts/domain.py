@@ -297,6 +297,9 @@ class JobSpec:
     cwd: str = ""
     name: str = ""
     limits: Limits = NO_LIMITS
+    # while a job of this queue with this key is not final, a submit with it gets that job
+    # instead of a new one ('' for none; see README "Unique jobs")
+    unique: str = ""
 
     def with_defaults(self, max_retries: int, backoff: float, timeout: float) -> JobSpec:
         """This spec with every unset option taken from the server's defaults."""
@@ -316,6 +319,7 @@ class JobSpec:
             self.cwd,
             self.name,
             self.limits,
+            self.unique,
         )
 
     @property
@@ -349,6 +353,8 @@ class Job:
     failures: int = 0  # failed attempts since submit or the last manual retry
     lost: int = 0  # attempts lost with their worker since submit or the last manual retry
     lease_expires_at: float | None = None  # while running: when the attempt is presumed lost
+    # only in a submit's answer: the job was there already (its unique key), not made for it
+    existing: bool = False
 
     @property
     def max_retries(self) -> int:
@@ -501,6 +507,18 @@ QUEUE_NAME_CHARS: Final = frozenset(
 
 
 MAX_SUBMIT_KEY_CHARS = 128
+MAX_UNIQUE_CHARS: Final = 200
+
+
+def validate_unique(key: str) -> None:
+    """A job's unique key: '' (none), or up to MAX_UNIQUE_CHARS printable characters, not
+    all blank."""
+    if not key:
+        return
+    if len(key) > MAX_UNIQUE_CHARS:
+        raise InvalidArgument(f"unique key is longer than {MAX_UNIQUE_CHARS} characters")
+    if not key.isprintable() or not key.strip():
+        raise InvalidArgument(f"unique key must be printable characters, not blank: {key!r}")
 
 
 def validate_submit_key(key: str) -> None:
@@ -567,6 +585,7 @@ def validate_spec(spec: JobSpec) -> None:
     if len(spec.name) > MAX_NAME_CHARS:
         raise InvalidArgument(f"name is longer than {MAX_NAME_CHARS} characters")
     validate_limits(spec.limits)
+    validate_unique(spec.unique)
 
 
 def validate_limits(limits: Limits) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from itertools import pairwise
@@ -106,6 +107,7 @@ def spec_to_pb(spec: JobSpec) -> pb.JobSpec:
         env=dict(spec.env),
         cwd=spec.cwd,
         name=spec.name,
+        unique=spec.unique,
     )
     if spec.limits.any:
         msg.limits.CopyFrom(limits_to_pb(spec.limits))
@@ -132,6 +134,7 @@ def spec_from_pb(msg: pb.JobSpec) -> JobSpec:
         cwd=msg.cwd,
         name=msg.name,
         limits=limits_from_pb(msg.limits) if msg.HasField("limits") else NO_LIMITS,
+        unique=msg.unique,
     )
 
 
@@ -164,18 +167,29 @@ def _sorted_unique(env: tuple[tuple[str, str], ...]) -> bool:
 
 def submitted_jobs(specs: Sequence[JobSpec], resp: pb.SubmitResponse) -> list[Job]:
     """The jobs a Submit created: from the answer's whole jobs, or (ids_only) rebuilt from
-    what was sent, the ids, the submit time and the server's defaults."""
+    what was sent, the ids, the submit time and the server's defaults; a job the answer says
+    existed already (a unique key) is the one it sends whole, not rebuilt from the spec."""
     if resp.jobs or not resp.ids:
         return [job_from_pb(j) for j in resp.jobs]
     if len(resp.ids) != len(specs):
         raise errors.Internal(f"server answered {len(resp.ids)} ids for {len(specs)} jobs")
     retries, backoff, timeout = resp.default_retries, resp.default_backoff, resp.default_timeout
-    return [
-        submitted_job(
-            job_id, as_received(spec).with_defaults(retries, backoff, timeout), resp.created_at
-        )
-        for job_id, spec in zip(resp.ids, specs, strict=True)
-    ]
+    found: dict[int, list[Job]] = {}
+    for msg in resp.existing:
+        found.setdefault(msg.id, []).append(job_from_pb(msg))
+    # a job made by this submit is answered at its first position; found (existing) at the
+    # others, and at all of them when it was there before: `existing` has one per such position
+    left = Counter(resp.ids)
+    jobs = []
+    for job_id, spec in zip(resp.ids, specs, strict=True):
+        was_there = found.get(job_id, [])
+        if len(was_there) >= left[job_id]:
+            jobs.append(was_there.pop())
+        else:
+            spec = as_received(spec).with_defaults(retries, backoff, timeout)
+            jobs.append(submitted_job(job_id, spec, resp.created_at))
+        left[job_id] -= 1
+    return jobs
 
 
 def job_to_pb(job: Job) -> pb.Job:
@@ -190,6 +204,7 @@ def job_to_pb(job: Job) -> pb.Job:
         started_at=job.started_at or 0.0,
         finished_at=job.finished_at or 0.0,
         run_at=job.run_at or 0.0,
+        existing=job.existing,
     )
     if job.exit_code is not None:
         msg.exit_code = job.exit_code
@@ -209,6 +224,7 @@ def job_from_pb(msg: pb.Job) -> Job:
         started_at=msg.started_at or None,
         finished_at=msg.finished_at or None,
         run_at=msg.run_at or None,
+        existing=msg.existing,
     )
 
 

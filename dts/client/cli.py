@@ -38,6 +38,7 @@ from dts.client.render import (
     table,
     worker_json,
 )
+from dts.client.unique import add_unique_option, note_existing, unique_spec, with_existing
 from dts.domain import Job, JobStatus
 from dts.errors import DtsError, InvalidArgument, Unavailable
 from dts.options import new_parser
@@ -131,6 +132,7 @@ def command_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="one shell command a line ('-' for stdin), submitted in one call",
     )
+    add_unique_option(s)
     add_command_argument(s)
 
     for name in ("status", "history", "cancel", "retry"):
@@ -166,7 +168,7 @@ class Cli:
 
     def submit(self, ns: argparse.Namespace) -> int:
         cmd = command_words(ns)
-        base = spec_from(ns)
+        base = unique_spec(spec_from(ns), ns)
         if ns.from_file:
             if cmd:
                 raise UsageError("give either --from-file or a command, not both")
@@ -180,13 +182,14 @@ class Cli:
         for spec in specs:
             checked(spec)
         jobs = self.client.submit(specs)
+        note_existing(jobs)
         if ns.wait:
             return self._wait_all(jobs)
         if self.as_json:
             self.out(
-                job_json(jobs[0])
+                with_existing(job_json(jobs[0]), jobs[0])
                 if len(jobs) == 1 and not ns.from_file
-                else [job_json(j) for j in jobs],
+                else [with_existing(job_json(j), j) for j in jobs],
                 "",
             )
         else:
@@ -200,7 +203,7 @@ class Cli:
             final = self.client.wait(job.id)
             out = self.client.logs(job.id) if final.attempts else None
             if self.as_json:
-                obj = job_json(final)
+                obj = with_existing(job_json(final), job)
                 obj["stdout"] = out.stdout.decode(errors="replace") if out else ""
                 obj["stderr"] = out.stderr.decode(errors="replace") if out else ""
                 results.append(obj)
@@ -241,6 +244,8 @@ class Cli:
             lines.insert(
                 keys.index("max_retries") + 1, f"{'limits:':<{width}} {job.spec.limits.describe()}"
             )
+        if job.spec.unique:
+            lines.insert(keys.index("queue") + 1, f"{'unique:':<{width}} {job.spec.unique}")
         self.out(obj, "\n".join(lines))
         return 0
 

@@ -36,6 +36,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "env": dict(s.env),
         "cwd": s.cwd,
         "limits": limits_json(s.limits),
+        "unique": s.unique or None,
         "exit_code": job.exit_code,
         "error": job.error,
         "worker": job.worker,

@@ -44,6 +44,7 @@ from dts.server.sessions import check_registration, check_takeover, session_of
 from dts.server.settings import Settings
 from dts.server.store import Store, Transaction
 from dts.server.submits import Earlier, check_submit, store_one
+from dts.server.unique import as_answered, check_retry
 from dts.server.waiters import MAX_WAIT, Waiters, Waker, check_wait_timeout
 
 log = logging.getLogger("dts.coordinator")
@@ -119,22 +120,24 @@ class Coordinator:
         if log.isEnabledFor(logging.INFO):
             for jobs in stored:
                 for job in jobs if isinstance(jobs, list) else ():
-                    log.info("job %d %s: %s", job.id, job.status, job.spec.display[:200])
+                    if not job.existing:
+                        log.info("job %d %s: %s", job.id, job.status, job.spec.display[:200])
         it = iter(answers)
         return [o if isinstance(o, DtsError) else next(it) for o in outcomes]
 
     def _earlier(self, earlier: Earlier) -> list[Job] | DtsError:
         """The jobs of an earlier submit with the same key, as they are now."""
         found = self.store.statuses(earlier.ids)
-        if len(found) != len(earlier.ids):
+        if len(found) != len(set(earlier.ids)):  # a unique key may name one job twice
             return FailedPrecondition("the jobs of an earlier submit with this key are gone")
         log.info("a submit repeated the key of jobs %s; they are not stored again", earlier)
-        return [found[i] for i in earlier.ids]
+        return as_answered([found[i] for i in earlier.ids], earlier.at)
 
     def queue_submitted(self, jobs: Sequence[Job]) -> None:
         """After a submit's commit: put its due jobs in Redis (through the enqueuer thread, when
         the server runs one, so the submitter's answer need not wait), tell the scheduler of
-        the rest."""
+        the rest. Jobs found by their unique key (`existing`) are where they belong already."""
+        jobs = [j for j in jobs if not j.existing]
         due = [j for j in jobs if j.status is JobStatus.QUEUED]
         if due:
             if self.handoff is not None:
@@ -238,6 +241,7 @@ class Coordinator:
                 raise FailedPrecondition(
                     f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried"
                 )
+            check_retry(tx, job)
             job = move(tx, job, JobStatus.QUEUED, failures=0, lost=0, finished_at=None, run_at=None)
         self._enqueue([job])
         return job

@@ -9,15 +9,17 @@ from dataclasses import dataclass
 from dts.domain import Job, JobSpec, validate_spec, validate_submit_key
 from dts.errors import DtsError, InvalidArgument, ShuttingDown
 from dts.server.store import Transaction
+from dts.server.unique import insert_specs
 
 MAX_BATCH = 100_000  # jobs in one submit call
 
 
 @dataclass(frozen=True)
 class Earlier:
-    """The ids an earlier submit with the same key stored."""
+    """The ids an earlier submit with the same key stored, and when (None: not known)."""
 
     ids: list[int]
+    at: float | None = None
 
     def __str__(self) -> str:
         return f"{self.ids[0]}..{self.ids[-1]}" if len(self.ids) > 1 else str(self.ids[0])
@@ -48,7 +50,8 @@ def store_one(
     defaults: tuple[int, float, float],
 ) -> list[Job] | Earlier | DtsError:
     """Store one checked submit (the server's `defaults` for retries, backoff and timeout
-    filled in), or, when its key was seen, what the earlier one stored."""
+    filled in), or, when its key was seen, what the earlier one stored. A job with a unique
+    key may be found rather than stored (unique.py); its id is recorded with the key too."""
     if key:
         earlier = tx.take_submit_key(key, now)
         if earlier is not None:
@@ -57,8 +60,8 @@ def store_one(
                     f"submit key {key!r} was given to another submit (of {len(earlier)}"
                     f" jobs, this one has {len(specs)})"
                 )
-            return Earlier(earlier)
-    jobs = tx.insert_jobs([s.with_defaults(*defaults) for s in specs], now)
+            return Earlier(earlier, tx.submit_key_time(key))
+    jobs = insert_specs(tx, [s.with_defaults(*defaults) for s in specs], now)
     if key:
         tx.record_submit_key(key, [j.id for j in jobs])
     return jobs

@@ -180,6 +180,7 @@ class JobSpec(_message.Message):
     CWD_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    UNIQUE_FIELD_NUMBER: _builtins.int
     shell: _builtins.bool
     """run argv[0] with /bin/sh -c"""
     queue: _builtins.str
@@ -198,6 +199,10 @@ class JobSpec(_message.Message):
     """working directory on the worker; empty: worker default"""
     name: _builtins.str
     """free-form label shown in listings"""
+    unique: _builtins.str
+    """Unique key (up to 200 printable characters; empty: none). While a job of the same queue
+    with this key is not final, a submit of this spec stores nothing and gets that job.
+    """
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """program and arguments; with shell=true a single string"""
@@ -225,10 +230,11 @@ class JobSpec(_message.Message):
         cwd: _builtins.str = ...,
         name: _builtins.str = ...,
         limits: Global___Limits | None = ...,
+        unique: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_backoff", b"_backoff", "_max_retries", b"_max_retries", "_timeout", b"_timeout", "backoff", b"backoff", "limits", b"limits", "max_retries", b"max_retries", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backoff", b"_backoff", "_max_retries", b"_max_retries", "_timeout", b"_timeout", "argv", b"argv", "backoff", b"backoff", "cwd", b"cwd", "delay", b"delay", "env", b"env", "limits", b"limits", "max_retries", b"max_retries", "name", b"name", "priority", b"priority", "queue", b"queue", "shell", b"shell", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backoff", b"_backoff", "_max_retries", b"_max_retries", "_timeout", b"_timeout", "argv", b"argv", "backoff", b"backoff", "cwd", b"cwd", "delay", b"delay", "env", b"env", "limits", b"limits", "max_retries", b"max_retries", "name", b"name", "priority", b"priority", "queue", b"queue", "shell", b"shell", "timeout", b"timeout", "unique", b"unique"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__backoff: _TypeAlias = _typing.Literal["backoff"]  # noqa: Y015
     _WhichOneofArgType__backoff: _TypeAlias = _typing.Literal["_backoff", b"_backoff"]  # noqa: Y015
@@ -262,6 +268,7 @@ class Job(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     RUN_AT_FIELD_NUMBER: _builtins.int
+    EXISTING_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """server-assigned, increasing"""
     status: Global___JobStatus.ValueType
@@ -282,6 +289,8 @@ class Job(_message.Message):
     """when the job became final"""
     run_at: _builtins.float
     """earliest start while SCHEDULED"""
+    existing: _builtins.bool
+    """only in a submit's answer: an earlier job with the spec's unique key"""
     @_builtins.property
     def spec(self) -> Global___JobSpec:
         """as submitted, with server defaults filled in"""
@@ -300,10 +309,11 @@ class Job(_message.Message):
         started_at: _builtins.float = ...,
         finished_at: _builtins.float = ...,
         run_at: _builtins.float = ...,
+        existing: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "attempts", b"attempts", "created_at", b"created_at", "error", b"error", "exit_code", b"exit_code", "finished_at", b"finished_at", "id", b"id", "run_at", b"run_at", "spec", b"spec", "started_at", b"started_at", "status", b"status", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "attempts", b"attempts", "created_at", b"created_at", "error", b"error", "existing", b"existing", "exit_code", b"exit_code", "finished_at", b"finished_at", "id", b"id", "run_at", b"run_at", "spec", b"spec", "started_at", b"started_at", "status", b"status", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -476,6 +486,7 @@ class SubmitResponse(_message.Message):
     DEFAULT_TIMEOUT_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    EXISTING_FIELD_NUMBER: _builtins.int
     created_at: _builtins.float
     default_retries: _builtins.int
     default_backoff: _builtins.float
@@ -496,6 +507,14 @@ class SubmitResponse(_message.Message):
         none to have the jobs as stored (domain.submitted_job) without shipping them back.
         """
 
+    @_builtins.property
+    def existing(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
+        """With ids_only: the jobs among `ids` that were found, not made for their spec (a unique
+        key whose job is not final), whole (existing set), one per such position in request
+        order. A job this submit made is at its first position; an id given more often than it
+        is here was made by this submit.
+        """
+
     def __init__(
         self,
         *,
@@ -507,10 +526,11 @@ class SubmitResponse(_message.Message):
         default_timeout: _builtins.float = ...,
         code: _builtins.int = ...,
         message: _builtins.str = ...,
+        existing: _abc.Iterable[Global___Job] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "created_at", b"created_at", "default_backoff", b"default_backoff", "default_retries", b"default_retries", "default_timeout", b"default_timeout", "ids", b"ids", "jobs", b"jobs", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "created_at", b"created_at", "default_backoff", b"default_backoff", "default_retries", b"default_retries", "default_timeout", b"default_timeout", "existing", b"existing", "ids", b"ids", "jobs", b"jobs", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

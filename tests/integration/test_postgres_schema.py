@@ -199,3 +199,35 @@ def waiting_for_a_lock(url: str) -> bool:
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
     return bool(row and row[0])
+
+
+def test_a_version_2_database_gets_unique_keys(postgres_url: str) -> None:
+    # Given a database as dts left it at schema version 2 (before unique keys), with a job
+    PostgresStore(postgres_url).close()
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("DROP INDEX jobs_unique")
+        conn.execute("ALTER TABLE jobs DROP COLUMN unique_key")
+        conn.execute(
+            "INSERT INTO jobs (name, queue, priority, argv, shell, env, cwd, timeout, max_retries,"
+            " backoff, delay, status, created_at) VALUES"
+            " ('old', 'default', 0, '[\"true\"]', 0, '[]', '', 0, 0, 0, 0, 'queued', 1)"
+        )
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    # When this dts opens it, then the old job has no key and a key is taken once
+    store = PostgresStore(postgres_url)
+    try:
+        old = store.get_job(1)
+        assert old is not None and old.spec.unique == ""
+        with store.transaction() as tx:
+            first = tx.insert_unique(JobSpec(argv=("true",), unique="k"), 2.0)
+            again = tx.insert_unique(JobSpec(argv=("true",), unique="k"), 3.0)
+        assert (first.existing, again.existing, again.id) == (False, True, first.id)
+    finally:
+        store.close()
+    with psycopg.connect(postgres_url) as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        index = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'jobs_unique'"
+        ).fetchone()
+    assert row == (str(SCHEMA_VERSION),)
+    assert index is not None and "UNIQUE" in index[0] and "unique_key IS NOT NULL" in index[0]

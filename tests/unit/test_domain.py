@@ -184,12 +184,22 @@ def bad(**changes: object) -> JobSpec:
         (bad(cwd="/tmp\0x"), "cwd"),
         (bad(argv=("x" * MAX_COMMAND_BYTES,)), "longer"),
         (bad(argv=("echo", "\u00e9" * (MAX_COMMAND_BYTES // 2))), "longer"),
+        (bad(unique="k" * 201), "unique key is longer than 200"),
+        (bad(unique="a\nb"), "unique key must be printable"),
+        (bad(unique="\x00"), "unique key must be printable"),
+        (bad(unique=" \u3000 "), "not blank"),
     ],
     ids=lambda v: repr(v)[:60] if isinstance(v, str) else None,
 )
 def test_rejects(spec: JobSpec, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         validate_spec(spec)
+
+
+@pytest.mark.parametrize("key", ["", "k", "nightly report 1", "caf\u00e9 \u2603", "k" * 200])
+def test_unique_keys_taken(key: str) -> None:
+    validate_spec(bad(unique=key))
+    assert bad(unique=key).with_defaults(1, 2.0, 3.0).unique == key
 
 
 # ---- display, defaults ------------------------------------------------------------------------

@@ -38,6 +38,7 @@ RULES = (
     "dts.server.sessions",
     "dts.server.settings",
     "dts.server.submits",
+    "dts.server.unique",
     "dts.server.waiters",
 )
 
@@ -89,7 +90,13 @@ LAYERS = (
     ),
     Layer("dts.server.sessions", MODEL, banned=NO_IO, exact=("dts.server.store",)),
     Layer("dts.server.settings", (), banned=NO_IO, own=False),
-    Layer("dts.server.submits", MODEL, banned=NO_IO, exact=("dts.server.store",)),
+    Layer(
+        "dts.server.submits",
+        MODEL,
+        banned=NO_IO,
+        exact=("dts.server.store", "dts.server.unique"),
+    ),
+    Layer("dts.server.unique", MODEL, banned=NO_IO, exact=("dts.server.store",)),
     Layer("dts.server.store", MODEL, banned=NO_IO, own=False),
     Layer("dts.server.store.rows", MODEL, banned=NO_IO, own=False),
     Layer("dts.server.store.url", MODEL, banned=NO_IO, own=False),
@@ -165,6 +172,9 @@ LAYERS = (
         "dts.client.purge",
         (*MODEL, "dts.client.args", "dts.client.cli"),
         banned=("grpc", "redis", "sqlite3"),
+    ),
+    Layer(
+        "dts.client.unique", MODEL, banned=("grpc", "redis", "sqlite3"), exact=("dts.client.args",)
     ),
     Layer("dts.devrun", (*MODEL, "dts.client", "dts.queue"), banned=("sqlite3",)),
 )

@@ -29,6 +29,7 @@ from dts.domain import (
     can_transition,
 )
 from dts.errors import Internal, Unavailable
+from dts.server.store.reads import UNIQUE_HELD
 from dts.server.store.sqlite import (
     BULK_MOVES,
     CLAIM,
@@ -524,7 +525,7 @@ def test_a_version_2_database_is_migrated_and_keeps_its_workers(db: Path) -> Non
         old = WorkerInfo("w1", "h", 7, "s1", 2, ("default",), WorkerState.IDLE, 0, 1.0, 2.0)
         assert s.workers() == [old]
         assert old.credential == ""
-        assert schema_version(db) == str(SCHEMA_VERSION) == "7"
+        assert schema_version(db) == str(SCHEMA_VERSION)
         # And a worker's credential is kept from now on
         with s.transaction() as tx:
             tx.save_worker(replace(old, session="s2", credential="sha256:0123456789abcdef"))
@@ -556,24 +557,38 @@ def test_a_version_3_database_gets_its_submit_keys_table(db: Path) -> None:
         s.close()
 
 
-def test_a_version_4_database_gets_the_index_of_finished_jobs(db: Path) -> None:
-    # Given a database as dts left it at schema version 4 (before retention), with a job
-    SqliteStore(str(db)).close()
-    conn = sqlite3.connect(db)
-    conn.execute("DROP INDEX jobs_finished")
+def test_a_version_4_database_gets_unique_keys_and_the_index_of_finished_jobs(db: Path) -> None:
+    # Given a database at schema version 4 with a job in it
+    conn = old_database(db, 2)
+    conn.execute("ALTER TABLE workers ADD COLUMN credential TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE workers ADD COLUMN server TEXT NOT NULL DEFAULT ''")
     conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    conn.execute(
+        "INSERT INTO jobs (name, queue, priority, argv, shell, env, cwd, timeout, max_retries,"
+        " backoff, delay, status, created_at) VALUES"
+        " ('old', 'default', 0, '[\"true\"]', 0, '[]', '', 5, 1, 2, 0, 'queued', 100)"
+    )
     conn.commit()
     conn.close()
     # When this dts opens it
-    SqliteStore(str(db)).close()
-    # Then the purge's index is there and the schema is current
-    conn = sqlite3.connect(db)
+    s = SqliteStore(str(db))
     try:
-        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        # Then the old job has no unique key, and a key is taken once while its job lives
+        old = s.get_job(1)
+        assert old is not None and old.spec.unique == ""
+        with s.transaction() as tx:
+            first = tx.insert_unique(spec("a", unique="k"), 200.0)
+            again = tx.insert_unique(spec("b", unique="k"), 201.0)
+        assert (first.existing, again.existing, again.id) == (False, True, first.id)
+        assert schema_version(db) == str(SCHEMA_VERSION)
+        # And the purge's index of finished jobs is there
+        names = {r[0] for r in s._c.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert "jobs_finished" in names
+        # And the schema itself refuses a second live job of the key
+        with pytest.raises(sqlite3.IntegrityError), s.transaction() as tx:
+            tx.insert_jobs([spec("c", unique="k")], 202.0)
     finally:
-        conn.close()
-    assert "jobs_finished" in names
-    assert schema_version(db) == str(SCHEMA_VERSION) == "7"
+        s.close()
 
 
 def test_newer_schema_version_is_refused(db: Path) -> None:
@@ -793,6 +808,10 @@ PARTIAL_INDEXES = {
         "CREATE INDEX IF NOT EXISTS jobs_running_by_worker ON jobs (worker)"
         " WHERE status = 'running'"
     ),
+    "jobs_unique": (
+        "CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs (queue, unique_key)"
+        " WHERE unique_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running')"
+    ),
     "jobs_finished": (
         "CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at)"
         " WHERE finished_at IS NOT NULL"
@@ -814,6 +833,11 @@ def test_the_partial_indexes_keep_the_ddl_text_databases_have(store: SqliteStore
     assert stored == {
         name: ddl.replace(" IF NOT EXISTS", "") for name, ddl in PARTIAL_INDEXES.items()
     }
+
+
+def test_a_unique_key_is_held_by_exactly_the_statuses_that_are_not_final() -> None:
+    held = {s for s in JobStatus if f"'{s.value}'" in UNIQUE_HELD}
+    assert held == {s for s in JobStatus if not s.final}
 
 
 def test_every_status_change_the_store_makes_in_bulk_is_one_the_domain_allows() -> None:

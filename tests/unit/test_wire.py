@@ -46,6 +46,7 @@ FULL_SPEC = JobSpec(
     cwd="/srv/work",
     name="nightly \u2603",
     limits=Limits(cpu=60, memory=1 << 30, files=256, processes=100, output=4096),
+    unique="nightly-report ☃",
 )
 MINIMAL_SPEC = JobSpec(argv=("true",))
 
@@ -119,6 +120,7 @@ def test_env_arrives_sorted_by_key() -> None:
             finished_at=3.0,
         ),
         Job(id=4, spec=FULL_SPEC, status=JobStatus.SCHEDULED, created_at=1.0, run_at=99.5),
+        Job(id=5, spec=FULL_SPEC, status=JobStatus.RUNNING, created_at=1.0, existing=True),
     ],
 )
 def test_job_round_trip(job: Job) -> None:
@@ -309,3 +311,49 @@ def test_error_from_rpc() -> None:
     assert type(e) is errors.DeadlineExceeded and "h:1" in str(e)
     e = wire.error_from_rpc(FakeRpcError(grpc.StatusCode.ABORTED, ""), "h:1")
     assert type(e) is errors.DtsError and str(e)  # details fall back to the code's name
+
+
+# ---- a lean submit answer with jobs found by their unique key ---------------------------------
+
+
+def lean_answer(ids: list[int], found: list[Job]) -> pb.SubmitResponse:
+    return over_the_wire(
+        pb.SubmitResponse(
+            ids=ids,
+            created_at=50.0,
+            default_retries=1,
+            default_backoff=2.0,
+            default_timeout=3.0,
+            existing=[wire.job_to_pb(j) for j in found],
+        )
+    )
+
+
+OLD = Job(
+    id=7,
+    spec=JobSpec(argv=("old",), max_retries=0, backoff=0, timeout=0, unique="k"),
+    status=JobStatus.RUNNING,
+    attempts=1,
+    created_at=10.0,
+    existing=True,
+)
+
+
+def test_a_lean_answer_gives_found_jobs_whole_and_rebuilds_the_made_ones() -> None:
+    sent = [JobSpec(argv=("new",), unique="k"), JobSpec(argv=("plain",))]
+    jobs = wire.submitted_jobs(sent, lean_answer([7, 8], [OLD]))
+    assert jobs[0] == OLD  # the running job found, not the spec sent
+    assert (jobs[1].id, jobs[1].spec.argv, jobs[1].existing) == (8, ("plain",), False)
+    assert (jobs[1].status, jobs[1].created_at, jobs[1].max_retries) == (JobStatus.QUEUED, 50, 1)
+
+
+def test_a_key_twice_in_one_lean_answer_reads_back_by_position() -> None:
+    made = JobSpec(argv=("a",), unique="k")
+    twice = [made, JobSpec(argv=("b",), unique="k")]
+    # made by this submit at its first position, found at the second
+    found = Job(id=9, spec=made, status=JobStatus.QUEUED, created_at=50.0, existing=True)
+    first, second = wire.submitted_jobs(twice, lean_answer([9, 9], [found]))
+    assert (first.id, first.existing, second.id, second.existing) == (9, False, 9, True)
+    # there before: found at both
+    first, second = wire.submitted_jobs(twice, lean_answer([7, 7], [OLD, OLD]))
+    assert first == second == OLD

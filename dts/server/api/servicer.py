@@ -248,12 +248,14 @@ def _lean_answer(outcome: list[Job] | DtsError, c: Coordinator) -> pb.SubmitResp
     if isinstance(outcome, DtsError):
         return pb.SubmitResponse(code=wire.status_code(outcome).value[0], message=outcome.message)
     st = c.settings
+    made = [j for j in outcome if not j.existing] or outcome
     return pb.SubmitResponse(
         ids=[j.id for j in outcome],
-        created_at=outcome[0].created_at,
+        created_at=made[0].created_at,
         default_retries=st.default_retries,
         default_backoff=st.default_backoff,
         default_timeout=st.default_timeout,
+        existing=[wire.job_to_pb(j) for j in outcome if j.existing],
     )
 
 

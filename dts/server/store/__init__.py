@@ -38,12 +38,24 @@ class Transaction(Protocol):
     def insert_jobs(self, specs: Sequence[JobSpec], now: float) -> list[Job]:
         """Add jobs submitted at `now`, in order, as `domain.submitted_job` makes them."""
 
+    def insert_unique(self, spec: JobSpec, now: float) -> Job:
+        """Add a job with a unique key (`spec.unique`) as `insert_jobs` would, unless a job of
+        its queue with that key is not final: then that job, with `existing` set. Another
+        transaction adding the key is waited for (the schema's partial UNIQUE index holds the
+        rule, so two servers cannot both add it)."""
+
+    def unique_holder(self, queue: str, key: str) -> Job | None:
+        """The job of `queue` with unique key `key` that is not final, if any."""
+
     def get_job(self, job_id: int) -> Job | None: ...
 
     def take_submit_key(self, key: str, now: float) -> list[int] | None:
         """Claim `key` for a submit this transaction stores (None; `record_submit_key` must
         follow), or the ids an earlier submit with that key stored (a retry: store nothing).
         A submit with the same key in another open transaction is waited for."""
+
+    def submit_key_time(self, key: str) -> float | None:
+        """When the submit that took `key` was stored (the `now` its jobs were made at)."""
 
     def record_submit_key(self, key: str, ids: Sequence[int]) -> None:
         """The ids the submit that took `key` stored, ascending."""

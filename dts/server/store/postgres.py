@@ -8,6 +8,7 @@ import logging
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Final
 
 import psycopg
@@ -27,10 +28,18 @@ from dts.domain import (
     WorkerInfo,
     submitted_job,
 )
-from dts.errors import DtsError, Internal, Unavailable, first_line
+from dts.errors import DtsError, FailedPrecondition, Internal, Unavailable, first_line
 from dts.server.store.lead import Lead
 from dts.server.store.purge import FINISHED_INDEX, keys_naming, purge_condition
-from dts.server.store.reads import QUEUED, RUNNING, SCHEDULED, SqlReads, literal
+from dts.server.store.reads import (
+    QUEUED,
+    RUNNING,
+    SCHEDULED,
+    UNIQUE_HELD,
+    UNIQUE_INDEX,
+    SqlReads,
+    literal,
+)
 from dts.server.store.rows import (
     ATTEMPT_COLUMNS,
     INSERT_COLUMNS,
@@ -50,9 +59,9 @@ from dts.server.store.url import redacted
 log = logging.getLogger("dts.store")
 
 SCHEMA_VERSION = 5  # PostgreSQL's own line of versions; it starts where SQLite's version 3 is
-# (3 and 4 are taken by other work: a migration loop finds nothing there)
+# (4 is taken by work not merged yet: a migration loop finds nothing there)
 MIGRATION_LOCK = 0x647473  # pg_advisory_xact_lock key: 'dts'; one migrating server at a time
-INSERT_ROWS = 1000  # jobs one INSERT statement adds (15 parameters each; the limit is 65,535)
+INSERT_ROWS = 1000  # jobs one INSERT statement adds (16 parameters each; the limit is 65,535)
 COPY_FROM = 64  # jobs from which a submit's rows go by COPY rather than INSERT
 POOL_TIMEOUT = 10.0  # seconds a transaction waits for a connection before UNAVAILABLE
 AWAY_WAIT = 0.5  # the same while the database is away (the last call could not reach it)
@@ -77,6 +86,13 @@ SUBMIT_KEYS = [
     " created_at DOUBLE PRECISION NOT NULL)",
     "CREATE INDEX IF NOT EXISTS submit_keys_by_age ON submit_keys (created_at)",
 ]
+
+# Unique jobs (version 3): one job that is not final per (queue, unique key), across servers.
+UNIQUE_JOBS = (
+    f"CREATE UNIQUE INDEX IF NOT EXISTS {UNIQUE_INDEX} ON jobs (queue, unique_key)"
+    f" WHERE {UNIQUE_HELD}"
+)
+UNIQUE_TRIES = 3  # inserts of a unique job whose holder became final before it could be read
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -105,13 +121,15 @@ SCHEMA = [
         finished_at DOUBLE PRECISION,
         run_at DOUBLE PRECISION,
         lease_expires_at DOUBLE PRECISION,
-        limits TEXT NOT NULL DEFAULT ''
+        limits TEXT NOT NULL DEFAULT '',
+        unique_key TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id)",
     "CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (queue, id)",
     f"CREATE INDEX IF NOT EXISTS jobs_due ON jobs (run_at) WHERE status = {SCHEDULED}",
     f"CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires_at) WHERE status = {RUNNING}",
     f"CREATE INDEX IF NOT EXISTS jobs_running_by_worker ON jobs (worker) WHERE status = {RUNNING}",
+    UNIQUE_JOBS,
     """CREATE TABLE IF NOT EXISTS attempts (
         job_id BIGINT NOT NULL REFERENCES jobs (id),
         attempt INTEGER NOT NULL,
@@ -149,10 +167,11 @@ MIGRATIONS: dict[int, list[str]] = {
         *SUBMIT_KEYS,
         "ALTER TABLE workers ADD COLUMN IF NOT EXISTS server TEXT NOT NULL DEFAULT ''",
     ],
+    3: ["ALTER TABLE jobs ADD COLUMN IF NOT EXISTS unique_key TEXT", UNIQUE_JOBS],
     5: [FINISHED_INDEX],  # retention finds old final jobs by it
 }
 
-INSERT_MARKS = "(" + ",".join(["%s"] * 15) + ")"
+INSERT_MARKS = "(" + ",".join(["%s"] * 16) + ")"
 UPDATE_JOB = (
     "UPDATE jobs SET status=%s, attempts=%s, failures=%s, lost=%s, exit_code=%s, error=%s,"
     " worker=%s, started_at=%s, finished_at=%s, run_at=%s, lease_expires_at=%s WHERE id=%s"
@@ -184,6 +203,12 @@ def _errors(what: str, unreachable: Callable[[], None] = lambda: None) -> Iterat
             ) from e
         unreachable()
         raise Unavailable(f"database unavailable ({what}): {first_line(e)}") from e
+    except psycopg.errors.UniqueViolation as e:
+        if e.diag.constraint_name == UNIQUE_INDEX:  # a retry met a job of its key (unique.py)
+            raise FailedPrecondition(
+                "another job that is not final took this job's unique key meanwhile"
+            ) from e
+        raise Internal(f"database error ({what}): {first_line(e)}") from e
     except psycopg.Error as e:
         raise Internal(f"database error ({what}): {first_line(e)}") from e
 
@@ -209,6 +234,12 @@ class PostgresTransaction:
             return None
         row = self._c.execute("SELECT ids FROM submit_keys WHERE key = %s", (key,)).fetchone()
         return ids_of(row["ids"]) if row else []
+
+    def submit_key_time(self, key: str) -> float | None:
+        row = self._c.execute(
+            "SELECT created_at FROM submit_keys WHERE key = %s", (key,)
+        ).fetchone()
+        return float(row["created_at"]) if row else None
 
     def record_submit_key(self, key: str, ids: Sequence[int]) -> None:
         self._c.execute("UPDATE submit_keys SET ids = %s WHERE key = %s", (ranges_of(ids), key))
@@ -236,6 +267,32 @@ class PostgresTransaction:
                 raise Internal(f"inserted {len(ids)} jobs of {len(made)}")
             jobs += (submitted_job(i, spec, now) for spec, i in zip(part, ids, strict=True))
         return jobs
+
+    def insert_unique(self, spec: JobSpec, now: float) -> Job:
+        # ON CONFLICT waits for another transaction inserting the key (another server's
+        # submit), then does nothing if that one committed; the holder is read after it
+        made = submitted_job(0, spec, now)
+        values = insert_row(spec, made.status, now, made.run_at)
+        for _ in range(UNIQUE_TRIES):
+            row = self._c.execute(
+                f"INSERT INTO jobs ({INSERT_COLUMNS}) VALUES {INSERT_MARKS}"
+                f" ON CONFLICT (queue, unique_key) WHERE {UNIQUE_HELD} DO NOTHING RETURNING id",
+                values,
+            ).fetchone()
+            if row is not None:
+                return submitted_job(row["id"], spec, now)
+            held = self.unique_holder(spec.queue, spec.unique)
+            if held is not None:
+                return replace(held, existing=True)
+        raise Unavailable(f"unique key {spec.unique!r} changed hands too often; try again")
+
+    def unique_holder(self, queue: str, key: str) -> Job | None:
+        row = self._c.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE queue = %s AND unique_key = %s"
+            f" AND {UNIQUE_HELD}",
+            (queue, key),
+        ).fetchone()
+        return job_of(row) if row else None
 
     def _copy_jobs(self, specs: Sequence[JobSpec], now: float) -> list[Job]:
         """A big batch: its ids taken from the sequence in one query, its rows sent by COPY

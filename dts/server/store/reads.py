@@ -29,6 +29,11 @@ def literal(value: StrEnum) -> str:
 SCHEDULED: Final = literal(JobStatus.SCHEDULED)
 QUEUED: Final = literal(JobStatus.QUEUED)
 RUNNING: Final = literal(JobStatus.RUNNING)
+# The rows whose unique key is taken: a key and a status that is not final (a unit test checks
+# these are all the statuses that are not). Both stores' partial UNIQUE index on (queue,
+# unique_key) has this predicate, and a query that is to use that index names it as written.
+UNIQUE_HELD: Final = f"unique_key IS NOT NULL AND status IN ({SCHEDULED}, {QUEUED}, {RUNNING})"
+UNIQUE_INDEX: Final = "jobs_unique"
 
 
 class SqlReads:

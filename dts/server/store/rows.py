@@ -29,7 +29,7 @@ class Row(Protocol):
 
 INSERT_COLUMNS = (
     "name, queue, priority, argv, shell, env, cwd, timeout, max_retries, backoff, delay, status,"
-    " created_at, run_at, limits"
+    " created_at, run_at, limits, unique_key"
 )
 
 
@@ -52,11 +52,13 @@ def insert_row(
         created_at,
         run_at,
         limits_json(spec.limits),
+        spec.unique or None,  # NULL: no key (the unique index leaves such rows out)
     )
 
 
 SPEC_COLUMNS = (
-    "id, name, queue, priority, argv, shell, env, cwd, timeout, max_retries, backoff, delay, limits"
+    "id, name, queue, priority, argv, shell, env, cwd, timeout, max_retries, backoff, delay,"
+    " limits, unique_key"
 )
 JOB_COLUMNS = (
     f"{SPEC_COLUMNS}, status, attempts, failures, lost, exit_code, error, worker, created_at, "
@@ -111,6 +113,7 @@ def spec_of(row: Row) -> JobSpec:
         cwd=row["cwd"],
         name=row["name"],
         limits=limits_of(row["limits"]),
+        unique=row["unique_key"] or "",
     )
 
 

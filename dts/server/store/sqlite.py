@@ -11,6 +11,7 @@ import stat
 import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Final
 
 from dts.domain import (
@@ -29,7 +30,14 @@ from dts.domain import (
 from dts.errors import FailedPrecondition, Internal, Unavailable
 from dts.server.store import chunks
 from dts.server.store.purge import FINISHED_INDEX, keys_naming, purge_condition
-from dts.server.store.reads import RUNNING, SCHEDULED, SqlReads, literal
+from dts.server.store.reads import (
+    RUNNING,
+    SCHEDULED,
+    UNIQUE_HELD,
+    UNIQUE_INDEX,
+    SqlReads,
+    literal,
+)
 from dts.server.store.rows import (
     ATTEMPT_COLUMNS,
     INSERT_COLUMNS,
@@ -47,7 +55,7 @@ from dts.server.store.rows import (
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 7  # 5 and 6 are taken by other work: a migration loop finds nothing there
+SCHEMA_VERSION = 7  # 6 is taken by work not merged yet: a migration loop finds nothing there
 BATCH_ROWS = 400  # rows one statement touches by an IN list (SQLite allows 32,766 variables)
 
 
@@ -67,6 +75,12 @@ SUBMIT_KEYS = [
     " created_at REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS submit_keys_by_age ON submit_keys (created_at)",
 ]
+
+# Unique jobs (version 5): one job that is not final per (queue, unique key).
+UNIQUE_JOBS = (
+    f"CREATE UNIQUE INDEX IF NOT EXISTS {UNIQUE_INDEX} ON jobs (queue, unique_key)"
+    f" WHERE {UNIQUE_HELD}"
+)
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -95,7 +109,8 @@ SCHEMA = [
         finished_at REAL,
         run_at REAL,
         lease_expires_at REAL,
-        limits TEXT NOT NULL DEFAULT ''  -- JSON object of the limits set; '' for none
+        limits TEXT NOT NULL DEFAULT '',  -- JSON object of the limits set; '' for none
+        unique_key TEXT                 -- NULL: none (version 5)
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id)",
     "CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (queue, id)",
@@ -103,6 +118,7 @@ SCHEMA = [
     f"CREATE INDEX IF NOT EXISTS jobs_due ON jobs (run_at) WHERE status = {SCHEDULED}",
     f"CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires_at) WHERE status = {RUNNING}",
     f"CREATE INDEX IF NOT EXISTS jobs_running_by_worker ON jobs (worker) WHERE status = {RUNNING}",
+    UNIQUE_JOBS,
     """CREATE TABLE IF NOT EXISTS attempts (
         job_id INTEGER NOT NULL REFERENCES jobs (id),
         attempt INTEGER NOT NULL,
@@ -134,8 +150,8 @@ SCHEMA = [
     FINISHED_INDEX,
 ]
 
-INSERT_MARKS = ",".join("?" * 15)
-INSERT_ROWS = 1000  # jobs one INSERT statement adds (15 variables each; SQLite allows 32,766)
+INSERT_MARKS = ",".join("?" * 16)
+INSERT_ROWS = 1000  # jobs one INSERT statement adds (16 variables each; SQLite allows 32,766)
 
 
 # Statements that bring a database of version N-1 to version N (a new one is made at the latest
@@ -144,6 +160,7 @@ MIGRATIONS: dict[int, list[str]] = {
     2: ["ALTER TABLE jobs ADD COLUMN limits TEXT NOT NULL DEFAULT ''"],
     3: ["ALTER TABLE workers ADD COLUMN credential TEXT NOT NULL DEFAULT ''"],
     4: [*SUBMIT_KEYS, "ALTER TABLE workers ADD COLUMN server TEXT NOT NULL DEFAULT ''"],
+    5: ["ALTER TABLE jobs ADD COLUMN unique_key TEXT", UNIQUE_JOBS],
     7: [FINISHED_INDEX],  # retention finds old final jobs by it
 }
 
@@ -162,6 +179,10 @@ class SqliteTransaction:
             "INSERT INTO submit_keys (key, ids, created_at) VALUES (?, '', ?)", (key, now)
         )
         return None
+
+    def submit_key_time(self, key: str) -> float | None:
+        row = self._c.execute("SELECT created_at FROM submit_keys WHERE key = ?", (key,)).fetchone()
+        return float(row[0]) if row else None
 
     def record_submit_key(self, key: str, ids: Sequence[int]) -> None:
         self._c.execute("UPDATE submit_keys SET ids = ? WHERE key = ?", (ranges_of(ids), key))
@@ -187,6 +208,20 @@ class SqliteTransaction:
                 raise Internal(f"inserted {len(ids)} jobs of {len(made)}")
             jobs += (submitted_job(i, spec, now) for spec, i in zip(part, ids, strict=True))
         return jobs
+
+    def insert_unique(self, spec: JobSpec, now: float) -> Job:
+        # this transaction holds the database's write lock: nobody can slip in between
+        held = self.unique_holder(spec.queue, spec.unique)
+        if held is not None:
+            return replace(held, existing=True)
+        return self.insert_jobs([spec], now)[0]
+
+    def unique_holder(self, queue: str, key: str) -> Job | None:
+        row = self._c.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE queue = ? AND unique_key = ? AND {UNIQUE_HELD}",
+            (queue, key),
+        ).fetchone()
+        return job_of(row) if row else None
 
     def get_job(self, job_id: int) -> Job | None:
         row = self._c.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
