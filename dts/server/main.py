@@ -26,6 +26,7 @@ from dts.queue.redis import Keys, RedisQueue, connect, redacted_url
 from dts.server import history
 from dts.server.api.auth import TokenAuth, load_tokens
 from dts.server.api.health import SERVING, Health
+from dts.server.api.queues import QueuesServicer
 from dts.server.api.rpc import EventLoop, Pools, anonymous
 from dts.server.api.servicer import SCHEDULER, WORKER_SERVICE, SchedulerServicer, WorkerServicer
 from dts.server.config import ServerConfig, load_server_config, read_db_password
@@ -70,6 +71,7 @@ class Server:
         self.pools = Pools(cfg.grpc_threads)
         self.scheduler = SchedulerServicer(self.coordinator, self.pools)
         self.workers = WorkerServicer(self.coordinator, self.pools, cfg.key_prefix)
+        self.queues = QueuesServicer(self.coordinator, self.pools)
         self.events = EventLoop()
         self.grpc: grpc.aio.Server | None = None
         self.health: Health | None = None
@@ -106,6 +108,7 @@ class Server:
             handlers=[
                 self.scheduler.handler(),
                 self.workers.handler(identify),
+                self.queues.handler(),
                 self.health.handler(),
             ],
             interceptors=[auth] if auth is not None else [],

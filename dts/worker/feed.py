@@ -44,8 +44,9 @@ class Feed:
             return []
         if self.session.link.up is False:
             count = 0  # cut off from the server: leave ids to workers that can claim them
+        queues = self.session.holds.open(self.queues)  # none of a paused or full queue
         try:
-            ids = self.queue.pop(self.queues, count, self.session.lease_seconds, to_ack)
+            ids = self.queue.pop(queues, count, self.session.lease_seconds, to_ack)
             self.link.ok()
         except QueueUnavailable as e:
             self.link.down(e)
@@ -64,8 +65,12 @@ class Feed:
         if server.up is False:
             server.recovered.wait(0.5)
             return []
+        queues = self.session.holds.open(self.queues)
+        if not queues:  # every queue paused or full: wait for an answer that frees one
+            self.session.holds.wait(1.0)
+            return []
         try:
-            ids = self.queue.wait_and_pop(self.queues, 1.0, count, self.session.lease_seconds)
+            ids = self.queue.wait_and_pop(queues, 1.0, count, self.session.lease_seconds)
             self.link.ok()
             backoff.reset()
             if ids and self.stop.is_set():  # told to stop while waiting: not ours

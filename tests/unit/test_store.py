@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from dts.controls import QueueSetting
 from dts.domain import (
     Attempt,
     Job,
@@ -524,7 +525,7 @@ def test_a_version_2_database_is_migrated_and_keeps_its_workers(db: Path) -> Non
         old = WorkerInfo("w1", "h", 7, "s1", 2, ("default",), WorkerState.IDLE, 0, 1.0, 2.0)
         assert s.workers() == [old]
         assert old.credential == ""
-        assert schema_version(db) == str(SCHEMA_VERSION) == "4"
+        assert schema_version(db) == str(SCHEMA_VERSION) == "8"
         # And a worker's credential is kept from now on
         with s.transaction() as tx:
             tx.save_worker(replace(old, session="s2", credential="sha256:0123456789abcdef"))
@@ -546,12 +547,32 @@ def test_a_version_3_database_gets_its_submit_keys_table(db: Path) -> None:
             tx.record_submit_key("k", [1])
         with s.transaction() as tx:
             assert tx.take_submit_key("k", 2.0) == [1]
-        assert schema_version(db) == "4"
+        assert schema_version(db) == "8"
         # and its workers a column for the server each talks to
         old = WorkerInfo("w1", "h", 7, "s1", 2, ("default",), WorkerState.IDLE, 0, 1.0, 2.0)
         with s.transaction() as tx:
             tx.save_worker(replace(old, server="10.0.0.1:50051"))
         assert s.workers()[0].server == "10.0.0.1:50051"
+    finally:
+        s.close()
+
+
+def test_a_version_4_database_gets_its_queues_table(db: Path) -> None:
+    # Given a database as dts left it at schema version 4 (before queue controls)
+    SqliteStore(str(db)).close()
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TABLE queues")
+    conn.execute("DROP INDEX jobs_running_by_queue")
+    conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    # When this dts opens it, then queue settings are kept and the schema is current
+    s = SqliteStore(str(db))
+    try:
+        with s.transaction() as tx:
+            tx.save_queue(QueueSetting("q", paused=True, updated_at=1.0))
+        assert s.queue_settings() == [QueueSetting("q", True, None, 1.0)]
+        assert schema_version(db) == "8"
     finally:
         s.close()
 
@@ -772,6 +793,9 @@ PARTIAL_INDEXES = {
     "jobs_running_by_worker": (
         "CREATE INDEX IF NOT EXISTS jobs_running_by_worker ON jobs (worker)"
         " WHERE status = 'running'"
+    ),
+    "jobs_running_by_queue": (  # version 8: a queue's running jobs, counted for its limit
+        "CREATE INDEX IF NOT EXISTS jobs_running_by_queue ON jobs (queue) WHERE status = 'running'"
     ),
 }
 

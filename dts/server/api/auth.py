@@ -36,6 +36,7 @@ class Role(StrEnum):
 SERVICE_ROLES: dict[str, frozenset[Role]] = {
     "/dts.v1.Scheduler/": frozenset({Role.CLIENT, Role.ADMIN}),
     "/dts.v1.WorkerService/": frozenset({Role.WORKER, Role.ADMIN}),
+    "/dts.v1.Queues/": frozenset({Role.CLIENT, Role.ADMIN}),
 }
 
 

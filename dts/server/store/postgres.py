@@ -29,6 +29,7 @@ from dts.domain import (
 )
 from dts.errors import DtsError, Internal, Unavailable, first_line
 from dts.server.store.lead import Lead
+from dts.server.store.queues import QueueRows, queue_schema
 from dts.server.store.reads import QUEUED, RUNNING, SCHEDULED, SqlReads, literal
 from dts.server.store.rows import (
     ATTEMPT_COLUMNS,
@@ -48,7 +49,8 @@ from dts.server.store.url import redacted
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 2  # PostgreSQL's own line of versions; it starts where SQLite's version 3 is
+SCHEMA_VERSION = 6  # PostgreSQL's own line of versions; it starts where SQLite's version 3 is
+# (3-5 are other features' numbers: no statements here)
 MIGRATION_LOCK = 0x647473  # pg_advisory_xact_lock key: 'dts'; one migrating server at a time
 INSERT_ROWS = 1000  # jobs one INSERT statement adds (15 parameters each; the limit is 65,535)
 COPY_FROM = 64  # jobs from which a submit's rows go by COPY rather than INSERT
@@ -138,6 +140,7 @@ SCHEMA = [
         server TEXT NOT NULL DEFAULT ''
     )""",
     *SUBMIT_KEYS,
+    *queue_schema("DOUBLE PRECISION"),
 ]
 
 # Statements that bring a database of version N-1 to version N.
@@ -145,7 +148,8 @@ MIGRATIONS: dict[int, list[str]] = {
     2: [
         *SUBMIT_KEYS,
         "ALTER TABLE workers ADD COLUMN IF NOT EXISTS server TEXT NOT NULL DEFAULT ''",
-    ]
+    ],
+    6: queue_schema("DOUBLE PRECISION"),  # queue controls: paused, run limit
 }
 
 INSERT_MARKS = "(" + ",".join(["%s"] * 15) + ")"
@@ -184,11 +188,17 @@ def _errors(what: str, unreachable: Callable[[], None] = lambda: None) -> Iterat
         raise Internal(f"database error ({what}): {first_line(e)}") from e
 
 
-class PostgresTransaction:
+class PostgresTransaction(QueueRows):
     """Statements run inside one transaction on one pooled connection."""
+
+    PARAM = "%s"
+    LOCK = " FOR UPDATE"
 
     def __init__(self, conn: psycopg.Connection[DictRow]) -> None:
         self._c = conn
+
+    def _execute(self, sql: str, args: Sequence[Any]) -> Any:
+        return self._c.execute(sql, args)
 
     @property
     def connection(self) -> psycopg.Connection[DictRow]:

@@ -28,6 +28,7 @@ from dts.domain import (
 )
 from dts.errors import FailedPrecondition, Internal, Unavailable
 from dts.server.store import chunks
+from dts.server.store.queues import QueueRows, queue_schema
 from dts.server.store.reads import RUNNING, SCHEDULED, SqlReads, literal
 from dts.server.store.rows import (
     ATTEMPT_COLUMNS,
@@ -46,7 +47,7 @@ from dts.server.store.rows import (
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 8  # 5-7 are other features' numbers: no statements here
 BATCH_ROWS = 400  # rows one statement touches by an IN list (SQLite allows 32,766 variables)
 
 
@@ -130,6 +131,7 @@ SCHEMA = [
         server TEXT NOT NULL DEFAULT ''  -- the address of the server it last talked to
     )""",
     *SUBMIT_KEYS,
+    *queue_schema("REAL"),
 ]
 
 INSERT_MARKS = ",".join("?" * 15)
@@ -142,14 +144,19 @@ MIGRATIONS: dict[int, list[str]] = {
     2: ["ALTER TABLE jobs ADD COLUMN limits TEXT NOT NULL DEFAULT ''"],
     3: ["ALTER TABLE workers ADD COLUMN credential TEXT NOT NULL DEFAULT ''"],
     4: [*SUBMIT_KEYS, "ALTER TABLE workers ADD COLUMN server TEXT NOT NULL DEFAULT ''"],
+    8: queue_schema("REAL"),  # queue controls: paused, run limit
 }
 
 
-class SqliteTransaction:
-    """Statements run inside one BEGIN IMMEDIATE ... COMMIT."""
+class SqliteTransaction(QueueRows):
+    """Statements run inside one BEGIN IMMEDIATE ... COMMIT (which serialises them: no row
+    locks needed)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._c = conn
+
+    def _execute(self, sql: str, args: Sequence[Any]) -> Any:
+        return self._c.execute(sql, args)
 
     def take_submit_key(self, key: str, now: float) -> list[int] | None:
         row = self._c.execute("SELECT ids FROM submit_keys WHERE key = ?", (key,)).fetchone()
