@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ from dts.client import Client
 from dts.domain import JobSpec, JobStatus
 from dts.errors import InvalidArgument
 from tests.conftest import Cluster
-from tests.harness import wait_until
+from tests.harness import RedisProcess, ServerProcess, run_cli, wait_until
+
+CLIENT, WORKER, ADMIN = ("client-token-" + "c" * 20, "worker-token-" + "w" * 20, "adm-" + "a" * 20)
 
 
 def sh(script: str, queue: str, **kw: object) -> JobSpec:
@@ -234,3 +237,35 @@ def test_bad_queue_commands_say_so_in_one_line_and_store_nothing(fresh_cluster: 
         with pytest.raises(InvalidArgument, match="limit must be between 1 and 1000000"):
             c.set_queue_limit("q", -1)
     assert queues_json(fresh_cluster) == {}
+
+
+def test_queue_controls_take_a_client_or_admin_token(tmp_path: Path) -> None:
+    # Given a server that requires tokens
+    r = RedisProcess(tmp_path)
+    r.start()
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"client {CLIENT}\nworker {WORKER}\nadmin {ADMIN}\n")
+    tokens.chmod(0o600)
+    s = ServerProcess(tmp_path, r.url, "--tokens-file", str(tokens), "--plaintext-tokens")
+    s.start()
+    try:
+        for name, token in (("client", CLIENT), ("worker", WORKER), ("admin", ADMIN)):
+            (tmp_path / name).write_text(token + "\n")
+            (tmp_path / name).chmod(0o600)
+
+        def cli(who: str, *args: str) -> subprocess.CompletedProcess[str]:
+            auth = ("--token-file", str(tmp_path / who), "--plaintext-token") if who else ()
+            return run_cli(s.address, *auth, *args)
+
+        # Then a client or admin token pauses, lists and resumes; a worker token may not
+        assert cli("client", "queue", "pause", "q").stdout == "queue q paused\n"
+        assert (
+            "a worker token may not call ResumeQueue"
+            in cli("worker", "queue", "resume", "q").stderr
+        )
+        assert "a token is required" in cli("", "queues").stderr
+        assert cli("admin", "queues").stdout.splitlines()[1].split()[:6] == ["q", *"0000", "yes"]
+        assert cli("admin", "queue", "resume", "q").stdout == "queue q resumed\n"
+    finally:
+        s.stop()
+        r.kill()
