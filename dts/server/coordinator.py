@@ -347,9 +347,8 @@ class Coordinator:
 
         A result with a stale fencing token is refused. A claim is a compare-and-set
         queued -> running that starts a numbered attempt; ids that are not claimable
-        (delivered twice, cancelled) are left out, and so are ids of a paused queue or of one
-        at its limit: those go back to the queue at once. Last, which of the worker's queues
-        are held (paused or full) after this claim.
+        (delivered twice, cancelled) are left out, and so are ids of a held queue (paused, or
+        at its limit): those go back to the queue at once. Last: the worker's held queues.
         """
         now = self.clock()
         acks: list[tuple[bool, str]] = []
@@ -380,8 +379,9 @@ class Coordinator:
             # ids that are not claimable (delivered twice, cancelled, of a queue the worker
             # did not register with) are left out
             until = now + self.settings.worker_timeout
-            gated, back = gate_claims(tx, worker.queues, job_ids)
-            assignments = tx.claim_queued(gated.allowed, name, worker.queues, now, until)
+            gated, back = gate_claims(tx, worker.queues, job_ids)  # paused, or at a limit
+            job_ids = gated.allowed
+            assignments = tx.claim_queued(job_ids, name, worker.queues, now, until)
             foreign = (
                 _foreign(tx, job_ids, assignments, worker.queues)
                 if len(assignments) < len(job_ids)
@@ -402,7 +402,7 @@ class Coordinator:
                 log.info("job %d queued -> running worker=%s attempt=%d", a.job_id, name, a.attempt)
         self._after(changed)
         self._notify([job_id for job_id, _ in succeeded])
-        if back:  # held back by a pause or a limit: at their place in the queue again
+        if back:  # at their place in the queue again (it is sorted by priority and id)
             self._redis(lambda: self.queue.enqueue(back))
         return acks, assignments, gated.held
 
