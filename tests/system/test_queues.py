@@ -9,11 +9,16 @@ import signal
 import subprocess
 from pathlib import Path
 
+import grpc
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from dts.client import Client
-from dts.domain import JobSpec, JobStatus
+from dts.domain import QUEUE_NAME_CHARS, JobSpec, JobStatus
 from dts.errors import InvalidArgument
+from dts.v1 import dts_pb2 as pb
+from dts.v1 import dts_pb2_grpc as pb_grpc
 from tests.conftest import Cluster
 from tests.harness import RedisProcess, ServerProcess, run_cli, wait_until
 
@@ -269,3 +274,50 @@ def test_queue_controls_take_a_client_or_admin_token(tmp_path: Path) -> None:
     finally:
         s.stop()
         r.kill()
+
+
+names = st.one_of(
+    st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=70),
+    st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True),
+)
+run_limits = st.one_of(st.none(), st.integers(min_value=-(2**31), max_value=2**31 - 1))
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    phases=(Phase.explicit, Phase.generate),
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(name=names, limit=run_limits, pause=st.booleans())
+def test_any_queue_request_gets_a_proper_answer_and_only_valid_ones_are_stored(
+    fresh_cluster: Cluster, name: str, limit: int | None, pause: bool
+) -> None:
+    valid_name = 1 <= len(name) <= 64 and all(ch in QUEUE_NAME_CHARS for ch in name)
+    with grpc.insecure_channel(fresh_cluster.server.address) as channel:
+        stub = pb_grpc.QueuesStub(channel)
+        ref = pb.QueueRef(name=name)
+        calls = [
+            (
+                lambda: stub.SetQueueLimit(
+                    pb.QueueLimitRequest(name=name, limit=limit), timeout=10
+                ),
+                valid_name and (limit is None or 1 <= limit <= 10**6),
+            ),
+            (
+                lambda: (stub.PauseQueue if pause else stub.ResumeQueue)(ref, timeout=10),
+                valid_name,
+            ),
+        ]
+        for call, valid in calls:
+            try:
+                call()
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as e:
+                code = e.code()
+                assert "Traceback" not in (e.details() or "")
+            assert code == (grpc.StatusCode.OK if valid else grpc.StatusCode.INVALID_ARGUMENT)
+        listed = stub.ListQueues(pb.QueueListRequest(), timeout=10).queues
+    for q in listed:
+        assert 1 <= len(q.name) <= 64 and set(q.name) <= QUEUE_NAME_CHARS, q
+        assert not q.HasField("limit") or 1 <= q.limit <= 10**6, q
