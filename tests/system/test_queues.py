@@ -20,7 +20,7 @@ from dts.errors import InvalidArgument
 from dts.v1 import dts_pb2 as pb
 from dts.v1 import dts_pb2_grpc as pb_grpc
 from tests.conftest import Cluster
-from tests.harness import RedisProcess, ServerProcess, run_cli, wait_until
+from tests.harness import RedisProcess, ServerProcess, WorkerProcess, run_cli, wait_until
 
 CLIENT, WORKER, ADMIN = ("client-token-" + "c" * 20, "worker-token-" + "w" * 20, "adm-" + "a" * 20)
 
@@ -321,3 +321,58 @@ def test_any_queue_request_gets_a_proper_answer_and_only_valid_ones_are_stored(
     for q in listed:
         assert 1 <= len(q.name) <= 64 and set(q.name) <= QUEUE_NAME_CHARS, q
         assert not q.HasField("limit") or 1 <= q.limit <= 10**6, q
+
+
+@pytest.mark.single_store  # PostgreSQL only: several servers share one database
+def test_two_servers_on_one_database_share_pauses_and_limits(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    redis = RedisProcess(tmp_path)
+    redis.start()
+    a, b = (
+        ServerProcess(tmp_path, redis.url, "--worker-timeout", "2", db=postgres_url) for _ in "ab"
+    )
+    workers: list[WorkerProcess] = []
+    try:
+        a.start()
+        b.start()
+        # Given two workers of queues lim and other, one on each server
+        for name, server in (("wa", a), ("wb", b)):
+            w = WorkerProcess(
+                tmp_path,
+                server.address,
+                redis.url,
+                name,
+                "--queues",
+                "lim,other",
+                "--concurrency",
+                "4",
+            )
+            w.start()
+            workers.append(w)
+        # When lim is paused through server a, then a job of lim submitted through b waits
+        assert run_cli(a.address, "queue", "pause", "lim").stdout == "queue lim paused\n"
+        with Client(b.address) as c:
+            (held,) = c.submit([sh("echo held", "lim")])
+            others = [j.id for j in c.submit([sh("echo other", "other") for _ in range(4)])]
+            wait_until(lambda: all_succeeded(c, others), 30, what="other queue's jobs")
+            assert statuses(c, [held.id]) == ["queued"]
+        # When it is resumed through b and limited to 2 through a, with jobs that keep a ledger
+        ledger = tmp_path / "ledger"
+        script = (
+            f'echo "start $(date +%s.%N) $DTS_JOB_ID" >> {ledger}; sleep 0.3;'
+            f' echo "end $(date +%s.%N) $DTS_JOB_ID" >> {ledger}'
+        )
+        assert run_cli(a.address, "queue", "limit", "lim", "2").returncode == 0
+        with Client(a.address) as c:
+            ids = [j.id for j in c.submit([sh(script, "lim") for _ in range(8)])]
+            assert run_cli(b.address, "queue", "resume", "lim").returncode == 0
+            # Then everything runs, never more than 2 of lim at once across both servers
+            wait_until(lambda: all_succeeded(c, [held.id, *ids]), 60, what="lim's jobs")
+        assert most_at_once(ledger) == 2, ledger.read_text()
+    finally:
+        for w in workers:
+            w.stop(timeout=15)
+        for s in (a, b):
+            s.stop(timeout=15)
+        redis.kill()
