@@ -18,6 +18,7 @@ class Holds:
         self._cond = threading.Condition()
         self._paused: frozenset[str] = frozenset()
         self._full: frozenset[str] = frozenset()
+        self.version = 0  # changes with every change of the held queues
 
     def learn(self, paused: Iterable[str], full: Iterable[str]) -> None:
         """What an answer said (an answer that says nothing: no queue is held)."""
@@ -33,6 +34,7 @@ class Holds:
             for name in sorted(freed):
                 log.info("queue %s is open again", name)
             self._paused, self._full = new_paused, new_full
+            self.version += 1
             self._cond.notify_all()
 
     def open(self, queues: Sequence[str]) -> list[str]:

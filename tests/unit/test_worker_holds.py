@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dts.backoff import Backoff
-from dts.worker.feed import Feed
+from dts.worker.feed import HELD_WAIT, Feed
 from dts.worker.holds import Holds
 
 
@@ -21,15 +21,18 @@ class Recorder:
 
     def __init__(self) -> None:
         self.pops: list[list[str]] = []
+        self.waits: list[float] = []  # each pop's wait for a wake token; 0 for none
 
     def pop(self, queues: list[str], count: int, lease: float, ack: Any = ()) -> list[int]:
         self.pops.append(list(queues))
+        self.waits.append(0.0)
         return []
 
     def wait_and_pop(
         self, queues: list[str], timeout: float, count: int, lease: float
     ) -> list[int]:
         self.pops.append(list(queues))
+        self.waits.append(timeout)
         return []
 
 
@@ -62,10 +65,13 @@ def test_an_answer_replaces_the_held_queues_and_says_so(caplog: pytest.LogCaptur
 def test_the_feed_pops_from_open_queues_only() -> None:
     holds = Holds()
     f, recorder = feed(holds)
+    f.idle(Backoff(), [], 4)  # nothing held: it waits up to a second for a wake token
     holds.learn(["b"], [])
     f.take(4, [])
-    f.idle(Backoff(), [], 4)
-    assert recorder.pops == [["a", "c"], ["a", "c"]]
+    f.idle(Backoff(), [], 4)  # a change seen: pop at once (a freed queue wakes nobody)
+    f.idle(Backoff(), [], 4)  # then wait for wake tokens a little at a time while b is held
+    assert recorder.pops == [["a", "b", "c"], ["a", "c"], ["a", "c"], ["a", "c"]]
+    assert recorder.waits == [1.0, 0.0, 0.0, HELD_WAIT]
 
 
 def test_with_every_queue_held_the_feed_waits_for_a_change_without_popping() -> None:
