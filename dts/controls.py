@@ -50,10 +50,6 @@ class Held:
     paused: tuple[str, ...] = ()
     full: tuple[str, ...] = ()
 
-    @property
-    def names(self) -> frozenset[str]:
-        return frozenset(self.paused) | frozenset(self.full)
-
 
 @dataclass(frozen=True)
 class Gate:

@@ -309,3 +309,13 @@ def test_error_from_rpc() -> None:
     assert type(e) is errors.DeadlineExceeded and "h:1" in str(e)
     e = wire.error_from_rpc(FakeRpcError(grpc.StatusCode.ABORTED, ""), "h:1")
     assert type(e) is errors.DtsError and str(e)  # details fall back to the code's name
+
+
+def test_a_queue_row_crosses_the_wire_with_its_limit_or_none() -> None:
+    from dts.controls import QueueInfo
+
+    limited = QueueInfo("q", 3, 2, 1, 0, True, 2, ("w1", "w2"))
+    free = QueueInfo("r")
+    for info in (limited, free):
+        assert wire.queue_info_from_pb(wire.queue_info_to_pb(info)) == info
+    assert not wire.queue_info_to_pb(free).HasField("limit")
