@@ -153,7 +153,7 @@ def test_a_limit_of_2_holds_across_4_workers_and_lifts(
         fresh_cluster.add_worker(f"w{i + 1}", "--queues", "lim", "--concurrency", "2")
     # When 10 jobs that record their start and end are submitted
     script = (
-        f'echo "start $(date +%s.%N) $DTS_JOB_ID" >> {ledger}; sleep 0.3;'
+        f'echo "start $(date +%s.%N) $DTS_JOB_ID" >> {ledger}; sleep 0.5;'
         f' echo "end $(date +%s.%N) $DTS_JOB_ID" >> {ledger}'
     )
     with fresh_cluster.client() as c:
@@ -360,7 +360,7 @@ def test_two_servers_on_one_database_share_pauses_and_limits(
         # When it is resumed through b and limited to 2 through a, with jobs that keep a ledger
         ledger = tmp_path / "ledger"
         script = (
-            f'echo "start $(date +%s.%N) $DTS_JOB_ID" >> {ledger}; sleep 0.3;'
+            f'echo "start $(date +%s.%N) $DTS_JOB_ID" >> {ledger}; sleep 0.5;'
             f' echo "end $(date +%s.%N) $DTS_JOB_ID" >> {ledger}'
         )
         assert run_cli(a.address, "queue", "limit", "lim", "2").returncode == 0
