@@ -12,6 +12,7 @@ from typing import Final
 import grpc
 
 from dts import errors
+from dts.controls import QueueInfo
 from dts.domain import (
     LIMITS,
     NO_LIMITS,
@@ -301,6 +302,35 @@ def stat_to_pb(s: StatCount) -> pb.StatCount:
 
 def stat_from_pb(msg: pb.StatCount) -> StatCount:
     return StatCount(msg.queue, status_from_pb(msg.status), msg.count)
+
+
+def queue_info_to_pb(q: QueueInfo) -> pb.QueueInfo:
+    msg = pb.QueueInfo(
+        name=q.name,
+        queued=q.queued,
+        running=q.running,
+        scheduled=q.scheduled,
+        waiting=q.waiting,
+        paused=q.paused,
+        workers=list(q.workers),
+    )
+    if q.limit is not None:
+        msg.limit = q.limit
+    return msg
+
+
+def queue_info_from_pb(msg: pb.QueueInfo) -> QueueInfo:
+    limit = msg.limit if msg.HasField("limit") else None
+    return QueueInfo(
+        msg.name,
+        msg.queued,
+        msg.running,
+        msg.scheduled,
+        msg.waiting,
+        msg.paused,
+        limit,
+        tuple(msg.workers),
+    )
 
 
 # ---- worker protocol --------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from dts import wire
 from dts.backoff import Backoff
 from dts.channel import DEFAULT_SERVER, ChannelSecurity, open_channel
 from dts.client.pipeline import PendingSubmit, StreamUnsupported, SubmitPipe
+from dts.controls import QueueInfo
 from dts.domain import Attempt, Job, JobSpec, JobStatus, Output, StatCount, WorkerInfo
 from dts.errors import DeadlineExceeded, DtsError, ResourceExhausted, Unavailable
 from dts.failover import FailoverChannel
@@ -42,6 +43,7 @@ class Client:
         self.timeout = timeout
         self.channel = open_channel(address, security or ChannelSecurity(), wire.grpc_options())
         self.stub = pb_grpc.SchedulerStub(self.channel)
+        self.queues_stub = pb_grpc.QueuesStub(self.channel)
         self._pipe: SubmitPipe | None = None
         self._pipe_lock = threading.Lock()
         self._streams = True  # False once the server turned out to know no SubmitStream
@@ -186,6 +188,27 @@ class Client:
             total += resp.purged
             if not resp.more:
                 return total
+
+    # ---- queue controls -------------------------------------------------------------------
+
+    def queues(self) -> list[QueueInfo]:
+        """Every queue with jobs, a setting or a live worker, by name."""
+        resp = self._call(self.queues_stub.ListQueues, pb.QueueListRequest())
+        return [wire.queue_info_from_pb(q) for q in resp.queues]
+
+    def pause_queue(self, name: str) -> QueueInfo:
+        """Workers take no new job from the queue (running ones finish), until resumed."""
+        resp = self._call(self.queues_stub.PauseQueue, pb.QueueRef(name=name))
+        return wire.queue_info_from_pb(resp)
+
+    def resume_queue(self, name: str) -> QueueInfo:
+        resp = self._call(self.queues_stub.ResumeQueue, pb.QueueRef(name=name))
+        return wire.queue_info_from_pb(resp)
+
+    def set_queue_limit(self, name: str, limit: int | None) -> QueueInfo:
+        """At most `limit` jobs of the queue run at once across all workers (None: any)."""
+        req = pb.QueueLimitRequest(name=name, limit=limit)
+        return wire.queue_info_from_pb(self._call(self.queues_stub.SetQueueLimit, req))
 
     def health_of_each(self) -> list[tuple[str, str | DtsError]]:
         """Each server's health status name, or the error asking it gave, in the order given

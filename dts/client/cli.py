@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from dts.channel import DEFAULT_SERVER, add_channel_options, channel_security, server_addresses
-from dts.client import Client, purge
+from dts.client import Client, purge, queues
 from dts.client.args import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
@@ -45,6 +45,8 @@ from dts.options import new_parser
 
 # Commands of their own modules: name -> the function that runs it (see `command_parser`).
 HANDLERS: dict[str, Callable[[Cli, argparse.Namespace], int]] = {}
+HANDLERS["queues"] = queues.show_queues
+HANDLERS["queue"] = queues.change_queue
 
 
 # ---- parser -----------------------------------------------------------------------------------
@@ -62,6 +64,8 @@ COMMANDS = {
     "stats": "job counts by status and queue",
     "ping": "exit 0 when the server is serving (alias: health)",
     "purge": purge.HELP,
+    "queues": queues.COMMANDS["queues"],
+    "queue": queues.COMMANDS["queue"],
 }
 GLOBAL_WITH_VALUE = {
     "--server",
@@ -152,6 +156,7 @@ def command_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=COMMANDS[name], prog=f"{PROG} {name}")
     sub.add_parser("ping", help=COMMANDS["ping"], aliases=["health"], prog=f"{PROG} ping")
     purge.add_parsers(sub)
+    queues.add_parsers(sub)
     return p
 
 

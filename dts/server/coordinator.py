@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from queue import Empty, SimpleQueue
 
+from dts.controls import Held
 from dts.domain import (
     Assignment,
     Attempt,
@@ -40,6 +41,7 @@ from dts.errors import (
 )
 from dts.queue import JobQueue, QueuedJob, is_job_id
 from dts.server.outcomes import end_attempt, finish, late_report, lose, move
+from dts.server.queues import QueueControls, gate_claims, held
 from dts.server.sessions import check_registration, check_takeover, session_of
 from dts.server.settings import Settings
 from dts.server.store import Store, Transaction
@@ -75,6 +77,7 @@ class Coordinator:
         self.reconcile_needed = threading.Event()
         self._redis_up: bool | None = None
         self.waiters = Waiters(settings.max_waiters)
+        self.controls = QueueControls(store, clock)  # pause, resume, run limits
         # submitted jobs on their way to Redis, when an enqueuer thread takes them (the server)
         self.handoff: SimpleQueue[list[Job]] | None = None
         st = settings
@@ -308,8 +311,9 @@ class Coordinator:
 
     def heartbeat(
         self, name: str, session: str, leases: Sequence[Lease], draining: bool
-    ) -> list[Lease]:
-        """Renew the worker's leases; returns the ones it must stop (no longer its own)."""
+    ) -> tuple[list[Lease], Held]:
+        """Renew the worker's leases; returns the ones it must stop (no longer its own), and
+        which of its queues are held (paused or full)."""
         now = self.clock()
         until = now + self.settings.worker_timeout
         stale = []
@@ -328,6 +332,7 @@ class Coordinator:
             )
             if worker.state is WorkerState.LOST:
                 log.info("worker %s is back", name)
+            hints = held(tx, worker.queues)
             tx.save_worker(
                 replace(
                     worker,
@@ -337,16 +342,17 @@ class Coordinator:
                     server=self.settings.server,
                 )
             )
-        return stale
+        return stale, hints
 
     def exchange(
         self, name: str, session: str, results: Sequence[Result], job_ids: Sequence[int]
-    ) -> tuple[list[tuple[bool, str]], list[Assignment]]:
+    ) -> tuple[list[tuple[bool, str]], list[Assignment], Held]:
         """Record finished attempts and claim new jobs, in one transaction.
 
         A result with a stale fencing token is refused. A claim is a compare-and-set
         queued -> running that starts a numbered attempt; ids that are not claimable
-        (delivered twice, cancelled) are left out.
+        (delivered twice, cancelled) are left out, and so are ids of a held queue (paused, or
+        at its limit): those go back to the queue at once. Last: the worker's held queues.
         """
         now = self.clock()
         acks: list[tuple[bool, str]] = []
@@ -377,6 +383,8 @@ class Coordinator:
             # ids that are not claimable (delivered twice, cancelled, of a queue the worker
             # did not register with) are left out
             until = now + self.settings.worker_timeout
+            gated, back = gate_claims(tx, worker.queues, job_ids)  # paused, or at a limit
+            job_ids = gated.allowed
             assignments = tx.claim_queued(job_ids, name, worker.queues, now, until)
             foreign = (
                 _foreign(tx, job_ids, assignments, worker.queues)
@@ -398,7 +406,9 @@ class Coordinator:
                 log.info("job %d queued -> running worker=%s attempt=%d", a.job_id, name, a.attempt)
         self._after(changed)
         self._notify([job_id for job_id, _ in succeeded])
-        return acks, assignments
+        if back:  # at their place in the queue again (it is sorted by priority and id)
+            self._redis(lambda: self.queue.enqueue(back))
+        return acks, assignments, gated.held
 
     def unregister(self, name: str, session: str) -> None:
         with self.store.transaction() as tx:

@@ -27,6 +27,7 @@ from dts.server import history
 from dts.server.api.admin import ADMIN_SERVICE, AdminServicer
 from dts.server.api.auth import TokenAuth, load_tokens
 from dts.server.api.health import SERVING, Health
+from dts.server.api.queues import QueuesServicer
 from dts.server.api.rpc import EventLoop, Pools, anonymous
 from dts.server.api.servicer import SCHEDULER, WORKER_SERVICE, SchedulerServicer, WorkerServicer
 from dts.server.config import ServerConfig, load_server_config, read_db_password
@@ -76,6 +77,7 @@ class Server:
         self.scheduler = SchedulerServicer(self.coordinator, self.pools)
         self.workers = WorkerServicer(self.coordinator, self.pools, cfg.key_prefix)
         self.admin = AdminServicer(Retention(self.store, self.coordinator.clock), self.pools)
+        self.queues = QueuesServicer(self.coordinator, self.pools)
         self.events = EventLoop()
         self.grpc: grpc.aio.Server | None = None
         self.health: Health | None = None
@@ -113,6 +115,7 @@ class Server:
                 self.scheduler.handler(),
                 self.workers.handler(identify),
                 self.admin.handler(),
+                self.queues.handler(),
                 self.health.handler(),
             ],
             interceptors=[auth] if auth is not None else [],

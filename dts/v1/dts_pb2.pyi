@@ -942,21 +942,33 @@ class HeartbeatResponse(_message.Message):
 
     CANCEL_FIELD_NUMBER: _builtins.int
     REREGISTER_FIELD_NUMBER: _builtins.int
+    PAUSED_QUEUES_FIELD_NUMBER: _builtins.int
+    FULL_QUEUES_FIELD_NUMBER: _builtins.int
     reregister: _builtins.bool
     """the server does not know this session: register again"""
     @_builtins.property
     def cancel(self) -> _containers.RepeatedCompositeFieldContainer[Global___Lease]:
         """stop these now (cancelled or no longer this worker's)"""
 
+    @_builtins.property
+    def paused_queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the worker's queues that are paused: pop none of their ids"""
+
+    @_builtins.property
+    def full_queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """its queues at their run limit: pop none until told again"""
+
     def __init__(
         self,
         *,
         cancel: _abc.Iterable[Global___Lease] | None = ...,
         reregister: _builtins.bool = ...,
+        paused_queues: _abc.Iterable[_builtins.str] | None = ...,
+        full_queues: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "reregister", b"reregister"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "full_queues", b"full_queues", "paused_queues", b"paused_queues", "reregister", b"reregister"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1126,6 +1138,8 @@ class ExchangeResponse(_message.Message):
 
     ACKS_FIELD_NUMBER: _builtins.int
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
+    PAUSED_QUEUES_FIELD_NUMBER: _builtins.int
+    FULL_QUEUES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Ack]:
         """one per result, in order"""
@@ -1134,15 +1148,25 @@ class ExchangeResponse(_message.Message):
     def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assignment]:
         """claimed jobs; unclaimable ids are left out"""
 
+    @_builtins.property
+    def paused_queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Which of the worker's queues are held after this claim, as in HeartbeatResponse (ids of a
+        held queue are left out of the assignments and put back in their queue by the server).
+        """
+
+    @_builtins.property
+    def full_queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         acks: _abc.Iterable[Global___Ack] | None = ...,
         assignments: _abc.Iterable[Global___Assignment] | None = ...,
+        paused_queues: _abc.Iterable[_builtins.str] | None = ...,
+        full_queues: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "assignments", b"assignments"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "assignments", b"assignments", "full_queues", b"full_queues", "paused_queues", b"paused_queues"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1245,3 +1269,143 @@ class PurgeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PurgeResponse: _TypeAlias = PurgeResponse  # noqa: Y015
+
+@_typing.final
+class QueueInfo(_message.Message):
+    """---- queue controls -----------------------------------------------------------------------
+
+    One queue: its jobs by status, its setting, the workers serving it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    SCHEDULED_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """queue name"""
+    queued: _builtins.int
+    """jobs waiting for a worker"""
+    running: _builtins.int
+    """jobs running now"""
+    scheduled: _builtins.int
+    """jobs waiting for their start time or a retry backoff"""
+    waiting: _builtins.int
+    """jobs waiting for other jobs (always 0: no dependencies yet)"""
+    paused: _builtins.bool
+    """workers take no new job from it"""
+    limit: _builtins.int
+    """jobs of it running at once, across all workers; unset: any"""
+    @_builtins.property
+    def workers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """live workers taking jobs from it, by name"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        queued: _builtins.int = ...,
+        running: _builtins.int = ...,
+        scheduled: _builtins.int = ...,
+        waiting: _builtins.int = ...,
+        paused: _builtins.bool = ...,
+        limit: _builtins.int | None = ...,
+        workers: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit", "name", b"name", "paused", b"paused", "queued", b"queued", "running", b"running", "scheduled", b"scheduled", "waiting", b"waiting", "workers", b"workers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
+    _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
+
+Global___QueueInfo: _TypeAlias = QueueInfo  # noqa: Y015
+
+@_typing.final
+class QueueListRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueListRequest: _TypeAlias = QueueListRequest  # noqa: Y015
+
+@_typing.final
+class QueueListResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def queues(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueueInfo]:
+        """every queue with jobs, a setting or a live worker, by name"""
+
+    def __init__(
+        self,
+        *,
+        queues: _abc.Iterable[Global___QueueInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queues", b"queues"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueListResponse: _TypeAlias = QueueListResponse  # noqa: Y015
+
+@_typing.final
+class QueueRef(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """queue name"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueRef: _TypeAlias = QueueRef  # noqa: Y015
+
+@_typing.final
+class QueueLimitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """queue name"""
+    limit: _builtins.int
+    """1..1000000 jobs running at once; unset: no limit"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        limit: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "limit", b"limit", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
+    _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
+
+Global___QueueLimitRequest: _TypeAlias = QueueLimitRequest  # noqa: Y015

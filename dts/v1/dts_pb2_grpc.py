@@ -824,3 +824,211 @@ class Admin:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class QueuesStub:
+    """What operators call to hold queues back: durable settings, kept in the store.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListQueues = channel.unary_unary(
+                '/dts.v1.Queues/ListQueues',
+                request_serializer=dts_dot_v1_dot_dts__pb2.QueueListRequest.SerializeToString,
+                response_deserializer=dts_dot_v1_dot_dts__pb2.QueueListResponse.FromString,
+                _registered_method=True)
+        self.PauseQueue = channel.unary_unary(
+                '/dts.v1.Queues/PauseQueue',
+                request_serializer=dts_dot_v1_dot_dts__pb2.QueueRef.SerializeToString,
+                response_deserializer=dts_dot_v1_dot_dts__pb2.QueueInfo.FromString,
+                _registered_method=True)
+        self.ResumeQueue = channel.unary_unary(
+                '/dts.v1.Queues/ResumeQueue',
+                request_serializer=dts_dot_v1_dot_dts__pb2.QueueRef.SerializeToString,
+                response_deserializer=dts_dot_v1_dot_dts__pb2.QueueInfo.FromString,
+                _registered_method=True)
+        self.SetQueueLimit = channel.unary_unary(
+                '/dts.v1.Queues/SetQueueLimit',
+                request_serializer=dts_dot_v1_dot_dts__pb2.QueueLimitRequest.SerializeToString,
+                response_deserializer=dts_dot_v1_dot_dts__pb2.QueueInfo.FromString,
+                _registered_method=True)
+
+
+class QueuesServicer:
+    """What operators call to hold queues back: durable settings, kept in the store.
+    """
+
+    def ListQueues(self, request, context):
+        """queues and their counts
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseQueue(self, request, context):
+        """workers take no new job from it
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeQueue(self, request, context):
+        """take its jobs again
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetQueueLimit(self, request, context):
+        """cap its running jobs
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_QueuesServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListQueues': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQueues,
+                    request_deserializer=dts_dot_v1_dot_dts__pb2.QueueListRequest.FromString,
+                    response_serializer=dts_dot_v1_dot_dts__pb2.QueueListResponse.SerializeToString,
+            ),
+            'PauseQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseQueue,
+                    request_deserializer=dts_dot_v1_dot_dts__pb2.QueueRef.FromString,
+                    response_serializer=dts_dot_v1_dot_dts__pb2.QueueInfo.SerializeToString,
+            ),
+            'ResumeQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeQueue,
+                    request_deserializer=dts_dot_v1_dot_dts__pb2.QueueRef.FromString,
+                    response_serializer=dts_dot_v1_dot_dts__pb2.QueueInfo.SerializeToString,
+            ),
+            'SetQueueLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQueueLimit,
+                    request_deserializer=dts_dot_v1_dot_dts__pb2.QueueLimitRequest.FromString,
+                    response_serializer=dts_dot_v1_dot_dts__pb2.QueueInfo.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'dts.v1.Queues', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('dts.v1.Queues', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Queues:
+    """What operators call to hold queues back: durable settings, kept in the store.
+    """
+
+    @staticmethod
+    def ListQueues(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dts.v1.Queues/ListQueues',
+            dts_dot_v1_dot_dts__pb2.QueueListRequest.SerializeToString,
+            dts_dot_v1_dot_dts__pb2.QueueListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dts.v1.Queues/PauseQueue',
+            dts_dot_v1_dot_dts__pb2.QueueRef.SerializeToString,
+            dts_dot_v1_dot_dts__pb2.QueueInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dts.v1.Queues/ResumeQueue',
+            dts_dot_v1_dot_dts__pb2.QueueRef.SerializeToString,
+            dts_dot_v1_dot_dts__pb2.QueueInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQueueLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dts.v1.Queues/SetQueueLimit',
+            dts_dot_v1_dot_dts__pb2.QueueLimitRequest.SerializeToString,
+            dts_dot_v1_dot_dts__pb2.QueueInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -283,3 +283,70 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         """delete old final jobs now"""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class QueuesStub:
+    """What operators call to hold queues back: durable settings, kept in the store."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> QueuesAsyncStub: ...
+    ListQueues: _grpc.UnaryUnaryMultiCallable[_dts_pb2.QueueListRequest, _dts_pb2.QueueListResponse]
+    """queues and their counts"""
+    PauseQueue: _grpc.UnaryUnaryMultiCallable[_dts_pb2.QueueRef, _dts_pb2.QueueInfo]
+    """workers take no new job from it"""
+    ResumeQueue: _grpc.UnaryUnaryMultiCallable[_dts_pb2.QueueRef, _dts_pb2.QueueInfo]
+    """take its jobs again"""
+    SetQueueLimit: _grpc.UnaryUnaryMultiCallable[_dts_pb2.QueueLimitRequest, _dts_pb2.QueueInfo]
+    """cap its running jobs"""
+
+@_typing.type_check_only
+class QueuesAsyncStub(QueuesStub):
+    """What operators call to hold queues back: durable settings, kept in the store."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ListQueues: _aio.UnaryUnaryMultiCallable[_dts_pb2.QueueListRequest, _dts_pb2.QueueListResponse]  # type: ignore[assignment]
+    """queues and their counts"""
+    PauseQueue: _aio.UnaryUnaryMultiCallable[_dts_pb2.QueueRef, _dts_pb2.QueueInfo]  # type: ignore[assignment]
+    """workers take no new job from it"""
+    ResumeQueue: _aio.UnaryUnaryMultiCallable[_dts_pb2.QueueRef, _dts_pb2.QueueInfo]  # type: ignore[assignment]
+    """take its jobs again"""
+    SetQueueLimit: _aio.UnaryUnaryMultiCallable[_dts_pb2.QueueLimitRequest, _dts_pb2.QueueInfo]  # type: ignore[assignment]
+    """cap its running jobs"""
+
+class QueuesServicer(metaclass=_abc_1.ABCMeta):
+    """What operators call to hold queues back: durable settings, kept in the store."""
+
+    @_abc_1.abstractmethod
+    def ListQueues(
+        self,
+        request: _dts_pb2.QueueListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dts_pb2.QueueListResponse, _abc.Awaitable[_dts_pb2.QueueListResponse]]:
+        """queues and their counts"""
+
+    @_abc_1.abstractmethod
+    def PauseQueue(
+        self,
+        request: _dts_pb2.QueueRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dts_pb2.QueueInfo, _abc.Awaitable[_dts_pb2.QueueInfo]]:
+        """workers take no new job from it"""
+
+    @_abc_1.abstractmethod
+    def ResumeQueue(
+        self,
+        request: _dts_pb2.QueueRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dts_pb2.QueueInfo, _abc.Awaitable[_dts_pb2.QueueInfo]]:
+        """take its jobs again"""
+
+    @_abc_1.abstractmethod
+    def SetQueueLimit(
+        self,
+        request: _dts_pb2.QueueLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dts_pb2.QueueInfo, _abc.Awaitable[_dts_pb2.QueueInfo]]:
+        """cap its running jobs"""
+
+def add_QueuesServicer_to_server(servicer: QueuesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,6 +12,8 @@ from dts.queue.redis import Keys, RedisQueue, redacted_url
 from dts.worker.link import Link
 from dts.worker.session import Session
 
+HELD_WAIT = 0.25  # seconds an idle slot waits for a wake token while one of its queues is held
+
 
 class Feed:
     """The worker's side of the Redis queue. Its keys are known once the worker registered
@@ -32,6 +34,7 @@ class Feed:
         self.session = session
         self.stop = stop
         self.queue: RedisQueue | None = None
+        self._seen = threading.local()  # per slot thread: the version of the holds it saw
 
     def bind(self, key_prefix: str) -> None:
         """The server's keys in Redis, as its registration said."""
@@ -44,8 +47,9 @@ class Feed:
             return []
         if self.session.link.up is False:
             count = 0  # cut off from the server: leave ids to workers that can claim them
+        queues = self.session.holds.open(self.queues)  # none of a paused or full queue
         try:
-            ids = self.queue.pop(self.queues, count, self.session.lease_seconds, to_ack)
+            ids = self.queue.pop(queues, count, self.session.lease_seconds, to_ack)
             self.link.ok()
         except QueueUnavailable as e:
             self.link.down(e)
@@ -64,8 +68,22 @@ class Feed:
         if server.up is False:
             server.recovered.wait(0.5)
             return []
+        holds, lease = self.session.holds, self.session.lease_seconds
+        queues = holds.open(self.queues)
+        if not queues:  # every queue paused or full: wait for an answer that frees one
+            holds.wait(1.0)
+            return []
+        # A queue freed (resumed, or under its limit again) brings no enqueue to wake us for
+        # the ids waiting in it: a slot that sees a change pops at once, and while some queue
+        # is held, idle slots wait for wake tokens HELD_WAIT at a time, not a second.
+        fresh = getattr(self._seen, "version", 0) != holds.version
+        self._seen.version = holds.version
         try:
-            ids = self.queue.wait_and_pop(self.queues, 1.0, count, self.session.lease_seconds)
+            if fresh:
+                ids = self.queue.pop(queues, count, lease)
+            else:
+                wait = HELD_WAIT if len(queues) < len(self.queues) else 1.0
+                ids = self.queue.wait_and_pop(queues, wait, count, lease)
             self.link.ok()
             backoff.reset()
             if ids and self.stop.is_set():  # told to stop while waiting: not ours

@@ -80,6 +80,7 @@ class Heartbeat:
                 log.warning("server forgot this worker's session; registering again")
                 session.register()
                 continue
+            session.holds.learn(resp.paused_queues, resp.full_queues)
             self._cancel(resp.cancel)
 
     def _cancel(self, leases: Iterable[pb.Lease]) -> None:

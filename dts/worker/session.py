@@ -19,6 +19,7 @@ from dts.v1 import dts_pb2 as pb
 from dts.v1 import dts_pb2_grpc as pb_grpc
 from dts.worker.config import WorkerConfig
 from dts.worker.ending import Ending
+from dts.worker.holds import Holds
 from dts.worker.link import Link
 
 log = logging.getLogger("dts.worker")
@@ -64,6 +65,7 @@ class Session:
         self.id = ""
         self.lease_seconds = 30.0
         self.heartbeat_interval = 1.0
+        self.holds = Holds()  # queues the server says are paused or full
 
     # ---- timings derived from the lease -------------------------------------------------
 

@@ -296,6 +296,7 @@ class SlotLoop:
             self.feed.release(ids)
             return False
         self.to_ack.extend(ids)
+        self.session.holds.learn(resp.paused_queues, resp.full_queues)
         self.attempts.forget(sent)
         del self.done[: len(sent)]
         for ack in resp.acks:

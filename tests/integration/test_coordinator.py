@@ -212,12 +212,12 @@ def test_heartbeat_renews_leases_and_returns_stale_ones(env: Env) -> None:
     env.take("w1", s)
     for _ in range(5):  # 5 x 8 s > the 10 s lease: only heartbeats keep it alive
         env.clock.now += 8
-        assert env.c.heartbeat("w1", s, [Lease(job.id, 1)], False) == []
+        assert env.c.heartbeat("w1", s, [Lease(job.id, 1)], False)[0] == []
         env.c.reap_leases()
     assert env.c.get(job.id).status is JobStatus.RUNNING
     # a lease the worker no longer holds comes back as "stop it"
     env.c.cancel(job.id)
-    assert env.c.heartbeat("w1", s, [Lease(job.id, 1)], False) == [Lease(job.id, 1)]
+    assert env.c.heartbeat("w1", s, [Lease(job.id, 1)], False)[0] == [Lease(job.id, 1)]
 
 
 def test_lost_too_often_ends_failed(env: Env) -> None:
@@ -337,7 +337,7 @@ def test_a_second_registration_supersedes_the_first_session(env: Env) -> None:
     # Then the old session is told it was superseded, and the new one works
     with pytest.raises(SessionSuperseded, match="registered again"):
         env.c.heartbeat("twin", old, [], False)
-    assert env.c.heartbeat("twin", new, [], False) == []
+    assert env.c.heartbeat("twin", new, [], False)[0] == []
     # and an unknown name is only asked to register
     with pytest.raises(UnknownSession):
         env.c.heartbeat("nobody", new, [], False)
@@ -355,7 +355,7 @@ def test_a_live_worker_keeps_its_name_against_another_credential(env: Env) -> No
     with pytest.raises(PermissionDenied, match="w1 is in use by a live worker"):
         register("sha256:bbbbbbbbbbbbbbbb")
     # Then it is refused, and the worker keeps its session and its job
-    assert env.c.heartbeat("w1", first, [Lease(job.id, 1)], False) == []
+    assert env.c.heartbeat("w1", first, [Lease(job.id, 1)], False)[0] == []
     assert env.c.get(job.id).status is JobStatus.RUNNING
     # A restart with token A replaces the old session at once (its job runs again)
     register("sha256:aaaaaaaaaaaaaaaa")

@@ -27,7 +27,8 @@ def test_a_worker_reporting_a_purged_job_gets_a_refused_ack(env: Env) -> None:  
     env.c.cancel(job.id)
     assert purge_everything_final(env) == 1
     # When its worker renews its lease: it is told to stop it
-    assert env.c.heartbeat("w1", session, [Lease(job.id, 1)], False) == [Lease(job.id, 1)]
+    stop, _ = env.c.heartbeat("w1", session, [Lease(job.id, 1)], False)
+    assert stop == [Lease(job.id, 1)]
     # When its worker reports its end: refused, and the job stays gone
     done = Result(job.id, 1, Outcome.CANCELLED, 143, "cancelled", b"partial")
     assert env.report("w1", [done]) == [(False, f"no job with id {job.id}")]

@@ -177,7 +177,7 @@ def test_exchange_of_any_ids_is_answered_without_an_error(
     (job,) = coordinator.submit([JobSpec(argv=("true",))])
     # When it claims and reports ids of any value (a buggy or hostile worker)
     results = [Result(i, 1, Outcome.SUCCEEDED, 0, "") for i in reported]
-    acks, assignments = coordinator.exchange("w-any", session, results, [*claims, job.id])
+    acks, assignments, _ = coordinator.exchange("w-any", session, results, [*claims, job.id])
     # Then the call is answered: the real job claimed, every other report refused with a reason
     assert [a.job_id for a in assignments] == [job.id]
     assert len(acks) == len(results)

@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "dts"
 
-MODEL = ("dts.errors", "dts.domain")
+MODEL = ("dts.errors", "dts.domain", "dts.controls")
 SHARED = (
     *MODEL,
     "dts.backoff",
@@ -35,6 +35,7 @@ QUEUE_API = ("dts.queue",)  # the protocol module itself, not dts.queue.redis (s
 RULES = (
     "dts.server.store",
     "dts.server.outcomes",
+    "dts.server.queues",
     "dts.server.sessions",
     "dts.server.settings",
     "dts.server.submits",
@@ -62,6 +63,7 @@ NO_IO = ("grpc", "google", "redis", "sqlite3", "configargparse", "psycopg", "psy
 LAYERS = (
     Layer("dts.errors", (), banned=NO_IO),
     Layer("dts.domain", ("dts.errors",), banned=NO_IO, own=False),
+    Layer("dts.controls", ("dts.errors",), banned=NO_IO, own=False),  # queue controls' model
     Layer("dts.backoff", (), banned=NO_IO),
     Layer("dts.v1", ("dts.v1",)),
     Layer("dts.wire", (*MODEL, "dts.v1"), banned=("redis", "sqlite3")),
@@ -89,6 +91,7 @@ LAYERS = (
         "dts.server.outcomes", (*MODEL, "dts.backoff"), banned=NO_IO, exact=("dts.server.store",)
     ),
     Layer("dts.server.sessions", MODEL, banned=NO_IO, exact=("dts.server.store",)),
+    Layer("dts.server.queues", MODEL, banned=NO_IO, exact=("dts.server.store", *QUEUE_API)),
     Layer("dts.server.settings", (), banned=NO_IO, own=False),
     Layer(
         "dts.server.submits",
@@ -100,6 +103,12 @@ LAYERS = (
     Layer("dts.server.store", MODEL, banned=NO_IO, own=False),
     Layer("dts.server.store.rows", MODEL, banned=NO_IO, own=False),
     Layer("dts.server.store.url", MODEL, banned=NO_IO, own=False),
+    Layer(
+        "dts.server.store.queues",
+        MODEL,
+        banned=NO_IO,
+        exact=("dts.server.store.reads",),
+    ),
     Layer(
         "dts.server.store.reads",
         MODEL,
@@ -114,6 +123,7 @@ LAYERS = (
             "dts.server.store",
             "dts.server.store.lead",
             "dts.server.store.purge",
+            "dts.server.store.queues",
             "dts.server.store.reads",
             "dts.server.store.rows",
             "dts.server.store.url",
@@ -127,6 +137,7 @@ LAYERS = (
         exact=(
             "dts.server.store",
             "dts.server.store.purge",
+            "dts.server.store.queues",
             "dts.server.store.reads",
             "dts.server.store.rows",
         ),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from dts.controls import QueueSetting
 from dts.domain import (
     Attempt,
     Job,
@@ -591,6 +592,26 @@ def test_a_version_4_database_gets_unique_keys_and_the_index_of_finished_jobs(db
         s.close()
 
 
+def test_a_version_7_database_gets_its_queues_table(db: Path) -> None:
+    # Given a database as dts left it at schema version 7 (before queue controls)
+    SqliteStore(str(db)).close()
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TABLE queues")
+    conn.execute("DROP INDEX jobs_running_by_queue")
+    conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    # When this dts opens it, then queue settings are kept and the schema is current
+    s = SqliteStore(str(db))
+    try:
+        with s.transaction() as tx:
+            tx.save_queue(QueueSetting("q", paused=True, updated_at=1.0))
+        assert s.queue_settings() == [QueueSetting("q", True, None, 1.0)]
+        assert schema_version(db) == str(SCHEMA_VERSION)
+    finally:
+        s.close()
+
+
 def test_newer_schema_version_is_refused(db: Path) -> None:
     SqliteStore(str(db)).close()
     conn = sqlite3.connect(db)
@@ -815,6 +836,9 @@ PARTIAL_INDEXES = {
     "jobs_finished": (
         "CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at)"
         " WHERE finished_at IS NOT NULL"
+    ),
+    "jobs_running_by_queue": (  # version 8: a queue's running jobs, counted for its limit
+        "CREATE INDEX IF NOT EXISTS jobs_running_by_queue ON jobs (queue) WHERE status = 'running'"
     ),
 }
 

@@ -357,3 +357,13 @@ def test_a_key_twice_in_one_lean_answer_reads_back_by_position() -> None:
     # there before: found at both
     first, second = wire.submitted_jobs(twice, lean_answer([7, 7], [OLD, OLD]))
     assert first == second == OLD
+
+
+def test_a_queue_row_crosses_the_wire_with_its_limit_or_none() -> None:
+    from dts.controls import QueueInfo
+
+    limited = QueueInfo("q", 3, 2, 1, 0, True, 2, ("w1", "w2"))
+    free = QueueInfo("r")
+    for info in (limited, free):
+        assert wire.queue_info_from_pb(wire.queue_info_to_pb(info)) == info
+    assert not wire.queue_info_to_pb(free).HasField("limit")

@@ -37,6 +37,7 @@ SERVICE_ROLES: dict[str, frozenset[Role]] = {
     "/dts.v1.Scheduler/": frozenset({Role.CLIENT, Role.ADMIN}),
     "/dts.v1.WorkerService/": frozenset({Role.WORKER, Role.ADMIN}),
     "/dts.v1.Admin/": frozenset({Role.ADMIN}),
+    "/dts.v1.Queues/": frozenset({Role.CLIENT, Role.ADMIN}),
 }
 
 

@@ -307,17 +307,21 @@ class WorkerServicer:
         _as_worker(caller, request.name, "Heartbeat")
         leases = [wire.lease_from_pb(lease) for lease in request.leases]
         try:
-            stale = self.c.heartbeat(request.name, request.session, leases, request.draining)
+            stale, held = self.c.heartbeat(request.name, request.session, leases, request.draining)
         except UnknownSession:
             return pb.HeartbeatResponse(reregister=True)
-        return pb.HeartbeatResponse(cancel=[wire.lease_to_pb(s) for s in stale])
+        return pb.HeartbeatResponse(
+            cancel=[wire.lease_to_pb(s) for s in stale],
+            paused_queues=held.paused,
+            full_queues=held.full,
+        )
 
     def exchange(
         self, request: pb.ExchangeRequest, caller: Credential | None
     ) -> pb.ExchangeResponse:
         _as_worker(caller, request.name, "Exchange")
         results = [wire.result_from_pb(r) for r in request.results]
-        acks, assignments = self.c.exchange(
+        acks, assignments, held = self.c.exchange(
             request.name, request.session, results, list(request.claim)
         )
         return pb.ExchangeResponse(
@@ -326,6 +330,8 @@ class WorkerServicer:
                 for r, (ok, why) in zip(results, acks, strict=True)
             ],
             assignments=[wire.assignment_to_pb(a) for a in assignments],
+            paused_queues=held.paused,
+            full_queues=held.full,
         )
 
     def unregister(

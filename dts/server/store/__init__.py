@@ -15,6 +15,7 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol, TypeVar
 
+from dts.controls import QueueSetting
 from dts.domain import (
     Assignment,
     Attempt,
@@ -99,6 +100,19 @@ class Transaction(Protocol):
 
     def save_worker(self, worker: WorkerInfo) -> None: ...
 
+    def queue_settings(self, names: Sequence[str], lock: bool = False) -> dict[str, QueueSetting]:
+        """The stored settings of those of `names` that have one; with `lock`, their rows are
+        locked until the commit, so claims of one limited queue count and grant in turn."""
+
+    def running_counts(self, names: Sequence[str]) -> dict[str, int]:
+        """Jobs of each of `names` running now, as the store knows them."""
+
+    def queued_places(self, ids: Sequence[int]) -> dict[int, tuple[str, int]]:
+        """The (queue, priority) of each of `ids` still queued."""
+
+    def save_queue(self, setting: QueueSetting) -> None:
+        """Store a queue's setting (one with nothing set is dropped)."""
+
     def get_worker(self, name: str) -> WorkerInfo | None: ...
 
     def delete_worker(self, name: str) -> None: ...
@@ -130,6 +144,9 @@ class Store(Protocol):
     def stats(self) -> list[StatCount]: ...
 
     def workers(self) -> list[WorkerInfo]: ...
+
+    def queue_settings(self) -> list[QueueSetting]:
+        """Every queue's stored setting, by name."""
 
     def due_jobs(self, now: float, limit: int) -> list[int]:
         """Ids of scheduled jobs whose run_at has passed, earliest first."""

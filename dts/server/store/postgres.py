@@ -31,6 +31,7 @@ from dts.domain import (
 from dts.errors import DtsError, FailedPrecondition, Internal, Unavailable, first_line
 from dts.server.store.lead import Lead
 from dts.server.store.purge import FINISHED_INDEX, keys_naming, purge_condition
+from dts.server.store.queues import QueueRows, queue_schema
 from dts.server.store.reads import (
     QUEUED,
     RUNNING,
@@ -58,7 +59,7 @@ from dts.server.store.url import redacted
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 5  # PostgreSQL's own line of versions; it starts where SQLite's version 3 is
+SCHEMA_VERSION = 6  # PostgreSQL's own line of versions; it starts where SQLite's version 3 is
 # (4 is taken by work not merged yet: a migration loop finds nothing there)
 MIGRATION_LOCK = 0x647473  # pg_advisory_xact_lock key: 'dts'; one migrating server at a time
 INSERT_ROWS = 1000  # jobs one INSERT statement adds (16 parameters each; the limit is 65,535)
@@ -159,6 +160,7 @@ SCHEMA = [
     )""",
     *SUBMIT_KEYS,
     FINISHED_INDEX,
+    *queue_schema("DOUBLE PRECISION"),
 ]
 
 # Statements that bring a database of version N-1 to version N.
@@ -169,6 +171,7 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     3: ["ALTER TABLE jobs ADD COLUMN IF NOT EXISTS unique_key TEXT", UNIQUE_JOBS],
     5: [FINISHED_INDEX],  # retention finds old final jobs by it
+    6: queue_schema("DOUBLE PRECISION"),  # queue controls: paused, run limit
 }
 
 INSERT_MARKS = "(" + ",".join(["%s"] * 16) + ")"
@@ -213,11 +216,17 @@ def _errors(what: str, unreachable: Callable[[], None] = lambda: None) -> Iterat
         raise Internal(f"database error ({what}): {first_line(e)}") from e
 
 
-class PostgresTransaction:
+class PostgresTransaction(QueueRows):
     """Statements run inside one transaction on one pooled connection."""
+
+    PARAM = "%s"
+    LOCK = " FOR UPDATE"
 
     def __init__(self, conn: psycopg.Connection[DictRow]) -> None:
         self._c = conn
+
+    def _execute(self, sql: str, args: Sequence[Any]) -> Any:
+        return self._c.execute(sql, args)
 
     @property
     def connection(self) -> psycopg.Connection[DictRow]:

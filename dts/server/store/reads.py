@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any, Final
 
+from dts.controls import QueueSetting
 from dts.domain import Attempt, Job, JobFilter, JobStatus, Output, StatCount, WorkerInfo
 from dts.server.store.rows import (
     ATTEMPT_COLUMNS,
@@ -92,6 +93,13 @@ class SqlReads:
             " ORDER BY queue, status"
         )
         return [StatCount(r["queue"], JobStatus(r["status"]), r["count"]) for r in rows]
+
+    def queue_settings(self) -> list[QueueSetting]:
+        rows = self._all("SELECT name, paused, run_limit, updated_at FROM queues ORDER BY name")
+        return [
+            QueueSetting(r["name"], bool(r["paused"]), r["run_limit"], float(r["updated_at"]))
+            for r in rows
+        ]
 
     def workers(self) -> list[WorkerInfo]:
         return [

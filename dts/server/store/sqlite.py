@@ -30,6 +30,7 @@ from dts.domain import (
 from dts.errors import FailedPrecondition, Internal, Unavailable
 from dts.server.store import chunks
 from dts.server.store.purge import FINISHED_INDEX, keys_naming, purge_condition
+from dts.server.store.queues import QueueRows, queue_schema
 from dts.server.store.reads import (
     RUNNING,
     SCHEDULED,
@@ -55,7 +56,7 @@ from dts.server.store.rows import (
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 7  # 6 is taken by work not merged yet: a migration loop finds nothing there
+SCHEMA_VERSION = 8  # 6 is taken by work not merged yet: a migration loop finds nothing there
 BATCH_ROWS = 400  # rows one statement touches by an IN list (SQLite allows 32,766 variables)
 
 
@@ -148,6 +149,7 @@ SCHEMA = [
     )""",
     *SUBMIT_KEYS,
     FINISHED_INDEX,
+    *queue_schema("REAL"),
 ]
 
 INSERT_MARKS = ",".join("?" * 16)
@@ -162,14 +164,19 @@ MIGRATIONS: dict[int, list[str]] = {
     4: [*SUBMIT_KEYS, "ALTER TABLE workers ADD COLUMN server TEXT NOT NULL DEFAULT ''"],
     5: ["ALTER TABLE jobs ADD COLUMN unique_key TEXT", UNIQUE_JOBS],
     7: [FINISHED_INDEX],  # retention finds old final jobs by it
+    8: queue_schema("REAL"),  # queue controls: paused, run limit
 }
 
 
-class SqliteTransaction:
-    """Statements run inside one BEGIN IMMEDIATE ... COMMIT."""
+class SqliteTransaction(QueueRows):
+    """Statements run inside one BEGIN IMMEDIATE ... COMMIT (which serialises them: no row
+    locks needed)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._c = conn
+
+    def _execute(self, sql: str, args: Sequence[Any]) -> Any:
+        return self._c.execute(sql, args)
 
     def take_submit_key(self, key: str, now: float) -> list[int] | None:
         row = self._c.execute("SELECT ids FROM submit_keys WHERE key = ?", (key,)).fetchone()
