@@ -349,6 +349,8 @@ class Job:
     failures: int = 0  # failed attempts since submit or the last manual retry
     lost: int = 0  # attempts lost with their worker since submit or the last manual retry
     lease_expires_at: float | None = None  # while running: when the attempt is presumed lost
+    schedule: str = ""  # the schedule that made it ('' for a submitted job)
+    due_at: float | None = None  # the due time it was made for (None: run by hand)
 
     @property
     def max_retries(self) -> int:

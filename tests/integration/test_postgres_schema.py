@@ -78,7 +78,7 @@ def test_a_version_1_database_gets_its_submit_keys_table(postgres_url: str) -> N
         store.close()
     with psycopg.connect(postgres_url) as conn:
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    assert row == (str(SCHEMA_VERSION),) == ("2",)
+    assert row == (str(SCHEMA_VERSION),) == ("4",)
 
 
 def test_a_submit_key_in_flight_on_another_server_is_waited_for(postgres_url: str) -> None:

@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "dts"
 
-MODEL = ("dts.errors", "dts.domain")
+MODEL = ("dts.errors", "dts.domain", "dts.schedule")
 SHARED = (
     *MODEL,
     "dts.backoff",
@@ -61,6 +61,7 @@ NO_IO = ("grpc", "google", "redis", "sqlite3", "configargparse", "psycopg", "psy
 LAYERS = (
     Layer("dts.errors", (), banned=NO_IO),
     Layer("dts.domain", ("dts.errors",), banned=NO_IO, own=False),
+    Layer("dts.schedule", ("dts.errors", "dts.domain"), banned=NO_IO, own=False),
     Layer("dts.backoff", (), banned=NO_IO),
     Layer("dts.v1", ("dts.v1",)),
     Layer("dts.wire", (*MODEL, "dts.v1"), banned=("redis", "sqlite3")),
@@ -93,6 +94,7 @@ LAYERS = (
     Layer("dts.server.store", MODEL, banned=NO_IO, own=False),
     Layer("dts.server.store.rows", MODEL, banned=NO_IO, own=False),
     Layer("dts.server.store.url", MODEL, banned=NO_IO, own=False),
+    Layer("dts.server.store.schedules", MODEL, banned=NO_IO, exact=("dts.server.store.rows",)),
     Layer(
         "dts.server.store.reads",
         MODEL,
@@ -108,6 +110,7 @@ LAYERS = (
             "dts.server.store.lead",
             "dts.server.store.reads",
             "dts.server.store.rows",
+            "dts.server.store.schedules",
             "dts.server.store.url",
         ),
     ),
@@ -116,7 +119,12 @@ LAYERS = (
         "dts.server.store.sqlite",
         MODEL,
         banned=("grpc", "redis"),
-        exact=("dts.server.store", "dts.server.store.reads", "dts.server.store.rows"),
+        exact=(
+            "dts.server.store",
+            "dts.server.store.reads",
+            "dts.server.store.rows",
+            "dts.server.store.schedules",
+        ),
     ),
     Layer(
         "dts.server.duties",

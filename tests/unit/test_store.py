@@ -524,7 +524,7 @@ def test_a_version_2_database_is_migrated_and_keeps_its_workers(db: Path) -> Non
         old = WorkerInfo("w1", "h", 7, "s1", 2, ("default",), WorkerState.IDLE, 0, 1.0, 2.0)
         assert s.workers() == [old]
         assert old.credential == ""
-        assert schema_version(db) == str(SCHEMA_VERSION) == "4"
+        assert schema_version(db) == str(SCHEMA_VERSION) == "6"
         # And a worker's credential is kept from now on
         with s.transaction() as tx:
             tx.save_worker(replace(old, session="s2", credential="sha256:0123456789abcdef"))
@@ -546,7 +546,7 @@ def test_a_version_3_database_gets_its_submit_keys_table(db: Path) -> None:
             tx.record_submit_key("k", [1])
         with s.transaction() as tx:
             assert tx.take_submit_key("k", 2.0) == [1]
-        assert schema_version(db) == "4"
+        assert schema_version(db) == "6"
         # and its workers a column for the server each talks to
         old = WorkerInfo("w1", "h", 7, "s1", 2, ("default",), WorkerState.IDLE, 0, 1.0, 2.0)
         with s.transaction() as tx:
@@ -772,6 +772,14 @@ PARTIAL_INDEXES = {
     "jobs_running_by_worker": (
         "CREATE INDEX IF NOT EXISTS jobs_running_by_worker ON jobs (worker)"
         " WHERE status = 'running'"
+    ),
+    "jobs_by_due_time": (
+        "CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_due_time ON jobs (schedule, due_at)"
+        " WHERE schedule IS NOT NULL"
+    ),
+    "jobs_by_schedule": (
+        "CREATE INDEX IF NOT EXISTS jobs_by_schedule ON jobs (schedule, id)"
+        " WHERE schedule IS NOT NULL"
     ),
 }
 

@@ -28,6 +28,7 @@ from dts.domain import (
     submitted_job,
 )
 from dts.errors import DtsError, Internal, Unavailable, first_line
+from dts.server.store import schedules
 from dts.server.store.lead import Lead
 from dts.server.store.reads import QUEUED, RUNNING, SCHEDULED, SqlReads, literal
 from dts.server.store.rows import (
@@ -48,7 +49,7 @@ from dts.server.store.url import redacted
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 2  # PostgreSQL's own line of versions; it starts where SQLite's version 3 is
+SCHEMA_VERSION = 4  # (3 is another feature's) PostgreSQL's own line of versions; it starts where SQLite's version 3 is
 MIGRATION_LOCK = 0x647473  # pg_advisory_xact_lock key: 'dts'; one migrating server at a time
 INSERT_ROWS = 1000  # jobs one INSERT statement adds (15 parameters each; the limit is 65,535)
 COPY_FROM = 64  # jobs from which a submit's rows go by COPY rather than INSERT
@@ -103,7 +104,9 @@ SCHEMA = [
         finished_at DOUBLE PRECISION,
         run_at DOUBLE PRECISION,
         lease_expires_at DOUBLE PRECISION,
-        limits TEXT NOT NULL DEFAULT ''
+        limits TEXT NOT NULL DEFAULT '',
+        schedule TEXT,
+        due_at DOUBLE PRECISION
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id)",
     "CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (queue, id)",
@@ -138,6 +141,7 @@ SCHEMA = [
         server TEXT NOT NULL DEFAULT ''
     )""",
     *SUBMIT_KEYS,
+    *schedules.schema("DOUBLE PRECISION"),
 ]
 
 # Statements that bring a database of version N-1 to version N.
@@ -145,7 +149,8 @@ MIGRATIONS: dict[int, list[str]] = {
     2: [
         *SUBMIT_KEYS,
         "ALTER TABLE workers ADD COLUMN IF NOT EXISTS server TEXT NOT NULL DEFAULT ''",
-    ]
+    ],
+    4: schedules.migration("DOUBLE PRECISION"),
 }
 
 INSERT_MARKS = "(" + ",".join(["%s"] * 15) + ")"
@@ -184,8 +189,11 @@ def _errors(what: str, unreachable: Callable[[], None] = lambda: None) -> Iterat
         raise Internal(f"database error ({what}): {first_line(e)}") from e
 
 
-class PostgresTransaction:
+class PostgresTransaction(schedules.ScheduleWrites):
     """Statements run inside one transaction on one pooled connection."""
+
+    PARAM = "%s"
+    LOCK = " FOR UPDATE"
 
     def __init__(self, conn: psycopg.Connection[DictRow]) -> None:
         self._c = conn
@@ -422,7 +430,7 @@ class PostgresTransaction:
         self._c.execute("DELETE FROM workers WHERE name = %s", (name,))
 
 
-class PostgresStore(SqlReads):
+class PostgresStore(SqlReads, schedules.ScheduleReads):
     """A Store on a PostgreSQL database, through a pool of connections. Thread-safe. Writing
     transactions are serialised in this process, as the SQLite store's are; readers run
     side by side; other servers' transactions meet ours in PostgreSQL's row locks.

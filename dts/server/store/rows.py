@@ -60,7 +60,7 @@ SPEC_COLUMNS = (
 )
 JOB_COLUMNS = (
     f"{SPEC_COLUMNS}, status, attempts, failures, lost, exit_code, error, worker, created_at, "
-    "started_at, finished_at, run_at, lease_expires_at"
+    "started_at, finished_at, run_at, lease_expires_at, schedule, due_at"
 )
 ATTEMPT_COLUMNS = (
     "job_id, attempt, worker, started_at, finished_at, exit_code, outcome, error, "
@@ -93,6 +93,8 @@ def job_of(row: Row) -> Job:
         finished_at=row["finished_at"],
         run_at=row["run_at"],
         lease_expires_at=row["lease_expires_at"],
+        schedule=row["schedule"] or "",
+        due_at=row["due_at"],
     )
 
 

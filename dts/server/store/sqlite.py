@@ -27,7 +27,7 @@ from dts.domain import (
     submitted_job,
 )
 from dts.errors import FailedPrecondition, Internal, Unavailable
-from dts.server.store import chunks
+from dts.server.store import chunks, schedules
 from dts.server.store.reads import RUNNING, SCHEDULED, SqlReads, literal
 from dts.server.store.rows import (
     ATTEMPT_COLUMNS,
@@ -46,7 +46,7 @@ from dts.server.store.rows import (
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6  # 5 is another feature's
 BATCH_ROWS = 400  # rows one statement touches by an IN list (SQLite allows 32,766 variables)
 
 
@@ -94,7 +94,9 @@ SCHEMA = [
         finished_at REAL,
         run_at REAL,
         lease_expires_at REAL,
-        limits TEXT NOT NULL DEFAULT ''  -- JSON object of the limits set; '' for none
+        limits TEXT NOT NULL DEFAULT '',  -- JSON object of the limits set; '' for none
+        schedule TEXT,                  -- the schedule that made it (version 6)
+        due_at REAL                     -- the due time it was made for
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id)",
     "CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (queue, id)",
@@ -130,6 +132,7 @@ SCHEMA = [
         server TEXT NOT NULL DEFAULT ''  -- the address of the server it last talked to
     )""",
     *SUBMIT_KEYS,
+    *schedules.schema("REAL"),
 ]
 
 INSERT_MARKS = ",".join("?" * 15)
@@ -142,10 +145,11 @@ MIGRATIONS: dict[int, list[str]] = {
     2: ["ALTER TABLE jobs ADD COLUMN limits TEXT NOT NULL DEFAULT ''"],
     3: ["ALTER TABLE workers ADD COLUMN credential TEXT NOT NULL DEFAULT ''"],
     4: [*SUBMIT_KEYS, "ALTER TABLE workers ADD COLUMN server TEXT NOT NULL DEFAULT ''"],
+    6: schedules.migration("REAL"),
 }
 
 
-class SqliteTransaction:
+class SqliteTransaction(schedules.ScheduleWrites):
     """Statements run inside one BEGIN IMMEDIATE ... COMMIT."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -409,7 +413,7 @@ def _hold(path: str) -> int:
     return fd
 
 
-class SqliteStore(SqlReads):
+class SqliteStore(SqlReads, schedules.ScheduleReads):
     """A Store on one SQLite file. Thread-safe: one connection, one lock."""
 
     def __init__(self, path: str, synchronous: str = "full") -> None:
