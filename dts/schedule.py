@@ -7,7 +7,7 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -176,23 +176,29 @@ def latest(s: Schedule, now: float, since: float, limit: int) -> tuple[list[floa
     return found[::-1], total
 
 
-def plan(s: Schedule, now: float) -> Plan | None:
+def plan(s: Schedule, now: float, awake_since: float = -math.inf) -> Plan | None:
     """What a tick at `now` fires for `s` (None: nothing is due yet, or it is paused).
 
-    The due times from s.next_due to now: the latest of them is on time if it is at most
-    ON_TIME old and fires whatever the policy; the others (and a latest one older than that)
-    were missed: `none` skips them, `last` fires the latest one, `all` fires each, at most
-    MAX_CATCHUP (the latest ones; the older are skipped)."""
+    Of the due times from s.next_due to now, those that came while the ticker ran (since
+    `awake_since`, when it last started ticking) and are at most ON_TIME old are on time:
+    they fire whatever the policy. The others were missed (no server ticked then): `none`
+    skips them, `last` fires the latest of them, `all` fires each; at most MAX_CATCHUP jobs
+    in all (the latest; the older are skipped and counted)."""
     if s.paused or s.next_due > now:
         return None
-    limit = MAX_CATCHUP if s.catchup is Catchup.ALL else 1
-    times, total = latest(s, now, s.next_due, limit)
+    times, total = latest(s, now, s.next_due, MAX_CATCHUP + 1)
     nxt = next_after(s, now)
-    if not times:
-        return Plan((), 0, nxt)
-    if s.catchup is Catchup.NONE and now - times[-1] > ON_TIME:
-        return Plan((), total, nxt)
-    return Plan(tuple(times), total - len(times), nxt)
+    cut = max(awake_since, now - ON_TIME)
+    on_time = [t for t in times if t >= cut]
+    missed = times[: len(times) - len(on_time)]
+    if s.catchup is Catchup.LAST:
+        fire = missed[-1:] + on_time
+    elif s.catchup is Catchup.ALL:
+        fire = missed + on_time
+    else:
+        fire = on_time
+    fire = fire[-MAX_CATCHUP:]
+    return Plan(tuple(fire), total - len(fire), nxt)
 
 
 def started(s: Schedule, now: float) -> Schedule:

@@ -190,6 +190,8 @@ def job_to_pb(job: Job) -> pb.Job:
         started_at=job.started_at or 0.0,
         finished_at=job.finished_at or 0.0,
         run_at=job.run_at or 0.0,
+        schedule=job.schedule,
+        due_at=job.due_at or 0.0,
     )
     if job.exit_code is not None:
         msg.exit_code = job.exit_code
@@ -209,6 +211,8 @@ def job_from_pb(msg: pb.Job) -> Job:
         started_at=msg.started_at or None,
         finished_at=msg.finished_at or None,
         run_at=msg.run_at or None,
+        schedule=msg.schedule,
+        due_at=msg.due_at or None,
     )
 
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from dts.channel import DEFAULT_SERVER, add_channel_options, channel_security, server_addresses
-from dts.client import Client
+from dts.client import Client, schedules
 from dts.client.args import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
@@ -60,6 +60,7 @@ COMMANDS = {
     "workers": "registered workers",
     "stats": "job counts by status and queue",
     "ping": "exit 0 when the server is serving (alias: health)",
+    "schedule": schedules.HELP,
 }
 GLOBAL_WITH_VALUE = {
     "--server",
@@ -148,7 +149,11 @@ def command_parser() -> argparse.ArgumentParser:
     for name in ("workers", "stats"):
         sub.add_parser(name, help=COMMANDS[name], prog=f"{PROG} {name}")
     sub.add_parser("ping", help=COMMANDS["ping"], aliases=["health"], prog=f"{PROG} ping")
+    schedules.add_parsers(sub)
     return p
+
+
+HANDLERS["schedule"] = schedules.run_command
 
 
 class Cli:
@@ -232,6 +237,7 @@ class Cli:
             "started_at",
             "finished_at",
             "run_at",
+            *(("schedule", "due_at") if job.schedule else ()),
         )
         width = max(len(k) for k in keys) + 1
         lines = [f"{k + ':':<{width}} {'' if obj[k] is None else obj[k]}" for k in keys]

@@ -27,6 +27,7 @@ from dts.server import history
 from dts.server.api.auth import TokenAuth, load_tokens
 from dts.server.api.health import SERVING, Health
 from dts.server.api.rpc import EventLoop, Pools, anonymous
+from dts.server.api.schedules import SchedulesServicer
 from dts.server.api.servicer import SCHEDULER, WORKER_SERVICE, SchedulerServicer, WorkerServicer
 from dts.server.config import ServerConfig, load_server_config, read_db_password
 from dts.server.coordinator import Coordinator
@@ -36,7 +37,9 @@ from dts.server.duties.loop import Loop
 from dts.server.duties.promoter import Promoter
 from dts.server.duties.reaper import LeaseReaper
 from dts.server.duties.reconciler import Reconciler
+from dts.server.duties.ticker import Ticker
 from dts.server.duties.waitpoll import WaitPoller
+from dts.server.schedules import Schedules
 from dts.server.settings import Settings
 from dts.server.store import Store
 from dts.server.store.sqlite import SqliteStore
@@ -57,12 +60,14 @@ class Server:
         client = connect(cfg.redis_url)
         self.queue = RedisQueue(client, Keys(cfg.key_prefix))
         self.coordinator = Coordinator(self.store, self.queue, rules_of(cfg))
-        lead = Leadership(self.coordinator)  # these three run on one server at a time
+        lead = Leadership(self.coordinator)  # these four run on one server at a time
+        self.schedules = Schedules(self.coordinator)
         self.loops: list[Loop] = [
             Enqueuer(self.coordinator),
             Promoter(self.coordinator, lead),
             LeaseReaper(self.coordinator, lead),
             Reconciler(self.coordinator, lead, cfg.reconcile_interval),
+            Ticker(self.schedules, lead),
         ]
         if self.store.shared:  # a job waited for here may end through another server
             self.loops.append(WaitPoller(self.coordinator))
@@ -70,6 +75,7 @@ class Server:
         self.pools = Pools(cfg.grpc_threads)
         self.scheduler = SchedulerServicer(self.coordinator, self.pools)
         self.workers = WorkerServicer(self.coordinator, self.pools, cfg.key_prefix)
+        self.schedule_api = SchedulesServicer(self.schedules, self.pools)
         self.events = EventLoop()
         self.grpc: grpc.aio.Server | None = None
         self.health: Health | None = None
@@ -105,6 +111,7 @@ class Server:
         self.grpc = grpc.aio.server(
             handlers=[
                 self.scheduler.handler(),
+                self.schedule_api.handler(),
                 self.workers.handler(identify),
                 self.health.handler(),
             ],

@@ -25,6 +25,7 @@ SHARED = (
     *MODEL,
     "dts.backoff",
     "dts.wire",
+    "dts.wire_schedule",
     "dts.v1",
     "dts.options",
     "dts.failover",
@@ -65,6 +66,7 @@ LAYERS = (
     Layer("dts.backoff", (), banned=NO_IO),
     Layer("dts.v1", ("dts.v1",)),
     Layer("dts.wire", (*MODEL, "dts.v1"), banned=("redis", "sqlite3")),
+    Layer("dts.wire_schedule", (*MODEL, "dts.v1", "dts.wire"), banned=("redis", "sqlite3")),
     Layer("dts.options", MODEL, banned=("grpc", "redis", "sqlite3")),
     Layer("dts.failover", (), banned=("redis", "sqlite3"), own=False),
     Layer("dts.channel", (*MODEL, "dts.failover"), banned=("redis", "sqlite3")),
@@ -127,13 +129,20 @@ LAYERS = (
         ),
     ),
     Layer(
+        "dts.server.schedules",
+        (*MODEL, "dts.server.coordinator"),
+        banned=NO_IO,
+        exact=("dts.server.store",),
+        own=False,
+    ),
+    Layer(
         "dts.server.duties",
-        (*MODEL, "dts.backoff", "dts.server.coordinator"),
+        (*MODEL, "dts.backoff", "dts.server.coordinator", "dts.server.schedules"),
         banned=("grpc", "redis", "sqlite3"),
     ),
     Layer(
         "dts.server.api",
-        (*SHARED, "dts.server.coordinator", "dts.server.waiters"),
+        (*SHARED, "dts.server.coordinator", "dts.server.waiters", "dts.server.schedules"),
         banned=("redis", "sqlite3"),
     ),
     Layer(

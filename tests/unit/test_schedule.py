@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -95,7 +96,7 @@ def test_new_york_spring_forward_and_fall_back() -> None:
 def test_an_every_minute_cron_keeps_the_repeated_hour_of_a_fall_back() -> None:
     s = cron("*/30 * * * *", "Europe/Paris")
     times = upcoming(s, at(PARIS, 2024, 10, 27, 1, 45), 4)
-    assert [b - a for a, b in zip(times, times[1:], strict=False)] == [1800, 1800, 1800]
+    assert [b - a for a, b in pairwise(times)] == [1800, 1800, 1800]
 
 
 # ---- a tick: catch-up policies ------------------------------------------------------------
@@ -115,8 +116,8 @@ def test_an_on_time_tick_fires_its_due_time_under_every_policy() -> None:
 
 def test_catchup_last_fires_one_job_for_the_latest_missed_time() -> None:
     p = plan(every(60, next_due=600.0, catchup=Catchup.LAST), 6000.0 + 30)
-    assert p is not None
-    assert p.fire == (6000.0,) and p.missed == 90 and p.next_due == 6060.0
+    assert p is not None  # 6000 is on time (30 s old); of the 90 missed before it, the latest
+    assert p.fire == (5940.0, 6000.0) and p.missed == 89 and p.next_due == 6060.0
 
 
 def test_catchup_none_skips_missed_times() -> None:
@@ -185,3 +186,15 @@ def test_good_definitions_pass() -> None:
     validate_schedule(cron("*/5 9-17 * * mon-fri", "America/New_York"))
     validate_schedule(every(1))
     validate_schedule(every(86400))
+
+
+def test_due_times_from_before_the_ticker_woke_are_missed_however_recent() -> None:
+    # the server was down from 1003 to 1008; its ticker started at 1008.2
+    s = every(1, next_due=1004.0)
+    none = plan(replace(s, catchup=Catchup.NONE), 1009.1, awake_since=1008.2)
+    assert none is not None and none.fire == (1009.0,) and none.missed == 5
+    last = plan(replace(s, catchup=Catchup.LAST), 1009.1, awake_since=1008.2)
+    assert last is not None and last.fire == (1008.0, 1009.0) and last.missed == 4
+    each = plan(replace(s, catchup=Catchup.ALL), 1009.1, awake_since=1008.2)
+    assert each is not None and each.fire == tuple(float(t) for t in range(1004, 1010))
+    assert each.next_due == 1010.0

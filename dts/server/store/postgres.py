@@ -49,7 +49,8 @@ from dts.server.store.url import redacted
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 4  # (3 is another feature's) PostgreSQL's own line of versions; it starts where SQLite's version 3 is
+# PostgreSQL's own line of versions; it starts where SQLite's version 3 is (3: another feature's)
+SCHEMA_VERSION = 4
 MIGRATION_LOCK = 0x647473  # pg_advisory_xact_lock key: 'dts'; one migrating server at a time
 INSERT_ROWS = 1000  # jobs one INSERT statement adds (15 parameters each; the limit is 65,535)
 COPY_FROM = 64  # jobs from which a submit's rows go by COPY rather than INSERT
@@ -194,6 +195,7 @@ class PostgresTransaction(schedules.ScheduleWrites):
 
     PARAM = "%s"
     LOCK = " FOR UPDATE"
+    _c: psycopg.Connection[DictRow]
 
     def __init__(self, conn: psycopg.Connection[DictRow]) -> None:
         self._c = conn

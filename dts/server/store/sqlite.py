@@ -152,6 +152,8 @@ MIGRATIONS: dict[int, list[str]] = {
 class SqliteTransaction(schedules.ScheduleWrites):
     """Statements run inside one BEGIN IMMEDIATE ... COMMIT."""
 
+    _c: sqlite3.Connection
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._c = conn
 
