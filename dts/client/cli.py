@@ -241,6 +241,8 @@ class Cli:
         )
         width = max(len(k) for k in keys) + 1
         lines = [f"{k + ':':<{width}} {'' if obj[k] is None else obj[k]}" for k in keys]
+        if job.schedule and job.due_at is None:
+            lines[-1] += "(run by hand)"
         if job.spec.limits.any:
             lines.insert(
                 keys.index("max_retries") + 1, f"{'limits:':<{width}} {job.spec.limits.describe()}"

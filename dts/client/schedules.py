@@ -12,7 +12,6 @@ from dts.client.args import (
     PROG,
     SubParser,
     UsageError,
-    add_command_argument,
     add_spec_options,
     command_words,
     spec_from,
@@ -39,13 +38,32 @@ def duration(text: str) -> float:
     try:
         return parse_duration(text)
     except InvalidArgument as e:
-        raise argparse.ArgumentTypeError(f"--every: {e}") from None
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+class ScheduleParser(SubParser):
+    """A subcommand parser that takes everything after `--` as the job's command (NAME comes
+    first and options follow it, so argparse's REMAINDER would swallow the options)."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        words = list(args or [])
+        cmd: list[str] = []
+        if "--" in words:
+            at = words.index("--")
+            words, cmd = words[:at], words[at + 1 :]
+        ns, extras = super().parse_known_args(words, namespace)
+        ns.cmd = cmd
+        return ns, extras
 
 
 def add_parsers(sub: Any) -> None:
     """The `schedule` command and its own subcommands."""
     p = sub.add_parser("schedule", help=HELP, prog=f"{PROG} schedule")
-    cmds = p.add_subparsers(dest="schedule_command", metavar="SUBCOMMAND", parser_class=SubParser)
+    cmds = p.add_subparsers(
+        dest="schedule_command", metavar="SUBCOMMAND", parser_class=ScheduleParser
+    )
     cmds.required = True
     a = cmds.add_parser("add", help="add a schedule", prog=f"{PROG} schedule add")
     a.add_argument("schedule_name", metavar="NAME")
@@ -59,7 +77,9 @@ def add_parsers(sub: Any) -> None:
     # a schedule's jobs start at their due time: --delay is refused (`_add`)
     a._option_string_actions["--delay"].dest = "schedule_delay"
     a.set_defaults(delay=None, schedule_delay=None)
-    add_command_argument(a)
+    a.usage = (
+        f"{PROG} schedule add NAME (--cron EXPR | --every DURATION) [OPTIONS] -- COMMAND [ARG...]"
+    )
     cmds.add_parser("list", help="every schedule", prog=f"{PROG} schedule list")
     for name, text in (
         ("show", "a schedule, its next due times and latest jobs"),

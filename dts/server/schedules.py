@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from dts.domain import Job, JobSpec
-from dts.errors import AlreadyExists, InvalidArgument, NotFound
+from dts.errors import AlreadyExists, InvalidArgument, NotFound, ShuttingDown
 from dts.schedule import (
     MAX_CATCHUP,
     Overlap,
@@ -109,7 +109,7 @@ class Schedules:
         """One job of the schedule now, outside its due times (no due time of its own)."""
         now = self.c.clock()
         if not self.c.accepting:
-            raise InvalidArgument("server is shutting down")
+            raise ShuttingDown("server is shutting down; not accepting jobs")
         with self.store.transaction() as tx:
             s = _get(tx, name)
             (job,) = tx.insert_schedule_jobs([self._spec(s)], name, [None], now)

@@ -151,7 +151,7 @@ MIGRATIONS: dict[int, list[str]] = {
         *SUBMIT_KEYS,
         "ALTER TABLE workers ADD COLUMN IF NOT EXISTS server TEXT NOT NULL DEFAULT ''",
     ],
-    4: schedules.migration("DOUBLE PRECISION"),
+    4: schedules.migration("DOUBLE PRECISION", "IF NOT EXISTS "),
 }
 
 INSERT_MARKS = "(" + ",".join(["%s"] * 15) + ")"

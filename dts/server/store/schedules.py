@@ -49,11 +49,12 @@ def schema(real: str) -> list[str]:
     ]
 
 
-def migration(real: str) -> list[str]:
-    """What brings a store of the version before schedules to theirs."""
+def migration(real: str, guard: str = "") -> list[str]:
+    """What brings a store of the version before schedules to theirs (`guard`: 'IF NOT
+    EXISTS ' where the store's ADD COLUMN takes it)."""
     return [
-        "ALTER TABLE jobs ADD COLUMN schedule TEXT",
-        f"ALTER TABLE jobs ADD COLUMN due_at {real}",
+        f"ALTER TABLE jobs ADD COLUMN {guard}schedule TEXT",
+        f"ALTER TABLE jobs ADD COLUMN {guard}due_at {real}",
         *schema(real),
     ]
 
