@@ -221,7 +221,7 @@ def test_bad_adds_are_one_line_exit_2_and_store_nothing(
 BAD_FILES = [
     ('[schedules.x]\nevery = "1m"\ncommand = "true"\noops = 1\n', "unknown key 'oops'"),
     ('[schedules.x]\nevery = "1m"\n', "no command"),
-    ('[schedules.x]\nevery = "1m"\ncommand = "true"\n[schedules.y\n', "line 4"),
+    ('[schedules.x]\nevery = "1m"\ncommand = "true"\n[schedules.y\n', "(at line 7"),
     ('[schedules.x]\ncron = "bad"\ncommand = "true"\n', "invalid cron expression"),
     ('[schedules.x]\nevery = "1m"\ntz = "No/Where"\ncommand = "true"\n', "unknown time zone"),
     ("[other]\nx = 1\n", "unknown table or key 'other'"),
