@@ -292,3 +292,39 @@ def test_two_servers_on_one_database_fire_each_due_time_once(
         for s in servers:
             s.stop(timeout=15)
         redis.kill()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"cron": "61 * * * *"}, "invalid cron expression"),
+        ({"cron": "* * * * *", "tz": "Nowhere/Land"}, "unknown time zone"),
+        ({"every": 0.0}, "either a cron expression or an interval"),
+        ({"every": 60.0, "catchup": "sometimes"}, "catchup must be none, last or all"),
+        ({"every": 60.0, "overlap": "maybe"}, "overlap must be allow or skip"),
+        ({"every": 60.0, "delay": 5.0}, "delay is not allowed"),
+    ],
+)
+def test_the_server_refuses_bad_schedules_of_any_client(
+    cluster: Cluster, fields: dict[str, Any], message: str
+) -> None:
+    import grpc
+
+    from dts.v1 import dts_pb2 as pb
+    from dts.v1 import dts_pb2_grpc as pb_grpc
+
+    fields = dict(fields)  # the parameter is shared by both stores' runs
+    delay = fields.pop("delay", 0.0)
+    spec = pb.JobSpec(argv=["true"], delay=delay)
+    req = pb.ScheduleAddRequest(schedule=pb.Schedule(name="raw", spec=spec, **fields))
+    with grpc.insecure_channel(cluster.server.address) as channel:
+        stub = pb_grpc.SchedulesStub(channel)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.AddSchedule(req, timeout=10)
+        assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert message in (e.value.details() or "")
+        apply = pb.ScheduleApplyRequest(schedules=[req.schedule])
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ApplySchedules(apply, timeout=10)
+        assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "raw" not in cluster.cli("schedule", "list").stdout
