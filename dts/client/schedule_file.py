@@ -111,7 +111,8 @@ def schedule_of(name: str, t: dict[str, Any]) -> Schedule:
 def _typed(t: dict[str, Any], key: str, kind: type, default: Any) -> Any:
     value = t.get(key, default)
     if value is not default and (not isinstance(value, kind) or isinstance(value, bool)):
-        raise InvalidArgument(f"{key} must be a {kind.__name__}, got {value!r}")
+        what = {"str": "string", "int": "whole number"}.get(kind.__name__, kind.__name__)
+        raise InvalidArgument(f"{key} must be a {what}, got {value!r}")
     return value
 
 

@@ -73,8 +73,9 @@ class Schedules:
         s = self.store.schedule(name)
         if s is None:
             raise NotFound(f"no schedule named {name!r}")
-        start = max(s.next_due, self.c.clock()) - 1e-6 if not s.paused else self.c.clock()
-        return s, upcoming(s, start, count), self.store.schedule_jobs(name, jobs)
+        # a paused schedule has no due times; the others' start at the next one not fired
+        times = [] if s.paused else upcoming(s, max(s.next_due, self.c.clock()) - 1e-6, count)
+        return s, times, self.store.schedule_jobs(name, jobs)
 
     def pause(self, name: str) -> Schedule:
         return self._set_paused(name, True)

@@ -67,7 +67,8 @@ def test_add_list_show_pause_resume_run_remove(cluster: Cluster) -> None:
     assert show(cluster, "hourly")["jobs"][0]["id"] == job_id
     # pause, resume, remove
     assert cluster.cli("schedule", "pause", "hourly").stdout == "schedule hourly paused\n"
-    assert show(cluster, "hourly")["paused"] is True
+    paused = show(cluster, "hourly")
+    assert paused["paused"] is True and paused["upcoming"] == [] and paused["next_due"] is None
     assert "paused" in cluster.cli("schedule", "list").stdout
     assert cluster.cli("schedule", "resume", "hourly").stdout == "schedule hourly resumed\n"
     assert show(cluster, "hourly")["paused"] is False
