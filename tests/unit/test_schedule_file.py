@@ -50,7 +50,10 @@ def test_a_list_command_with_shell_is_joined_and_numbers_are_seconds(tmp_path: P
     [
         ('[schedules.a]\nevery = "1m"\ncommand = 5\n', "command must be a string or a list"),
         ('[schedules.a]\nevery = "1m"\ncommand = "x"\npriority = 10\n', "priority must be"),
-        ('[schedules.a]\nevery = "1m"\ncommand = "x"\nretries = "2"\n', "retries must be a whole number"),
+        (
+            '[schedules.a]\nevery = "1m"\ncommand = "x"\nretries = "2"\n',
+            "retries must be a whole number",
+        ),
         ('[schedules.a]\nevery = "1m"\ncommand = "x"\ncatchup = "most"\n', "catchup must be"),
         ('[schedules.a]\nevery = "1m"\ncommand = "x"\nenv = { A = 1 }\n', "env must be"),
         ('[schedules.a]\nevery = "1m"\ncommand = "x"\nmax_memory = "lots"\n', "max_memory"),
