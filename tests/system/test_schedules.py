@@ -334,3 +334,37 @@ def test_the_server_refuses_bad_schedules_of_any_client(
             stub.ApplySchedules(apply, timeout=10)
         assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "raw" not in cluster.cli("schedule", "list").stdout
+
+
+def test_schedules_take_a_client_or_admin_token_not_a_workers(tmp_path: Path) -> None:
+    from dts.channel import ChannelSecurity
+    from tests.harness import RedisProcess, ServerProcess, run_cli
+
+    client, worker = "client-token-" + "c" * 20, "worker-token-" + "w" * 20
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"client {client}\nworker {worker}\n")
+    for name, token in (("client", client), ("worker", worker)):
+        (tmp_path / name).write_text(token + "\n")
+    redis = RedisProcess(tmp_path)
+    redis.start()
+    probe = ChannelSecurity(token=client, plaintext_token=True)
+    server = ServerProcess(
+        tmp_path, redis.url, "--tokens-file", str(tokens), "--plaintext-tokens", probe=probe
+    )
+    try:
+        server.start()
+
+        def cli(who: str, *args: str) -> Any:
+            creds = ("--token-file", str(tmp_path / who), "--plaintext-token") if who else ()
+            return run_cli(server.address, *creds, "schedule", *args)
+
+        added = cli("client", "add", "s", "--every", "1h", "--", "true")
+        assert added.returncode == 0, added.stderr
+        refused = cli("worker", "add", "t", "--every", "1h", "--", "true")
+        assert refused.returncode == 1
+        assert "a worker token may not call AddSchedule" in refused.stderr
+        assert "a token is required" in cli("", "list").stderr
+        assert cli("client", "list").stdout.splitlines()[1].startswith("s ")
+    finally:
+        server.stop()
+        redis.kill()
