@@ -93,6 +93,22 @@ def test_every_second_fires_repeatedly_each_due_time_once(cluster: Cluster) -> N
         cluster.cli("schedule", "remove", "sec")
 
 
+def test_a_cron_schedule_fires_at_its_times_in_its_zone(cluster: Cluster) -> None:
+    # six fields, seconds first (cronsim's form): every second second
+    add = cluster.cli(
+        "schedule", "add", "cron2", "--cron", "*/2 * * * * *", "--tz", "America/New_York",
+        "--", "true",
+    )  # fmt: skip
+    assert add.returncode == 0, add.stderr
+    try:
+        dues = wait_until(lambda: (d := due_times(cluster, "cron2")) and len(d) >= 3 and d)
+        assert all(int(d) % 2 == 0 for d in dues)
+        assert dues == [dues[0] + 2 * i for i in range(len(dues))]
+        assert show(cluster, "cron2")["tz"] == "America/New_York"
+    finally:
+        cluster.cli("schedule", "remove", "cron2")
+
+
 def test_a_paused_schedule_makes_no_jobs(cluster: Cluster) -> None:
     cluster.cli("schedule", "add", "still", "--every", "1s", "--", "true")
     cluster.cli("schedule", "pause", "still")
