@@ -71,11 +71,23 @@ def add_parsers(sub: Any) -> None:
     when.add_argument("--cron", metavar="EXPR", help="a 5-field cron expression, e.g. '0 3 * * *'")
     when.add_argument("--every", type=duration, metavar="DURATION", help="30s, 5m, 1h, 1d")
     a.add_argument("--tz", default="UTC", help="time zone of the cron expression (default UTC)")
-    a.add_argument("--catchup", choices=[c.value for c in Catchup], default=Catchup.LAST.value)
-    a.add_argument("--overlap", choices=[o.value for o in Overlap], default=Overlap.ALLOW.value)
+    a.add_argument(
+        "--catchup",
+        choices=[c.value for c in Catchup],
+        default=Catchup.LAST.value,
+        help="due times missed while no server ran: skip them, run the latest (default), "
+        "or run each (at most 100)",
+    )
+    a.add_argument(
+        "--overlap",
+        choices=[o.value for o in Overlap],
+        default=Overlap.ALLOW.value,
+        help="skip: no new job while the last one is not final (default: allow)",
+    )
     add_spec_options(a)
     # a schedule's jobs start at their due time: --delay is refused (`_add`)
-    a._option_string_actions["--delay"].dest = "schedule_delay"
+    delay = a._option_string_actions["--delay"]
+    delay.dest, delay.help = "schedule_delay", argparse.SUPPRESS
     a.set_defaults(delay=None, schedule_delay=None)
     a.usage = (
         f"{PROG} schedule add NAME (--cron EXPR | --every DURATION) [OPTIONS] -- COMMAND [ARG...]"
