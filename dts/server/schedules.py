@@ -233,7 +233,8 @@ def _apply_one(tx: Transaction, s: Schedule, now: float, dry_run: bool) -> str:
     old = tx.get_schedule(s.name)
     if old is None:
         if not dry_run:
-            tx.insert_schedule(started(replace(s, created_at=now, updated_at=now), now))
+            fresh = replace(s, paused=False, skips=0, last_skip_at=None)
+            tx.insert_schedule(started(replace(fresh, created_at=now, updated_at=now), now))
         return "added"
     if old.definition() == s.definition():
         return "unchanged"
