@@ -3,7 +3,9 @@
 - enqueuer: submitted jobs to Redis right after their commit;
 - promoter: delayed jobs and retries to their queue when their time comes;
 - reaper: jobs of lost workers run again, ids taken from Redis but never claimed put back;
-- reconciler: Redis refilled from the store after a restart, flush or outage.
+- reconciler: Redis refilled from the store after a restart, flush or outage;
+- ticker: the schedules' due times fired, each one job (on the lead server).
 
-Each is a `Loop` (start, stop, wake) that calls into the coordinator, where the rules are.
+Each is a `Loop` (start, stop, wake) that calls into the coordinator, where the rules are
+(the ticker into dts.server.schedules, the schedules' rules).
 """
