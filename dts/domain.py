@@ -355,6 +355,8 @@ class Job:
     lease_expires_at: float | None = None  # while running: when the attempt is presumed lost
     # only in a submit's answer: the job was there already (its unique key), not made for it
     existing: bool = False
+    schedule: str = ""  # the schedule that made it ('' for a submitted job)
+    due_at: float | None = None  # the due time it was made for (None: run by hand)
 
     @property
     def max_retries(self) -> int:

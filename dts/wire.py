@@ -206,6 +206,8 @@ def job_to_pb(job: Job) -> pb.Job:
         finished_at=job.finished_at or 0.0,
         run_at=job.run_at or 0.0,
         existing=job.existing,
+        schedule=job.schedule,
+        due_at=job.due_at or 0.0,
     )
     if job.exit_code is not None:
         msg.exit_code = job.exit_code
@@ -226,6 +228,8 @@ def job_from_pb(msg: pb.Job) -> Job:
         finished_at=msg.finished_at or None,
         run_at=msg.run_at or None,
         existing=msg.existing,
+        schedule=msg.schedule,
+        due_at=msg.due_at or None,
     )
 
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from dts.channel import DEFAULT_SERVER, add_channel_options, channel_security, server_addresses
-from dts.client import Client, purge, queues
+from dts.client import Client, purge, queues, schedules
 from dts.client.args import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
@@ -66,6 +66,7 @@ COMMANDS = {
     "purge": purge.HELP,
     "queues": queues.COMMANDS["queues"],
     "queue": queues.COMMANDS["queue"],
+    "schedule": schedules.HELP,
 }
 GLOBAL_WITH_VALUE = {
     "--server",
@@ -157,7 +158,11 @@ def command_parser() -> argparse.ArgumentParser:
     sub.add_parser("ping", help=COMMANDS["ping"], aliases=["health"], prog=f"{PROG} ping")
     purge.add_parsers(sub)
     queues.add_parsers(sub)
+    schedules.add_parsers(sub)
     return p
+
+
+HANDLERS["schedule"] = schedules.run_command
 
 
 class Cli:
@@ -242,9 +247,12 @@ class Cli:
             "started_at",
             "finished_at",
             "run_at",
+            *(("schedule", "due_at") if job.schedule else ()),
         )
         width = max(len(k) for k in keys) + 1
         lines = [f"{k + ':':<{width}} {'' if obj[k] is None else obj[k]}" for k in keys]
+        if job.schedule and job.due_at is None:
+            lines[-1] += "(run by hand)"
         if job.spec.limits.any:
             lines.insert(
                 keys.index("max_retries") + 1, f"{'limits:':<{width}} {job.spec.limits.describe()}"

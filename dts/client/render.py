@@ -44,6 +44,8 @@ def job_json(job: Job) -> dict[str, Any]:
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
         "run_at": iso(job.run_at),
+        "schedule": job.schedule or None,
+        "due_at": iso(job.due_at),
     }
 
 

@@ -10,6 +10,7 @@ from typing import Any, NoReturn, Protocol
 
 from dts.errors import DtsError, InvalidArgument
 from dts.server.store import rows
+from dts.server.store.schedules import SCHEDULE_COLUMNS as SCHEDULES
 from dts.server.store.url import parse_store_url
 
 PROG = "dts-server copy-history"
@@ -21,6 +22,7 @@ ATTEMPT_COLUMNS = (  # every one, the output itself rather than its length
     "stdout",
     "stderr",
 )
+SCHEDULE_COLUMNS = tuple(column.strip() for column in SCHEDULES.split(","))
 
 
 class Copyable(Protocol):
@@ -55,7 +57,8 @@ def count(store: Copyable, table: str) -> int:
 
 
 def copy(source: Copyable, target: Copyable, page: int = PAGE) -> tuple[int, int]:
-    """Copy every job and attempt; the numbers of each. The target must be empty."""
+    """Copy every job and attempt, and the schedules; the numbers of jobs and attempts. The
+    target must be empty."""
     jobs = attempts = 0
     after = 0
     p = source.PARAM
@@ -77,6 +80,10 @@ def copy(source: Copyable, target: Copyable, page: int = PAGE) -> tuple[int, int
             "attempts", ATTEMPT_COLUMNS, [row_values(r, ATTEMPT_COLUMNS) for r in tries]
         )
         jobs, attempts, after = jobs + len(found), attempts + len(tries), last
+    defined = source.read(f"SELECT {','.join(SCHEDULE_COLUMNS)} FROM schedules ORDER BY name")
+    target.put_rows(
+        "schedules", SCHEDULE_COLUMNS, [row_values(r, SCHEDULE_COLUMNS) for r in defined]
+    )
     target.ids_copied()
     return jobs, attempts
 

@@ -24,12 +24,13 @@ from dts.daemon.startup import launch
 from dts.errors import DtsError, Unavailable
 from dts.queue.redis import Keys, RedisQueue, connect, redacted_url
 from dts.server import history
-from dts.server.api.admin import ADMIN_SERVICE, AdminServicer
+from dts.server.api.admin import AdminServicer
 from dts.server.api.auth import TokenAuth, load_tokens
 from dts.server.api.health import SERVING, Health
 from dts.server.api.queues import QueuesServicer
 from dts.server.api.rpc import EventLoop, Pools, anonymous
-from dts.server.api.servicer import SCHEDULER, WORKER_SERVICE, SchedulerServicer, WorkerServicer
+from dts.server.api.schedules import SchedulesServicer
+from dts.server.api.servicer import SchedulerServicer, WorkerServicer
 from dts.server.config import ServerConfig, load_server_config, read_db_password
 from dts.server.coordinator import Coordinator
 from dts.server.duties.enqueuer import Enqueuer
@@ -39,8 +40,10 @@ from dts.server.duties.promoter import Promoter
 from dts.server.duties.reaper import LeaseReaper
 from dts.server.duties.reconciler import Reconciler
 from dts.server.duties.retainer import Retainer
+from dts.server.duties.ticker import Ticker
 from dts.server.duties.waitpoll import WaitPoller
 from dts.server.retention import Retention
+from dts.server.schedules import Schedules
 from dts.server.settings import Settings
 from dts.server.store import Store
 from dts.server.store.sqlite import SqliteStore
@@ -49,7 +52,6 @@ from dts.server.store.url import parse_store_url
 log = logging.getLogger("dts.server")
 
 PROG = "dts-server"
-SERVICES = (SCHEDULER, WORKER_SERVICE, ADMIN_SERVICE)
 
 
 class Server:
@@ -62,11 +64,13 @@ class Server:
         self.queue = RedisQueue(client, Keys(cfg.key_prefix))
         self.coordinator = Coordinator(self.store, self.queue, rules_of(cfg))
         lead = Leadership(self.coordinator)  # these run on one server at a time
+        self.schedules = Schedules(self.coordinator)
         self.loops: list[Loop] = [
             Enqueuer(self.coordinator),
             Promoter(self.coordinator, lead),
             LeaseReaper(self.coordinator, lead),
             Reconciler(self.coordinator, lead, cfg.reconcile_interval),
+            Ticker(self.schedules, lead),
         ]
         if cfg.retain:
             self.loops.append(Retainer(self.coordinator, lead, cfg.retain, cfg.retain_interval))
@@ -78,6 +82,7 @@ class Server:
         self.workers = WorkerServicer(self.coordinator, self.pools, cfg.key_prefix)
         self.admin = AdminServicer(Retention(self.store, self.coordinator.clock), self.pools)
         self.queues = QueuesServicer(self.coordinator, self.pools)
+        self.schedule_api = SchedulesServicer(self.schedules, self.pools)
         self.events = EventLoop()
         self.grpc: grpc.aio.Server | None = None
         self.health: Health | None = None
@@ -113,6 +118,7 @@ class Server:
         self.grpc = grpc.aio.server(
             handlers=[
                 self.scheduler.handler(),
+                self.schedule_api.handler(),
                 self.workers.handler(identify),
                 self.admin.handler(),
                 self.queues.handler(),

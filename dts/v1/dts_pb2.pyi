@@ -269,6 +269,8 @@ class Job(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     RUN_AT_FIELD_NUMBER: _builtins.int
     EXISTING_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    DUE_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """server-assigned, increasing"""
     status: Global___JobStatus.ValueType
@@ -291,6 +293,10 @@ class Job(_message.Message):
     """earliest start while SCHEDULED"""
     existing: _builtins.bool
     """only in a submit's answer: an earlier job with the spec's unique key"""
+    schedule: _builtins.str
+    """the schedule that made it; empty for a submitted job"""
+    due_at: _builtins.float
+    """the due time it was made for; 0 when run by hand"""
     @_builtins.property
     def spec(self) -> Global___JobSpec:
         """as submitted, with server defaults filled in"""
@@ -310,10 +316,12 @@ class Job(_message.Message):
         finished_at: _builtins.float = ...,
         run_at: _builtins.float = ...,
         existing: _builtins.bool = ...,
+        schedule: _builtins.str = ...,
+        due_at: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "attempts", b"attempts", "created_at", b"created_at", "error", b"error", "existing", b"existing", "exit_code", b"exit_code", "finished_at", b"finished_at", "id", b"id", "run_at", b"run_at", "spec", b"spec", "started_at", b"started_at", "status", b"status", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "attempts", b"attempts", "created_at", b"created_at", "due_at", b"due_at", "error", b"error", "existing", b"existing", "exit_code", b"exit_code", "finished_at", b"finished_at", "id", b"id", "run_at", b"run_at", "schedule", b"schedule", "spec", b"spec", "started_at", b"started_at", "status", b"status", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -1409,3 +1417,290 @@ class QueueLimitRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
 
 Global___QueueLimitRequest: _TypeAlias = QueueLimitRequest  # noqa: Y015
+
+@_typing.final
+class Schedule(_message.Message):
+    """---- schedules ------------------------------------------------------------------------------
+
+    A named recurring job: when it fires, what each job runs, and its state.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    CRON_FIELD_NUMBER: _builtins.int
+    EVERY_FIELD_NUMBER: _builtins.int
+    TZ_FIELD_NUMBER: _builtins.int
+    CATCHUP_FIELD_NUMBER: _builtins.int
+    OVERLAP_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    NEXT_DUE_FIELD_NUMBER: _builtins.int
+    SKIPS_FIELD_NUMBER: _builtins.int
+    LAST_SKIP_AT_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """unique: letters, digits, '_', '.', '-'"""
+    cron: _builtins.str
+    """a 5-field cron expression, or empty with every"""
+    every: _builtins.float
+    """seconds between due times (aligned to the epoch), or 0 with cron"""
+    tz: _builtins.str
+    """time zone of the cron expression; empty: UTC"""
+    catchup: _builtins.str
+    """none, last (empty: last), all: what missed due times get"""
+    overlap: _builtins.str
+    """allow (empty), skip: a tick while the last job is not final"""
+    paused: _builtins.bool
+    """(answers) paused schedules make no jobs"""
+    next_due: _builtins.float
+    """(answers) the earliest due time not fired yet"""
+    skips: _builtins.int
+    """(answers) ticks skipped for overlap"""
+    last_skip_at: _builtins.float
+    """(answers) the latest of them; 0 if none"""
+    created_at: _builtins.float
+    """(answers)"""
+    updated_at: _builtins.float
+    """(answers)"""
+    @_builtins.property
+    def spec(self) -> Global___JobSpec:
+        """the job each due time makes (delay must be 0)"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        spec: Global___JobSpec | None = ...,
+        cron: _builtins.str = ...,
+        every: _builtins.float = ...,
+        tz: _builtins.str = ...,
+        catchup: _builtins.str = ...,
+        overlap: _builtins.str = ...,
+        paused: _builtins.bool = ...,
+        next_due: _builtins.float = ...,
+        skips: _builtins.int = ...,
+        last_skip_at: _builtins.float = ...,
+        created_at: _builtins.float = ...,
+        updated_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catchup", b"catchup", "created_at", b"created_at", "cron", b"cron", "every", b"every", "last_skip_at", b"last_skip_at", "name", b"name", "next_due", b"next_due", "overlap", b"overlap", "paused", b"paused", "skips", b"skips", "spec", b"spec", "tz", b"tz", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Schedule: _TypeAlias = Schedule  # noqa: Y015
+
+@_typing.final
+class ScheduleRef(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleRef: _TypeAlias = ScheduleRef  # noqa: Y015
+
+@_typing.final
+class ScheduleAddRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___Schedule:
+        """its definition (the state fields are ignored)"""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___Schedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleAddRequest: _TypeAlias = ScheduleAddRequest  # noqa: Y015
+
+@_typing.final
+class ScheduleListRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleListRequest: _TypeAlias = ScheduleListRequest  # noqa: Y015
+
+@_typing.final
+class ScheduleListResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedules(self) -> _containers.RepeatedCompositeFieldContainer[Global___Schedule]:
+        """by name"""
+
+    def __init__(
+        self,
+        *,
+        schedules: _abc.Iterable[Global___Schedule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedules", b"schedules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleListResponse: _TypeAlias = ScheduleListResponse  # noqa: Y015
+
+@_typing.final
+class ScheduleGetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    UPCOMING_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    upcoming: _builtins.int
+    """how many next due times to answer (at most 100)"""
+    jobs: _builtins.int
+    """how many of its latest jobs to answer (at most 1000)"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        upcoming: _builtins.int = ...,
+        jobs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "name", b"name", "upcoming", b"upcoming"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleGetRequest: _TypeAlias = ScheduleGetRequest  # noqa: Y015
+
+@_typing.final
+class ScheduleDetail(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    UPCOMING_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___Schedule: ...
+    @_builtins.property
+    def upcoming(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """its next due times"""
+
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
+        """its latest jobs, newest first"""
+
+    def __init__(
+        self,
+        *,
+        schedule: Global___Schedule | None = ...,
+        upcoming: _abc.Iterable[_builtins.float] | None = ...,
+        jobs: _abc.Iterable[Global___Job] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "schedule", b"schedule", "upcoming", b"upcoming"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleDetail: _TypeAlias = ScheduleDetail  # noqa: Y015
+
+@_typing.final
+class ScheduleApplyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULES_FIELD_NUMBER: _builtins.int
+    PRUNE_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    prune: _builtins.bool
+    """remove the schedules it does not name"""
+    dry_run: _builtins.bool
+    """answer what would change, change nothing"""
+    @_builtins.property
+    def schedules(self) -> _containers.RepeatedCompositeFieldContainer[Global___Schedule]:
+        """every schedule the file defines"""
+
+    def __init__(
+        self,
+        *,
+        schedules: _abc.Iterable[Global___Schedule] | None = ...,
+        prune: _builtins.bool = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "prune", b"prune", "schedules", b"schedules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleApplyRequest: _TypeAlias = ScheduleApplyRequest  # noqa: Y015
+
+@_typing.final
+class ScheduleChange(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    change: _builtins.str
+    """added, changed, removed, unchanged"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        change: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleChange: _TypeAlias = ScheduleChange  # noqa: Y015
+
+@_typing.final
+class ScheduleApplyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScheduleChange]:
+        """by name"""
+
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___ScheduleChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleApplyResponse: _TypeAlias = ScheduleApplyResponse  # noqa: Y015

@@ -1032,3 +1032,386 @@ class Queues:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class SchedulesStub:
+    """Recurring jobs. Each due time makes one job, whichever server fires it.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.AddSchedule = channel.unary_unary(
+                '/dts.v1.Schedules/AddSchedule',
+                request_serializer=dts_dot_v1_dot_dts__pb2.ScheduleAddRequest.SerializeToString,
+                response_deserializer=dts_dot_v1_dot_dts__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/dts.v1.Schedules/ListSchedules',
+                request_serializer=dts_dot_v1_dot_dts__pb2.ScheduleListRequest.SerializeToString,
+                response_deserializer=dts_dot_v1_dot_dts__pb2.ScheduleListResponse.FromString,
+                _registered_method=True)
+        self.GetSchedule = channel.unary_unary(
+                '/dts.v1.Schedules/GetSchedule',
+                request_serializer=dts_dot_v1_dot_dts__pb2.ScheduleGetRequest.SerializeToString,
+                response_deserializer=dts_dot_v1_dot_dts__pb2.ScheduleDetail.FromString,
+                _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/dts.v1.Schedules/PauseSchedule',
+                request_serializer=dts_dot_v1_dot_dts__pb2.ScheduleRef.SerializeToString,
+                response_deserializer=dts_dot_v1_dot_dts__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.ResumeSchedule = channel.unary_unary(
+                '/dts.v1.Schedules/ResumeSchedule',
+                request_serializer=dts_dot_v1_dot_dts__pb2.ScheduleRef.SerializeToString,
+                response_deserializer=dts_dot_v1_dot_dts__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.RemoveSchedule = channel.unary_unary(
+                '/dts.v1.Schedules/RemoveSchedule',
+                request_serializer=dts_dot_v1_dot_dts__pb2.ScheduleRef.SerializeToString,
+                response_deserializer=dts_dot_v1_dot_dts__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.RunSchedule = channel.unary_unary(
+                '/dts.v1.Schedules/RunSchedule',
+                request_serializer=dts_dot_v1_dot_dts__pb2.ScheduleRef.SerializeToString,
+                response_deserializer=dts_dot_v1_dot_dts__pb2.Job.FromString,
+                _registered_method=True)
+        self.ApplySchedules = channel.unary_unary(
+                '/dts.v1.Schedules/ApplySchedules',
+                request_serializer=dts_dot_v1_dot_dts__pb2.ScheduleApplyRequest.SerializeToString,
+                response_deserializer=dts_dot_v1_dot_dts__pb2.ScheduleApplyResponse.FromString,
+                _registered_method=True)
+
+
+class SchedulesServicer:
+    """Recurring jobs. Each due time makes one job, whichever server fires it.
+    """
+
+    def AddSchedule(self, request, context):
+        """ALREADY_EXISTS if the name is taken
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSchedule(self, request, context):
+        """with next due times, latest jobs
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSchedule(self, request, context):
+        """it makes no jobs until resumed
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSchedule(self, request, context):
+        """due again from the next time after now
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveSchedule(self, request, context):
+        """its jobs stay
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunSchedule(self, request, context):
+        """one job now, outside its due times
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplySchedules(self, request, context):
+        """a file made the truth
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SchedulesServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'AddSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddSchedule,
+                    request_deserializer=dts_dot_v1_dot_dts__pb2.ScheduleAddRequest.FromString,
+                    response_serializer=dts_dot_v1_dot_dts__pb2.Schedule.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=dts_dot_v1_dot_dts__pb2.ScheduleListRequest.FromString,
+                    response_serializer=dts_dot_v1_dot_dts__pb2.ScheduleListResponse.SerializeToString,
+            ),
+            'GetSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchedule,
+                    request_deserializer=dts_dot_v1_dot_dts__pb2.ScheduleGetRequest.FromString,
+                    response_serializer=dts_dot_v1_dot_dts__pb2.ScheduleDetail.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=dts_dot_v1_dot_dts__pb2.ScheduleRef.FromString,
+                    response_serializer=dts_dot_v1_dot_dts__pb2.Schedule.SerializeToString,
+            ),
+            'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSchedule,
+                    request_deserializer=dts_dot_v1_dot_dts__pb2.ScheduleRef.FromString,
+                    response_serializer=dts_dot_v1_dot_dts__pb2.Schedule.SerializeToString,
+            ),
+            'RemoveSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveSchedule,
+                    request_deserializer=dts_dot_v1_dot_dts__pb2.ScheduleRef.FromString,
+                    response_serializer=dts_dot_v1_dot_dts__pb2.Schedule.SerializeToString,
+            ),
+            'RunSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunSchedule,
+                    request_deserializer=dts_dot_v1_dot_dts__pb2.ScheduleRef.FromString,
+                    response_serializer=dts_dot_v1_dot_dts__pb2.Job.SerializeToString,
+            ),
+            'ApplySchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplySchedules,
+                    request_deserializer=dts_dot_v1_dot_dts__pb2.ScheduleApplyRequest.FromString,
+                    response_serializer=dts_dot_v1_dot_dts__pb2.ScheduleApplyResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'dts.v1.Schedules', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('dts.v1.Schedules', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Schedules:
+    """Recurring jobs. Each due time makes one job, whichever server fires it.
+    """
+
+    @staticmethod
+    def AddSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dts.v1.Schedules/AddSchedule',
+            dts_dot_v1_dot_dts__pb2.ScheduleAddRequest.SerializeToString,
+            dts_dot_v1_dot_dts__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dts.v1.Schedules/ListSchedules',
+            dts_dot_v1_dot_dts__pb2.ScheduleListRequest.SerializeToString,
+            dts_dot_v1_dot_dts__pb2.ScheduleListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dts.v1.Schedules/GetSchedule',
+            dts_dot_v1_dot_dts__pb2.ScheduleGetRequest.SerializeToString,
+            dts_dot_v1_dot_dts__pb2.ScheduleDetail.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dts.v1.Schedules/PauseSchedule',
+            dts_dot_v1_dot_dts__pb2.ScheduleRef.SerializeToString,
+            dts_dot_v1_dot_dts__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dts.v1.Schedules/ResumeSchedule',
+            dts_dot_v1_dot_dts__pb2.ScheduleRef.SerializeToString,
+            dts_dot_v1_dot_dts__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dts.v1.Schedules/RemoveSchedule',
+            dts_dot_v1_dot_dts__pb2.ScheduleRef.SerializeToString,
+            dts_dot_v1_dot_dts__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dts.v1.Schedules/RunSchedule',
+            dts_dot_v1_dot_dts__pb2.ScheduleRef.SerializeToString,
+            dts_dot_v1_dot_dts__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplySchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dts.v1.Schedules/ApplySchedules',
+            dts_dot_v1_dot_dts__pb2.ScheduleApplyRequest.SerializeToString,
+            dts_dot_v1_dot_dts__pb2.ScheduleApplyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

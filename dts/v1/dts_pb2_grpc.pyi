@@ -350,3 +350,115 @@ class QueuesServicer(metaclass=_abc_1.ABCMeta):
         """cap its running jobs"""
 
 def add_QueuesServicer_to_server(servicer: QueuesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class SchedulesStub:
+    """Recurring jobs. Each due time makes one job, whichever server fires it."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> SchedulesAsyncStub: ...
+    AddSchedule: _grpc.UnaryUnaryMultiCallable[_dts_pb2.ScheduleAddRequest, _dts_pb2.Schedule]
+    """ALREADY_EXISTS if the name is taken"""
+    ListSchedules: _grpc.UnaryUnaryMultiCallable[_dts_pb2.ScheduleListRequest, _dts_pb2.ScheduleListResponse]
+    GetSchedule: _grpc.UnaryUnaryMultiCallable[_dts_pb2.ScheduleGetRequest, _dts_pb2.ScheduleDetail]
+    """with next due times, latest jobs"""
+    PauseSchedule: _grpc.UnaryUnaryMultiCallable[_dts_pb2.ScheduleRef, _dts_pb2.Schedule]
+    """it makes no jobs until resumed"""
+    ResumeSchedule: _grpc.UnaryUnaryMultiCallable[_dts_pb2.ScheduleRef, _dts_pb2.Schedule]
+    """due again from the next time after now"""
+    RemoveSchedule: _grpc.UnaryUnaryMultiCallable[_dts_pb2.ScheduleRef, _dts_pb2.Schedule]
+    """its jobs stay"""
+    RunSchedule: _grpc.UnaryUnaryMultiCallable[_dts_pb2.ScheduleRef, _dts_pb2.Job]
+    """one job now, outside its due times"""
+    ApplySchedules: _grpc.UnaryUnaryMultiCallable[_dts_pb2.ScheduleApplyRequest, _dts_pb2.ScheduleApplyResponse]
+    """a file made the truth"""
+
+@_typing.type_check_only
+class SchedulesAsyncStub(SchedulesStub):
+    """Recurring jobs. Each due time makes one job, whichever server fires it."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    AddSchedule: _aio.UnaryUnaryMultiCallable[_dts_pb2.ScheduleAddRequest, _dts_pb2.Schedule]  # type: ignore[assignment]
+    """ALREADY_EXISTS if the name is taken"""
+    ListSchedules: _aio.UnaryUnaryMultiCallable[_dts_pb2.ScheduleListRequest, _dts_pb2.ScheduleListResponse]  # type: ignore[assignment]
+    GetSchedule: _aio.UnaryUnaryMultiCallable[_dts_pb2.ScheduleGetRequest, _dts_pb2.ScheduleDetail]  # type: ignore[assignment]
+    """with next due times, latest jobs"""
+    PauseSchedule: _aio.UnaryUnaryMultiCallable[_dts_pb2.ScheduleRef, _dts_pb2.Schedule]  # type: ignore[assignment]
+    """it makes no jobs until resumed"""
+    ResumeSchedule: _aio.UnaryUnaryMultiCallable[_dts_pb2.ScheduleRef, _dts_pb2.Schedule]  # type: ignore[assignment]
+    """due again from the next time after now"""
+    RemoveSchedule: _aio.UnaryUnaryMultiCallable[_dts_pb2.ScheduleRef, _dts_pb2.Schedule]  # type: ignore[assignment]
+    """its jobs stay"""
+    RunSchedule: _aio.UnaryUnaryMultiCallable[_dts_pb2.ScheduleRef, _dts_pb2.Job]  # type: ignore[assignment]
+    """one job now, outside its due times"""
+    ApplySchedules: _aio.UnaryUnaryMultiCallable[_dts_pb2.ScheduleApplyRequest, _dts_pb2.ScheduleApplyResponse]  # type: ignore[assignment]
+    """a file made the truth"""
+
+class SchedulesServicer(metaclass=_abc_1.ABCMeta):
+    """Recurring jobs. Each due time makes one job, whichever server fires it."""
+
+    @_abc_1.abstractmethod
+    def AddSchedule(
+        self,
+        request: _dts_pb2.ScheduleAddRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dts_pb2.Schedule, _abc.Awaitable[_dts_pb2.Schedule]]:
+        """ALREADY_EXISTS if the name is taken"""
+
+    @_abc_1.abstractmethod
+    def ListSchedules(
+        self,
+        request: _dts_pb2.ScheduleListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dts_pb2.ScheduleListResponse, _abc.Awaitable[_dts_pb2.ScheduleListResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetSchedule(
+        self,
+        request: _dts_pb2.ScheduleGetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dts_pb2.ScheduleDetail, _abc.Awaitable[_dts_pb2.ScheduleDetail]]:
+        """with next due times, latest jobs"""
+
+    @_abc_1.abstractmethod
+    def PauseSchedule(
+        self,
+        request: _dts_pb2.ScheduleRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dts_pb2.Schedule, _abc.Awaitable[_dts_pb2.Schedule]]:
+        """it makes no jobs until resumed"""
+
+    @_abc_1.abstractmethod
+    def ResumeSchedule(
+        self,
+        request: _dts_pb2.ScheduleRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dts_pb2.Schedule, _abc.Awaitable[_dts_pb2.Schedule]]:
+        """due again from the next time after now"""
+
+    @_abc_1.abstractmethod
+    def RemoveSchedule(
+        self,
+        request: _dts_pb2.ScheduleRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dts_pb2.Schedule, _abc.Awaitable[_dts_pb2.Schedule]]:
+        """its jobs stay"""
+
+    @_abc_1.abstractmethod
+    def RunSchedule(
+        self,
+        request: _dts_pb2.ScheduleRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dts_pb2.Job, _abc.Awaitable[_dts_pb2.Job]]:
+        """one job now, outside its due times"""
+
+    @_abc_1.abstractmethod
+    def ApplySchedules(
+        self,
+        request: _dts_pb2.ScheduleApplyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dts_pb2.ScheduleApplyResponse, _abc.Awaitable[_dts_pb2.ScheduleApplyResponse]]:
+        """a file made the truth"""
+
+def add_SchedulesServicer_to_server(servicer: SchedulesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

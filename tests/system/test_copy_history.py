@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dts.domain import Attempt, JobFilter, JobSpec, JobStatus, Outcome, Output, Result
+from dts.schedule import Schedule
 from dts.server.history import ATTEMPT_COLUMNS, JOB_COLUMNS, row_values
 from dts.server.store.postgres import PostgresStore
 from dts.server.store.sqlite import SqliteStore
@@ -19,6 +20,9 @@ from tests.harness import BIN, clean_env
 pytestmark = pytest.mark.single_store  # names its store itself: runs once
 
 JOBS = 10_000
+SCHEDULE = Schedule(
+    "nightly", JobSpec(argv=("true",)), cron="0 3 * * *", tz="Europe/Paris", next_due=5.0
+)
 
 
 def copy_history(*args: str) -> subprocess.CompletedProcess[str]:
@@ -32,15 +36,18 @@ def copy_history(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def make_history(path: Path) -> None:
-    """10,000 jobs: queued, scheduled, succeeded with output, failed after a retry, running."""
+    """10,000 jobs: queued, scheduled, succeeded with output, failed after a retry, running,
+    two made by a schedule (which is copied too)."""
     store = SqliteStore(str(path))
     now = time.time()
     with store.transaction() as tx:
         specs = [
             JobSpec(argv=("echo", str(i)), name=f"j{i}", env=(("K", "v\x01'"),), max_retries=1)
             for i in range(JOBS - 100)
-        ] + [JobSpec(argv=("sleep", "1"), delay=3600.0) for _ in range(100)]
+        ] + [JobSpec(argv=("sleep", "1"), delay=3600.0) for _ in range(98)]
         jobs = tx.insert_jobs(specs, now)
+        tx.insert_schedule(SCHEDULE)
+        tx.insert_schedule_jobs([SCHEDULE.spec] * 2, "nightly", [now - 60, None], now)
     ids = [j.id for j in jobs[: JOBS // 2]]
     with store.transaction() as tx:
         tx.claim_queued(ids, "w1", ["default"], now + 1, now + 31)
@@ -95,7 +102,9 @@ def test_a_sqlite_history_moves_into_postgresql_whole(tmp_path: Path, postgres_u
         with target.transaction() as tx:
             [new] = tx.insert_jobs([JobSpec(argv=("true",))], time.time())
         assert new.id == JOBS + 1
-        assert len(target.list_jobs(JobFilter(JobStatus.SCHEDULED, None, 1000))) == 100
+        assert len(target.list_jobs(JobFilter(JobStatus.SCHEDULED, None, 1000))) == 98
+        assert target.schedules() == source.schedules() == [SCHEDULE]
+        assert [j.schedule for j in target.schedule_jobs("nightly", 5)] == ["nightly"] * 2
     finally:
         source.close()
         target.close()

@@ -20,11 +20,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "dts"
 
-MODEL = ("dts.errors", "dts.domain", "dts.controls")
+MODEL = ("dts.errors", "dts.domain", "dts.controls", "dts.schedule")
 SHARED = (
     *MODEL,
     "dts.backoff",
     "dts.wire",
+    "dts.wire_schedule",
     "dts.v1",
     "dts.options",
     "dts.failover",
@@ -64,9 +65,11 @@ LAYERS = (
     Layer("dts.errors", (), banned=NO_IO),
     Layer("dts.domain", ("dts.errors",), banned=NO_IO, own=False),
     Layer("dts.controls", ("dts.errors",), banned=NO_IO, own=False),  # queue controls' model
+    Layer("dts.schedule", ("dts.errors", "dts.domain"), banned=NO_IO, own=False),
     Layer("dts.backoff", (), banned=NO_IO),
     Layer("dts.v1", ("dts.v1",)),
     Layer("dts.wire", (*MODEL, "dts.v1"), banned=("redis", "sqlite3")),
+    Layer("dts.wire_schedule", (*MODEL, "dts.v1", "dts.wire"), banned=("redis", "sqlite3")),
     Layer("dts.options", MODEL, banned=("grpc", "redis", "sqlite3")),
     Layer("dts.failover", (), banned=("redis", "sqlite3"), own=False),
     Layer("dts.channel", (*MODEL, "dts.failover"), banned=("redis", "sqlite3")),
@@ -103,6 +106,7 @@ LAYERS = (
     Layer("dts.server.store", MODEL, banned=NO_IO, own=False),
     Layer("dts.server.store.rows", MODEL, banned=NO_IO, own=False),
     Layer("dts.server.store.url", MODEL, banned=NO_IO, own=False),
+    Layer("dts.server.store.schedules", MODEL, banned=NO_IO, exact=("dts.server.store.rows",)),
     Layer(
         "dts.server.store.queues",
         MODEL,
@@ -126,6 +130,7 @@ LAYERS = (
             "dts.server.store.queues",
             "dts.server.store.reads",
             "dts.server.store.rows",
+            "dts.server.store.schedules",
             "dts.server.store.url",
         ),
     ),
@@ -140,7 +145,15 @@ LAYERS = (
             "dts.server.store.queues",
             "dts.server.store.reads",
             "dts.server.store.rows",
+            "dts.server.store.schedules",
         ),
+    ),
+    Layer(
+        "dts.server.schedules",
+        (*MODEL, "dts.server.coordinator"),
+        banned=NO_IO,
+        exact=("dts.server.store",),
+        own=False,
     ),
     Layer(
         "dts.server.store.purge",
@@ -152,12 +165,24 @@ LAYERS = (
     Layer("dts.server.retention", MODEL, banned=NO_IO, exact=("dts.server.store",)),
     Layer(
         "dts.server.duties",
-        (*MODEL, "dts.backoff", "dts.server.coordinator", "dts.server.retention"),
+        (
+            *MODEL,
+            "dts.backoff",
+            "dts.server.coordinator",
+            "dts.server.retention",
+            "dts.server.schedules",
+        ),
         banned=("grpc", "redis", "sqlite3"),
     ),
     Layer(
         "dts.server.api",
-        (*SHARED, "dts.server.coordinator", "dts.server.waiters", "dts.server.retention"),
+        (
+            *SHARED,
+            "dts.server.coordinator",
+            "dts.server.waiters",
+            "dts.server.retention",
+            "dts.server.schedules",
+        ),
         banned=("redis", "sqlite3"),
     ),
     Layer(

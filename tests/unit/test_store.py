@@ -840,6 +840,14 @@ PARTIAL_INDEXES = {
     "jobs_running_by_queue": (  # version 8: a queue's running jobs, counted for its limit
         "CREATE INDEX IF NOT EXISTS jobs_running_by_queue ON jobs (queue) WHERE status = 'running'"
     ),
+    "jobs_by_due_time": (
+        "CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_due_time ON jobs (schedule, due_at)"
+        " WHERE schedule IS NOT NULL"
+    ),
+    "jobs_by_schedule": (
+        "CREATE INDEX IF NOT EXISTS jobs_by_schedule ON jobs (schedule, id)"
+        " WHERE schedule IS NOT NULL"
+    ),
 }
 
 

@@ -35,6 +35,7 @@ class Role(StrEnum):
 # Which roles may call each service; anything not listed needs no credential (health checks).
 SERVICE_ROLES: dict[str, frozenset[Role]] = {
     "/dts.v1.Scheduler/": frozenset({Role.CLIENT, Role.ADMIN}),
+    "/dts.v1.Schedules/": frozenset({Role.CLIENT, Role.ADMIN}),
     "/dts.v1.WorkerService/": frozenset({Role.WORKER, Role.ADMIN}),
     "/dts.v1.Admin/": frozenset({Role.ADMIN}),
     "/dts.v1.Queues/": frozenset({Role.CLIENT, Role.ADMIN}),

@@ -5,6 +5,8 @@
 - reaper: jobs of lost workers run again, ids taken from Redis but never claimed put back;
 - reconciler: Redis refilled from the store after a restart, flush or outage;
 - retainer: final jobs older than --retain deleted (on the lead, a batch at a time).
+- ticker: the schedules' due times fired, each one job (on the lead server).
 
-Each is a `Loop` (start, stop, wake) that calls into the coordinator, where the rules are.
+Each is a `Loop` (start, stop, wake) that calls into the coordinator, where the rules are
+(the ticker into dts.server.schedules, the schedules' rules).
 """

@@ -1,6 +1,6 @@
 """Which server runs the duties that must run on one server at a time (the reaper, the
-promoter, the reconciler): the one holding the store's lead; taking it over is logged and
-gives the running jobs a full lease, as a start does."""
+promoter, the reconciler, the schedules' ticker): the one holding the store's lead; taking
+it over is logged and gives the running jobs a full lease, as a start does."""
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ from dts.domain import (
     StatCount,
     WorkerInfo,
 )
+from dts.schedule import Schedule
 
 T = TypeVar("T")
 
@@ -117,6 +118,26 @@ class Transaction(Protocol):
 
     def delete_worker(self, name: str) -> None: ...
 
+    # ---- schedules (store/schedules.py) ---------------------------------------------------
+
+    def get_schedule(self, name: str) -> Schedule | None:
+        """The schedule, locked until the transaction ends where the store locks rows."""
+
+    def insert_schedule(self, s: Schedule) -> bool:
+        """Add `s`; False when a schedule has its name."""
+
+    def update_schedule(self, s: Schedule) -> None: ...
+
+    def delete_schedule(self, name: str) -> bool: ...
+
+    def latest_schedule_job(self, name: str) -> Job | None: ...
+
+    def insert_schedule_jobs(
+        self, specs: Sequence[JobSpec], schedule: str, due: Sequence[float | None], now: float
+    ) -> list[Job]:
+        """Add the jobs of `schedule` for its due times `due` (None: run by hand); one whose
+        due time has its job already (a unique index) is not added."""
+
 
 class Store(Protocol):
     """Durable home of jobs, their history and the worker registry."""
@@ -170,6 +191,16 @@ class Store(Protocol):
         """Delete at most `limit` final jobs in `statuses` (every final one when empty) that
         finished before `before`, of `queue` if given, with their attempts (and output) and
         the submit keys that name them, in one short transaction; returns how many."""
+
+    def schedules(self) -> list[Schedule]: ...
+
+    def schedule(self, name: str) -> Schedule | None: ...
+
+    def schedule_jobs(self, name: str, limit: int) -> list[Job]:
+        """The latest jobs the schedule made, newest first."""
+
+    def next_schedule_due(self) -> float | None:
+        """The earliest next due time of a schedule that is not paused."""
 
     def close(self) -> None: ...
 

@@ -29,6 +29,7 @@ from dts.domain import (
     submitted_job,
 )
 from dts.errors import DtsError, FailedPrecondition, Internal, Unavailable, first_line
+from dts.server.store import schedules
 from dts.server.store.lead import Lead
 from dts.server.store.purge import FINISHED_INDEX, keys_naming, purge_condition
 from dts.server.store.queues import QueueRows, queue_schema
@@ -44,6 +45,7 @@ from dts.server.store.reads import (
 from dts.server.store.rows import (
     ATTEMPT_COLUMNS,
     INSERT_COLUMNS,
+    INSERT_COUNT,
     JOB_COLUMNS,
     SPEC_COLUMNS,
     WORKER_COLUMNS,
@@ -60,7 +62,6 @@ from dts.server.store.url import redacted
 log = logging.getLogger("dts.store")
 
 SCHEMA_VERSION = 6  # PostgreSQL's own line of versions; it starts where SQLite's version 3 is
-# (4 is taken by work not merged yet: a migration loop finds nothing there)
 MIGRATION_LOCK = 0x647473  # pg_advisory_xact_lock key: 'dts'; one migrating server at a time
 INSERT_ROWS = 1000  # jobs one INSERT statement adds (16 parameters each; the limit is 65,535)
 COPY_FROM = 64  # jobs from which a submit's rows go by COPY rather than INSERT
@@ -123,7 +124,9 @@ SCHEMA = [
         run_at DOUBLE PRECISION,
         lease_expires_at DOUBLE PRECISION,
         limits TEXT NOT NULL DEFAULT '',
-        unique_key TEXT
+        unique_key TEXT,
+        schedule TEXT,
+        due_at DOUBLE PRECISION
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id)",
     "CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (queue, id)",
@@ -161,6 +164,7 @@ SCHEMA = [
     *SUBMIT_KEYS,
     FINISHED_INDEX,
     *queue_schema("DOUBLE PRECISION"),
+    *schedules.schema("DOUBLE PRECISION"),
 ]
 
 # Statements that bring a database of version N-1 to version N.
@@ -170,11 +174,12 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE workers ADD COLUMN IF NOT EXISTS server TEXT NOT NULL DEFAULT ''",
     ],
     3: ["ALTER TABLE jobs ADD COLUMN IF NOT EXISTS unique_key TEXT", UNIQUE_JOBS],
+    4: schedules.migration("DOUBLE PRECISION", "IF NOT EXISTS "),
     5: [FINISHED_INDEX],  # retention finds old final jobs by it
     6: queue_schema("DOUBLE PRECISION"),  # queue controls: paused, run limit
 }
 
-INSERT_MARKS = "(" + ",".join(["%s"] * 16) + ")"
+INSERT_MARKS = "(" + ",".join(["%s"] * INSERT_COUNT) + ")"
 UPDATE_JOB = (
     "UPDATE jobs SET status=%s, attempts=%s, failures=%s, lost=%s, exit_code=%s, error=%s,"
     " worker=%s, started_at=%s, finished_at=%s, run_at=%s, lease_expires_at=%s WHERE id=%s"
@@ -216,11 +221,12 @@ def _errors(what: str, unreachable: Callable[[], None] = lambda: None) -> Iterat
         raise Internal(f"database error ({what}): {first_line(e)}") from e
 
 
-class PostgresTransaction(QueueRows):
+class PostgresTransaction(QueueRows, schedules.ScheduleWrites):
     """Statements run inside one transaction on one pooled connection."""
 
     PARAM = "%s"
     LOCK = " FOR UPDATE"
+    _c: psycopg.Connection[DictRow]
 
     def __init__(self, conn: psycopg.Connection[DictRow]) -> None:
         self._c = conn
@@ -492,7 +498,7 @@ class PostgresTransaction(QueueRows):
         self._c.execute("DELETE FROM workers WHERE name = %s", (name,))
 
 
-class PostgresStore(SqlReads):
+class PostgresStore(SqlReads, schedules.ScheduleReads):
     """A Store on a PostgreSQL database, through a pool of connections. Thread-safe. Writing
     transactions are serialised in this process, as the SQLite store's are; readers run
     side by side; other servers' transactions meet ours in PostgreSQL's row locks.

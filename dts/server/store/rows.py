@@ -31,6 +31,7 @@ INSERT_COLUMNS = (
     "name, queue, priority, argv, shell, env, cwd, timeout, max_retries, backoff, delay, status,"
     " created_at, run_at, limits, unique_key"
 )
+INSERT_COUNT = INSERT_COLUMNS.count(",") + 1  # values insert_row gives
 
 
 def insert_row(
@@ -62,7 +63,7 @@ SPEC_COLUMNS = (
 )
 JOB_COLUMNS = (
     f"{SPEC_COLUMNS}, status, attempts, failures, lost, exit_code, error, worker, created_at, "
-    "started_at, finished_at, run_at, lease_expires_at"
+    "started_at, finished_at, run_at, lease_expires_at, schedule, due_at"
 )
 ATTEMPT_COLUMNS = (
     "job_id, attempt, worker, started_at, finished_at, exit_code, outcome, error, "
@@ -95,6 +96,8 @@ def job_of(row: Row) -> Job:
         finished_at=row["finished_at"],
         run_at=row["run_at"],
         lease_expires_at=row["lease_expires_at"],
+        schedule=row["schedule"] or "",
+        due_at=row["due_at"],
     )
 
 

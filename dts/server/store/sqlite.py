@@ -28,7 +28,7 @@ from dts.domain import (
     submitted_job,
 )
 from dts.errors import FailedPrecondition, Internal, Unavailable
-from dts.server.store import chunks
+from dts.server.store import chunks, schedules
 from dts.server.store.purge import FINISHED_INDEX, keys_naming, purge_condition
 from dts.server.store.queues import QueueRows, queue_schema
 from dts.server.store.reads import (
@@ -42,6 +42,7 @@ from dts.server.store.reads import (
 from dts.server.store.rows import (
     ATTEMPT_COLUMNS,
     INSERT_COLUMNS,
+    INSERT_COUNT,
     JOB_COLUMNS,
     SPEC_COLUMNS,
     WORKER_COLUMNS,
@@ -56,7 +57,7 @@ from dts.server.store.rows import (
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 8  # 6 is taken by work not merged yet: a migration loop finds nothing there
+SCHEMA_VERSION = 8
 BATCH_ROWS = 400  # rows one statement touches by an IN list (SQLite allows 32,766 variables)
 
 
@@ -111,7 +112,9 @@ SCHEMA = [
         run_at REAL,
         lease_expires_at REAL,
         limits TEXT NOT NULL DEFAULT '',  -- JSON object of the limits set; '' for none
-        unique_key TEXT                 -- NULL: none (version 5)
+        unique_key TEXT,                -- NULL: none (version 5)
+        schedule TEXT,                  -- the schedule that made it (version 6)
+        due_at REAL                     -- the due time it was made for
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id)",
     "CREATE INDEX IF NOT EXISTS jobs_by_queue ON jobs (queue, id)",
@@ -150,9 +153,10 @@ SCHEMA = [
     *SUBMIT_KEYS,
     FINISHED_INDEX,
     *queue_schema("REAL"),
+    *schedules.schema("REAL"),
 ]
 
-INSERT_MARKS = ",".join("?" * 16)
+INSERT_MARKS = ",".join("?" * INSERT_COUNT)
 INSERT_ROWS = 1000  # jobs one INSERT statement adds (16 variables each; SQLite allows 32,766)
 
 
@@ -163,14 +167,17 @@ MIGRATIONS: dict[int, list[str]] = {
     3: ["ALTER TABLE workers ADD COLUMN credential TEXT NOT NULL DEFAULT ''"],
     4: [*SUBMIT_KEYS, "ALTER TABLE workers ADD COLUMN server TEXT NOT NULL DEFAULT ''"],
     5: ["ALTER TABLE jobs ADD COLUMN unique_key TEXT", UNIQUE_JOBS],
+    6: schedules.migration("REAL"),
     7: [FINISHED_INDEX],  # retention finds old final jobs by it
     8: queue_schema("REAL"),  # queue controls: paused, run limit
 }
 
 
-class SqliteTransaction(QueueRows):
+class SqliteTransaction(QueueRows, schedules.ScheduleWrites):
     """Statements run inside one BEGIN IMMEDIATE ... COMMIT (which serialises them: no row
     locks needed)."""
+
+    _c: sqlite3.Connection
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._c = conn
@@ -454,7 +461,7 @@ def _hold(path: str) -> int:
     return fd
 
 
-class SqliteStore(SqlReads):
+class SqliteStore(SqlReads, schedules.ScheduleReads):
     """A Store on one SQLite file. Thread-safe: one connection, one lock."""
 
     def __init__(self, path: str, synchronous: str = "full") -> None:
