@@ -46,7 +46,7 @@ DTS_PORT = 50051
 LEASE = 10.0  # --worker-timeout: a worker fences its jobs after 8 s without a renewal
 CONCURRENCY = 4  # jobs each worker runs at once
 DRAIN = 5.0  # a worker's --drain-timeout: seconds its jobs may take to end when it is stopped
-LEADS = "now runs the reaper, promoter and reconciler"
+LEADS = "this server now leads"
 
 
 class AgentError(Exception):

@@ -340,7 +340,7 @@ def test_with_several_servers_only_the_lead_runs_retention(
     try:
         for s in servers:
             s.start()
-        leads = "now runs the reaper, promoter and reconciler"
+        leads = "this server now leads"
         wait_until(lambda: any(leads in s.output() for s in servers), 10, what="a lead")
         # When jobs end through each server
         ids = []

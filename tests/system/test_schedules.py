@@ -287,7 +287,7 @@ def test_two_servers_on_one_database_fire_each_due_time_once(
         wait_until(lambda: len(dues()) >= 4, 20, what="jobs of the schedule")
         # When the leading server is killed, the other one's ticker takes over
         leader = wait_until(
-            lambda: [s for s in servers if "now runs the reaper" in s.output()], 10
+            lambda: [s for s in servers if "this server now leads" in s.output()], 10
         )[0]
         other = b if leader is a else a
         before = len(dues())
@@ -307,7 +307,7 @@ def test_two_servers_on_one_database_fire_each_due_time_once(
         )
         # Then every due time has exactly one job, whichever server fired it
         assert all(n == 1 for n in Counter(got).values()), got
-        assert "now runs the reaper" in other.output()
+        assert "this server now leads" in other.output()
     finally:
         if worker is not None:
             worker.stop(timeout=15)

@@ -19,7 +19,7 @@ from tests.harness import RedisProcess, ServerProcess, WorkerProcess, run_cli, w
 
 pytestmark = pytest.mark.single_store  # PostgreSQL only: SQLite is one server's own
 
-LEADS = "now runs the reaper, promoter and reconciler"
+LEADS = "this server now leads"
 
 
 @dataclass

@@ -29,7 +29,10 @@ class Leadership:
                 self.c.grace_leases()
                 self.c.reconcile_needed.set()
                 if self.c.store.shared:
-                    log.info("this server now runs the reaper, promoter and reconciler")
+                    log.info(
+                        "this server now leads: it runs the reaper, promoter, reconciler,"
+                        " schedules' ticker and retention"
+                    )
             elif self._leading and not now:
                 log.warning("this server no longer holds the lead; another one runs the duties")
             self._leading = now
