@@ -34,6 +34,7 @@ QUEUE_API = ("dts.queue",)  # the protocol module itself, not dts.queue.redis (s
 # the coordinator's own parts: the store protocol and the rules it applies inside a transaction
 RULES = (
     "dts.server.store",
+    "dts.server.dependencies",
     "dts.server.outcomes",
     "dts.server.sessions",
     "dts.server.settings",
@@ -62,6 +63,7 @@ NO_IO = ("grpc", "google", "redis", "sqlite3", "configargparse", "psycopg", "psy
 LAYERS = (
     Layer("dts.errors", (), banned=NO_IO),
     Layer("dts.domain", ("dts.errors",), banned=NO_IO, own=False),
+    Layer("dts.dependencies", MODEL, banned=NO_IO, own=False),
     Layer("dts.backoff", (), banned=NO_IO),
     Layer("dts.v1", ("dts.v1",)),
     Layer("dts.wire", (*MODEL, "dts.v1"), banned=("redis", "sqlite3")),
@@ -92,14 +94,26 @@ LAYERS = (
     Layer("dts.server.settings", (), banned=NO_IO, own=False),
     Layer(
         "dts.server.submits",
-        MODEL,
+        (*MODEL, "dts.dependencies"),
         banned=NO_IO,
-        exact=("dts.server.store", "dts.server.unique"),
+        exact=("dts.server.store", "dts.server.unique", "dts.server.dependencies"),
+    ),
+    Layer(
+        "dts.server.dependencies",
+        (*MODEL, "dts.dependencies"),
+        banned=NO_IO,
+        exact=("dts.server.store", "dts.server.outcomes"),
     ),
     Layer("dts.server.unique", MODEL, banned=NO_IO, exact=("dts.server.store",)),
     Layer("dts.server.store", MODEL, banned=NO_IO, own=False),
     Layer("dts.server.store.rows", MODEL, banned=NO_IO, own=False),
     Layer("dts.server.store.url", MODEL, banned=NO_IO, own=False),
+    Layer(
+        "dts.server.store.dependencies",
+        MODEL,
+        banned=NO_IO,
+        exact=("dts.server.store", "dts.server.store.reads"),
+    ),
     Layer(
         "dts.server.store.reads",
         MODEL,
@@ -112,6 +126,7 @@ LAYERS = (
         banned=("grpc", "redis", "sqlite3"),
         exact=(
             "dts.server.store",
+            "dts.server.store.dependencies",
             "dts.server.store.lead",
             "dts.server.store.purge",
             "dts.server.store.reads",
@@ -126,6 +141,7 @@ LAYERS = (
         banned=("grpc", "redis"),
         exact=(
             "dts.server.store",
+            "dts.server.store.dependencies",
             "dts.server.store.purge",
             "dts.server.store.reads",
             "dts.server.store.rows",
@@ -135,7 +151,11 @@ LAYERS = (
         "dts.server.store.purge",
         MODEL,
         banned=NO_IO,
-        exact=("dts.server.store.reads", "dts.server.store.rows"),
+        exact=(
+            "dts.server.store.dependencies",
+            "dts.server.store.reads",
+            "dts.server.store.rows",
+        ),
     ),
     # retention: the rules of deleting old jobs, on the store protocol
     Layer("dts.server.retention", MODEL, banned=NO_IO, exact=("dts.server.store",)),
@@ -146,7 +166,13 @@ LAYERS = (
     ),
     Layer(
         "dts.server.api",
-        (*SHARED, "dts.server.coordinator", "dts.server.waiters", "dts.server.retention"),
+        (
+            *SHARED,
+            "dts.server.coordinator",
+            "dts.server.dependencies",
+            "dts.server.waiters",
+            "dts.server.retention",
+        ),
         banned=("redis", "sqlite3"),
     ),
     Layer(
@@ -175,6 +201,11 @@ LAYERS = (
     ),
     Layer(
         "dts.client.unique", MODEL, banned=("grpc", "redis", "sqlite3"), exact=("dts.client.args",)
+    ),
+    Layer(
+        "dts.client.workflow",
+        (*MODEL, "dts.dependencies", "dts.options", "dts.client.args", "dts.client.cli"),
+        banned=("grpc", "redis", "sqlite3"),
     ),
     Layer("dts.devrun", (*MODEL, "dts.client", "dts.queue"), banned=("sqlite3",)),
 )

@@ -810,7 +810,7 @@ PARTIAL_INDEXES = {
     ),
     "jobs_unique": (
         "CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs (queue, unique_key)"
-        " WHERE unique_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running')"
+        " WHERE unique_key IS NOT NULL AND status IN ('waiting', 'scheduled', 'queued', 'running')"
     ),
     "jobs_finished": (
         "CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at)"

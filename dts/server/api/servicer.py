@@ -29,6 +29,7 @@ from dts.server.api.rpc import (
     unary_handler,
 )
 from dts.server.coordinator import Coordinator
+from dts.server.dependencies import described
 from dts.server.waiters import MAX_WAIT, check_wait_timeout
 from dts.v1 import dts_pb2 as pb
 
@@ -85,7 +86,7 @@ class SchedulerServicer:
         return pb.SubmitResponse(jobs=[wire.job_to_pb(j) for j in jobs])
 
     def get_job(self, request: pb.JobRef, caller: Credential | None) -> pb.Job:
-        return wire.job_to_pb(self.c.get(_id(request.id)))
+        return wire.job_to_pb(described(self.c.store, self.c.get(_id(request.id))))
 
     def list_jobs(
         self, request: pb.ListJobsRequest, caller: Credential | None

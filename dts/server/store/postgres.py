@@ -29,6 +29,7 @@ from dts.domain import (
     submitted_job,
 )
 from dts.errors import DtsError, FailedPrecondition, Internal, Unavailable, first_line
+from dts.server.store.dependencies import DependencyRows, dependencies_ddl
 from dts.server.store.lead import Lead
 from dts.server.store.purge import FINISHED_INDEX, keys_naming, purge_condition
 from dts.server.store.reads import (
@@ -58,8 +59,8 @@ from dts.server.store.url import redacted
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 5  # PostgreSQL's own line of versions; it starts where SQLite's version 3 is
-# (4 is taken by work not merged yet: a migration loop finds nothing there)
+SCHEMA_VERSION = 7  # PostgreSQL's own line of versions; it starts where SQLite's version 3 is
+# (4 and 6 are taken by work not merged yet: a migration loop finds nothing there)
 MIGRATION_LOCK = 0x647473  # pg_advisory_xact_lock key: 'dts'; one migrating server at a time
 INSERT_ROWS = 1000  # jobs one INSERT statement adds (16 parameters each; the limit is 65,535)
 COPY_FROM = 64  # jobs from which a submit's rows go by COPY rather than INSERT
@@ -93,6 +94,9 @@ UNIQUE_JOBS = (
     f" WHERE {UNIQUE_HELD}"
 )
 UNIQUE_TRIES = 3  # inserts of a unique job whose holder became final before it could be read
+
+# Dependencies (version 7): the table, and a unique key held by a waiting job too.
+DEPENDENCIES = dependencies_ddl("BIGINT")
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -159,6 +163,7 @@ SCHEMA = [
     )""",
     *SUBMIT_KEYS,
     FINISHED_INDEX,
+    *DEPENDENCIES,
 ]
 
 # Statements that bring a database of version N-1 to version N.
@@ -169,6 +174,7 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     3: ["ALTER TABLE jobs ADD COLUMN IF NOT EXISTS unique_key TEXT", UNIQUE_JOBS],
     5: [FINISHED_INDEX],  # retention finds old final jobs by it
+    7: [f"DROP INDEX IF EXISTS {UNIQUE_INDEX}", UNIQUE_JOBS, *DEPENDENCIES],
 }
 
 INSERT_MARKS = "(" + ",".join(["%s"] * 16) + ")"
@@ -213,8 +219,11 @@ def _errors(what: str, unreachable: Callable[[], None] = lambda: None) -> Iterat
         raise Internal(f"database error ({what}): {first_line(e)}") from e
 
 
-class PostgresTransaction:
+class PostgresTransaction(DependencyRows):
     """Statements run inside one transaction on one pooled connection."""
+
+    PARAM = "%s"
+    _lock_share = " FOR SHARE"
 
     def __init__(self, conn: psycopg.Connection[DictRow]) -> None:
         self._c = conn
@@ -637,6 +646,7 @@ class PostgresStore(SqlReads):
             if doomed:
                 c.execute("DELETE FROM submit_keys WHERE key = ANY(%s)", (doomed,))
             c.execute("DELETE FROM attempts WHERE job_id = ANY(%s)", (ids,))
+            c.execute("DELETE FROM dependencies WHERE job_id = ANY(%s)", (ids,))
             c.execute("DELETE FROM jobs WHERE id = ANY(%s)", (ids,))
         return len(ids)
 

@@ -29,6 +29,7 @@ from dts.domain import (
 )
 from dts.errors import FailedPrecondition, Internal, Unavailable
 from dts.server.store import chunks
+from dts.server.store.dependencies import DependencyRows, dependencies_ddl
 from dts.server.store.purge import FINISHED_INDEX, keys_naming, purge_condition
 from dts.server.store.reads import (
     RUNNING,
@@ -55,7 +56,7 @@ from dts.server.store.rows import (
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 7  # 6 is taken by work not merged yet: a migration loop finds nothing there
+SCHEMA_VERSION = 9  # 6 and 8 are taken by work not merged yet: a migration loop finds nothing
 BATCH_ROWS = 400  # rows one statement touches by an IN list (SQLite allows 32,766 variables)
 
 
@@ -81,6 +82,9 @@ UNIQUE_JOBS = (
     f"CREATE UNIQUE INDEX IF NOT EXISTS {UNIQUE_INDEX} ON jobs (queue, unique_key)"
     f" WHERE {UNIQUE_HELD}"
 )
+
+# Dependencies (version 9): the table, and a unique key held by a waiting job too.
+DEPENDENCIES = dependencies_ddl("INTEGER")
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -148,6 +152,7 @@ SCHEMA = [
     )""",
     *SUBMIT_KEYS,
     FINISHED_INDEX,
+    *DEPENDENCIES,
 ]
 
 INSERT_MARKS = ",".join("?" * 16)
@@ -162,10 +167,11 @@ MIGRATIONS: dict[int, list[str]] = {
     4: [*SUBMIT_KEYS, "ALTER TABLE workers ADD COLUMN server TEXT NOT NULL DEFAULT ''"],
     5: ["ALTER TABLE jobs ADD COLUMN unique_key TEXT", UNIQUE_JOBS],
     7: [FINISHED_INDEX],  # retention finds old final jobs by it
+    9: [f"DROP INDEX IF EXISTS {UNIQUE_INDEX}", UNIQUE_JOBS, *DEPENDENCIES],
 }
 
 
-class SqliteTransaction:
+class SqliteTransaction(DependencyRows):
     """Statements run inside one BEGIN IMMEDIATE ... COMMIT."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -573,6 +579,7 @@ class SqliteStore(SqlReads):
             for part in chunks(ids, BATCH_ROWS):
                 marks = ",".join("?" * len(part))
                 self._c.execute(f"DELETE FROM attempts WHERE job_id IN ({marks})", part)
+                self._c.execute(f"DELETE FROM dependencies WHERE job_id IN ({marks})", part)
                 self._c.execute(f"DELETE FROM jobs WHERE id IN ({marks})", part)
         return len(ids)
 
