@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 _SIMPLE = {"queue": str, "cwd": str, "unique": str}
 _SECONDS = ("backoff", "timeout", "delay")
 _LIMIT_KEYS = {f"max_{f.name}": f for f in LIMITS}
+_KIND_NAMES = {int: "an integer", str: "a string", dict: "a table", bool: "true or false"}
 STEP_KEYS = frozenset(
     {"name", "command", "after", "after_finished", "priority", "retries", "env", "shell"}
     | set(_SIMPLE)
@@ -153,7 +154,7 @@ def _step_spec(
 
 def _typed(where: str, key: str, value: Any, kind: type) -> Any:
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise InvalidArgument(f"{where}: {key} must be a {kind.__name__}")
+        raise InvalidArgument(f"{where}: {key} must be {_KIND_NAMES[kind]}")
     return value
 
 
