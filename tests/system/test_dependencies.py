@@ -304,3 +304,17 @@ def test_a_dependency_ending_while_the_server_is_down(
     t = times(ledger)
     assert t["end a"] <= t["start b"]
     assert [n for e, n, _ in ledger_of(ledger) if e == "start"] == ["a", "b"]
+
+
+def test_a_dependency_final_at_submit_is_judged_at_once(cluster: Cluster) -> None:
+    ok = submit(cluster, "--", "true")
+    bad = submit(cluster, "--retries", "0", "--", "false")
+    assert final(cluster, ok)["status"] == "succeeded"
+    assert final(cluster, bad)["status"] == "failed"
+    # after a success: runs; after a failure: stored, and cancelled at once (the answer says so)
+    r = cluster.cli("--json", "submit", "--after", str(ok), "--", "true")
+    assert json.loads(r.stdout)["status"] in ("queued", "running", "succeeded"), r.stdout
+    r = cluster.cli("--json", "submit", "--after", str(bad), "--", "true")
+    gone = json.loads(r.stdout)
+    assert (gone["status"], gone["error"]) == ("cancelled", f"dependency {bad} failed")
+    assert show(cluster, gone["id"])["status"] == "cancelled"

@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.message import Message
 
 from dts import wire
-from dts.domain import Job, JobSpec
+from dts.domain import Job, JobSpec, JobStatus
 from dts.errors import DeadlineExceeded, DtsError, InvalidArgument, PermissionDenied, UnknownSession
 from dts.server.api.auth import Credential
 from dts.server.api.rpc import (
@@ -248,6 +248,9 @@ def _group(first: object, inbox: asyncio.Queue[object]) -> tuple[list[bytes], ob
 def _lean_answer(outcome: list[Job] | DtsError, c: Coordinator) -> pb.SubmitResponse:
     if isinstance(outcome, DtsError):
         return pb.SubmitResponse(code=wire.status_code(outcome).value[0], message=outcome.message)
+    if any(j.spec.waits and j.status is not JobStatus.WAITING for j in outcome):
+        # judged at once (a dependency was final): the client could not rebuild its status
+        return pb.SubmitResponse(jobs=[wire.job_to_pb(j) for j in outcome])
     st = c.settings
     made = [j for j in outcome if not j.existing] or outcome
     return pb.SubmitResponse(
