@@ -23,24 +23,32 @@ from dts.server.store import Store, Transaction
 log = logging.getLogger("dts.coordinator")
 
 
-def check_known(tx: Transaction, specs: Sequence[JobSpec]) -> None:
-    """Refuse (InvalidArgument) a submit that names a job id that does not exist. On
+def check_known(tx: Transaction, specs: Sequence[JobSpec]) -> dict[int, JobStatus]:
+    """The statuses of the jobs a submit names by id; InvalidArgument for one that does not
+    exist. On
     PostgreSQL the named jobs are locked for share until the commit: a dependency cannot end
     unseen between this reading of its status and the new job's edges being stored."""
     ids = sorted({i for s in specs for i in (*s.after, *s.after_finished)})
     if not ids:
-        return
+        return {}
     found = tx.lock_statuses(ids)
     missing = [i for i in ids if i not in found]
     if missing:
         raise InvalidArgument(f"unknown dependency: no job with id {missing[0]}")
+    return found
 
 
-def link(tx: Transaction, specs: Sequence[JobSpec], jobs: list[Job], now: float) -> list[Job]:
+def link(
+    tx: Transaction,
+    specs: Sequence[JobSpec],
+    jobs: list[Job],
+    now: float,
+    named: dict[int, JobStatus],
+) -> list[Job]:
     """Store the edges of a submit's jobs (`jobs`, in step with `specs`; a step names another
-    by its index) and judge each new waiting job at once: released when its dependencies are
-    done already, cancelled when an --after one failed or was cancelled. Returns `jobs` as
-    they are then."""
+    by its index) and judge at once each new waiting job that a final job (in `named`, the
+    statuses `check_known` read) may release or cancel. Returns `jobs` as they are then; a
+    step's dependency cancelled here cancels it through `settle`."""
     rows: list[tuple[int, int, str]] = []
     for spec, job in zip(specs, jobs, strict=True):
         if job.existing or job.status is not JobStatus.WAITING:
@@ -53,9 +61,11 @@ def link(tx: Transaction, specs: Sequence[JobSpec], jobs: list[Job], now: float)
         return jobs
     tx.add_dependencies(rows)
     changed: dict[int, Job] = {}
-    for job in jobs:
-        if not job.existing and job.status is JobStatus.WAITING:
-            new = _judge(tx, job, now, None)
+    for spec, job in zip(specs, jobs, strict=True):
+        if job.existing or job.status is not JobStatus.WAITING:
+            continue
+        if any(named[i].final for i in (*spec.after, *spec.after_finished)):
+            new = _judge(tx, job, now, None)  # (no job named final: nothing to judge yet)
             if new is not job:
                 changed[job.id] = new
     ended = [j.id for j in changed.values() if j.status.final]

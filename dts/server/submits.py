@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dts.dependencies import check_dependencies
-from dts.domain import Job, JobSpec, validate_spec, validate_submit_key
+from dts.domain import Job, JobSpec, JobStatus, validate_spec, validate_submit_key
 from dts.errors import DtsError, InvalidArgument, ShuttingDown
 from dts.server.dependencies import check_known, link
 from dts.server.store import Transaction
@@ -58,9 +58,10 @@ def store_one(
     Jobs with dependencies are stored waiting, with their edges, and judged at once
     (dependencies.py); an unknown dependency refuses the submit before anything is stored."""
     waits = any(s.waits for s in specs)
+    named: dict[int, JobStatus] = {}
     if waits:
         try:
-            check_known(tx, specs)
+            named = check_known(tx, specs)
         except InvalidArgument as e:
             return e
     if key:
@@ -74,7 +75,7 @@ def store_one(
             return Earlier(earlier, tx.submit_key_time(key))
     jobs = insert_specs(tx, [s.with_defaults(*defaults) for s in specs], now)
     if waits:
-        jobs = link(tx, specs, jobs, now)
+        jobs = link(tx, specs, jobs, now, named)
     if key:
         tx.record_submit_key(key, [j.id for j in jobs])
     return jobs

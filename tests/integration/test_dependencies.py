@@ -290,3 +290,28 @@ def test_two_dependencies_ending_at_once_through_two_servers_queue_the_job_once(
     finally:
         one.close()
         two.close()
+
+
+def test_a_step_with_a_failed_dependency_outside_its_submit_is_cancelled_at_once(
+    env: Env,
+) -> None:
+    (bad,) = env.c.submit([spec()])
+    run(env, bad.id, Outcome.FAILED)
+    (ok,) = env.c.submit([spec()])
+    run(env, ok.id)
+    first, second, third = env.c.submit(
+        [spec(), spec(steps=(0,), after=(bad.id,)), spec(steps=(0,), after=(ok.id,))]
+    )
+    assert status(env, second.id) == (S.CANCELLED, f"dependency {bad.id} failed")
+    assert second.status is S.CANCELLED
+    assert status(env, third.id)[0] is S.WAITING  # ok succeeded; the step has not run yet
+    run(env, first.id)
+    assert status(env, third.id)[0] is S.QUEUED
+
+
+def test_a_timed_out_dependency_cancels_its_dependent(env: Env) -> None:
+    (a,) = env.c.submit([spec()])
+    (b,) = env.c.submit([spec(after=(a.id,))])
+    run(env, a.id, Outcome.TIMED_OUT)
+    assert status(env, a.id)[0] is S.FAILED
+    assert status(env, b.id) == (S.CANCELLED, f"dependency {a.id} failed")
