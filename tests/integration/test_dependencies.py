@@ -315,3 +315,12 @@ def test_a_timed_out_dependency_cancels_its_dependent(env: Env) -> None:
     run(env, a.id, Outcome.TIMED_OUT)
     assert status(env, a.id)[0] is S.FAILED
     assert status(env, b.id) == (S.CANCELLED, f"dependency {a.id} failed")
+
+
+def test_a_chain_of_a_thousand_steps_is_one_submit_and_cancels_whole(env: Env) -> None:
+    jobs = env.c.submit([spec(steps=(i - 1,) if i else ()) for i in range(1000)])
+    assert [j.status for j in jobs] == [S.QUEUED] + [S.WAITING] * 999
+    env.c.cancel(jobs[0].id)
+    ended = env.c.list_jobs(S.CANCELLED, None, 2000)
+    assert len(ended) == 1000
+    assert status(env, jobs[-1].id) == (S.CANCELLED, f"dependency {jobs[-2].id} cancelled")
