@@ -27,6 +27,7 @@ EXIT_SIGNAL_BASE: Final = 128
 class JobStatus(StrEnum):
     """Where a job is in its life; the final ones are succeeded, failed and cancelled."""
 
+    WAITING = "waiting"  # for the jobs it depends on (README "Dependencies and workflows")
     SCHEDULED = "scheduled"
     QUEUED = "queued"
     RUNNING = "running"
@@ -69,6 +70,11 @@ TRANSITIONS: Final[frozenset[tuple[JobStatus, JobStatus]]] = frozenset(
         (S.RUNNING, S.CANCELLED),  # cancelled while running; the worker kills it
         (S.FAILED, S.QUEUED),  # a user asked for a retry
         (S.CANCELLED, S.QUEUED),  # a user asked for a retry
+        (S.WAITING, S.QUEUED),  # the jobs it depends on are done as it asked
+        (S.WAITING, S.SCHEDULED),  # the same, with its --delay still ahead
+        (S.WAITING, S.CANCELLED),  # a dependency failed or was cancelled, or a user cancelled it
+        (S.FAILED, S.WAITING),  # a user asked for a retry; its dependencies are not all done
+        (S.CANCELLED, S.WAITING),  # the same
     }
 )
 
@@ -300,6 +306,18 @@ class JobSpec:
     # while a job of this queue with this key is not final, a submit with it gets that job
     # instead of a new one ('' for none; see README "Unique jobs")
     unique: str = ""
+    # ids of jobs this one runs after: once they succeeded (after), once they are final
+    # (after_finished); steps and steps_finished do the same for jobs of the same submit, by
+    # their index in it (a workflow). Only in a submit: a stored job's are in its waits_for.
+    after: tuple[int, ...] = ()
+    after_finished: tuple[int, ...] = ()
+    steps: tuple[int, ...] = ()
+    steps_finished: tuple[int, ...] = ()
+
+    @property
+    def waits(self) -> bool:
+        """Whether a job of this spec depends on others (it is made waiting)."""
+        return bool(self.after or self.after_finished or self.steps or self.steps_finished)
 
     def with_defaults(self, max_retries: int, backoff: float, timeout: float) -> JobSpec:
         """This spec with every unset option taken from the server's defaults."""
@@ -320,6 +338,10 @@ class JobSpec:
             self.name,
             self.limits,
             self.unique,
+            self.after,
+            self.after_finished,
+            self.steps,
+            self.steps_finished,
         )
 
     @property
@@ -357,15 +379,37 @@ class Job:
     existing: bool = False
     schedule: str = ""  # the schedule that made it ('' for a submitted job)
     due_at: float | None = None  # the due time it was made for (None: run by hand)
+    # only in a status answer: the jobs it depends on, and the jobs that depend on it
+    waits_for: tuple[Dependency, ...] = ()
+    waited_by: tuple[Dependency, ...] = ()
 
     @property
     def max_retries(self) -> int:
         return self.spec.max_retries or 0
 
 
+@dataclass(frozen=True)
+class Dependency:
+    """One edge of a job's dependencies as a status shows it: the other job, its status (None:
+    deleted by retention) and whether the edge asks for success or only for an end."""
+
+    job_id: int
+    status: JobStatus | None
+    finished: bool = False  # --after-finished: any final status will do
+
+
 def submitted_job(job_id: int, spec: JobSpec, now: float) -> Job:
-    """A job as a submit at `now` creates it: scheduled for its delay if it has one, else
-    queued. The server stores it so; a client rebuilds it so from a lean submit answer."""
+    """A job as a submit at `now` creates it: waiting when it depends on other jobs (its
+    run_at then keeps its delay), scheduled for its delay if it has one, else queued. The
+    server stores it so; a client rebuilds it so from a lean submit answer."""
+    if spec.waits:
+        return Job(
+            id=job_id,
+            spec=spec,
+            status=JobStatus.WAITING,
+            created_at=now,
+            run_at=now + spec.delay if spec.delay > 0 else None,
+        )
     if spec.delay > 0:
         return Job(
             id=job_id,

@@ -18,6 +18,7 @@ from dts.domain import (
     NO_LIMITS,
     Assignment,
     Attempt,
+    Dependency,
     Job,
     JobSpec,
     JobStatus,
@@ -60,6 +61,7 @@ def grpc_options() -> list[tuple[str, int]]:
 
 
 STATUS_TO_PB = {
+    JobStatus.WAITING: pb.JOB_STATUS_WAITING,
     JobStatus.SCHEDULED: pb.JOB_STATUS_SCHEDULED,
     JobStatus.QUEUED: pb.JOB_STATUS_QUEUED,
     JobStatus.RUNNING: pb.JOB_STATUS_RUNNING,
@@ -110,6 +112,11 @@ def spec_to_pb(spec: JobSpec) -> pb.JobSpec:
         name=spec.name,
         unique=spec.unique,
     )
+    if spec.waits:
+        msg.after.extend(spec.after)
+        msg.after_finished.extend(spec.after_finished)
+        msg.after_steps.extend(pb.StepRef(index=i) for i in spec.steps)
+        msg.after_steps.extend(pb.StepRef(index=i, finished=True) for i in spec.steps_finished)
     if spec.limits.any:
         msg.limits.CopyFrom(limits_to_pb(spec.limits))
     if spec.max_retries is not None:
@@ -136,6 +143,10 @@ def spec_from_pb(msg: pb.JobSpec) -> JobSpec:
         name=msg.name,
         limits=limits_from_pb(msg.limits) if msg.HasField("limits") else NO_LIMITS,
         unique=msg.unique,
+        after=tuple(msg.after),
+        after_finished=tuple(msg.after_finished),
+        steps=tuple(r.index for r in msg.after_steps if not r.finished),
+        steps_finished=tuple(r.index for r in msg.after_steps if r.finished),
     )
 
 
@@ -211,7 +222,19 @@ def job_to_pb(job: Job) -> pb.Job:
     )
     if job.exit_code is not None:
         msg.exit_code = job.exit_code
+    msg.waits_for.extend(map(dependency_to_pb, job.waits_for))
+    msg.waited_by.extend(map(dependency_to_pb, job.waited_by))
     return msg
+
+
+def dependency_to_pb(d: Dependency) -> pb.Dependency:
+    status = STATUS_TO_PB[d.status] if d.status else pb.JOB_STATUS_UNSPECIFIED
+    return pb.Dependency(job_id=d.job_id, status=status, finished=d.finished)
+
+
+def dependency_from_pb(msg: pb.Dependency) -> Dependency:
+    status = STATUS_FROM_PB.get(msg.status)  # type: ignore[call-overload]
+    return Dependency(msg.job_id, status, msg.finished)
 
 
 def job_from_pb(msg: pb.Job) -> Job:
@@ -230,6 +253,8 @@ def job_from_pb(msg: pb.Job) -> Job:
         existing=msg.existing,
         schedule=msg.schedule,
         due_at=msg.due_at or None,
+        waits_for=tuple(map(dependency_from_pb, msg.waits_for)),
+        waited_by=tuple(map(dependency_from_pb, msg.waited_by)),
     )
 
 

@@ -39,6 +39,13 @@ from dts.client.render import (
     worker_json,
 )
 from dts.client.unique import add_unique_option, note_existing, unique_spec, with_existing
+from dts.client.workflow import (
+    add_dependency_options,
+    edges_json,
+    status_lines,
+    submit_workflow,
+    with_dependencies,
+)
 from dts.domain import Job, JobStatus
 from dts.errors import DtsError, InvalidArgument, Unavailable
 from dts.options import new_parser
@@ -138,6 +145,7 @@ def command_parser() -> argparse.ArgumentParser:
         help="one shell command a line ('-' for stdin), submitted in one call",
     )
     add_unique_option(s)
+    add_dependency_options(s)
     add_command_argument(s)
 
     for name in ("status", "history", "cancel", "retry"):
@@ -178,7 +186,9 @@ class Cli:
 
     def submit(self, ns: argparse.Namespace) -> int:
         cmd = command_words(ns)
-        base = unique_spec(spec_from(ns), ns)
+        if ns.workflow:
+            return submit_workflow(self, ns, with_dependencies(spec_from(ns), ns), cmd)
+        base = with_dependencies(unique_spec(spec_from(ns), ns), ns)
         if ns.from_file:
             if cmd:
                 raise UsageError("give either --from-file or a command, not both")
@@ -259,6 +269,8 @@ class Cli:
             )
         if job.spec.unique:
             lines.insert(keys.index("queue") + 1, f"{'unique:':<{width}} {job.spec.unique}")
+        lines += status_lines(job, width)
+        obj["waits_for"], obj["waited_by"] = edges_json(job.waits_for), edges_json(job.waited_by)
         self.out(obj, "\n".join(lines))
         return 0
 

@@ -40,6 +40,7 @@ from dts.errors import (
     QueueUnavailable,
 )
 from dts.queue import JobQueue, QueuedJob, is_job_id
+from dts.server.dependencies import retry_move, settle, settle_ended
 from dts.server.outcomes import end_attempt, finish, late_report, lose, move
 from dts.server.queues import QueueControls, gate_claims, held
 from dts.server.sessions import check_registration, check_takeover, session_of
@@ -232,9 +233,11 @@ class Coordinator:
                 error="cancelled by user",
                 lease_expires_at=None,
             )
+            settled = settle(tx, [job.id], now)  # its dependents: cancelled too, or released
         if job.status is JobStatus.CANCELLED:
             self._redis(lambda: self.queue.remove(job.spec.queue, job.id))
         self._notify([job.id])
+        self._after(settled)
         return job
 
     def retry(self, job_id: int) -> Job:
@@ -245,8 +248,8 @@ class Coordinator:
                     f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried"
                 )
             check_retry(tx, job)
-            job = move(tx, job, JobStatus.QUEUED, failures=0, lost=0, finished_at=None, run_at=None)
-        self._enqueue([job])
+            job = retry_move(tx, job)  # queued, or waiting for its dependencies again
+        self._after([job])
         return job
 
     def workers(self) -> list[WorkerInfo]:
@@ -282,6 +285,7 @@ class Coordinator:
                 requeued.append(
                     lose(tx, old, now, f"worker {name} restarted", self.settings.max_lost)
                 )
+            requeued += settle_ended(tx, requeued, now)
             tx.save_worker(
                 WorkerInfo(
                     name,
@@ -379,6 +383,7 @@ class Coordinator:
                 else:
                     changed.append(finish(tx, job, r, now, self.settings.max_backoff, self.rand))
                     acks.append((True, ""))
+            changed += settle_ended(tx, changed, now, (job_id for job_id, _ in succeeded))
             # a claim is a compare-and-set queued -> running that starts a numbered attempt;
             # ids that are not claimable (delivered twice, cancelled, of a queue the worker
             # did not register with) are left out
@@ -467,6 +472,7 @@ class Coordinator:
                     silent = self.settings.worker_timeout
                     reason = f"worker {job.worker} lost (no heartbeat for {silent:g}s)"
                     requeued.append(lose(tx, job, now, reason, self.settings.max_lost))
+                requeued += settle_ended(tx, requeued, now)
             self._after(requeued)
         self._mark_lost_workers(now)
         return len(ids)

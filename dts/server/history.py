@@ -25,6 +25,9 @@ ATTEMPT_COLUMNS = (  # every one, the output itself rather than its length
 SCHEDULE_COLUMNS = tuple(column.strip() for column in SCHEDULES.split(","))
 
 
+EDGE_COLUMNS = ("job_id", "depends_on", "kind")  # of dependencies, copied with their job
+
+
 class Copyable(Protocol):
     """What both stores offer for a copy: raw reads, raw writes, and the id counter set after."""
 
@@ -57,8 +60,8 @@ def count(store: Copyable, table: str) -> int:
 
 
 def copy(source: Copyable, target: Copyable, page: int = PAGE) -> tuple[int, int]:
-    """Copy every job and attempt, and the schedules; the numbers of jobs and attempts. The
-    target must be empty."""
+    """Copy every job and attempt, the jobs' dependencies and the schedules; the numbers of
+    jobs and attempts. The target must be empty."""
     jobs = attempts = 0
     after = 0
     p = source.PARAM
@@ -79,6 +82,15 @@ def copy(source: Copyable, target: Copyable, page: int = PAGE) -> tuple[int, int
         target.put_rows(
             "attempts", ATTEMPT_COLUMNS, [row_values(r, ATTEMPT_COLUMNS) for r in tries]
         )
+        edges = source.read(
+            f"SELECT {','.join(EDGE_COLUMNS)} FROM dependencies"
+            f" WHERE job_id >= {p} AND job_id <= {p} ORDER BY job_id, depends_on",
+            (first, last),
+        )
+        if edges:
+            target.put_rows(
+                "dependencies", EDGE_COLUMNS, [row_values(r, EDGE_COLUMNS) for r in edges]
+            )
         jobs, attempts, after = jobs + len(found), attempts + len(tries), last
     defined = source.read(f"SELECT {','.join(SCHEDULE_COLUMNS)} FROM schedules ORDER BY name")
     target.put_rows(

@@ -82,6 +82,7 @@ class QueueControls:
                     queued=n.get(JobStatus.QUEUED, 0),
                     running=n.get(JobStatus.RUNNING, 0),
                     scheduled=n.get(JobStatus.SCHEDULED, 0),
+                    waiting=n.get(JobStatus.WAITING, 0),
                     paused=s.paused,
                     limit=s.limit,
                     workers=tuple(sorted(serving.get(name, ()))),

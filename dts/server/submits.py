@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dts.domain import Job, JobSpec, validate_spec, validate_submit_key
+from dts.dependencies import check_dependencies
+from dts.domain import Job, JobSpec, JobStatus, validate_spec, validate_submit_key
 from dts.errors import DtsError, InvalidArgument, ShuttingDown
+from dts.server.dependencies import check_known, link
 from dts.server.store import Transaction
 from dts.server.unique import insert_specs
 
@@ -39,6 +41,7 @@ def check_submit(specs: Sequence[JobSpec], key: str, accepting: bool) -> None:
             validate_spec(spec)
         except InvalidArgument as e:
             raise InvalidArgument(f"job {i + 1}: {e}" if len(specs) > 1 else str(e)) from e
+    check_dependencies(specs, lambda i: specs[i].name or f"job {i + 1}")
     validate_submit_key(key)
 
 
@@ -51,7 +54,16 @@ def store_one(
 ) -> list[Job] | Earlier | DtsError:
     """Store one checked submit (the server's `defaults` for retries, backoff and timeout
     filled in), or, when its key was seen, what the earlier one stored. A job with a unique
-    key may be found rather than stored (unique.py); its id is recorded with the key too."""
+    key may be found rather than stored (unique.py); its id is recorded with the key too.
+    Jobs with dependencies are stored waiting, with their edges, and judged at once
+    (dependencies.py); an unknown dependency refuses the submit before anything is stored."""
+    waits = any(s.waits for s in specs)
+    named: dict[int, JobStatus] = {}
+    if waits:
+        try:
+            named = check_known(tx, specs)
+        except InvalidArgument as e:
+            return e
     if key:
         earlier = tx.take_submit_key(key, now)
         if earlier is not None:
@@ -62,6 +74,8 @@ def store_one(
                 )
             return Earlier(earlier, tx.submit_key_time(key))
     jobs = insert_specs(tx, [s.with_defaults(*defaults) for s in specs], now)
+    if waits:
+        jobs = link(tx, specs, jobs, now, named)
     if key:
         tx.record_submit_key(key, [j.id for j in jobs])
     return jobs

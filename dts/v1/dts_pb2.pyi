@@ -41,7 +41,9 @@ class _JobStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobStatus.V
     JOB_STATUS_FAILED: _JobStatus.ValueType  # 5
     """attempt budget spent, or not retryable"""
     JOB_STATUS_CANCELLED: _JobStatus.ValueType  # 6
-    """cancelled by a user"""
+    """cancelled by a user, or a dependency it ran after failed"""
+    JOB_STATUS_WAITING: _JobStatus.ValueType  # 7
+    """for the jobs it depends on (after, after_finished, steps)"""
 
 class JobStatus(_JobStatus, metaclass=_JobStatusEnumTypeWrapper):
     """Lifecycle of a job. Final states: SUCCEEDED, FAILED, CANCELLED."""
@@ -59,7 +61,9 @@ JOB_STATUS_SUCCEEDED: JobStatus.ValueType  # 4
 JOB_STATUS_FAILED: JobStatus.ValueType  # 5
 """attempt budget spent, or not retryable"""
 JOB_STATUS_CANCELLED: JobStatus.ValueType  # 6
-"""cancelled by a user"""
+"""cancelled by a user, or a dependency it ran after failed"""
+JOB_STATUS_WAITING: JobStatus.ValueType  # 7
+"""for the jobs it depends on (after, after_finished, steps)"""
 Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
 
 class _Outcome:
@@ -181,6 +185,9 @@ class JobSpec(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     UNIQUE_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    AFTER_FINISHED_FIELD_NUMBER: _builtins.int
+    AFTER_STEPS_FIELD_NUMBER: _builtins.int
     shell: _builtins.bool
     """run argv[0] with /bin/sh -c"""
     queue: _builtins.str
@@ -215,6 +222,20 @@ class JobSpec(_message.Message):
     def limits(self) -> Global___Limits:
         """resource limits; unset: the worker's own"""
 
+    @_builtins.property
+    def after(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Jobs this one runs after (up to 1,000 in all, with steps): once each has succeeded (a
+        failed or cancelled one cancels this job too), or once each is final, whatever its outcome.
+        """
+
+    @_builtins.property
+    def after_finished(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def after_steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepRef]:
+        """The same for jobs of this same SubmitRequest (a workflow's steps), by their index in its
+        jobs; the submit is refused if they form a cycle.
+        """
+
     def __init__(
         self,
         *,
@@ -231,10 +252,13 @@ class JobSpec(_message.Message):
         name: _builtins.str = ...,
         limits: Global___Limits | None = ...,
         unique: _builtins.str = ...,
+        after: _abc.Iterable[_builtins.int] | None = ...,
+        after_finished: _abc.Iterable[_builtins.int] | None = ...,
+        after_steps: _abc.Iterable[Global___StepRef] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_backoff", b"_backoff", "_max_retries", b"_max_retries", "_timeout", b"_timeout", "backoff", b"backoff", "limits", b"limits", "max_retries", b"max_retries", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backoff", b"_backoff", "_max_retries", b"_max_retries", "_timeout", b"_timeout", "argv", b"argv", "backoff", b"backoff", "cwd", b"cwd", "delay", b"delay", "env", b"env", "limits", b"limits", "max_retries", b"max_retries", "name", b"name", "priority", b"priority", "queue", b"queue", "shell", b"shell", "timeout", b"timeout", "unique", b"unique"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backoff", b"_backoff", "_max_retries", b"_max_retries", "_timeout", b"_timeout", "after", b"after", "after_finished", b"after_finished", "after_steps", b"after_steps", "argv", b"argv", "backoff", b"backoff", "cwd", b"cwd", "delay", b"delay", "env", b"env", "limits", b"limits", "max_retries", b"max_retries", "name", b"name", "priority", b"priority", "queue", b"queue", "shell", b"shell", "timeout", b"timeout", "unique", b"unique"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__backoff: _TypeAlias = _typing.Literal["backoff"]  # noqa: Y015
     _WhichOneofArgType__backoff: _TypeAlias = _typing.Literal["_backoff", b"_backoff"]  # noqa: Y015
@@ -250,6 +274,62 @@ class JobSpec(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__timeout) -> _WhichOneofReturnType__timeout | None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class StepRef(_message.Message):
+    """A reference from one job of a Submit to another of the same Submit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    FINISHED_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """0-based index in SubmitRequest.jobs"""
+    finished: _builtins.bool
+    """false: run after it succeeded; true: after it is final, whatever its outcome"""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        finished: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished", b"finished", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepRef: _TypeAlias = StepRef  # noqa: Y015
+
+@_typing.final
+class Dependency(_message.Message):
+    """One edge of a job's dependencies, as GetJob shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    FINISHED_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.int
+    """the other job"""
+    status: Global___JobStatus.ValueType
+    """its status; UNSPECIFIED: deleted by retention"""
+    finished: _builtins.bool
+    """the edge asks only for its end (after_finished), not its success"""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.int = ...,
+        status: Global___JobStatus.ValueType = ...,
+        finished: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished", b"finished", "job_id", b"job_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Dependency: _TypeAlias = Dependency  # noqa: Y015
 
 @_typing.final
 class Job(_message.Message):
@@ -271,6 +351,8 @@ class Job(_message.Message):
     EXISTING_FIELD_NUMBER: _builtins.int
     SCHEDULE_FIELD_NUMBER: _builtins.int
     DUE_AT_FIELD_NUMBER: _builtins.int
+    WAITS_FOR_FIELD_NUMBER: _builtins.int
+    WAITED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """server-assigned, increasing"""
     status: Global___JobStatus.ValueType
@@ -301,6 +383,14 @@ class Job(_message.Message):
     def spec(self) -> Global___JobSpec:
         """as submitted, with server defaults filled in"""
 
+    @_builtins.property
+    def waits_for(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dependency]:
+        """only in GetJob's answer: the jobs this one depends on"""
+
+    @_builtins.property
+    def waited_by(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dependency]:
+        """only in GetJob's answer: the jobs that depend on this one"""
+
     def __init__(
         self,
         *,
@@ -318,10 +408,12 @@ class Job(_message.Message):
         existing: _builtins.bool = ...,
         schedule: _builtins.str = ...,
         due_at: _builtins.float = ...,
+        waits_for: _abc.Iterable[Global___Dependency] | None = ...,
+        waited_by: _abc.Iterable[Global___Dependency] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "attempts", b"attempts", "created_at", b"created_at", "due_at", b"due_at", "error", b"error", "existing", b"existing", "exit_code", b"exit_code", "finished_at", b"finished_at", "id", b"id", "run_at", b"run_at", "schedule", b"schedule", "spec", b"spec", "started_at", b"started_at", "status", b"status", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "attempts", b"attempts", "created_at", b"created_at", "due_at", b"due_at", "error", b"error", "existing", b"existing", "exit_code", b"exit_code", "finished_at", b"finished_at", "id", b"id", "run_at", b"run_at", "schedule", b"schedule", "spec", b"spec", "started_at", b"started_at", "status", b"status", "waited_by", b"waited_by", "waits_for", b"waits_for", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -1304,7 +1396,7 @@ class QueueInfo(_message.Message):
     scheduled: _builtins.int
     """jobs waiting for their start time or a retry backoff"""
     waiting: _builtins.int
-    """jobs waiting for other jobs (always 0: no dependencies yet)"""
+    """jobs waiting for other jobs to end (submit --after)"""
     paused: _builtins.bool
     """workers take no new job from it"""
     limit: _builtins.int

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from dts.controls import QueueSetting
-from dts.domain import JobSpec
+from dts.domain import JobSpec, JobStatus
 from dts.errors import Internal, Unavailable
 from dts.server.store.postgres import SCHEMA_VERSION, PostgresStore
 from tests.harness import wait_until
@@ -253,3 +253,34 @@ def test_a_version_2_database_gets_unique_keys(postgres_url: str) -> None:
         ).fetchone()
     assert row == (str(SCHEMA_VERSION),)
     assert index is not None and "UNIQUE" in index[0] and "unique_key IS NOT NULL" in index[0]
+
+
+def test_a_version_5_database_gets_dependencies(postgres_url: str) -> None:
+    # Given a database as dts left it at schema version 5 (before dependencies), with a job
+    # holding a unique key
+    PostgresStore(postgres_url).close()
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("DROP TABLE dependencies")
+        conn.execute("DROP INDEX jobs_unique")
+        conn.execute(
+            "CREATE UNIQUE INDEX jobs_unique ON jobs (queue, unique_key)"
+            " WHERE unique_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running')"
+        )
+        conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    # When this dts opens it, then a job can wait for another, and holds its unique key
+    store = PostgresStore(postgres_url)
+    try:
+        with store.transaction() as tx:
+            (first,) = tx.insert_jobs([JobSpec(argv=("true",))], 1.0)
+            (second,) = tx.insert_jobs(
+                [JobSpec(argv=("true",), after=(first.id,), unique="k")], 1.0
+            )
+            tx.add_dependencies([(second.id, first.id, "succeeded")])
+            assert second.status is JobStatus.WAITING
+            assert tx.insert_unique(JobSpec(argv=("true",), unique="k"), 2.0).existing
+        assert store.dependencies(second.id)[0][0].job_id == first.id
+    finally:
+        store.close()
+    with psycopg.connect(postgres_url) as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    assert row == (str(SCHEMA_VERSION),) == ("7",)

@@ -422,6 +422,7 @@ def test_stats_counts_by_status_and_queue(cluster: Cluster) -> None:
     cluster.cli("submit", "--wait", "--queue", "default", "--", "true")
     obj = json.loads(cluster.cli("--json", "stats").stdout)
     assert set(obj["by_status"]) == {
+        "waiting",
         "scheduled",
         "queued",
         "running",

@@ -69,6 +69,10 @@ def make_history(path: Path) -> None:
             tx.update_job(again)
     with store.transaction() as tx:
         tx.claim_queued(failing, "w2", ["default"], now + 4, now + 34)
+    with store.transaction() as tx:  # the last scheduled ones wait for two jobs each
+        tx.add_dependencies(
+            [(j.id, d, kind) for j in jobs[-10:] for d, kind in ((1, "succeeded"), (2, "finished"))]
+        )
     store.close()
 
 
@@ -98,6 +102,9 @@ def test_a_sqlite_history_moves_into_postgresql_whole(tmp_path: Path, postgres_u
         assert len(expected[0]) == JOBS and len(expected[1]) == JOBS // 2 + 500
         assert got == expected
         assert target.output(1, 1) == Output(1, b"out 1\n", b"\xff\x00")
+        # with the jobs' dependencies
+        assert target.dependencies(JOBS) == source.dependencies(JOBS)
+        assert len(target.dependencies(1)[1]) == 10
         # And the store carries on from there: a new job gets the next id
         with target.transaction() as tx:
             [new] = tx.insert_jobs([JobSpec(argv=("true",))], time.time())

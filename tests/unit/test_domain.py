@@ -40,6 +40,11 @@ EXPECTED_EDGES = {
     (S.RUNNING, S.CANCELLED),
     (S.FAILED, S.QUEUED),
     (S.CANCELLED, S.QUEUED),
+    (S.WAITING, S.QUEUED),
+    (S.WAITING, S.SCHEDULED),
+    (S.WAITING, S.CANCELLED),
+    (S.FAILED, S.WAITING),
+    (S.CANCELLED, S.WAITING),
 }
 
 
@@ -66,6 +71,12 @@ def test_allowed_edges(old: JobStatus, new: JobStatus) -> None:
         (S.FAILED, S.RUNNING),
         (S.CANCELLED, S.RUNNING),
         (S.CANCELLED, S.FAILED),
+        (S.WAITING, S.RUNNING),
+        (S.WAITING, S.SUCCEEDED),
+        (S.WAITING, S.FAILED),
+        (S.QUEUED, S.WAITING),
+        (S.RUNNING, S.WAITING),
+        (S.SUCCEEDED, S.WAITING),
     ],
 )
 def test_disallowed_edges(old: JobStatus, new: JobStatus) -> None:
@@ -81,10 +92,10 @@ def test_no_status_transitions_to_itself() -> None:
     assert not any(can_transition(s, s) for s in JobStatus)
 
 
-def test_succeeded_is_terminal_and_other_finals_only_go_back_to_queued() -> None:
+def test_succeeded_is_terminal_and_other_finals_only_go_back_to_queued_or_waiting() -> None:
     assert not any(can_transition(S.SUCCEEDED, s) for s in JobStatus)
     for final in (S.FAILED, S.CANCELLED):
-        assert {new for old, new in TRANSITIONS if old == final} == {S.QUEUED}
+        assert {new for old, new in TRANSITIONS if old == final} == {S.QUEUED, S.WAITING}
 
 
 def test_final_statuses() -> None:
@@ -93,6 +104,7 @@ def test_final_statuses() -> None:
     assert not S.RUNNING.final
     assert not S.QUEUED.final
     assert not S.SCHEDULED.final
+    assert not S.WAITING.final
 
 
 def test_exit_code_for_signal() -> None:

@@ -35,6 +35,7 @@ QUEUE_API = ("dts.queue",)  # the protocol module itself, not dts.queue.redis (s
 # the coordinator's own parts: the store protocol and the rules it applies inside a transaction
 RULES = (
     "dts.server.store",
+    "dts.server.dependencies",
     "dts.server.outcomes",
     "dts.server.queues",
     "dts.server.sessions",
@@ -66,6 +67,7 @@ LAYERS = (
     Layer("dts.domain", ("dts.errors",), banned=NO_IO, own=False),
     Layer("dts.controls", ("dts.errors",), banned=NO_IO, own=False),  # queue controls' model
     Layer("dts.schedule", ("dts.errors", "dts.domain"), banned=NO_IO, own=False),
+    Layer("dts.dependencies", MODEL, banned=NO_IO, own=False),
     Layer("dts.backoff", (), banned=NO_IO),
     Layer("dts.v1", ("dts.v1",)),
     Layer("dts.wire", (*MODEL, "dts.v1"), banned=("redis", "sqlite3")),
@@ -98,9 +100,15 @@ LAYERS = (
     Layer("dts.server.settings", (), banned=NO_IO, own=False),
     Layer(
         "dts.server.submits",
-        MODEL,
+        (*MODEL, "dts.dependencies"),
         banned=NO_IO,
-        exact=("dts.server.store", "dts.server.unique"),
+        exact=("dts.server.store", "dts.server.unique", "dts.server.dependencies"),
+    ),
+    Layer(
+        "dts.server.dependencies",
+        (*MODEL, "dts.dependencies"),
+        banned=NO_IO,
+        exact=("dts.server.store", "dts.server.outcomes"),
     ),
     Layer("dts.server.unique", MODEL, banned=NO_IO, exact=("dts.server.store",)),
     Layer("dts.server.store", MODEL, banned=NO_IO, own=False),
@@ -114,6 +122,12 @@ LAYERS = (
         exact=("dts.server.store.reads",),
     ),
     Layer(
+        "dts.server.store.dependencies",
+        MODEL,
+        banned=NO_IO,
+        exact=("dts.server.store", "dts.server.store.reads"),
+    ),
+    Layer(
         "dts.server.store.reads",
         MODEL,
         banned=NO_IO,
@@ -125,6 +139,7 @@ LAYERS = (
         banned=("grpc", "redis", "sqlite3"),
         exact=(
             "dts.server.store",
+            "dts.server.store.dependencies",
             "dts.server.store.lead",
             "dts.server.store.purge",
             "dts.server.store.queues",
@@ -141,6 +156,7 @@ LAYERS = (
         banned=("grpc", "redis"),
         exact=(
             "dts.server.store",
+            "dts.server.store.dependencies",
             "dts.server.store.purge",
             "dts.server.store.queues",
             "dts.server.store.reads",
@@ -159,7 +175,11 @@ LAYERS = (
         "dts.server.store.purge",
         MODEL,
         banned=NO_IO,
-        exact=("dts.server.store.reads", "dts.server.store.rows"),
+        exact=(
+            "dts.server.store.dependencies",
+            "dts.server.store.reads",
+            "dts.server.store.rows",
+        ),
     ),
     # retention: the rules of deleting old jobs, on the store protocol
     Layer("dts.server.retention", MODEL, banned=NO_IO, exact=("dts.server.store",)),
@@ -179,6 +199,7 @@ LAYERS = (
         (
             *SHARED,
             "dts.server.coordinator",
+            "dts.server.dependencies",
             "dts.server.waiters",
             "dts.server.retention",
             "dts.server.schedules",
@@ -211,6 +232,11 @@ LAYERS = (
     ),
     Layer(
         "dts.client.unique", MODEL, banned=("grpc", "redis", "sqlite3"), exact=("dts.client.args",)
+    ),
+    Layer(
+        "dts.client.workflow",
+        (*MODEL, "dts.dependencies", "dts.options", "dts.client.args", "dts.client.cli"),
+        banned=("grpc", "redis", "sqlite3"),
     ),
     Layer("dts.devrun", (*MODEL, "dts.client", "dts.queue"), banned=("sqlite3",)),
 )

@@ -831,7 +831,7 @@ PARTIAL_INDEXES = {
     ),
     "jobs_unique": (
         "CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs (queue, unique_key)"
-        " WHERE unique_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running')"
+        " WHERE unique_key IS NOT NULL AND status IN ('waiting', 'scheduled', 'queued', 'running')"
     ),
     "jobs_finished": (
         "CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at)"
@@ -924,3 +924,31 @@ def test_a_soft_transaction_commits_and_leaves_the_store_durable(db: Path) -> No
         assert s._all("PRAGMA synchronous")[0][0] == 2
     finally:
         s.close()
+
+
+def test_a_version_7_database_gets_dependencies(db: Path) -> None:
+    # Given a database as dts left it at schema version 7 (before dependencies)
+    SqliteStore(str(db)).close()
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TABLE dependencies")
+    conn.execute("DROP INDEX jobs_unique")
+    conn.execute(
+        "CREATE UNIQUE INDEX jobs_unique ON jobs (queue, unique_key)"
+        " WHERE unique_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running')"
+    )
+    conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    # When this dts opens it, then a job can wait for another and holds its unique key
+    s = SqliteStore(str(db))
+    try:
+        with s.transaction() as tx:
+            (first,) = tx.insert_jobs([spec("a")], 1.0)
+            (second,) = tx.insert_jobs([spec("b", after=(first.id,), unique="k")], 1.0)
+            tx.add_dependencies([(second.id, first.id, "succeeded")])
+            assert second.status is S.WAITING
+            assert tx.insert_unique(spec("c", unique="k"), 2.0).existing
+        assert s.dependencies(second.id)[0][0].job_id == first.id
+    finally:
+        s.close()
+    assert schema_version(db) == str(SCHEMA_VERSION) == "9"

@@ -206,7 +206,7 @@ def test_worker_round_trip_drops_only_the_session() -> None:
 # ---- unknown enum values ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", [pb.JOB_STATUS_UNSPECIFIED, 7, 99, -1])
+@pytest.mark.parametrize("value", [pb.JOB_STATUS_UNSPECIFIED, 8, 99, -1])
 def test_unknown_job_status_is_invalid_argument(value: int) -> None:
     with pytest.raises(errors.InvalidArgument, match="status"):
         wire.status_from_pb(value)

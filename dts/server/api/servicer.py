@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.message import Message
 
 from dts import wire
-from dts.domain import Job, JobSpec
+from dts.domain import Job, JobSpec, JobStatus
 from dts.errors import DeadlineExceeded, DtsError, InvalidArgument, PermissionDenied, UnknownSession
 from dts.server.api.auth import Credential
 from dts.server.api.rpc import (
@@ -29,6 +29,7 @@ from dts.server.api.rpc import (
     unary_handler,
 )
 from dts.server.coordinator import Coordinator
+from dts.server.dependencies import described
 from dts.server.waiters import MAX_WAIT, check_wait_timeout
 from dts.v1 import dts_pb2 as pb
 
@@ -85,7 +86,7 @@ class SchedulerServicer:
         return pb.SubmitResponse(jobs=[wire.job_to_pb(j) for j in jobs])
 
     def get_job(self, request: pb.JobRef, caller: Credential | None) -> pb.Job:
-        return wire.job_to_pb(self.c.get(_id(request.id)))
+        return wire.job_to_pb(described(self.c.store, self.c.get(_id(request.id))))
 
     def list_jobs(
         self, request: pb.ListJobsRequest, caller: Credential | None
@@ -247,6 +248,9 @@ def _group(first: object, inbox: asyncio.Queue[object]) -> tuple[list[bytes], ob
 def _lean_answer(outcome: list[Job] | DtsError, c: Coordinator) -> pb.SubmitResponse:
     if isinstance(outcome, DtsError):
         return pb.SubmitResponse(code=wire.status_code(outcome).value[0], message=outcome.message)
+    if any(j.spec.waits and j.status is not JobStatus.WAITING for j in outcome):
+        # judged at once (a dependency was final): the client could not rebuild its status
+        return pb.SubmitResponse(jobs=[wire.job_to_pb(j) for j in outcome])
     st = c.settings
     made = [j for j in outcome if not j.existing] or outcome
     return pb.SubmitResponse(

@@ -20,6 +20,7 @@ from dts.domain import (
     Assignment,
     Attempt,
     AttemptKey,
+    Dependency,
     Job,
     JobFilter,
     JobSpec,
@@ -138,6 +139,21 @@ class Transaction(Protocol):
         """Add the jobs of `schedule` for its due times `due` (None: run by hand); one whose
         due time has its job already (a unique index) is not added."""
 
+    def add_dependencies(self, rows: Sequence[tuple[int, int, str]]) -> None:
+        """Store edges (job id, the id it depends on, kind: 'succeeded' or 'finished')."""
+
+    def lock_statuses(self, ids: Sequence[int]) -> dict[int, JobStatus]:
+        """The statuses of the jobs among `ids` that exist, locked for share until the commit
+        where the store can (their end waits for it, and this read waits for an end under
+        way)."""
+
+    def waits_for(self, job_id: int) -> list[tuple[int, str, JobStatus | None]]:
+        """The edges of `job_id`: (the job it depends on, kind, that job's status; None when
+        it is deleted), by id."""
+
+    def dependents(self, ids: Sequence[int]) -> list[int]:
+        """The jobs that depend on any of `ids`, ascending."""
+
 
 class Store(Protocol):
     """Durable home of jobs, their history and the worker registry."""
@@ -168,6 +184,9 @@ class Store(Protocol):
 
     def queue_settings(self) -> list[QueueSetting]:
         """Every queue's stored setting, by name."""
+
+    def dependencies(self, job_id: int) -> tuple[tuple[Dependency, ...], tuple[Dependency, ...]]:
+        """What the job waits for and what waits for it (README "Dependencies")."""
 
     def due_jobs(self, now: float, limit: int) -> list[int]:
         """Ids of scheduled jobs whose run_at has passed, earliest first."""

@@ -30,6 +30,7 @@ from dts.domain import (
 )
 from dts.errors import DtsError, FailedPrecondition, Internal, Unavailable, first_line
 from dts.server.store import schedules
+from dts.server.store.dependencies import DependencyRows, dependencies_ddl
 from dts.server.store.lead import Lead
 from dts.server.store.purge import FINISHED_INDEX, keys_naming, purge_condition
 from dts.server.store.queues import QueueRows, queue_schema
@@ -61,7 +62,7 @@ from dts.server.store.url import redacted
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 6  # PostgreSQL's own line of versions; it starts where SQLite's version 3 is
+SCHEMA_VERSION = 7  # PostgreSQL's own line of versions; it starts where SQLite's version 3 is
 MIGRATION_LOCK = 0x647473  # pg_advisory_xact_lock key: 'dts'; one migrating server at a time
 INSERT_ROWS = 1000  # jobs one INSERT statement adds (16 parameters each; the limit is 65,535)
 COPY_FROM = 64  # jobs from which a submit's rows go by COPY rather than INSERT
@@ -95,6 +96,9 @@ UNIQUE_JOBS = (
     f" WHERE {UNIQUE_HELD}"
 )
 UNIQUE_TRIES = 3  # inserts of a unique job whose holder became final before it could be read
+
+# Dependencies (version 7): the table, and a unique key held by a waiting job too.
+DEPENDENCIES = dependencies_ddl("BIGINT")
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -165,6 +169,7 @@ SCHEMA = [
     FINISHED_INDEX,
     *queue_schema("DOUBLE PRECISION"),
     *schedules.schema("DOUBLE PRECISION"),
+    *DEPENDENCIES,
 ]
 
 # Statements that bring a database of version N-1 to version N.
@@ -177,6 +182,7 @@ MIGRATIONS: dict[int, list[str]] = {
     4: schedules.migration("DOUBLE PRECISION", "IF NOT EXISTS "),
     5: [FINISHED_INDEX],  # retention finds old final jobs by it
     6: queue_schema("DOUBLE PRECISION"),  # queue controls: paused, run limit
+    7: [f"DROP INDEX IF EXISTS {UNIQUE_INDEX}", UNIQUE_JOBS, *DEPENDENCIES],
 }
 
 INSERT_MARKS = "(" + ",".join(["%s"] * INSERT_COUNT) + ")"
@@ -221,11 +227,12 @@ def _errors(what: str, unreachable: Callable[[], None] = lambda: None) -> Iterat
         raise Internal(f"database error ({what}): {first_line(e)}") from e
 
 
-class PostgresTransaction(QueueRows, schedules.ScheduleWrites):
+class PostgresTransaction(QueueRows, schedules.ScheduleWrites, DependencyRows):
     """Statements run inside one transaction on one pooled connection."""
 
     PARAM = "%s"
     LOCK = " FOR UPDATE"
+    _lock_share = " FOR SHARE"
     _c: psycopg.Connection[DictRow]
 
     def __init__(self, conn: psycopg.Connection[DictRow]) -> None:
@@ -652,6 +659,7 @@ class PostgresStore(SqlReads, schedules.ScheduleReads):
             if doomed:
                 c.execute("DELETE FROM submit_keys WHERE key = ANY(%s)", (doomed,))
             c.execute("DELETE FROM attempts WHERE job_id = ANY(%s)", (ids,))
+            c.execute("DELETE FROM dependencies WHERE job_id = ANY(%s)", (ids,))
             c.execute("DELETE FROM jobs WHERE id = ANY(%s)", (ids,))
         return len(ids)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from dts.domain import FINAL_STATUSES, JobStatus
 from dts.errors import Internal
+from dts.server.store.dependencies import PURGE_GUARD
 from dts.server.store.reads import literal
 from dts.server.store.rows import ids_of
 
@@ -24,12 +25,13 @@ def purge_condition(
 ) -> tuple[str, list[Any]]:
     """The WHERE clause (with its arguments) of the jobs a purge may delete: final ones in
     `statuses` (every final one when empty) that finished before `before`, of `queue` if
-    given. A status that is not final is a bug of the caller: nothing is deleted."""
+    given, that no job that is not final depends on. A status that is not final is a bug of
+    the caller: nothing is deleted."""
     wanted = set(statuses) or set(FINAL_STATUSES)
     if not wanted <= FINAL_STATUSES:
         raise Internal(f"purge of jobs that are not final: {sorted(wanted - FINAL_STATUSES)}")
     names = ",".join(literal(s) for s in sorted(wanted))
-    sql = f"finished_at < {param} AND status IN ({names})"
+    sql = f"finished_at < {param} AND status IN ({names})" + PURGE_GUARD
     args: list[Any] = [before]
     if queue:
         sql += f" AND queue = {param}"

@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from dts.controls import QueueSetting
-from dts.domain import Attempt, Job, JobFilter, JobStatus, Output, StatCount, WorkerInfo
+from dts.domain import Attempt, Dependency, Job, JobFilter, JobStatus, Output, StatCount, WorkerInfo
 from dts.server.store.rows import (
     ATTEMPT_COLUMNS,
     JOB_COLUMNS,
@@ -33,7 +33,10 @@ RUNNING: Final = literal(JobStatus.RUNNING)
 # The rows whose unique key is taken: a key and a status that is not final (a unit test checks
 # these are all the statuses that are not). Both stores' partial UNIQUE index on (queue,
 # unique_key) has this predicate, and a query that is to use that index names it as written.
-UNIQUE_HELD: Final = f"unique_key IS NOT NULL AND status IN ({SCHEDULED}, {QUEUED}, {RUNNING})"
+WAITING: Final = literal(JobStatus.WAITING)
+UNIQUE_HELD: Final = (
+    f"unique_key IS NOT NULL AND status IN ({WAITING}, {SCHEDULED}, {QUEUED}, {RUNNING})"
+)
 UNIQUE_INDEX: Final = "jobs_unique"
 
 
@@ -101,6 +104,21 @@ class SqlReads:
             for r in rows
         ]
 
+    def dependencies(self, job_id: int) -> tuple[tuple[Dependency, ...], tuple[Dependency, ...]]:
+        """What job `job_id` waits for, and what waits for it, by id (status None: deleted)."""
+        p = self.PARAM
+        waits = self._all(
+            "SELECT d.depends_on AS other, d.kind, j.status FROM dependencies d"
+            f" LEFT JOIN jobs j ON j.id = d.depends_on WHERE d.job_id = {p} ORDER BY other",
+            (job_id,),
+        )
+        waited = self._all(
+            "SELECT d.job_id AS other, d.kind, j.status FROM dependencies d"
+            f" LEFT JOIN jobs j ON j.id = d.job_id WHERE d.depends_on = {p} ORDER BY other",
+            (job_id,),
+        )
+        return _edges(waits), _edges(waited)
+
     def workers(self) -> list[WorkerInfo]:
         return [
             worker_of(r) for r in self._all(f"SELECT {WORKER_COLUMNS} FROM workers ORDER BY name")
@@ -144,3 +162,12 @@ class SqlReads:
             (after_id, limit),
         )
         return [job_of(r) for r in rows]
+
+
+def _edges(rows: Sequence[Any]) -> tuple[Dependency, ...]:
+    return tuple(
+        Dependency(
+            r["other"], JobStatus(r["status"]) if r["status"] else None, r["kind"] == "finished"
+        )
+        for r in rows
+    )

@@ -29,6 +29,7 @@ from dts.domain import (
 )
 from dts.errors import FailedPrecondition, Internal, Unavailable
 from dts.server.store import chunks, schedules
+from dts.server.store.dependencies import DependencyRows, dependencies_ddl
 from dts.server.store.purge import FINISHED_INDEX, keys_naming, purge_condition
 from dts.server.store.queues import QueueRows, queue_schema
 from dts.server.store.reads import (
@@ -57,7 +58,7 @@ from dts.server.store.rows import (
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 BATCH_ROWS = 400  # rows one statement touches by an IN list (SQLite allows 32,766 variables)
 
 
@@ -83,6 +84,9 @@ UNIQUE_JOBS = (
     f"CREATE UNIQUE INDEX IF NOT EXISTS {UNIQUE_INDEX} ON jobs (queue, unique_key)"
     f" WHERE {UNIQUE_HELD}"
 )
+
+# Dependencies (version 9): the table, and a unique key held by a waiting job too.
+DEPENDENCIES = dependencies_ddl("INTEGER")
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -154,6 +158,7 @@ SCHEMA = [
     FINISHED_INDEX,
     *queue_schema("REAL"),
     *schedules.schema("REAL"),
+    *DEPENDENCIES,
 ]
 
 INSERT_MARKS = ",".join("?" * INSERT_COUNT)
@@ -170,10 +175,11 @@ MIGRATIONS: dict[int, list[str]] = {
     6: schedules.migration("REAL"),
     7: [FINISHED_INDEX],  # retention finds old final jobs by it
     8: queue_schema("REAL"),  # queue controls: paused, run limit
+    9: [f"DROP INDEX IF EXISTS {UNIQUE_INDEX}", UNIQUE_JOBS, *DEPENDENCIES],
 }
 
 
-class SqliteTransaction(QueueRows, schedules.ScheduleWrites):
+class SqliteTransaction(QueueRows, schedules.ScheduleWrites, DependencyRows):
     """Statements run inside one BEGIN IMMEDIATE ... COMMIT (which serialises them: no row
     locks needed)."""
 
@@ -587,6 +593,7 @@ class SqliteStore(SqlReads, schedules.ScheduleReads):
             for part in chunks(ids, BATCH_ROWS):
                 marks = ",".join("?" * len(part))
                 self._c.execute(f"DELETE FROM attempts WHERE job_id IN ({marks})", part)
+                self._c.execute(f"DELETE FROM dependencies WHERE job_id IN ({marks})", part)
                 self._c.execute(f"DELETE FROM jobs WHERE id IN ({marks})", part)
         return len(ids)
 
