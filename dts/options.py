@@ -11,8 +11,9 @@ from typing import Any, NoReturn
 
 import configargparse
 
-from dts.domain import MAX_LIMIT, LimitUnit, parse_size
+from dts.domain import MAX_LIMIT
 from dts.errors import InvalidArgument
+from dts.limits import LimitUnit, parse_size
 
 ENV_PREFIX = "DTS_"
 CONFIG_DIR = "/etc/dts"
@@ -61,7 +62,7 @@ def count_arg(text: str) -> int:
 
 
 def limit_arg(unit: LimitUnit) -> Callable[[str], int]:
-    """The argparse type of a resource limit (dts.domain.LIMITS) of `unit`."""
+    """The argparse type of a resource limit (dts.limits.LIMITS) of `unit`."""
     return size_arg if unit is LimitUnit.SIZE else count_arg
 
 

@@ -14,8 +14,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from dts.domain import MAX_SECONDS, JobSpec, format_duration, validate_spec
+from dts.domain import MAX_SECONDS, JobSpec, validate_spec
 from dts.errors import InvalidArgument
+from dts.limits import format_duration
 
 MAX_CATCHUP: Final = 100  # jobs one tick of a schedule makes at most (catch-up all)
 # A due time is on time (not missed) while it is the latest one and at most this old: a tick

@@ -14,8 +14,6 @@ import grpc
 from dts import errors
 from dts.controls import QueueInfo
 from dts.domain import (
-    LIMITS,
-    NO_LIMITS,
     Assignment,
     Attempt,
     Dependency,
@@ -23,7 +21,6 @@ from dts.domain import (
     JobSpec,
     JobStatus,
     Lease,
-    Limits,
     Outcome,
     Result,
     StatCount,
@@ -31,6 +28,7 @@ from dts.domain import (
     WorkerState,
     submitted_job,
 )
+from dts.limits import LIMITS, NO_LIMITS, Limits
 from dts.v1 import dts_pb2 as pb
 
 MAX_MESSAGE = 64 * 1024 * 1024

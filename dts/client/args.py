@@ -9,16 +9,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, NoReturn
 
-from dts.domain import (
-    LIMITS,
-    MAX_PRIORITY,
-    MIN_PRIORITY,
-    JobSpec,
-    Limits,
-    LimitUnit,
-    validate_spec,
-)
+from dts.domain import MAX_PRIORITY, MIN_PRIORITY, JobSpec, validate_spec
 from dts.errors import InvalidArgument
+from dts.limits import LIMITS, Limits, LimitUnit
 from dts.options import limit_arg
 
 PROG = "dts-client"

@@ -6,8 +6,9 @@ import argparse
 from typing import TYPE_CHECKING
 
 from dts.client.args import PROG, SubParser
-from dts.domain import FINAL_STATUSES, JobStatus, parse_duration
+from dts.domain import FINAL_STATUSES, JobStatus
 from dts.errors import InvalidArgument
+from dts.limits import parse_duration
 
 if TYPE_CHECKING:
     from dts.client.cli import Cli

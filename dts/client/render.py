@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from dts.domain import LIMITS, Attempt, Job, JobStatus, Limits, StatCount, WorkerInfo, WorkerState
+from dts.domain import Attempt, Job, JobStatus, StatCount, WorkerInfo, WorkerState
+from dts.limits import LIMITS, Limits
 
 
 def iso(ts: float | None) -> str | None:

@@ -8,8 +8,9 @@ import tomllib
 from typing import Any
 
 from dts.client.args import UsageError
-from dts.domain import LIMITS, MAX_PRIORITY, MIN_PRIORITY, JobSpec, Limits, parse_duration
+from dts.domain import MAX_PRIORITY, MIN_PRIORITY, JobSpec
 from dts.errors import InvalidArgument
+from dts.limits import LIMITS, Limits, parse_duration
 from dts.options import limit_arg
 from dts.schedule import Catchup, Overlap, Schedule, validate_schedule
 

@@ -19,8 +19,9 @@ from dts.client.args import (
 )
 from dts.client.render import iso, job_json, limits_json, short, table
 from dts.client.schedule_file import read_schedules
-from dts.domain import Job, parse_duration
+from dts.domain import Job
 from dts.errors import InvalidArgument
+from dts.limits import parse_duration
 from dts.schedule import Catchup, Overlap, Schedule, validate_schedule
 from dts.v1 import dts_pb2 as pb
 from dts.v1 import dts_pb2_grpc as pb_grpc

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from dts.client.args import UsageError, checked
 from dts.dependencies import MAX_DEPENDENCIES, MAX_STEPS, check_dependencies
-from dts.domain import LIMITS, Dependency, Job, JobSpec, Limits, parse_duration
+from dts.domain import Dependency, Job, JobSpec
 from dts.errors import InvalidArgument
+from dts.limits import LIMITS, Limits, parse_duration
 from dts.options import limit_arg
 
 if TYPE_CHECKING:

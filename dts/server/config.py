@@ -9,8 +9,8 @@ from typing import Any
 
 from dts.channel import DEFAULT_SERVER, is_loopback, parse_hostport
 from dts.daemon.config import ProcessConfig, add_process_options, process_config
-from dts.domain import parse_duration
 from dts.errors import InvalidArgument
+from dts.limits import parse_duration
 from dts.options import ArgumentParser, new_parser, non_negative, parse, positive
 from dts.queue.redis import DEFAULT_REDIS_URL, check_redis_url
 from dts.server.api.auth import ServerTls, load_tokens

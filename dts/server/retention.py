@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dts.domain import FINAL_STATUSES, MAX_DURATION, JobStatus, format_duration
+from dts.domain import FINAL_STATUSES, JobStatus
 from dts.errors import InvalidArgument
+from dts.limits import MAX_DURATION, format_duration
 from dts.server.store import Store
 
 log = logging.getLogger("dts.retention")

@@ -18,16 +18,9 @@ from dts.channel import (
     server_addresses,
 )
 from dts.daemon.config import ProcessConfig, add_process_options, process_config
-from dts.domain import (
-    MAX_CONCURRENCY,
-    MAX_NAME_CHARS,
-    MAX_WORKER_QUEUES,
-    NO_LIMITS,
-    RLIMIT_LIMITS,
-    Limits,
-    validate_queue_name,
-)
+from dts.domain import MAX_CONCURRENCY, MAX_NAME_CHARS, MAX_WORKER_QUEUES, validate_queue_name
 from dts.errors import InvalidArgument
+from dts.limits import NO_LIMITS, RLIMIT_LIMITS, Limits
 from dts.options import (
     ArgumentParser,
     limit_arg,

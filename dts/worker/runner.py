@@ -19,14 +19,12 @@ from dataclasses import dataclass, replace
 from dts.domain import (
     EXIT_CANNOT_RUN,
     EXIT_TIMED_OUT,
-    NO_LIMITS,
     Assignment,
-    Limits,
     Outcome,
     Result,
     exit_code_for_signal,
-    lower_limit,
 )
+from dts.limits import NO_LIMITS, Limits, lower_limit
 from dts.worker.cgroups import JobCgroups, Slot
 from dts.worker.sandbox import (
     RunAs,

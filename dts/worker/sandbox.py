@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
 
-from dts.domain import LIMIT_NAMES, RLIMIT_LIMITS, Limits
+from dts.limits import LIMIT_NAMES, RLIMIT_LIMITS, Limits
 
 log = logging.getLogger("dts.sandbox")
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-from dts.domain import JobSpec, Limits
+from dts.domain import JobSpec
+from dts.limits import Limits
 from dts.schedule import Catchup, Overlap, Schedule
 from dts.server.store import Store
 

@@ -99,7 +99,7 @@ def test_jobs_a_submit_returns_are_the_jobs_the_server_stored(
     )  # fmt: skip
     s.start()
     try:
-        from dts.domain import Limits
+        from dts.limits import Limits
 
         specs = [
             JobSpec(argv=("true",), delay=3600),

@@ -22,8 +22,9 @@ import dts.worker.config
 from dts.channel import DEFAULT_SERVER, parse_hostport
 from dts.client.cli import main, split_command
 from dts.client.render import limits_json
-from dts.domain import LIMIT_NAMES, LIMITS, Job, JobSpec, LimitField, Limits, submitted_job
+from dts.domain import Job, JobSpec, submitted_job
 from dts.errors import InvalidArgument
+from dts.limits import LIMIT_NAMES, LIMITS, LimitField, Limits
 from dts.queue.redis import DEFAULT_REDIS_URL
 from dts.server.config import ServerConfig, load_server_config
 from dts.worker.config import load_worker_config

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dts.domain import format_duration, parse_duration
 from dts.errors import InvalidArgument
+from dts.limits import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "dts"
 
-MODEL = ("dts.errors", "dts.domain", "dts.controls", "dts.schedule")
+MODEL = ("dts.errors", "dts.limits", "dts.domain", "dts.controls", "dts.schedule")
 SHARED = (
     *MODEL,
     "dts.backoff",
@@ -64,9 +64,10 @@ NO_IO = ("grpc", "google", "redis", "sqlite3", "configargparse", "psycopg", "psy
 # The most specific prefix that names a module decides its layer.
 LAYERS = (
     Layer("dts.errors", (), banned=NO_IO),
-    Layer("dts.domain", ("dts.errors",), banned=NO_IO, own=False),
+    Layer("dts.limits", ("dts.errors",), banned=NO_IO, own=False),
+    Layer("dts.domain", ("dts.errors", "dts.limits"), banned=NO_IO, own=False),
     Layer("dts.controls", ("dts.errors",), banned=NO_IO, own=False),  # queue controls' model
-    Layer("dts.schedule", ("dts.errors", "dts.domain"), banned=NO_IO, own=False),
+    Layer("dts.schedule", ("dts.errors", "dts.limits", "dts.domain"), banned=NO_IO, own=False),
     Layer("dts.dependencies", MODEL, banned=NO_IO, own=False),
     Layer("dts.backoff", (), banned=NO_IO),
     Layer("dts.v1", ("dts.v1",)),

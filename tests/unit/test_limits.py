@@ -11,22 +11,17 @@ import shutil
 
 import pytest
 
-from dts.domain import (
+from dts.domain import MAX_LIMIT, Assignment, JobSpec, Outcome, Result, validate_spec
+from dts.errors import InvalidArgument
+from dts.limits import (
     LIMIT_NAMES,
     LIMITS,
-    MAX_LIMIT,
     NO_LIMITS,
     RLIMIT_LIMITS,
-    Assignment,
-    JobSpec,
     Limits,
-    Outcome,
-    Result,
     format_size,
     parse_size,
-    validate_spec,
 )
-from dts.errors import InvalidArgument
 from dts.v1 import dts_pb2 as pb
 from dts.worker.runner import Execution, RunOptions
 from dts.worker.sandbox import find_prlimit

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dts.domain import Limits
+from dts.limits import Limits
 from dts.worker.sandbox import (
     RunAs,
     check_pass_env,

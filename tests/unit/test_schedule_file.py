@@ -9,7 +9,7 @@ import pytest
 
 from dts.client.args import UsageError
 from dts.client.schedule_file import read_schedules
-from dts.domain import Limits
+from dts.limits import Limits
 from dts.schedule import Catchup, Overlap
 
 SAMPLE = Path(__file__).resolve().parents[2] / "etc" / "dts" / "schedules.toml"

@@ -20,7 +20,6 @@ from dts.domain import (
     JobFilter,
     JobSpec,
     JobStatus,
-    Limits,
     Outcome,
     Output,
     Result,
@@ -30,6 +29,7 @@ from dts.domain import (
     can_transition,
 )
 from dts.errors import Internal, Unavailable
+from dts.limits import Limits
 from dts.server.store.reads import UNIQUE_HELD
 from dts.server.store.sqlite import (
     BULK_MOVES,

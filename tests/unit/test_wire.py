@@ -16,13 +16,13 @@ from dts.domain import (
     JobSpec,
     JobStatus,
     Lease,
-    Limits,
     Outcome,
     Result,
     StatCount,
     WorkerInfo,
     WorkerState,
 )
+from dts.limits import Limits
 from dts.v1 import dts_pb2 as pb
 
 M = TypeVar("M", bound=Message)

@@ -7,18 +7,8 @@ import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from dts.domain import (
-    LIMIT_NAMES,
-    NO_LIMITS,
-    Attempt,
-    Job,
-    JobSpec,
-    JobStatus,
-    Limits,
-    Outcome,
-    WorkerInfo,
-    WorkerState,
-)
+from dts.domain import Attempt, Job, JobSpec, JobStatus, Outcome, WorkerInfo, WorkerState
+from dts.limits import LIMIT_NAMES, NO_LIMITS, Limits
 
 
 class Row(Protocol):
