@@ -193,27 +193,22 @@ class Dependency:
     finished: bool = False  # --after-finished: any final status will do
 
 
-def submitted_job(job_id: int, spec: JobSpec, now: float) -> Job:
-    """A job as a submit at `now` creates it: waiting when it depends on other jobs (its
-    run_at then keeps its delay), scheduled for its delay if it has one, else queued. The
-    server stores it so; a client rebuilds it so from a lean submit answer."""
+def initial_state(spec: JobSpec, now: float) -> tuple[JobStatus, float | None]:
+    """The status and run_at a submit at `now` gives a job of `spec`: waiting when it depends
+    on other jobs (its run_at then keeps its delay), scheduled for its delay if it has one,
+    else queued."""
     if spec.waits:
-        return Job(
-            id=job_id,
-            spec=spec,
-            status=JobStatus.WAITING,
-            created_at=now,
-            run_at=now + spec.delay if spec.delay > 0 else None,
-        )
+        return JobStatus.WAITING, now + spec.delay if spec.delay > 0 else None
     if spec.delay > 0:
-        return Job(
-            id=job_id,
-            spec=spec,
-            status=JobStatus.SCHEDULED,
-            created_at=now,
-            run_at=now + spec.delay,
-        )
-    return Job(id=job_id, spec=spec, status=JobStatus.QUEUED, created_at=now)
+        return JobStatus.SCHEDULED, now + spec.delay
+    return JobStatus.QUEUED, None
+
+
+def submitted_job(job_id: int, spec: JobSpec, now: float) -> Job:
+    """A job as a submit at `now` creates it (`initial_state`). The server stores it so; a
+    client rebuilds it so from a lean submit answer."""
+    status, run_at = initial_state(spec, now)
+    return Job(id=job_id, spec=spec, status=status, created_at=now, run_at=run_at)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from dts.domain import (
     Output,
     Result,
     WorkerInfo,
+    initial_state,
     submitted_job,
 )
 from dts.errors import DtsError, FailedPrecondition, Internal, Unavailable, first_line
@@ -276,8 +277,12 @@ class PostgresTransaction(QueueRows, schedules.ScheduleWrites, DependencyRows):
         jobs: list[Job] = []
         for i in range(0, len(specs), INSERT_ROWS):
             part = specs[i : i + INSERT_ROWS]
-            made = [submitted_job(0, spec, now) for spec in part]
-            values = [v for job in made for v in insert_row(job.spec, job.status, now, job.run_at)]
+            made = [initial_state(spec, now) for spec in part]
+            values = [
+                v
+                for spec, (status, run_at) in zip(part, made, strict=True)
+                for v in insert_row(spec, status, now, run_at)
+            ]
             rows = self._c.execute(
                 f"INSERT INTO jobs ({INSERT_COLUMNS}) VALUES "
                 + ",".join([INSERT_MARKS] * len(part))
