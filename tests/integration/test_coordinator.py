@@ -68,15 +68,20 @@ class Env:
         return [a.job_id for a in assignments]
 
 
+def coordinator_env(store: Store, redis_proc: RedisProcess, max_lost: int = 3) -> Env:
+    """A coordinator on `store` with a real Redis, a test clock and no retries by default."""
+    cfg = Settings(worker_timeout=10, default_retries=0, default_backoff=0, max_lost=max_lost)
+    queue = RedisQueue(redis_proc.client(), Keys("test:"))
+    clock = Clock()
+    return Env(
+        Coordinator(store, queue, cfg, clock=clock, rand=lambda: 0.5), queue, clock, redis_proc
+    )
+
+
 @pytest.fixture
 def env(store: Store, redis_proc: RedisProcess) -> Iterator[Env]:
     """The coordinator on each store in turn (the `store` fixture), and a real Redis."""
-    cfg = Settings(worker_timeout=10, default_retries=0, default_backoff=0, max_lost=3)
-    queue = RedisQueue(redis_proc.client(), Keys("test:"))
-    clock = Clock()
-    yield Env(
-        Coordinator(store, queue, cfg, clock=clock, rand=lambda: 0.5), queue, clock, redis_proc
-    )
+    yield coordinator_env(store, redis_proc)
 
 
 def spec(*argv: str, **kw: object) -> JobSpec:

@@ -13,30 +13,18 @@ import pytest
 
 from dts.domain import Dependency, JobSpec, JobStatus, Outcome, Result
 from dts.errors import FailedPrecondition, InvalidArgument
-from dts.queue.redis import Keys, RedisQueue
-from dts.server.coordinator import Coordinator
 from dts.server.dependencies import settle
-from dts.server.settings import Settings
 from dts.server.store import Store
 from dts.server.store.postgres import PostgresStore
 from tests.harness import RedisProcess, wait_until
-from tests.integration.test_coordinator import Clock, Env
+from tests.integration.test_coordinator import Env, coordinator_env, spec
 
 S = JobStatus
 
 
 @pytest.fixture
 def env(store: Store, redis_proc: RedisProcess) -> Iterator[Env]:
-    cfg = Settings(worker_timeout=10, default_retries=0, default_backoff=0, max_lost=1)
-    queue = RedisQueue(redis_proc.client(), Keys("test:"))
-    clock = Clock()
-    yield Env(
-        Coordinator(store, queue, cfg, clock=clock, rand=lambda: 0.5), queue, clock, redis_proc
-    )
-
-
-def spec(*argv: str, **kw: object) -> JobSpec:
-    return JobSpec(argv=argv or ("true",), **kw)  # type: ignore[arg-type]
+    yield coordinator_env(store, redis_proc, max_lost=1)
 
 
 def status(env: Env, job_id: int) -> tuple[JobStatus, str]:

@@ -18,20 +18,16 @@ from dts.server.settings import Settings
 from dts.server.store import Store
 from dts.server.store.postgres import PostgresStore
 from tests.harness import RedisProcess
-from tests.integration.test_coordinator import Clock, Env, ok, spec
-
-PAUSED_Q = Held(paused=("q",))
-FULL_Q = Held(full=("q",))
+from tests.integration.test_coordinator import Clock, Env, coordinator_env, ok, spec
 
 
 @pytest.fixture
 def env(store: Store, redis_proc: RedisProcess) -> Iterator[Env]:
-    cfg = Settings(worker_timeout=10, default_retries=0, default_backoff=0, max_lost=3)
-    queue = RedisQueue(redis_proc.client(), Keys("test:"))
-    clock = Clock()
-    yield Env(
-        Coordinator(store, queue, cfg, clock=clock, rand=lambda: 0.5), queue, clock, redis_proc
-    )
+    yield coordinator_env(store, redis_proc)
+
+
+PAUSED_Q = Held(paused=("q",))
+FULL_Q = Held(full=("q",))
 
 
 def submit(env: Env, n: int, queue: str = "q") -> list[int]:

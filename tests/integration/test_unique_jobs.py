@@ -13,24 +13,16 @@ import pytest
 
 from dts.domain import JobSpec, JobStatus, Outcome, Result
 from dts.errors import DtsError, FailedPrecondition, InvalidArgument
-from dts.queue.redis import Keys, RedisQueue
-from dts.server.coordinator import Coordinator
-from dts.server.settings import Settings
 from dts.server.store import Store
 from dts.server.store.postgres import PostgresStore
 from tests.harness import RedisProcess
-from tests.integration.test_coordinator import Clock, Env
+from tests.integration.test_coordinator import Env, coordinator_env
 
 
 @pytest.fixture
 def unique_env(store: Store, redis_proc: RedisProcess) -> Iterator[Env]:
     """The coordinator on each store in turn, and a real Redis."""
-    cfg = Settings(worker_timeout=10, default_retries=0, default_backoff=0, max_lost=3)
-    queue = RedisQueue(redis_proc.client(), Keys("test:"))
-    clock = Clock()
-    yield Env(
-        Coordinator(store, queue, cfg, clock=clock, rand=lambda: 0.5), queue, clock, redis_proc
-    )
+    yield coordinator_env(store, redis_proc)
 
 
 def spec(*argv: str, **kw: object) -> JobSpec:
