@@ -11,6 +11,7 @@ from dts.channel import DEFAULT_SERVER, is_loopback, parse_hostport
 from dts.daemon.config import ProcessConfig, add_process_options, process_config
 from dts.errors import InvalidArgument
 from dts.limits import parse_duration
+from dts.metrics import add_metrics_option, parse_metrics_listen
 from dts.options import ArgumentParser, new_parser, non_negative, parse, positive
 from dts.queue.redis import DEFAULT_REDIS_URL, check_redis_url
 from dts.server.api.auth import ServerTls, load_tokens
@@ -41,6 +42,7 @@ class ServerConfig:
     tokens_file: str = ""
     tls: ServerTls | None = None
     plaintext_tokens: bool = False
+    metrics_listen: str = ""  # HOST:PORT of /metrics; '' for none
     process: ProcessConfig = field(default_factory=ProcessConfig)
 
 
@@ -151,6 +153,7 @@ def server_parser(env: Mapping[str, str] | None = None) -> ArgumentParser:
         action="store_true",
         help="accept tokens without TLS (only when listening on a loopback address)",
     )
+    add_metrics_option(p)
     add_process_options(p)
     return p
 
@@ -180,6 +183,7 @@ def load_server_config(
         tokens_file=ns.tokens_file,
         tls=_server_tls(ns),
         plaintext_tokens=ns.plaintext_tokens,
+        metrics_listen=ns.metrics_listen,
         process=process_config(ns),
     )
     parse_hostport(cfg.listen, "--listen")
@@ -190,6 +194,8 @@ def load_server_config(
                 "--tokens-file without TLS would let tokens cross the network in plaintext: "
                 "give --tls-cert and --tls-key (or --plaintext-tokens on a loopback --listen)"
             )
+    if cfg.metrics_listen:
+        parse_metrics_listen(cfg.metrics_listen)
     check_redis_url(cfg.redis_url)
     positive("--worker-timeout", cfg.worker_timeout)
     non_negative("--default-retries", cfg.default_retries)

@@ -30,12 +30,14 @@ SHARED = (
     "dts.options",
     "dts.failover",
     "dts.channel",
+    "dts.metrics",
 )
 QUEUE_API = ("dts.queue",)  # the protocol module itself, not dts.queue.redis (see `exact`)
 # the coordinator's own parts: the store protocol and the rules it applies inside a transaction
 RULES = (
     "dts.server.store",
     "dts.server.dependencies",
+    "dts.server.observer",
     "dts.server.outcomes",
     "dts.server.queues",
     "dts.server.sessions",
@@ -76,6 +78,8 @@ LAYERS = (
     Layer("dts.options", MODEL, banned=("grpc", "redis", "sqlite3")),
     Layer("dts.failover", (), banned=("redis", "sqlite3"), own=False),
     Layer("dts.channel", (*MODEL, "dts.failover"), banned=("redis", "sqlite3")),
+    # the /metrics endpoint both daemons serve (prometheus_client), and its option
+    Layer("dts.metrics", (*MODEL, "dts.options"), banned=("grpc", "redis", "sqlite3"), own=False),
     Layer("dts.queue", MODEL, banned=("grpc", "redis", "sqlite3"), own=False),
     Layer(
         "dts.queue.redis",
@@ -93,6 +97,14 @@ LAYERS = (
         exact=(*QUEUE_API, *RULES),
     ),
     Layer("dts.server.waiters", MODEL, banned=NO_IO, own=False),
+    # what the coordinator tells the metrics: hooks without I/O (the metrics are above)
+    Layer("dts.server.observer", MODEL, banned=(*NO_IO, "prometheus_client"), own=False),
+    Layer(
+        "dts.server.metrics",
+        MODEL,
+        banned=("grpc", "redis", "sqlite3", "psycopg"),
+        exact=("dts.server.observer",),
+    ),
     Layer(
         "dts.server.outcomes", (*MODEL, "dts.backoff"), banned=NO_IO, exact=("dts.server.store",)
     ),
@@ -377,7 +389,15 @@ def test_every_module_has_a_layer() -> None:
     [
         (
             "dts.server.coordinator",
-            ("grpc", "redis", "sqlite3", "google", "configargparse", "psycopg"),
+            (
+                "grpc",
+                "redis",
+                "sqlite3",
+                "google",
+                "configargparse",
+                "psycopg",
+                "prometheus_client",
+            ),
         ),
         ("dts.domain", ("grpc", "redis", "sqlite3", "google", "configargparse")),
         ("dts.client", ("redis", "sqlite3", "configargparse", "psycopg")),

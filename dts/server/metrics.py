@@ -1,0 +1,170 @@
+"""dts-server's Prometheus metrics: counters of what this server did (an Observer of its
+coordinator), and gauges read from the store at scrape time, cached for a moment.
+
+Counters are per process: they start at 0 with the server, and with several servers each
+counts what it did itself (sum them in queries). Gauges (jobs by status, workers by state)
+are the store's, the same from every server."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from dts.domain import Assignment, Job, JobStatus, Result, StatCount, WorkerInfo, WorkerState
+from dts.server.observer import Observer
+
+log = logging.getLogger("dts.metrics")
+
+STORE_CACHE = 5.0  # seconds a scrape's store reads are reused: scrapes cannot load the store
+# seconds: from a fraction of a second (short jobs, a busy queue) to hours
+BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600)
+LIVE = tuple(s for s in JobStatus if not s.final)
+
+
+class ServerMetrics(Observer):
+    """The server's metric objects, in a registry of their own, fed by the coordinator's
+    hooks. A hook does a few dict operations and one increment per label set it touches."""
+
+    active = True
+
+    def __init__(
+        self,
+        stats: Callable[[], list[StatCount]],
+        workers: Callable[[], list[WorkerInfo]],
+        cache: float = STORE_CACHE,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.submitted_total = Counter(
+            "dts_jobs_submitted", "Jobs stored by this server's submits", ["queue"], registry=r
+        )
+        self.finished_total = Counter(
+            "dts_jobs_finished",
+            "Jobs that reached a final status through this server",
+            ["queue", "status"],
+            registry=r,
+        )
+        self.lost_total = Counter(
+            "dts_attempts_lost",
+            "Attempts lost with their worker (found by this server)",
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "dts_job_queue_wait_seconds",
+            "From a job being due (submitted, plus its delay) to its first attempt's start",
+            ["queue"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.run_time = Histogram(
+            "dts_job_run_seconds",
+            "How long attempts ran, as their workers measured (every attempt reported)",
+            ["queue"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "dts_redis_errors", "Redis operations of this server that failed", registry=r
+        )
+        self.db_errors = Counter(
+            "dts_db_errors", "Store operations of this server that failed", registry=r
+        )
+        r.register(StoreGauges(stats, workers, cache, self.db_error))
+
+    def submitted(self, jobs: Sequence[Job]) -> None:
+        for queue, n in Tally(j.spec.queue for j in jobs if not j.existing).items():
+            self.submitted_total.labels(queue).inc(n)
+
+    def started(self, assignments: Sequence[Assignment], now: float) -> None:
+        for a in assignments:
+            if a.attempt == 1 and a.ready_at:
+                self.queue_wait.labels(a.spec.queue).observe(max(0.0, now - a.ready_at))
+
+    def reported(self, results: Sequence[Result], queues: Mapping[int, str]) -> None:
+        for r in results:
+            queue = queues.get(r.job_id)
+            if queue is not None and r.started_at:
+                self.run_time.labels(queue).observe(max(0.0, r.finished_at - r.started_at))
+
+    def ended(self, finished: Iterable[tuple[str, str]]) -> None:
+        for (queue, status), n in Tally(finished).items():
+            self.finished_total.labels(queue, status).inc(n)
+
+    def lost(self, count: int) -> None:
+        self.lost_total.inc(count)
+
+    def redis_error(self) -> None:
+        self.redis_errors.inc()
+
+    def db_error(self) -> None:
+        self.db_errors.inc()
+
+
+class StoreGauges(Collector):
+    """dts_jobs{queue,status} (jobs not final) and dts_workers{state}, read from the store
+    when scraped; a scrape within `cache` seconds of the last read gets the same numbers."""
+
+    def __init__(
+        self,
+        stats: Callable[[], list[StatCount]],
+        workers: Callable[[], list[WorkerInfo]],
+        cache: float,
+        failed: Callable[[], None],
+    ) -> None:
+        self._stats = stats
+        self._workers = workers
+        self._cache = cache
+        self._failed = failed
+        self._lock = threading.Lock()  # one store read at a time, whoever scrapes
+        self._read_at = -cache
+        self._counts: list[StatCount] = []
+        self._states: Tally[str] = Tally()
+        self._queues: set[str] = set()  # every queue the store has shown jobs of
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []  # not read at registration: the store may not be open yet
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            if time.monotonic() - self._read_at >= self._cache:
+                self._read()
+            counts, states = self._counts, self._states
+        jobs = GaugeMetricFamily(
+            "dts_jobs",
+            "Jobs not final, by queue and status (from the store)",
+            labels=["queue", "status"],
+        )
+        for c in counts:
+            jobs.add_metric([c.queue, c.status.value], c.count)
+        workers = GaugeMetricFamily(
+            "dts_workers", "Registered workers by state (from the store)", labels=["state"]
+        )
+        for state in WorkerState:
+            workers.add_metric([state.value], states[state.value])
+        yield jobs
+        yield workers
+
+    def _read(self) -> None:
+        try:
+            counts = self._stats()
+            states = Tally(w.state.value for w in self._workers())
+        except Exception as e:  # the store is away: the last numbers stay, a scrape works
+            self._failed()
+            log.warning("metrics: cannot read the store: %s", e)
+            return
+        self._queues.update(c.queue for c in counts)
+        present = {(c.queue, c.status) for c in counts}
+        # every live status of every queue seen, 0 when none: a series that vanished at 0
+        # would leave alerts and graphs with nothing instead of zero
+        counts += [
+            StatCount(q, s, 0) for q in sorted(self._queues) for s in LIVE if (q, s) not in present
+        ]
+        self._counts, self._states = counts, states
+        self._read_at = time.monotonic()
