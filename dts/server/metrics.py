@@ -76,11 +76,13 @@ class ServerMetrics(Observer):
         self.db_errors = Counter(
             "dts_db_errors", "Store operations of this server that failed", registry=r
         )
-        r.register(StoreGauges(stats, workers, cache, self.db_error))
+        self.gauges = StoreGauges(stats, workers, cache, self.db_error)
+        r.register(self.gauges)
 
     def submitted(self, jobs: Sequence[Job]) -> None:
         for queue, n in Tally(j.spec.queue for j in jobs if not j.existing).items():
             self.submitted_total.labels(queue).inc(n)
+            self.gauges.queues.add(queue)
 
     def started(self, assignments: Sequence[Assignment], now: float) -> None:
         for a in assignments:
@@ -126,7 +128,9 @@ class StoreGauges(Collector):
         self._read_at = -cache
         self._counts: list[StatCount] = []
         self._states: Tally[str] = Tally()
-        self._queues: set[str] = set()  # every queue the store has shown jobs of
+        # every queue the store showed jobs of, or this server stored jobs in (set.add is
+        # atomic: submits add while a scrape reads)
+        self.queues: set[str] = set()
 
     def describe(self) -> list[GaugeMetricFamily]:
         return []  # not read at registration: the store may not be open yet
@@ -159,12 +163,15 @@ class StoreGauges(Collector):
             self._failed()
             log.warning("metrics: cannot read the store: %s", e)
             return
-        self._queues.update(c.queue for c in counts)
+        self.queues.update(c.queue for c in counts)
         present = {(c.queue, c.status) for c in counts}
         # every live status of every queue seen, 0 when none: a series that vanished at 0
         # would leave alerts and graphs with nothing instead of zero
         counts += [
-            StatCount(q, s, 0) for q in sorted(self._queues) for s in LIVE if (q, s) not in present
+            StatCount(q, s, 0)
+            for q in sorted(set(self.queues))
+            for s in LIVE
+            if (q, s) not in present
         ]
         self._counts, self._states = counts, states
         self._read_at = time.monotonic()
