@@ -8,7 +8,7 @@ import logging
 import threading
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
 
 from dts.errors import InvalidArgument, Unavailable
 from dts.options import ArgumentParser
@@ -46,6 +46,9 @@ class MetricsServer:
 
     def start(self) -> None:
         host, port = parse_metrics_listen(self.listen)
+        # no `*_created` series beside each counter and histogram: in the text format they
+        # are gauges of their own, doubling the series for no use (process-wide setting)
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         try:
             self._server, self._thread = start_http_server(port, host, self.registry)
         except OSError as e:

@@ -26,6 +26,7 @@ STORE_CACHE = 5.0  # seconds a scrape's store reads are reused: scrapes cannot l
 # seconds: from a fraction of a second (short jobs, a busy queue) to hours
 BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600)
 LIVE = tuple(s for s in JobStatus if not s.final)
+TAKING = (WorkerState.IDLE, WorkerState.BUSY)  # a draining worker takes no new jobs
 
 
 class ServerMetrics(Observer):
@@ -110,8 +111,9 @@ class ServerMetrics(Observer):
 
 
 class StoreGauges(Collector):
-    """dts_jobs{queue,status} (jobs not final) and dts_workers{state}, read from the store
-    when scraped; a scrape within `cache` seconds of the last read gets the same numbers."""
+    """dts_jobs{queue,status} (jobs not final), dts_workers{state} and dts_queue_workers{queue}
+    (workers taking its jobs), read from the store when scraped; a scrape within
+    `cache` seconds of the last read gets the same numbers."""
 
     def __init__(
         self,
@@ -128,6 +130,7 @@ class StoreGauges(Collector):
         self._read_at = -cache
         self._counts: list[StatCount] = []
         self._states: Tally[str] = Tally()
+        self._serving: Tally[str] = Tally()
         # every queue the store showed jobs of, or this server stored jobs in (set.add is
         # atomic: submits add while a scrape reads)
         self.queues: set[str] = set()
@@ -139,7 +142,7 @@ class StoreGauges(Collector):
         with self._lock:
             if time.monotonic() - self._read_at >= self._cache:
                 self._read()
-            counts, states = self._counts, self._states
+            counts, states, serving = self._counts, self._states, self._serving
         jobs = GaugeMetricFamily(
             "dts_jobs",
             "Jobs not final, by queue and status (from the store)",
@@ -152,17 +155,27 @@ class StoreGauges(Collector):
         )
         for state in WorkerState:
             workers.add_metric([state.value], states[state.value])
+        per_queue = GaugeMetricFamily(
+            "dts_queue_workers",
+            "Workers taking jobs of the queue: idle or busy, not draining (from the store)",
+            labels=["queue"],
+        )
+        for queue in sorted(set(self.queues) | set(serving)):
+            per_queue.add_metric([queue], serving[queue])
         yield jobs
         yield workers
+        yield per_queue
 
     def _read(self) -> None:
         try:
             counts = self._stats()
-            states = Tally(w.state.value for w in self._workers())
+            found = self._workers()
         except Exception as e:  # the store is away: the last numbers stay, a scrape works
             self._failed()
             log.warning("metrics: cannot read the store: %s", e)
             return
+        states = Tally(w.state.value for w in found)
+        serving = Tally(q for w in found if w.state in TAKING for q in w.queues)
         self.queues.update(c.queue for c in counts)
         present = {(c.queue, c.status) for c in counts}
         # every live status of every queue seen, 0 when none: a series that vanished at 0
@@ -173,5 +186,5 @@ class StoreGauges(Collector):
             for s in LIVE
             if (q, s) not in present
         ]
-        self._counts, self._states = counts, states
+        self._counts, self._states, self._serving = counts, states, serving
         self._read_at = time.monotonic()

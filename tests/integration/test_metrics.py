@@ -68,6 +68,8 @@ def test_a_jobs_life_is_counted_once_at_each_step(env: tuple[Env, ServerMetrics]
     assert value(m, "dts_jobs", queue="q2", status="queued") == 1
     assert m.registry.get_sample_value("dts_jobs", {"queue": "default", "status": "queued"}) == 0
     assert value(m, "dts_workers", state="idle") == 1
+    assert value(m, "dts_queue_workers", queue="default") == 1
+    assert m.registry.get_sample_value("dts_queue_workers", {"queue": "q2"}) == 0
 
 
 def test_lost_attempts_and_a_cancel_are_counted(env: tuple[Env, ServerMetrics]) -> None:
