@@ -77,6 +77,9 @@ class ServerMetrics(Observer):
         self.db_errors = Counter(
             "dts_db_errors", "Store operations of this server that failed", registry=r
         )
+        # each queue's histogram child, found without labels()'s lock on the claim path
+        self._waits: dict[str, Histogram] = {}
+        self._runs: dict[str, Histogram] = {}
         self.gauges = StoreGauges(stats, workers, cache, self.db_error)
         r.register(self.gauges)
 
@@ -86,15 +89,20 @@ class ServerMetrics(Observer):
             self.gauges.queues.add(queue)
 
     def started(self, assignments: Sequence[Assignment], now: float) -> None:
+        waits = self._waits
         for a in assignments:
             if a.attempt == 1 and a.ready_at:
-                self.queue_wait.labels(a.spec.queue).observe(max(0.0, now - a.ready_at))
+                queue = a.spec.queue
+                child = waits.get(queue) or waits.setdefault(queue, self.queue_wait.labels(queue))
+                child.observe(max(0.0, now - a.ready_at))
 
     def reported(self, results: Sequence[Result], queues: Mapping[int, str]) -> None:
+        runs = self._runs
         for r in results:
             queue = queues.get(r.job_id)
             if queue is not None and r.started_at:
-                self.run_time.labels(queue).observe(max(0.0, r.finished_at - r.started_at))
+                child = runs.get(queue) or runs.setdefault(queue, self.run_time.labels(queue))
+                child.observe(max(0.0, r.finished_at - r.started_at))
 
     def ended(self, finished: Iterable[tuple[str, str]]) -> None:
         for (queue, status), n in Tally(finished).items():

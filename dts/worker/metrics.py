@@ -34,13 +34,17 @@ class WorkerMetrics:
             ["result"],
             registry=r,
         )
-        for outcome in Outcome:  # each result from 0, so rates see the first one
-            if outcome not in (Outcome.RUNNING, Outcome.LOST):
-                self.jobs_total.labels(outcome.value)
+        # each result from 0, so rates see the first one; children found without labels()
+        self._results: dict[Outcome, Counter] = {
+            outcome: self.jobs_total.labels(outcome.value)
+            for outcome in Outcome
+            if outcome not in (Outcome.RUNNING, Outcome.LOST)
+        }
         r.register(Connections({"server": server, "redis": redis}))
 
     def ended(self, outcome: Outcome) -> None:
-        self.jobs_total.labels(outcome.value).inc()
+        child = self._results.get(outcome) or self.jobs_total.labels(outcome.value)
+        child.inc()
 
 
 class Connections(Collector):
