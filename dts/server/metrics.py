@@ -44,7 +44,10 @@ class ServerMetrics(Observer):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.submitted_total = Counter(
-            "dts_jobs_submitted", "Jobs stored by this server's submits", ["queue"], registry=r
+            "dts_jobs_submitted",
+            "Jobs stored by this server: submits and schedules' jobs",
+            ["queue"],
+            registry=r,
         )
         self.finished_total = Counter(
             "dts_jobs_finished",

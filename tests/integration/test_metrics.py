@@ -12,7 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dts.domain import JobSpec, Outcome, Result
 from dts.metrics import MetricsServer
+from dts.schedule import Schedule
 from dts.server.metrics import ServerMetrics
+from dts.server.schedules import Schedules
 from dts.server.store import Store
 from tests.harness import RedisProcess
 from tests.integration.test_coordinator import Env, coordinator_env
@@ -124,3 +126,17 @@ def test_metrics_endpoint_serves_its_own_registry_on_a_free_port() -> None:
     assert {s.labels["state"] for s in families["dts_workers"].samples} >= {"idle", "lost"}
     assert not any(name.startswith(("python_", "process_")) for name in families)
     assert isinstance(metrics.registry, CollectorRegistry)
+
+
+def test_jobs_a_schedule_makes_are_counted_as_submitted(env: tuple[Env, ServerMetrics]) -> None:
+    e, m = env
+    # Given a schedule every 10 s, when three due times pass and it is also run by hand
+    rules = Schedules(e.c)
+    rules.add(Schedule("s", JobSpec(("true",), queue="cron"), every=10))
+    awake = e.clock.now
+    for _ in range(3):
+        e.clock.now += 10
+        rules.tick(awake)
+    rules.run("s")
+    # Then its four jobs are counted in their queue
+    assert value(m, "dts_jobs_submitted_total", queue="cron") == 4

@@ -10,6 +10,7 @@ import contextlib
 import json
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import urllib.error
@@ -23,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dts.domain import JobSpec
 from tests.conftest import make_cluster
-from tests.harness import Proc, free_port, wait_until
+from tests.harness import BIN, Proc, clean_env, free_port, wait_until
 
 pytestmark = pytest.mark.single_store  # the metrics' store reads are tested on each store
 # in tests/integration/test_metrics.py; here one run keeps Prometheus's start-ups few
@@ -217,3 +218,41 @@ def test_the_daemons_metrics_text_parses_with_the_types_promised(tmp_path: Path)
     suffixes = {"counter": ("_total",), "histogram": ("", "_bucket", "_count", "_sum")}
     served = {name + suffix for name, kind in types.items() for suffix in suffixes.get(kind, ("",))}
     assert used <= served, used - served
+
+
+@pytest.mark.parametrize("prog", ["dts-server", "dts-worker"])
+def test_a_bad_metrics_address_is_one_line_and_exit_2(prog: str, tmp_path: Path) -> None:
+    out = subprocess.run(
+        [str(BIN / prog), "--metrics-listen", "localhost:http"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(),
+        timeout=30,
+    )
+    assert out.returncode == 2
+    assert (
+        out.stderr == f"{prog}: error: --metrics-listen must be HOST:PORT, got 'localhost:http'\n"
+    )
+
+
+def test_a_metrics_port_in_use_stops_the_server_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [
+                str(BIN / "dts-server"),
+                f"--listen=127.0.0.1:{free_port()}",
+                f"--db={tmp_path / 'dts.db'}",
+                f"--metrics-listen=127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=30,
+        )
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port} (--metrics-listen)" in out.stderr
+    assert "Traceback" not in out.stderr
