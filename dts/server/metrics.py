@@ -23,6 +23,8 @@ from dts.server.observer import Observer
 log = logging.getLogger("dts.metrics")
 
 STORE_CACHE = 5.0  # seconds a scrape's store reads are reused: scrapes cannot load the store
+STORE_SHARE = 0.05  # at most this share of the time reading the store for scrapes (a big
+# backlog makes the read longer, and the numbers are then reused for longer)
 # seconds: from a fraction of a second (short jobs, a busy queue) to hours
 BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600)
 LIVE = tuple(s for s in JobStatus if not s.final)
@@ -123,8 +125,9 @@ class ServerMetrics(Observer):
 
 class StoreGauges(Collector):
     """dts_jobs{queue,status} (jobs not final), dts_workers{state} and dts_queue_workers{queue}
-    (workers taking its jobs), read from the store when scraped; a scrape within
-    `cache` seconds of the last read gets the same numbers."""
+    (workers taking its jobs), read from the store when scraped; a scrape within `cache`
+    seconds of the last read (longer when reads take long: see STORE_SHARE) gets the same
+    numbers."""
 
     def __init__(
         self,
@@ -132,13 +135,16 @@ class StoreGauges(Collector):
         workers: Callable[[], list[WorkerInfo]],
         cache: float,
         failed: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._stats = stats
         self._workers = workers
         self._cache = cache
         self._failed = failed
+        self._clock = clock
         self._lock = threading.Lock()  # one store read at a time, whoever scrapes
         self._read_at = -cache
+        self._hold = cache  # seconds the last read's numbers are reused
         self._counts: list[StatCount] = []
         self._states: Tally[str] = Tally()
         self._serving: Tally[str] = Tally()
@@ -151,7 +157,7 @@ class StoreGauges(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._lock:
-            if time.monotonic() - self._read_at >= self._cache:
+            if self._clock() - self._read_at >= self._hold:
                 self._read()
             counts, states, serving = self._counts, self._states, self._serving
         jobs = GaugeMetricFamily(
@@ -178,6 +184,7 @@ class StoreGauges(Collector):
         yield per_queue
 
     def _read(self) -> None:
+        began = self._clock()
         try:
             counts = self._stats()
             found = self._workers()
@@ -198,4 +205,5 @@ class StoreGauges(Collector):
             if (q, s) not in present
         ]
         self._counts, self._states, self._serving = counts, states, serving
-        self._read_at = time.monotonic()
+        self._read_at = self._clock()
+        self._hold = max(self._cache, (self._read_at - began) / STORE_SHARE)

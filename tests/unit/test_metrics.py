@@ -11,7 +11,7 @@ from dts.domain import JobStatus, Outcome, StatCount, WorkerInfo, WorkerState
 from dts.errors import FailedPrecondition, Internal, InvalidArgument, QueueUnavailable, Unavailable
 from dts.metrics import parse_metrics_listen
 from dts.server.config import load_server_config
-from dts.server.metrics import ServerMetrics
+from dts.server.metrics import STORE_SHARE, ServerMetrics, StoreGauges
 from dts.server.observer import Observer, is_db_error
 from dts.worker.config import load_worker_config
 from dts.worker.link import Link
@@ -91,7 +91,7 @@ def test_store_gauges_are_read_once_per_cache_period_and_survive_a_store_error()
     assert m.registry.get_sample_value("dts_workers", {"state": "busy"}) == 1
     assert m.registry.get_sample_value("dts_jobs", {"queue": "default", "status": "running"}) == 0
     # When the store fails at the next read, the scrape still answers with the last numbers
-    m.gauges._cache = 0
+    m.gauges._hold = 0
     broken = True
     assert m.registry.get_sample_value("dts_jobs", {"queue": "default", "status": "queued"}) == 4
     assert m.registry.get_sample_value("dts_db_errors_total") == 1
@@ -116,3 +116,24 @@ def test_worker_gauges_are_read_at_scrape_time() -> None:
     assert sample("dts_worker_jobs_total", {"result": "failed"}) == 0  # there from the start
     redis.down("gone")
     assert sample("dts_worker_connected", {"peer": "redis"}) == 0
+
+
+def test_a_slow_store_read_is_reused_for_longer() -> None:
+    now = [1000.0]
+    reads: list[float] = []
+
+    def stats() -> list[StatCount]:
+        reads.append(now[0])
+        now[0] += 2.0  # a big backlog: the read takes 2 s
+        return []
+
+    gauges = StoreGauges(stats, lambda: [], 5.0, lambda: None, clock=lambda: now[0])
+    list(gauges.collect())
+    # Given a read that took 2 s, a scrape 10 s later (past the 5 s cache) reads nothing
+    now[0] += 10
+    list(gauges.collect())
+    assert len(reads) == 1
+    # When 2 s / STORE_SHARE have passed since, the store is read again
+    now[0] += 2.0 / STORE_SHARE
+    list(gauges.collect())
+    assert len(reads) == 2
