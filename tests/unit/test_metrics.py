@@ -6,12 +6,13 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from prometheus_client import CollectorRegistry, Histogram
 
 from dts.domain import JobStatus, Outcome, StatCount, WorkerInfo, WorkerState
 from dts.errors import FailedPrecondition, Internal, InvalidArgument, QueueUnavailable, Unavailable
 from dts.metrics import parse_metrics_listen
 from dts.server.config import load_server_config
-from dts.server.metrics import STORE_SHARE, ServerMetrics, StoreGauges
+from dts.server.metrics import BUCKETS, STORE_SHARE, QueueHistogram, ServerMetrics, StoreGauges
 from dts.server.observer import Observer, is_db_error
 from dts.worker.config import load_worker_config
 from dts.worker.link import Link
@@ -137,3 +138,31 @@ def test_a_slow_store_read_is_reused_for_longer() -> None:
     now[0] += 2.0 / STORE_SHARE
     list(gauges.collect())
     assert len(reads) == 2
+
+
+def test_the_batch_histogram_says_what_prometheus_clients_own_would() -> None:
+    # Given the same observations in a QueueHistogram (in batches) and a Histogram (one by one)
+    values = [("a", v) for v in (0.0, 0.01, 0.011, 1.0, 3.5, 99.0, 20_000.0, -2.0)]
+    values += [("b", 0.3)] * 3
+    ours = CollectorRegistry()
+    mine = QueueHistogram("dts_h_seconds", "h")
+    ours.register(mine)
+    mine.observe(values[:4])
+    mine.observe(values[4:])
+    mine.observe([])
+    theirs = CollectorRegistry()
+    reference = Histogram("dts_h_seconds", "h", ["queue"], buckets=BUCKETS, registry=theirs)
+    for queue, v in values:
+        reference.labels(queue).observe(max(0.0, v))
+    # Then both expose the same samples (buckets, count, sum)
+
+    def samples(r: CollectorRegistry) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+        return {
+            (s.name, tuple(sorted(s.labels.items())), round(s.value, 9))
+            for family in r.collect()
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+
+    assert samples(ours) == samples(theirs)
+    assert ours.get_sample_value("dts_h_seconds_count", {"queue": "a"}) == 8
