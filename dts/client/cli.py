@@ -29,6 +29,7 @@ from dts.client.args import (
     spec_from,
     with_command,
 )
+from dts.client.parsers import EXAMPLES, finish, late_argv
 from dts.client.render import (
     attempt_json,
     by_server,
@@ -90,10 +91,14 @@ GLOBAL_WITH_VALUE = {
 
 def global_parser() -> argparse.ArgumentParser:
     """Options before the command; these also come from DTS_* variables and client.conf."""
-    p = new_parser(PROG, "Submit jobs to dts and read their status, output and history.")
-    p.usage = f"{PROG} [--server HOST:PORT] [--json] COMMAND ..."
+    p = new_parser(
+        PROG, "Submit jobs to dts and read their status, output and history.", EXAMPLES[""]
+    )
+    p.usage = f"{PROG} [--server HOST:PORT] [--json] COMMAND ... (global options also after it)"
+    settings_and_examples = p.epilog
     p.epilog = "commands:\n" + "\n".join(f"  {k:<9} {v}" for k, v in COMMANDS.items())
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog += f"\n  ({PROG} COMMAND --help: its options and examples)\n\n"
+    p.epilog += settings_and_examples
     p.add_argument(
         "--server",
         default=DEFAULT_SERVER,
@@ -129,7 +134,9 @@ def split_command(argv: Sequence[str]) -> int:
 def command_parser() -> argparse.ArgumentParser:
     """The commands and their own options (plain flags: no environment or config file)."""
     p = SubParser(prog=PROG, add_help=False)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=SubParser)
+    sub = p.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=SubParser, help="what to do"
+    )
     sub.required = True
 
     s = sub.add_parser("submit", help=COMMANDS["submit"], prog=f"{PROG} submit")
@@ -150,16 +157,26 @@ def command_parser() -> argparse.ArgumentParser:
 
     for name in ("status", "history", "cancel", "retry"):
         c = sub.add_parser(name, help=COMMANDS[name], prog=f"{PROG} {name}")
-        c.add_argument("id", type=job_id)
+        c.add_argument("id", type=job_id, help="the job's id")
 
     lg = sub.add_parser("logs", help=COMMANDS["logs"], prog=f"{PROG} logs")
-    lg.add_argument("id", type=job_id)
-    lg.add_argument("--attempt", type=int_in(1, 1_000_000, "--attempt"), default=0)
+    lg.add_argument("id", type=job_id, help="the job's id")
+    lg.add_argument(
+        "--attempt",
+        type=int_in(1, 1_000_000, "--attempt"),
+        default=0,
+        metavar="K",
+        help="the K-th attempt's output (default: the latest)",
+    )
 
     ls = sub.add_parser("list", help=COMMANDS["list"], prog=f"{PROG} list")
-    ls.add_argument("--status", choices=[s.value for s in JobStatus])
-    ls.add_argument("--queue", default="")
-    ls.add_argument("--limit", type=int_in(1, 10_000, "--limit"), default=50)
+    ls.add_argument(
+        "--status", choices=[s.value for s in JobStatus], help="only jobs in this status"
+    )
+    ls.add_argument("--queue", default="", help="only jobs of this queue")
+    ls.add_argument(
+        "--limit", type=int_in(1, 10_000, "--limit"), default=50, help="at most this many jobs"
+    )
 
     for name in ("workers", "stats"):
         sub.add_parser(name, help=COMMANDS[name], prog=f"{PROG} {name}")
@@ -167,6 +184,7 @@ def command_parser() -> argparse.ArgumentParser:
     purge.add_parsers(sub)
     queues.add_parsers(sub)
     schedules.add_parsers(sub)
+    finish(p, global_parser())
     return p
 
 
@@ -440,6 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if at == len(args):
         gp.error(f"missing COMMAND (one of: {', '.join(COMMANDS)})")
     ns = command_parser().parse_args(args[at:])
+    late = late_argv(ns, gp)
+    if late:  # global options after the command: as if given before it
+        g = gp.parse_args(args[:at] + late)
     ns.server, ns.json, ns.rpc_timeout = g.server, g.json, g.rpc_timeout
     fill_spec_defaults(ns, g)
     try:

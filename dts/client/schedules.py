@@ -63,11 +63,14 @@ def add_parsers(sub: Any) -> None:
     """The `schedule` command and its own subcommands."""
     p = sub.add_parser("schedule", help=HELP, prog=f"{PROG} schedule")
     cmds = p.add_subparsers(
-        dest="schedule_command", metavar="SUBCOMMAND", parser_class=ScheduleParser
+        dest="schedule_command",
+        metavar="SUBCOMMAND",
+        parser_class=ScheduleParser,
+        help="what to do",
     )
     cmds.required = True
     a = cmds.add_parser("add", help="add a schedule", prog=f"{PROG} schedule add")
-    a.add_argument("schedule_name", metavar="NAME")
+    a.add_argument("schedule_name", metavar="NAME", help="the schedule's name (its jobs' too)")
     when = a.add_mutually_exclusive_group(required=True)
     when.add_argument("--cron", metavar="EXPR", help="a 5-field cron expression, e.g. '0 3 * * *'")
     when.add_argument("--every", type=duration, metavar="DURATION", help="30s, 5m, 1h, 1d")
@@ -102,11 +105,11 @@ def add_parsers(sub: Any) -> None:
         ("run", "one job now; prints its id"),
     ):
         c = cmds.add_parser(name, help=text, prog=f"{PROG} schedule {name}")
-        c.add_argument("schedule_name", metavar="NAME")
+        c.add_argument("schedule_name", metavar="NAME", help="the schedule")
     ap = cmds.add_parser(
         "apply", help="make a TOML file's schedules the truth", prog=f"{PROG} schedule apply"
     )
-    ap.add_argument("file", metavar="FILE")
+    ap.add_argument("file", metavar="FILE", help="TOML file of [schedules.NAME] tables")
     ap.add_argument("--prune", action="store_true", help="remove schedules the file does not name")
     ap.add_argument(
         "--dry-run", action="store_true", help="print what would change; change nothing"

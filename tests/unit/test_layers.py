@@ -231,6 +231,14 @@ LAYERS = (
         (*MODEL, "dts.client.args", "dts.client.cli"),
         banned=("grpc", "redis", "sqlite3"),
     ),
+    # dts-client's help pages and late global options: argparse only
+    Layer(
+        "dts.client.parsers",
+        ("dts.options",),
+        banned=("grpc", "redis", "sqlite3"),
+        own=False,
+        exact=("dts.client.args",),
+    ),
     Layer(
         "dts.client.unique", MODEL, banned=("grpc", "redis", "sqlite3"), exact=("dts.client.args",)
     ),
