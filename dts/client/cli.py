@@ -33,10 +33,14 @@ from dts.client.parsers import EXAMPLES, finish, late_argv
 from dts.client.render import (
     attempt_json,
     by_server,
+    fit,
     job_json,
+    last_column_width,
     short,
     stats_json,
+    status_fields,
     table,
+    utc,
     worker_json,
 )
 from dts.client.unique import add_unique_option, note_existing, unique_spec, with_existing
@@ -259,34 +263,9 @@ class Cli:
     def status(self, ns: argparse.Namespace) -> int:
         job = self.client.get(ns.id)
         obj = job_json(job)
-        keys = (
-            "id",
-            "name",
-            "status",
-            "command",
-            "queue",
-            "priority",
-            "attempts",
-            "max_retries",
-            "exit_code",
-            "error",
-            "worker",
-            "created_at",
-            "started_at",
-            "finished_at",
-            "run_at",
-            *(("schedule", "due_at") if job.schedule else ()),
-        )
-        width = max(len(k) for k in keys) + 1
-        lines = [f"{k + ':':<{width}} {'' if obj[k] is None else obj[k]}" for k in keys]
-        if job.schedule and job.due_at is None:
-            lines[-1] += "(run by hand)"
-        if job.spec.limits.any:
-            lines.insert(
-                keys.index("max_retries") + 1, f"{'limits:':<{width}} {job.spec.limits.describe()}"
-            )
-        if job.spec.unique:
-            lines.insert(keys.index("queue") + 1, f"{'unique:':<{width}} {job.spec.unique}")
+        fields = status_fields(job)
+        width = max(len(k) for k, _ in fields) + 1
+        lines = [f"{k + ':':<{width}} {v}".rstrip() for k, v in fields]
         lines += status_lines(job, width)
         obj["waits_for"], obj["waited_by"] = edges_json(job.waits_for), edges_json(job.waited_by)
         self.out(obj, "\n".join(lines))
@@ -295,6 +274,7 @@ class Cli:
     def list(self, ns: argparse.Namespace) -> int:
         status = JobStatus(ns.status) if ns.status else None
         jobs = self.client.list_jobs(status, ns.queue, ns.limit)
+        named = any(j.spec.name for j in jobs)  # a NAME column only when a job has a name
         rows = [
             (
                 j.id,
@@ -304,16 +284,16 @@ class Cli:
                 j.attempts,
                 "" if j.exit_code is None else j.exit_code,
                 short(j.created_at),
-                j.spec.name or j.spec.display[:60],
+                *((j.spec.name or "-",) if named else ()),
+                j.spec.display,
             )
             for j in jobs
         ]
-        text = (
-            table(rows, ("ID", "STATUS", "QUEUE", "PRI", "ATTEMPTS", "EXIT", "CREATED", "COMMAND"))
-            if jobs
-            else "no jobs"
-        )
-        self.out([job_json(j) for j in jobs], text)
+        head: tuple[str, ...] = ("ID", "STATUS", "QUEUE", "PRI", "ATTEMPTS", "EXIT", utc("CREATED"))
+        head += ("NAME", "COMMAND") if named else ("COMMAND",)
+        room = last_column_width(rows, head)
+        rows = [(*r[:-1], fit(str(r[-1]), room)) for r in rows]
+        self.out([job_json(j) for j in jobs], table(rows, head) if jobs else "no jobs")
         return 0
 
     def history(self, ns: argparse.Namespace) -> int:
@@ -331,7 +311,10 @@ class Cli:
             for a in attempts
         ]
         text = (
-            table(rows, ("ATTEMPT", "OUTCOME", "WORKER", "STARTED", "FINISHED", "EXIT", "ERROR"))
+            table(
+                rows,
+                ("ATTEMPT", "OUTCOME", "WORKER", utc("STARTED"), utc("FINISHED"), "EXIT", "ERROR"),
+            )
             if attempts
             else f"job {ns.id} has not started yet"
         )
@@ -382,7 +365,16 @@ class Cli:
             )
             for w in ws
         ]
-        head = ("NAME", "HOST", "STATE", "RUNNING", "SLOTS", "QUEUES", "LAST_HEARTBEAT", "SERVER")
+        head = (
+            "NAME",
+            "HOST",
+            "STATE",
+            "RUNNING",
+            "SLOTS",
+            "QUEUES",
+            utc("LAST_HEARTBEAT"),
+            "SERVER",
+        )
         text = table(rows, head) if ws else "no workers"
         self.out([worker_json(w) for w in ws], text)
         return 0
