@@ -47,6 +47,8 @@ class Client:
         self._pipe: SubmitPipe | None = None
         self._pipe_lock = threading.Lock()
         self._streams = True  # False once the server turned out to know no SubmitStream
+        # the queues Submit answers named as served by no live worker, for the caller to tell
+        self.unserved_queues: set[str] = set()
 
     def close(self) -> None:
         with self._pipe_lock:
@@ -78,6 +80,7 @@ class Client:
             jobs=[wire.spec_to_pb(s) for s in specs], ids_only=True, key=key or new_key()
         )
         resp = self._call(self.stub.Submit, req, max(self.timeout, 60.0))
+        self.unserved_queues.update(resp.unserved_queues)
         return wire.submitted_jobs(specs, resp)
 
     def submit_async(self, specs: Sequence[JobSpec]) -> PendingSubmit:

@@ -43,6 +43,7 @@ from dts.client.render import (
     utc,
     worker_json,
 )
+from dts.client.sending import submit_all, warn_unserved
 from dts.client.unique import add_unique_option, note_existing, unique_spec, with_existing
 from dts.client.workflow import (
     add_dependency_options,
@@ -223,7 +224,8 @@ class Cli:
             specs = [with_command(base, cmd)]
         for spec in specs:
             checked(spec)
-        jobs = self.client.submit(specs)
+        jobs = submit_all(self.client, specs)
+        warn_unserved(self.client)
         note_existing(jobs)
         if ns.wait:
             return self._wait_all(jobs)
