@@ -7,7 +7,9 @@ import argparse
 import importlib.metadata
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import configargparse
@@ -56,32 +58,45 @@ class ArgumentParser(configargparse.ArgumentParser):  # type: ignore[misc]
         return str(argparse.ArgumentParser.format_help(self))
 
 
-def new_parser(prog: str, description: str, examples: str = "") -> ArgumentParser:
+def new_parser(
+    prog: str, description: str, examples: str = "", more_config_files: Sequence[str] = ()
+) -> ArgumentParser:
     """A dts program's parser: flag > DTS_* variable > config file > default; --version;
-    help ending with how settings are found and `examples` (lines, indented as shown)."""
-    conf = f"{CONFIG_DIR}/{prog.removeprefix('dts-')}.conf"
+    help ending with how settings are found and `examples` (lines, indented as shown).
+    `more_config_files` are read after the default one (and win over it) when they exist."""
+    files = [f"{CONFIG_DIR}/{prog.removeprefix('dts-')}.conf", *more_config_files]
+    shown = " and ".join(files)
     p = ArgumentParser(
         prog=prog,
         description=description,
-        default_config_files=[conf],
+        default_config_files=files,
         auto_env_var_prefix=ENV_PREFIX,
         args_for_setting_config_path=["-c", "--config"],
-        config_arg_help_message=f"config file of key = value lines (default: {conf}, if it exists)",
+        config_arg_help_message=f"config file of key = value lines (default: {shown}, if found)",
         formatter_class=HelpFormatter,
         add_config_file_help=False,
         add_env_var_help=False,
-        epilog=settings_note(conf) + (f"\n\nexamples:\n{examples}" if examples else ""),
+        epilog=settings_note(shown) + (f"\n\nexamples:\n{examples}" if examples else ""),
     )
     add_version(p, prog)
     return p
 
 
-def settings_note(conf: str) -> str:
-    return (
-        "Each --option can also be set as a DTS_* variable (shown as [env: ...]) or in the\n"
-        f"config file ({conf} or -c FILE, key = value); a flag wins over a variable, a\n"
-        "variable over the file."
+def settings_note(files: str) -> str:
+    return textwrap.fill(
+        "Each --option can also be set as a DTS_* variable (shown as [env: ...]) or in a "
+        f"config file ({files}, or -c FILE; key = value): a flag wins over a variable, a "
+        "variable over a file.",
+        width=88,
+        break_on_hyphens=False,
     )
+
+
+def checkout_client_conf() -> str:
+    """Where `make run` leaves the address of the cluster it started (.run/client.conf of
+    the checkout dts runs from), for a plain dts-client there to find it. Outside a checkout
+    (an installed dts) no such file exists."""
+    return str(Path(dts.__file__).resolve().parent.parent / ".run" / "client.conf")
 
 
 def add_version(p: argparse.ArgumentParser, prog: str) -> None:

@@ -54,7 +54,7 @@ from dts.client.workflow import (
 )
 from dts.domain import Job, JobStatus
 from dts.errors import DtsError, InvalidArgument, Unavailable
-from dts.options import new_parser
+from dts.options import checkout_client_conf, new_parser
 
 # Commands of their own modules: name -> the function that runs it (see `command_parser`).
 HANDLERS: dict[str, Callable[[Cli, argparse.Namespace], int]] = {}
@@ -97,7 +97,10 @@ GLOBAL_WITH_VALUE = {
 def global_parser() -> argparse.ArgumentParser:
     """Options before the command; these also come from DTS_* variables and client.conf."""
     p = new_parser(
-        PROG, "Submit jobs to dts and read their status, output and history.", EXAMPLES[""]
+        PROG,
+        "Submit jobs to dts and read their status, output and history.",
+        EXAMPLES[""],
+        more_config_files=[checkout_client_conf()],  # `make run`'s cluster, in a checkout
     )
     p.usage = f"{PROG} [--server HOST:PORT] [--json] COMMAND ... (global options also after it)"
     settings_and_examples = p.epilog

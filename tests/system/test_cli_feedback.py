@@ -63,6 +63,7 @@ def test_submit_stream_answers_name_the_unserved_queues(served: Cluster) -> None
     assert all(a.ids for a in answers)
 
 
+@pytest.mark.single_store  # the client's side: one store is enough
 def test_a_large_from_file_shows_progress_on_a_terminal_only(
     served: Cluster, tmp_path: Path
 ) -> None:

@@ -264,7 +264,7 @@ LAYERS = (
         ),
         banned=("grpc", "redis", "sqlite3"),
     ),
-    Layer("dts.devrun", (*MODEL, "dts.client", "dts.queue"), banned=("sqlite3",)),
+    Layer("dts.devrun", (*MODEL, "dts.client", "dts.queue", "dts.options"), banned=("sqlite3",)),
 )
 
 
