@@ -45,6 +45,10 @@ EXAMPLES: dict[str, str] = {
   dts-client cancel 42""",
     "retry": """\
   dts-client retry 42""",
+    # `wait` comes with live output (issue 16): its examples are ready for it
+    "wait": """\
+  dts-client wait 42                                # exits with the job's exit code
+  dts-client wait 42 43 44                          # the first non-zero of them""",
     "workers": """\
   dts-client workers
   dts-client workers --json""",

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from dts.client.sending import CHUNK
-from dts.domain import JobStatus
+from dts.domain import JobSpec, JobStatus
 from dts.v1 import dts_pb2 as pb
 from tests.conftest import Cluster, make_cluster
 from tests.harness import BIN, clean_env
@@ -61,6 +61,16 @@ def test_submit_stream_answers_name_the_unserved_queues(served: Cluster) -> None
         answers = list(call(iter(requests), timeout=30))
     assert [list(a.unserved_queues) for a in answers] == [["gpu"], [], ["gpu"]]
     assert all(a.ids for a in answers)
+
+
+def test_the_client_library_keeps_the_unserved_queues_of_every_submit(served: Cluster) -> None:
+    with served.client() as c:
+        c.submit([JobSpec(argv=("true",), queue="cpu")])
+        c.submit_one(JobSpec(argv=("true",), queue="cpu"))
+        assert c.unserved_queues == set()
+        c.submit_one(JobSpec(argv=("true",), queue="arm"))  # over the SubmitStream
+        c.submit([JobSpec(argv=("true",), queue="gpu"), JobSpec(argv=("true",), queue="cpu")])
+        assert c.unserved_queues == {"arm", "gpu"}
 
 
 @pytest.mark.single_store  # the client's side: one store is enough
