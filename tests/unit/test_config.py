@@ -322,6 +322,7 @@ class SubmitCapture:
 
     def __init__(self) -> None:
         self.specs: list[JobSpec] = []
+        self.unserved_queues: set[str] = set()
 
     def submit(self, specs: Sequence[JobSpec]) -> list[Job]:
         self.specs.extend(specs)
