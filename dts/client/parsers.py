@@ -133,8 +133,7 @@ def finish(commands: argparse.ArgumentParser, global_parser: argparse.ArgumentPa
         if examples:
             p.epilog = f"examples:\n{examples}"
         p.formatter_class = HelpFormatter
-        usage = p.format_usage().removeprefix("usage: ").rstrip("\n")
-        p.usage = f"{usage} [GLOBAL OPTIONS]"  # the global ones would double its length
+        p.usage = _with_globals(p.format_usage().removeprefix("usage: ").rstrip("\n"))
         group = p.add_argument_group("global options (also accepted before the command)")
         for a in late:
             flags = [f for f in a.option_strings if f not in p._option_string_actions]
@@ -148,6 +147,16 @@ def finish(commands: argparse.ArgumentParser, global_parser: argparse.ArgumentPa
                 metavar = a.metavar or a.dest.upper()
                 group.add_argument(*flags, dest=LATE + a.dest, metavar=metavar, help=a.help)
             group._group_actions[-1].default = argparse.SUPPRESS
+
+
+def _with_globals(usage: str) -> str:
+    """`usage` naming the global options in one word (they would double its length), before
+    the job's command where it has one: after `--` every word is the command's."""
+    for command in (" -- COMMAND", " ..."):
+        at = usage.rfind(command)
+        if at >= 0 and usage[at:].strip() in (command.strip(), "-- COMMAND [ARG...]"):
+            return f"{usage[:at]} [GLOBAL OPTIONS]{usage[at:]}"
+    return f"{usage} [GLOBAL OPTIONS]"
 
 
 def late_argv(ns: argparse.Namespace, global_parser: argparse.ArgumentParser) -> list[str]:
