@@ -406,7 +406,7 @@ class DevCluster:
 
     def usage(self) -> None:
         client = shown(self.bin / "dts-client")
-        if self.client_conf != Path(checkout_client_conf()):  # not found by default
+        if str(self.client_conf) not in checkout_client_conf():  # not found by default
             client += f" -c {shown(self.client_conf)}"
         make = f"make run-client RUN_DIR={shown(self.dir)}" if self.dir != ROOT / ".run" else ""
         ctl = f"{shown(self.bin / 'supervisorctl')} -c {shown(self.conf)}"

@@ -92,11 +92,12 @@ def settings_note(files: str) -> str:
     )
 
 
-def checkout_client_conf() -> str:
+def checkout_client_conf() -> list[str]:
     """Where `make run` leaves the address of the cluster it started (.run/client.conf of
-    the checkout dts runs from), for a plain dts-client there to find it. Outside a checkout
-    (an installed dts) no such file exists."""
-    return str(Path(dts.__file__).resolve().parent.parent / ".run" / "client.conf")
+    the checkout dts runs from), for a plain dts-client there to find it; none for an
+    installed dts (no Makefile beside the package)."""
+    root = Path(dts.__file__).resolve().parent.parent
+    return [str(root / ".run" / "client.conf")] if (root / "Makefile").is_file() else []
 
 
 def add_version(p: argparse.ArgumentParser, prog: str) -> None:

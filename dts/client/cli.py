@@ -100,7 +100,7 @@ def global_parser() -> argparse.ArgumentParser:
         PROG,
         "Submit jobs to dts and read their status, output and history.",
         EXAMPLES[""],
-        more_config_files=[checkout_client_conf()],  # `make run`'s cluster, in a checkout
+        more_config_files=checkout_client_conf(),  # `make run`'s cluster, in a checkout
     )
     p.usage = f"{PROG} [--server HOST:PORT] [--json] COMMAND ... (global options also after it)"
     settings_and_examples = p.epilog

@@ -8,12 +8,15 @@ import argparse
 import contextlib
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+import dts
+
 from dts.client import cli
 from dts.client.parsers import late_argv, subparsers
-from dts.options import version
+from dts.options import checkout_client_conf, version
 from dts.server import history
 from dts.server.config import server_parser
 from dts.worker.config import worker_parser
@@ -119,3 +122,13 @@ def test_a_late_global_option_is_checked_like_an_early_one(
     assert exit.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--rpc-timeout" in err
+
+
+def test_an_installed_client_reads_no_checkout_conf(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "dts").mkdir()
+    monkeypatch.setattr(dts, "__file__", str(tmp_path / "dts" / "__init__.py"))
+    assert checkout_client_conf() == []
+    (tmp_path / "Makefile").write_text("")
+    assert checkout_client_conf() == [str(tmp_path / ".run" / "client.conf")]
