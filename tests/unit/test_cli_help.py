@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 import dts
-
 from dts.client import cli
 from dts.client.parsers import late_argv, subparsers
 from dts.options import checkout_client_conf, version
