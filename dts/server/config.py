@@ -46,9 +46,20 @@ class ServerConfig:
     process: ProcessConfig = field(default_factory=ProcessConfig)
 
 
+EXAMPLES = """\
+  dts-server                                  # 127.0.0.1:50051, ./dts.db, redis://127.0.0.1:6379/0
+  dts-server --listen 0.0.0.0:50051 --redis-url redis://redis.lan:6379/0 --db /var/lib/dts/dts.db
+  dts-server --db postgresql://dts@db.lan/dts --tokens-file /etc/dts/tokens
+  dts-server -c /etc/dts/server.conf --daemon --log-file /var/log/dts/server.log
+  dts-server copy-history --from dts.db --to postgresql://dts@db.lan/dts"""
+
+
 def server_parser(env: Mapping[str, str] | None = None) -> ArgumentParser:
     p = new_parser(
-        "dts-server", "The dts coordinator: gRPC API, history in SQLite or PostgreSQL, Redis queue."
+        "dts-server",
+        "The dts coordinator: gRPC API, history in SQLite or PostgreSQL, Redis queue.\n"
+        "dts-server copy-history --from STORE --to STORE copies a history (see its --help).",
+        EXAMPLES,
     )
     environ = os.environ if env is None else env
     state_dir = environ.get("STATE_DIRECTORY", "").split(":")[0] or "."

@@ -57,8 +57,16 @@ class WorkerConfig:
     process: ProcessConfig = field(default_factory=ProcessConfig)
 
 
+EXAMPLES = """\
+  dts-worker                                  # server 127.0.0.1:50051, queue default, a slot a CPU
+  dts-worker --server h1:50051,h2:50051 --redis-url redis://redis.lan:6379/0
+  dts-worker --queues gpu,default --concurrency 2 --name gpu-1
+  dts-worker --max-memory 4G --max-timeout 3600 --run-as nobody
+  dts-worker -c /etc/dts/worker.conf --daemon --log-file /var/log/dts/worker.log"""
+
+
 def worker_parser() -> ArgumentParser:
-    p = new_parser("dts-worker", "A dts worker: takes jobs from Redis and runs them.")
+    p = new_parser("dts-worker", "A dts worker: takes jobs from Redis and runs them.", EXAMPLES)
     p.add_argument(
         "--server",
         default=DEFAULT_SERVER,

@@ -111,6 +111,7 @@ LAYERS = (
     Layer("dts.server.sessions", MODEL, banned=NO_IO, exact=("dts.server.store",)),
     Layer("dts.server.queues", MODEL, banned=NO_IO, exact=("dts.server.store", *QUEUE_API)),
     Layer("dts.server.settings", (), banned=NO_IO, own=False),
+    Layer("dts.server.serving", MODEL, banned=NO_IO, own=False),  # queues live workers serve
     Layer(
         "dts.server.submits",
         (*MODEL, "dts.dependencies"),
@@ -212,6 +213,7 @@ LAYERS = (
         (
             *SHARED,
             "dts.server.coordinator",
+            "dts.server.serving",
             "dts.server.dependencies",
             "dts.server.waiters",
             "dts.server.retention",
@@ -243,15 +245,38 @@ LAYERS = (
         (*MODEL, "dts.client.args", "dts.client.cli"),
         banned=("grpc", "redis", "sqlite3"),
     ),
+    # dts-client's submits in chunks with progress, and the unserved-queue warning
+    Layer(
+        "dts.client.sending",
+        MODEL,
+        banned=("redis", "sqlite3"),
+        own=False,
+        exact=("dts.client.api",),
+    ),
+    # dts-client's help pages and late global options: argparse only
+    Layer(
+        "dts.client.parsers",
+        ("dts.options",),
+        banned=("grpc", "redis", "sqlite3"),
+        own=False,
+        exact=("dts.client.args",),
+    ),
     Layer(
         "dts.client.unique", MODEL, banned=("grpc", "redis", "sqlite3"), exact=("dts.client.args",)
     ),
     Layer(
         "dts.client.workflow",
-        (*MODEL, "dts.dependencies", "dts.options", "dts.client.args", "dts.client.cli"),
+        (
+            *MODEL,
+            "dts.dependencies",
+            "dts.options",
+            "dts.client.args",
+            "dts.client.cli",
+            "dts.client.sending",
+        ),
         banned=("grpc", "redis", "sqlite3"),
     ),
-    Layer("dts.devrun", (*MODEL, "dts.client", "dts.queue"), banned=("sqlite3",)),
+    Layer("dts.devrun", (*MODEL, "dts.client", "dts.queue", "dts.options"), banned=("sqlite3",)),
 )
 
 
