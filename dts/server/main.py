@@ -22,6 +22,7 @@ from dts.daemon.notify import sd_notify
 from dts.daemon.process import Readiness, Signals
 from dts.daemon.startup import launch
 from dts.errors import DtsError, Unavailable
+from dts.queue.live import LiveOutput
 from dts.queue.redis import Keys, RedisQueue, connect, redacted_url
 from dts.server import history
 from dts.server.api.admin import AdminServicer
@@ -34,6 +35,7 @@ from dts.server.api.servicer import SchedulerServicer, WorkerServicer
 from dts.server.config import ServerConfig, load_server_config, read_db_password
 from dts.server.coordinator import Coordinator
 from dts.server.duties.enqueuer import Enqueuer
+from dts.server.duties.follows import FollowsRefresher
 from dts.server.duties.lead import Leadership
 from dts.server.duties.loop import Loop
 from dts.server.duties.promoter import Promoter
@@ -42,6 +44,7 @@ from dts.server.duties.reconciler import Reconciler
 from dts.server.duties.retainer import Retainer
 from dts.server.duties.ticker import Ticker
 from dts.server.duties.waitpoll import WaitPoller
+from dts.server.live import LiveHub
 from dts.server.retention import Retention
 from dts.server.schedules import Schedules
 from dts.server.settings import Settings
@@ -63,6 +66,7 @@ class Server:
         client = connect(cfg.redis_url)
         self.queue = RedisQueue(client, Keys(cfg.key_prefix))
         self.coordinator = Coordinator(self.store, self.queue, rules_of(cfg))
+        self.live = LiveHub(LiveOutput(client, Keys(cfg.key_prefix)), self.store)
         lead = Leadership(self.coordinator)  # these run on one server at a time
         self.schedules = Schedules(self.coordinator)
         self.loops: list[Loop] = [
@@ -71,6 +75,7 @@ class Server:
             LeaseReaper(self.coordinator, lead),
             Reconciler(self.coordinator, lead, cfg.reconcile_interval),
             Ticker(self.schedules, lead),
+            FollowsRefresher(self.coordinator, self.live),
         ]
         if cfg.retain:
             self.loops.append(Retainer(self.coordinator, lead, cfg.retain, cfg.retain_interval))
@@ -78,8 +83,8 @@ class Server:
             self.loops.append(WaitPoller(self.coordinator))
         self.auth = TokenAuth(load_tokens(cfg.tokens_file)) if cfg.tokens_file else None
         self.pools = Pools(cfg.grpc_threads)
-        self.scheduler = SchedulerServicer(self.coordinator, self.pools)
-        self.workers = WorkerServicer(self.coordinator, self.pools, cfg.key_prefix)
+        self.scheduler = SchedulerServicer(self.coordinator, self.pools, self.live)
+        self.workers = WorkerServicer(self.coordinator, self.pools, cfg.key_prefix, self.live)
         self.admin = AdminServicer(Retention(self.store, self.coordinator.clock), self.pools)
         self.queues = QueuesServicer(self.coordinator, self.pools)
         self.schedule_api = SchedulesServicer(self.schedules, self.pools)
