@@ -21,6 +21,7 @@ log = logging.getLogger("dts.live")
 ERROR_REPEAT = 60.0  # seconds between two warnings of a failing Redis
 FIRST_CHUNK_WAIT = 1.2  # seconds a GetLogs of a running job waits for its first chunk
 MAX_SO_FAR_READS = 16  # reads of READ_COUNT chunks one GetLogs makes at most
+FULL_READ = READ_COUNT  # chunks of a read that may have more behind it
 
 
 class LiveHub:

@@ -16,11 +16,10 @@ from dts import wire
 from dts.domain import Attempt, Job, JobStatus, Outcome
 from dts.errors import InvalidArgument, NotFound
 from dts.live import FOLLOW_RENEW, FOLLOW_TTL, Chunk, fresh, rest
-from dts.queue.live import READ_COUNT
 from dts.server.api.auth import Handler
 from dts.server.api.rpc import Context, Pools, abort, parse, run_in
 from dts.server.coordinator import Coordinator
-from dts.server.live import LiveHub
+from dts.server.live import FULL_READ, LiveHub
 from dts.v1 import dts_pb2 as pb
 
 POLL = 0.2  # seconds between looks at the job and its chunks
@@ -77,7 +76,7 @@ class Follows:
                     event = _live_event(c, have)
                     if event is not None:
                         yield event
-                if len(chunks) == READ_COUNT:
+                if len(chunks) == FULL_READ:
                     continue  # more waiting: read on before looking at the job
             if job.attempts >= n and (job.attempts > n or job.status is not JobStatus.RUNNING):
                 # attempt n is over: what the follower lacks of it, from the stored output
