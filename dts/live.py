@@ -9,7 +9,7 @@ from dataclasses import dataclass
 FOLLOW_TTL = 3.0  # seconds a follow's interest lasts unless renewed
 LOGS_FOLLOW_TTL = 5.0  # seconds a GetLogs of a running job keeps it followed
 FOLLOW_RENEW = 1.0  # seconds between renewals of a follow's interest
-MAX_CHUNK = 256 * 1024  # bytes of one stream in one chunk; more is cut into several chunks
+MAX_CHUNK = 64 * 1024  # bytes of one stream in one chunk; more is cut into several chunks
 
 # what dts.worker.runner.Capture puts between the head and the tail of a truncated output
 TRUNCATED = re.compile(rb"\n\[dts: output truncated, (\d+) bytes dropped\]\n")

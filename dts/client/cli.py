@@ -337,6 +337,8 @@ class Cli:
     def logs(self, ns: argparse.Namespace) -> int:
         if ns.follow and not self.as_json:
             return follow.logs_follow(self, ns.id, ns.attempt)
+        if ns.follow:  # --json: the output once the job has ended
+            self.client.wait(ns.id)
         out, running = self.client.logs_now(ns.id, ns.attempt)
         if running:
             sys.stderr.write(follow.running_note(ns.id, out.attempt) + "\n")
@@ -347,6 +349,7 @@ class Cli:
                     "attempt": out.attempt,
                     "stdout": out.stdout.decode(errors="replace"),
                     "stderr": out.stderr.decode(errors="replace"),
+                    "running": running,
                 },
                 "",
             )

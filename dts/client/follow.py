@@ -14,7 +14,7 @@ from dts import wire
 from dts.backoff import Backoff
 from dts.client.args import PROG, job_id
 from dts.domain import Job, JobStatus
-from dts.errors import Unavailable
+from dts.errors import ResourceExhausted, Unavailable
 from dts.v1 import dts_pb2 as pb
 
 if TYPE_CHECKING:
@@ -74,6 +74,8 @@ def follow(client: Client, job: int, printer: Printer, attempt: int = 0) -> Job:
                     if reason:
                         printer.note(reason)
                     return final
+        except ResourceExhausted:  # the server's waiters are full: ask again in a while
+            pass
         except Unavailable:
             down_since = down_since or time.monotonic()
             if time.monotonic() - down_since > RECONNECT:

@@ -12,9 +12,9 @@ import redis
 from dts.live import Chunk
 from dts.queue.redis import Keys
 
-STREAM_MAXLEN = 512  # chunks kept per attempt (each at most 2 * MAX_CHUNK bytes; ~ trimming)
+STREAM_MAXLEN = 256  # chunks kept per attempt (each at most 2 * MAX_CHUNK bytes; ~ trimming)
 STREAM_TTL = 120  # seconds an attempt's stream outlives its last chunk
-READ_COUNT = 64  # chunks one read returns at most
+READ_COUNT = 32  # chunks one read returns at most
 
 Cursor = str  # the id of the last stream entry read; "0-0" before the first
 

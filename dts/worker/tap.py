@@ -21,6 +21,7 @@ class Tap:
         self._lock = threading.Lock()
         self._pieces: list[tuple[int, int, bytes]] = []  # (stream 0 out / 1 err, offset, data)
         self._size = 0
+        self._said = False  # a first chunk went, even an empty one: the follower knows
 
     def add(self, stream: int, offset: int, data: bytes, whole: bool = False) -> None:
         with self._lock:
@@ -33,6 +34,12 @@ class Tap:
         """What was added since the last take, as chunks (contiguous bytes merged)."""
         with self._lock:
             pieces, self._pieces, self._size = self._pieces, [], 0
+        if not pieces:
+            if self.primed and not self._said:  # an attempt silent so far: say so once
+                self._said = True
+                return [Chunk(self.job_id, self.attempt)]
+            return []
+        self._said = True
         chunks: list[Chunk] = []
         runs: list[list[tuple[int, bytearray]]] = [[], []]  # per stream: (offset, bytes)
         for stream, offset, data in pieces:

@@ -32,6 +32,7 @@ class Follows:
         self.c = coordinator
         self.hub = hub
         self.pools = pools
+        self.ended = False  # the server is stopping: end every stream (clients follow on)
 
     def handler(self) -> Handler:
         return grpc.unary_stream_rpc_method_handler(
@@ -45,8 +46,14 @@ class Follows:
                 raise InvalidArgument(f"job id must be a positive integer, got {request.id}")
             if request.attempt < 0 or request.stdout_offset < 0 or request.stderr_offset < 0:
                 raise InvalidArgument("attempt and offsets must not be negative")
-            async for event in self._events(request):
-                yield event
+            # a follow counts among the calls waiting for jobs (bounded: --max-waiters)
+            place = _Place()
+            self.c.add_waiter(request.id, place)
+            try:
+                async for event in self._events(request):
+                    yield event
+            finally:
+                self.c.remove_waiter(request.id, place)
         except grpc.aio.AbortError:
             raise
         except Exception as e:
@@ -66,7 +73,7 @@ class Follows:
         have = [request.stdout_offset, request.stderr_offset]
         cursor = "0-0"
         renew_at = 0.0
-        while True:
+        while not self.ended:
             if time.monotonic() >= renew_at:
                 await run_in(self.pools.client, self.hub.follow, job_id, FOLLOW_TTL)
                 renew_at = time.monotonic() + FOLLOW_RENEW
@@ -113,6 +120,13 @@ class Follows:
     def _retry_note(self, job: Job, n: int) -> str:
         attempt = next((a for a in self.c.store.attempts(job.id) if a.attempt == n), None)
         return retry_note(attempt, job, n)
+
+
+class _Place:
+    """A follow's place among the waiters (it looks at the job itself, every POLL)."""
+
+    def set(self) -> None:
+        pass
 
 
 def retry_note(attempt: Attempt | None, job: Job, n: int) -> str:

@@ -55,6 +55,7 @@ class SchedulerServicer:
         self.c = coordinator
         self.pools = pools
         self.hub = hub  # live output
+        self.follows = Follows(coordinator, hub, pools)
         self._inboxes: set[asyncio.Queue[object]] = set()
         self._ended = False
 
@@ -78,7 +79,7 @@ class SchedulerServicer:
         handlers["SubmitStream"] = grpc.stream_stream_rpc_method_handler(
             self.submit_stream, response_serializer=_serialize
         )
-        handlers["FollowLogs"] = Follows(self.c, self.hub, self.pools).handler()
+        handlers["FollowLogs"] = self.follows.handler()
         return grpc.method_handlers_generic_handler(SCHEDULER, handlers)
 
     # ---- unary, in an executor thread ----------------------------------------------------
@@ -154,9 +155,10 @@ class SchedulerServicer:
         return job.status.final, wire.job_to_pb(job)
 
     def end_streams(self) -> None:
-        """The server is stopping: answer what each open SubmitStream has read, then end it.
-        Runs on the event loop."""
+        """The server is stopping: answer what each open SubmitStream has read, then end it;
+        end FollowLogs streams. Runs on the event loop."""
         self._ended = True
+        self.follows.ended = True
         for inbox in self._inboxes:
             inbox.put_nowait(END)
 
