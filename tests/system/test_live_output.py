@@ -103,6 +103,27 @@ def test_follow_prints_output_as_written_then_exits_with_the_job(
     assert b"exited with code" not in follower.err  # the exit code says it already
 
 
+def test_logs_polled_each_second_shows_a_running_job_grow(cluster: Cluster, tmp_path: Path) -> None:
+    # Given a running job that nobody follows, which prints a line, then another on a flag
+    flag = tmp_path / "go"
+    script = f"echo one; until [ -e {flag} ]; do sleep 0.05; done; echo two; sleep 30"
+    jid = job(cluster, script)
+    with cluster.client() as client:
+        wait_until(lambda: client.get(jid).status == "running", 10, what="the job to run")
+
+        # When a dashboard asks for its logs every second or so
+        def so_far() -> bytes:
+            out, running = client.logs_now(jid)
+            assert running
+            return out.stdout
+
+        # Then it sees what was printed so far, and what is printed next while it runs
+        wait_until(lambda: so_far() == b"one\n", 10, interval=0.5, what="the first line")
+        flag.touch()
+        wait_until(lambda: so_far() == b"one\ntwo\n", 10, interval=0.5, what="the next one")
+        client.cancel(jid)
+
+
 def test_submit_wait_streams_and_notes_retries(cluster: Cluster) -> None:
     # Given a job that fails its first attempt and succeeds its second
     script = 'echo "try $DTS_ATTEMPT"; [ "$DTS_ATTEMPT" = 2 ] || exit 7'
