@@ -11,10 +11,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from dts.client import Client
 from dts.domain import JobSpec
+from dts.v1 import dts_pb2 as pb
+from dts.v1 import dts_pb2_grpc as pb_grpc
 from tests.conftest import Cluster
 from tests.harness import (
     BIN,
@@ -122,6 +125,35 @@ def test_logs_polled_each_second_shows_a_running_job_grow(cluster: Cluster, tmp_
         flag.touch()
         wait_until(lambda: so_far() == b"one\ntwo\n", 10, interval=0.5, what="the next one")
         client.cancel(jid)
+
+
+def test_a_worker_may_send_output_only_for_its_own_attempts(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Given a running job, followed, and another registered worker that does not hold it
+    flag = tmp_path / "go"
+    jid = job(cluster, f"echo real; until [ -e {flag} ]; do sleep 0.05; done")
+    with cluster.client() as client, grpc.insecure_channel(cluster.server.address) as ch:
+        wait_until(lambda: client.logs_now(jid)[0].stdout == b"real\n", 10, what="its output")
+        work = pb_grpc.WorkerServiceStub(ch)
+        session = work.Register(
+            pb.RegisterRequest(name="intruder", host="h", pid=1, concurrency=1, queues=["none"])
+        ).session
+        forged = pb.OutputChunk(job_id=jid, attempt=1, stdout=b"forged\n", stdout_offset=5)
+        # When that worker sends output for the job
+        answer = work.SendOutput(
+            pb.OutputRequest(name="intruder", session=session, chunks=[forged])
+        )
+        # Then it is told to stop, and nobody sees it
+        assert [(x.job_id, x.attempt) for x in answer.unfollowed] == [(jid, 1)]
+        assert client.logs_now(jid)[0].stdout == b"real\n"
+        # and a session that is not the worker's is refused
+        with pytest.raises(grpc.RpcError) as e:
+            work.SendOutput(pb.OutputRequest(name="intruder", session="x", chunks=[forged]))
+        assert e.value.code() is grpc.StatusCode.ALREADY_EXISTS
+        flag.touch()
+        wait_until(lambda: client.get(jid).status == "succeeded", 10, what="the job to end")
+        assert client.logs(jid).stdout == b"real\n"
 
 
 def test_submit_wait_streams_and_notes_retries(cluster: Cluster) -> None:
