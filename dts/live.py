@@ -42,14 +42,21 @@ def split(chunk: Chunk, limit: int = MAX_CHUNK) -> list[Chunk]:
     return parts
 
 
+def marker(dropped: int) -> bytes:
+    """What stands for `dropped` bytes left out of an output (the stored one, or a follow)."""
+    return f"\n[dts: output truncated, {dropped} bytes dropped]\n".encode()
+
+
 def fresh(data: bytes, offset: int, have: int) -> tuple[bytes, int]:
     """What of `data` (at `offset`) follows the `have` bytes a follower has, and the count
-    it will have after it. Bytes it has are dropped; a gap (bytes it never got) is skipped:
-    the stored output covers it after the attempt (see `rest`)."""
+    it will have after it. Bytes it has are dropped; a gap (bytes it never got: the middle
+    a capped output drops) becomes the marker the stored output has in its place."""
     end = offset + len(data)
-    if end <= have:
+    if end <= have or not data:
         return b"", have
-    return data[max(0, have - offset) :], end
+    if offset > have:
+        return marker(offset - have) + data, end
+    return data[have - offset :], end
 
 
 def rest(stored: bytes, have: int) -> bytes:
@@ -79,11 +86,6 @@ def joined(chunks: list[Chunk]) -> tuple[bytes, bytes]:
             (c.stderr, c.stderr_offset, err, 1),
         ):
             have = have_out if stream == 0 else have_err
-            if not data:
-                continue
-            if offset > have:  # bytes never sent (dropped from the worker's capture)
-                buf += f"\n[dts: output truncated, {offset - have} bytes dropped]\n".encode()
-                have = offset
             piece, have = fresh(data, offset, have)
             buf += piece
             if stream == 0:

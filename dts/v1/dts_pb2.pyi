@@ -851,7 +851,8 @@ Global___FollowRequest: _TypeAlias = FollowRequest  # noqa: Y015
 class FollowEvent(_message.Message):
     """Output of a followed attempt, in order. Every byte of an attempt's output is sent once, in
     byte order per stream; after an attempt ends what the follower missed of it (if anything)
-    comes from the stored output, so the bytes received are the stored output.
+    comes from the stored output, so the bytes received are the stored output. Bytes that were
+    never sent live (the middle a capped output drops) come as the stored output's marker.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -877,7 +878,7 @@ class FollowEvent(_message.Message):
     """byte offset in the attempt's stderr of `stderr`"""
     @_builtins.property
     def job(self) -> Global___Job:
-        """set on the last event: the job, final"""
+        """set on the last event: the job, final (as it is, when one attempt was followed)"""
 
     def __init__(
         self,

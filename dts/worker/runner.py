@@ -25,6 +25,7 @@ from dts.domain import (
     exit_code_for_signal,
 )
 from dts.limits import NO_LIMITS, Limits, lower_limit
+from dts.live import marker
 from dts.worker.cgroups import JobCgroups, Slot
 from dts.worker.sandbox import (
     RunAs,
@@ -75,8 +76,7 @@ class Capture:
     def value(self) -> bytes:
         if not self.dropped:
             return bytes(self.head + self.tail)
-        marker = f"\n[dts: output truncated, {self.dropped} bytes dropped]\n".encode()
-        return bytes(self.head) + marker + bytes(self.tail)
+        return bytes(self.head) + marker(self.dropped) + bytes(self.tail)
 
 
 @dataclass(frozen=True)

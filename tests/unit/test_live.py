@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dts.domain import Assignment, JobSpec
-from dts.live import Chunk, fresh, joined, rest, split
+from dts.live import Chunk, fresh, joined, marker, rest, split
 from dts.v1 import dts_pb2 as pb
 from dts.worker.live import LiveSender
 from dts.worker.runner import Capture, Execution, RunOptions
@@ -31,7 +31,7 @@ def stored(data: bytes, limit: int) -> bytes:
 def test_fresh_drops_what_the_follower_has_and_skips_a_gap() -> None:
     assert fresh(b"abcdef", 0, 4) == (b"ef", 6)
     assert fresh(b"abc", 0, 3) == (b"", 3)
-    assert fresh(b"xyz", 10, 4) == (b"xyz", 13)  # a gap: the stored output fills it later
+    assert fresh(b"xyz", 10, 4) == (marker(6) + b"xyz", 13)  # a gap: said as stored ones are
 
 
 def test_rest_of_a_whole_output_is_what_follows_the_offset() -> None:
@@ -55,6 +55,16 @@ def test_following_then_resuming_from_the_stored_output_gives_the_stored_bytes()
     for cut in (0, 1, 999, 1000, 2999, 3000):
         live, have = fresh(data[:cut], 0, 0)
         assert live + rest(stored(data, 1 << 20), have) == data
+
+
+def test_a_follow_of_a_capped_output_prints_what_is_stored() -> None:
+    # the worker kept the head and the tail of a long output when the follow began
+    data = bytes(range(100))
+    kept = Capture(10)
+    kept.feed(data)
+    chunks = [Chunk(1, 1, piece, b"", offset) for offset, piece in kept.pieces()]
+    live, _ = joined(chunks)
+    assert live == kept.value() and rest(kept.value(), 100) == b""
 
 
 def test_split_and_joined_keep_bytes_and_order() -> None:
