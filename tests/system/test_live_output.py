@@ -254,3 +254,25 @@ def test_a_follower_on_another_server_sees_the_output_live(
     finally:
         follower.kill()
     assert bytes(follower.out) == b"from-a\ndone\n"
+
+
+def test_a_follow_moves_to_another_server_without_printing_twice(
+    two_servers: list[ServerProcess], tmp_path: Path
+) -> None:
+    # Given a follower of a running job through server B, which knows of server A too
+    a, b = two_servers
+    flag = tmp_path / "go"
+    with Client(a.address) as client:
+        script = f"echo before; until [ -e {flag} ]; do sleep 0.05; done; echo after"
+        jid = client.submit([JobSpec(argv=(script,), shell=True, max_retries=0)])[0].id
+    follower = Running(f"{b.address},{a.address}", "logs", str(jid), "--follow")
+    try:
+        wait_until(lambda: b"before\n" in follower.out, 10, what="output through server B")
+        # When server B stops, and then the job ends
+        b.stop(timeout=15)
+        flag.touch()
+        # Then the follow goes on through server A: every byte once, the job's exit code
+        assert follower.finish() == 0
+    finally:
+        follower.kill()
+    assert bytes(follower.out) == b"before\nafter\n"
