@@ -13,7 +13,7 @@ from typing import IO, TYPE_CHECKING, Any
 from dts import wire
 from dts.backoff import Backoff
 from dts.client.args import PROG, job_id
-from dts.domain import Job, JobStatus
+from dts.domain import Job, JobStatus, Outcome
 from dts.errors import ResourceExhausted, Unavailable
 from dts.v1 import dts_pb2 as pb
 
@@ -145,6 +145,11 @@ def logs_follow(cli: Cli, job: int, attempt: int) -> int:
     except KeyboardInterrupt:
         printer.note(f"\n{PROG}: stopped following; the job goes on: {PROG} logs {job} --follow")
         return 130
+    if attempt:  # one attempt followed: its own exit code
+        ended = next((a for a in cli.client.history(job) if a.attempt == attempt), None)
+        if ended is not None and ended.outcome is not Outcome.SUCCEEDED:
+            return ended.exit_code or 1
+        return 0 if ended is not None else exit_code(final)
     return exit_code(final)
 
 

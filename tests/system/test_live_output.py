@@ -166,6 +166,11 @@ def test_submit_wait_streams_and_notes_retries(cluster: Cluster) -> None:
     assert r.stdout == "try 1\ntry 2\n"
     assert re.search(r"waiting for job \d+", r.stderr), r.stderr
     assert re.search(r"attempt 1 failed \(exit 7\); retry in [\d.]+s", r.stderr), r.stderr
+    # and a follow of the first attempt alone prints it and ends with its exit code
+    waited = re.search(r"waiting for job (\d+)", r.stderr)
+    assert waited
+    first = cluster.cli("logs", waited.group(1), "--follow", "--attempt", "1")
+    assert (first.returncode, first.stdout) == (7, "try 1\n")
 
 
 @pytest.mark.parametrize(
