@@ -7,6 +7,7 @@ attempt's stored output once it ends, so what it got is the stored output."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -22,7 +23,8 @@ from dts.server.coordinator import Coordinator
 from dts.server.live import FULL_READ, LiveHub
 from dts.v1 import dts_pb2 as pb
 
-POLL = 0.2  # seconds between looks at the job and its chunks
+POLL = 0.2  # seconds between reads of a running attempt's chunks
+LOOK_EVERY = 1.0  # seconds between looks at the job (its end wakes the follow at once)
 
 
 class Follows:
@@ -47,13 +49,13 @@ class Follows:
             if request.attempt < 0 or request.stdout_offset < 0 or request.stderr_offset < 0:
                 raise InvalidArgument("attempt and offsets must not be negative")
             # a follow counts among the calls waiting for jobs (bounded: --max-waiters)
-            place = _Place()
-            self.c.add_waiter(request.id, place)
+            nudge = Nudge(asyncio.get_running_loop())
+            self.c.add_waiter(request.id, nudge)
             try:
-                async for event in self._events(request):
+                async for event in self._events(request, nudge):
                     yield event
             finally:
-                self.c.remove_waiter(request.id, place)
+                self.c.remove_waiter(request.id, nudge)
         except grpc.aio.AbortError:
             raise
         except Exception as e:
@@ -63,7 +65,9 @@ class Follows:
         job = await run_in(self.pools.client, self.c.get, job_id)
         return job
 
-    async def _events(self, request: pb.FollowRequest) -> AsyncIterator[pb.FollowEvent]:
+    async def _events(
+        self, request: pb.FollowRequest, nudge: Nudge
+    ) -> AsyncIterator[pb.FollowEvent]:
         job_id = request.id
         job = await self._job(job_id)
         if request.attempt > max(job.attempts, 1):
@@ -73,6 +77,7 @@ class Follows:
         have = [request.stdout_offset, request.stderr_offset]
         cursor = "0-0"
         renew_at = 0.0
+        look_at = time.monotonic() + LOOK_EVERY
         while not self.ended:
             if time.monotonic() >= renew_at:
                 await run_in(self.pools.client, self.hub.follow, job_id, FOLLOW_TTL)
@@ -100,8 +105,10 @@ class Follows:
             if job.attempts < n and job.status.final:  # ended before the next attempt began
                 yield pb.FollowEvent(attempt=job.attempts, job=wire.job_to_pb(job))
                 return
-            await asyncio.sleep(POLL)
-            job = await self._job(job_id)
+            running = job.attempts == n and job.status is JobStatus.RUNNING
+            if await nudge.wait(POLL if running else LOOK_EVERY) or time.monotonic() >= look_at:
+                job = await self._job(job_id)
+                look_at = time.monotonic() + LOOK_EVERY
 
     def _ending(self, job_id: int, n: int, have: list[int]) -> pb.FollowEvent | None:
         out = self.c.store.output(job_id, n)
@@ -118,18 +125,31 @@ class Follows:
         return event
 
     def _retry_note(self, job: Job, n: int) -> str:
-        attempt = next((a for a in self.c.store.attempts(job.id) if a.attempt == n), None)
-        return retry_note(attempt, job, n)
+        attempts = {a.attempt: a for a in self.c.store.attempts(job.id)}
+        return retry_note(attempts.get(n), job, n, attempts.get(n + 1))
 
 
-class _Place:
-    """A follow's place among the waiters (it looks at the job itself, every POLL)."""
+class Nudge:
+    """A follow's place among the waiters: woken from any thread when its job may have ended."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._event = asyncio.Event()
 
     def set(self) -> None:
-        pass
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody follows any more
+            self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self, timeout: float) -> bool:
+        """Whether it was woken within `timeout` seconds (and is ready to be woken again)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+        woken = self._event.is_set()
+        self._event.clear()
+        return woken
 
 
-def retry_note(attempt: Attempt | None, job: Job, n: int) -> str:
+def retry_note(attempt: Attempt | None, job: Job, n: int, next_one: Attempt | None = None) -> str:
     """`attempt 1 failed (exit 7); retry in 2s`: an attempt ended and another will run."""
     if attempt is None:
         return f"attempt {n} ended; next attempt"
@@ -141,10 +161,13 @@ def retry_note(attempt: Attempt | None, job: Job, n: int) -> str:
         why = f"exit {attempt.exit_code}: {why}"
     if attempt.outcome is Outcome.RELEASED:
         verb = "was released"
+    # when the next attempt is due: the retry's time while it waits, else when it began
+    due = job.run_at if job.status is JobStatus.SCHEDULED and job.attempts == n else None
+    if due is None and next_one is not None:
+        due = next_one.started_at
     when = "now"
-    scheduled = job.status is JobStatus.SCHEDULED and job.attempts == n
-    if scheduled and job.run_at is not None and attempt.finished_at is not None:
-        when = f"in {max(0.0, round(job.run_at - attempt.finished_at, 1)):g}s"
+    if due is not None and attempt.finished_at is not None and due > attempt.finished_at + 0.05:
+        when = f"in {round(due - attempt.finished_at, 1):g}s"
     return f"attempt {n} {verb}{f' ({why})' if why else ''}; retry {when}"
 
 
