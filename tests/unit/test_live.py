@@ -178,3 +178,24 @@ def test_the_worker_sends_nothing_while_nobody_follows(tmp_path: Any) -> None:
         for t in threads:
             t.join(10)
         sender.stop()
+
+
+# ---- what a follow says between attempts -------------------------------------------------
+
+
+def test_retry_notes_say_why_and_when() -> None:
+    from dts.domain import Attempt, Job, JobStatus, Outcome
+    from dts.server.api.follow import retry_note
+
+    spec = JobSpec(argv=("x",))
+    waiting = Job(1, spec, JobStatus.SCHEDULED, attempts=1, run_at=12.0)
+    failed = Attempt(1, 1, "w", 5.0, 10.0, 7, Outcome.FAILED, "exited with code 7")
+    assert retry_note(failed, waiting, 1) == "attempt 1 failed (exit 7); retry in 2s"
+    timed_out = Attempt(1, 1, "w", 5.0, 10.0, 124, Outcome.TIMED_OUT, "timed out after 5s")
+    assert retry_note(timed_out, waiting, 1) == "attempt 1 failed (timed out after 5s); retry in 2s"
+    moved_on = Job(1, spec, JobStatus.RUNNING, attempts=2)
+    began = Attempt(1, 2, "w", 11.5)
+    assert retry_note(failed, moved_on, 1, began) == "attempt 1 failed (exit 7); retry in 1.5s"
+    lost = Attempt(1, 1, "w", 5.0, 10.0, None, Outcome.LOST, "worker w lost")
+    queued = Job(1, spec, JobStatus.QUEUED, attempts=1)
+    assert retry_note(lost, queued, 1) == "attempt 1 lost (worker w lost); retry now"
