@@ -128,13 +128,21 @@ def _open_one(address: str, sec: ChannelSecurity, options: list[tuple[str, Any]]
     return channel
 
 
-class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+class _Bearer(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
     """Adds `authorization: Bearer TOKEN` to every call."""
 
     def __init__(self, token: str) -> None:
         self._header = (HEADER, SCHEME + token)
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        metadata = [*(details.metadata or ()), self._header]
+        return continuation(_with_metadata(details, metadata), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         metadata = [*(details.metadata or ()), self._header]
         return continuation(_with_metadata(details, metadata), request)
 

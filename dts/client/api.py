@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -162,6 +162,18 @@ class Client:
     def logs(self, job_id: int, attempt: int = 0) -> Output:
         resp = self._call(self.stub.GetLogs, pb.LogsRequest(id=job_id, attempt=attempt))
         return Output(resp.attempt, resp.stdout, resp.stderr)
+
+    def logs_now(self, job_id: int, attempt: int = 0) -> tuple[Output, bool]:
+        """An attempt's output, and whether it is still running (then: its output so far)."""
+        resp = self._call(self.stub.GetLogs, pb.LogsRequest(id=job_id, attempt=attempt))
+        return Output(resp.attempt, resp.stdout, resp.stderr), resp.running
+
+    def follow(self, request: pb.FollowRequest) -> Iterator[pb.FollowEvent]:
+        """FollowLogs' events, as they come (no deadline: the call lasts as long as the job)."""
+        try:
+            yield from self.stub.FollowLogs(request)
+        except grpc.RpcError as e:
+            raise wire.error_from_rpc(e, self.address) from None
 
     def cancel(self, job_id: int) -> Job:
         return wire.job_from_pb(self._call(self.stub.CancelJob, pb.JobRef(id=job_id)))

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from dts.channel import DEFAULT_SERVER, add_channel_options, channel_security, server_addresses
-from dts.client import Client, purge, queues, schedules
+from dts.client import Client, follow, purge, queues, schedules
 from dts.client.args import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
@@ -60,6 +60,7 @@ from dts.options import checkout_client_conf, new_parser
 HANDLERS: dict[str, Callable[[Cli, argparse.Namespace], int]] = {}
 HANDLERS["queues"] = queues.show_queues
 HANDLERS["queue"] = queues.change_queue
+HANDLERS["wait"] = follow.wait_command
 
 
 # ---- parser -----------------------------------------------------------------------------------
@@ -76,6 +77,7 @@ COMMANDS = {
     "workers": "registered workers",
     "stats": "job counts by status and queue",
     "ping": "exit 0 when the server is serving (alias: health)",
+    "wait": follow.HELP,
     "purge": purge.HELP,
     "queues": queues.COMMANDS["queues"],
     "queue": queues.COMMANDS["queue"],
@@ -152,7 +154,7 @@ def command_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--wait",
         action="store_true",
-        help="wait for the end; print its output; exit with its exit code",
+        help="wait for the end, printing its output as it comes; exit with its exit code",
     )
     s.add_argument(
         "--from-file",
@@ -176,6 +178,12 @@ def command_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="the K-th attempt's output (default: the latest)",
     )
+    lg.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="print the output as it is written until the job ends; exit with its exit code",
+    )
 
     ls = sub.add_parser("list", help=COMMANDS["list"], prog=f"{PROG} list")
     ls.add_argument(
@@ -190,6 +198,7 @@ def command_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=COMMANDS[name], prog=f"{PROG} {name}")
     sub.add_parser("ping", help=COMMANDS["ping"], aliases=["health"], prog=f"{PROG} ping")
     purge.add_parsers(sub)
+    follow.add_parsers(sub)
     queues.add_parsers(sub)
     schedules.add_parsers(sub)
     finish(p, global_parser())
@@ -243,7 +252,12 @@ class Cli:
             sys.stdout.write("".join(f"{j.id}\n" for j in jobs))
         return 0
 
+    def wait_json(self, ids: Sequence[int]) -> int:
+        return self._wait_all([self.client.get(i) for i in ids])
+
     def _wait_all(self, jobs: Sequence[Job]) -> int:
+        if not self.as_json:  # the output as it comes; notes on stderr
+            return follow.follow_all(self.client, [j.id for j in jobs], "submit")
         code = 0
         results = []
         for job in jobs:
@@ -327,7 +341,13 @@ class Cli:
         return 0
 
     def logs(self, ns: argparse.Namespace) -> int:
-        out = self.client.logs(ns.id, ns.attempt)
+        if ns.follow and not self.as_json:
+            return follow.logs_follow(self, ns.id, ns.attempt)
+        if ns.follow:  # --json: the output once the job has ended
+            self.client.wait(ns.id)
+        out, running = self.client.logs_now(ns.id, ns.attempt)
+        if running:
+            sys.stderr.write(follow.running_note(ns.id, out.attempt) + "\n")
         if self.as_json:
             self.out(
                 {
@@ -335,6 +355,7 @@ class Cli:
                     "attempt": out.attempt,
                     "stdout": out.stdout.decode(errors="replace"),
                     "stderr": out.stderr.decode(errors="replace"),
+                    "running": running,
                 },
                 "",
             )
@@ -424,13 +445,7 @@ def _said(address: str, status: str | DtsError) -> dict[str, str]:
     return {"server": address, "status": status}
 
 
-def wait_exit_code(job: Job) -> int:
-    """`submit --wait`'s exit code: the job's own (124 timeout, 128+N signal), 1 otherwise."""
-    if job.status is JobStatus.SUCCEEDED:
-        return 0
-    if job.status is JobStatus.FAILED and job.exit_code:
-        return job.exit_code
-    return 1
+wait_exit_code = follow.exit_code  # `submit --wait`'s exit code
 
 
 def _read_lines(path: str) -> list[str]:

@@ -78,6 +78,15 @@ class Keys:
     def epoch(self) -> str:
         return f"{self.prefix}epoch"
 
+    @property
+    def followed(self) -> str:
+        """Live output: the jobs someone follows, scored by when that interest expires."""
+        return f"{self.prefix}followed"
+
+    def output(self, job_id: int, attempt: int) -> str:
+        """Live output: the stream of an attempt's chunks while it is followed."""
+        return f"{self.prefix}out:{job_id}:{attempt}"
+
 
 def parse_id(member: bytes | str) -> int:
     """The job id a Redis member names; ValueError (saying why) for anything else.

@@ -23,6 +23,7 @@ from dts.daemon.process import Readiness, Signals
 from dts.daemon.startup import launch
 from dts.errors import DtsError, Unavailable
 from dts.metrics import MetricsServer
+from dts.queue.live import LiveOutput
 from dts.queue.redis import Keys, RedisQueue, connect, redacted_url
 from dts.server import history
 from dts.server.api import rpc
@@ -36,6 +37,7 @@ from dts.server.api.servicer import SchedulerServicer, WorkerServicer
 from dts.server.config import ServerConfig, load_server_config, read_db_password
 from dts.server.coordinator import Coordinator
 from dts.server.duties.enqueuer import Enqueuer
+from dts.server.duties.follows import FollowsRefresher
 from dts.server.duties.lead import Leadership
 from dts.server.duties.loop import Loop
 from dts.server.duties.promoter import Promoter
@@ -44,6 +46,7 @@ from dts.server.duties.reconciler import Reconciler
 from dts.server.duties.retainer import Retainer
 from dts.server.duties.ticker import Ticker
 from dts.server.duties.waitpoll import WaitPoller
+from dts.server.live import LiveHub
 from dts.server.metrics import ServerMetrics
 from dts.server.retention import Retention
 from dts.server.schedules import Schedules
@@ -72,6 +75,7 @@ class Server:
             self.coordinator.observer = observer
             rpc.on_failure = observer.failed
             self.metrics = MetricsServer(cfg.metrics_listen, observer.registry)
+        self.live = LiveHub(LiveOutput(client, Keys(cfg.key_prefix)), self.store)
         lead = Leadership(self.coordinator)  # these run on one server at a time
         self.schedules = Schedules(self.coordinator)
         self.loops: list[Loop] = [
@@ -80,6 +84,7 @@ class Server:
             LeaseReaper(self.coordinator, lead),
             Reconciler(self.coordinator, lead, cfg.reconcile_interval),
             Ticker(self.schedules, lead),
+            FollowsRefresher(self.coordinator, self.live),
         ]
         if cfg.retain:
             self.loops.append(Retainer(self.coordinator, lead, cfg.retain, cfg.retain_interval))
@@ -87,8 +92,8 @@ class Server:
             self.loops.append(WaitPoller(self.coordinator))
         self.auth = TokenAuth(load_tokens(cfg.tokens_file)) if cfg.tokens_file else None
         self.pools = Pools(cfg.grpc_threads)
-        self.scheduler = SchedulerServicer(self.coordinator, self.pools)
-        self.workers = WorkerServicer(self.coordinator, self.pools, cfg.key_prefix)
+        self.scheduler = SchedulerServicer(self.coordinator, self.pools, self.live)
+        self.workers = WorkerServicer(self.coordinator, self.pools, cfg.key_prefix, self.live)
         self.admin = AdminServicer(Retention(self.store, self.coordinator.clock), self.pools)
         self.queues = QueuesServicer(self.coordinator, self.pools)
         self.schedule_api = SchedulesServicer(self.schedules, self.pools)

@@ -791,26 +791,121 @@ class LogsResponse(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     STDOUT_FIELD_NUMBER: _builtins.int
     STDERR_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     """the attempt these logs belong to"""
     stdout: _builtins.bytes
     """captured stdout (capped; ends with a marker when truncated)"""
     stderr: _builtins.bytes
     """captured stderr (same)"""
+    running: _builtins.bool
+    """The attempt is still running: stdout and stderr are what its worker has sent so far (the
+    call waits briefly for its first chunk, and keeps the job followed a few seconds).
+    """
     def __init__(
         self,
         *,
         attempt: _builtins.int = ...,
         stdout: _builtins.bytes = ...,
         stderr: _builtins.bytes = ...,
+        running: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "stderr", b"stderr", "stdout", b"stdout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "running", b"running", "stderr", b"stderr", "stdout", b"stdout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LogsResponse: _TypeAlias = LogsResponse  # noqa: Y015
+
+@_typing.final
+class FollowRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    STDOUT_OFFSET_FIELD_NUMBER: _builtins.int
+    STDERR_OFFSET_FIELD_NUMBER: _builtins.int
+    ONWARD_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """job id"""
+    attempt: _builtins.int
+    """0 = latest, and follow into retries; N: attempt N only"""
+    stdout_offset: _builtins.int
+    """Bytes of the first followed attempt's stdout and stderr the caller already has (a
+    resumed follow): the stream starts after them.
+    """
+    stderr_offset: _builtins.int
+    onward: _builtins.bool
+    """with attempt N: start at N and follow into later attempts"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        attempt: _builtins.int = ...,
+        stdout_offset: _builtins.int = ...,
+        stderr_offset: _builtins.int = ...,
+        onward: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "id", b"id", "onward", b"onward", "stderr_offset", b"stderr_offset", "stdout_offset", b"stdout_offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FollowRequest: _TypeAlias = FollowRequest  # noqa: Y015
+
+@_typing.final
+class FollowEvent(_message.Message):
+    """Output of a followed attempt, in order. Every byte of an attempt's output is sent once, in
+    byte order per stream; after an attempt ends what the follower missed of it (if anything)
+    comes from the stored output, so the bytes received are the stored output. Bytes that were
+    never sent live (the middle a capped output drops) come as the stored output's marker.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    STDOUT_FIELD_NUMBER: _builtins.int
+    STDERR_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    STDOUT_OFFSET_FIELD_NUMBER: _builtins.int
+    STDERR_OFFSET_FIELD_NUMBER: _builtins.int
+    attempt: _builtins.int
+    """the attempt the output belongs to"""
+    stdout: _builtins.bytes
+    """the next bytes of its stdout, from stdout_offset"""
+    stderr: _builtins.bytes
+    """the next bytes of its stderr, from stderr_offset"""
+    note: _builtins.str
+    """a line for people (an attempt failed and will be retried...)"""
+    stdout_offset: _builtins.int
+    """byte offset in the attempt's stdout of `stdout`"""
+    stderr_offset: _builtins.int
+    """byte offset in the attempt's stderr of `stderr`"""
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """set on the last event: the job, final (as it is, when one attempt was followed)"""
+
+    def __init__(
+        self,
+        *,
+        attempt: _builtins.int = ...,
+        stdout: _builtins.bytes = ...,
+        stderr: _builtins.bytes = ...,
+        note: _builtins.str = ...,
+        job: Global___Job | None = ...,
+        stdout_offset: _builtins.int = ...,
+        stderr_offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job", b"job", "note", b"note", "stderr", b"stderr", "stderr_offset", b"stderr_offset", "stdout", b"stdout", "stdout_offset", b"stdout_offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FollowEvent: _TypeAlias = FollowEvent  # noqa: Y015
 
 @_typing.final
 class ListWorkersRequest(_message.Message):
@@ -1052,6 +1147,7 @@ class HeartbeatResponse(_message.Message):
     REREGISTER_FIELD_NUMBER: _builtins.int
     PAUSED_QUEUES_FIELD_NUMBER: _builtins.int
     FULL_QUEUES_FIELD_NUMBER: _builtins.int
+    FOLLOWED_FIELD_NUMBER: _builtins.int
     reregister: _builtins.bool
     """the server does not know this session: register again"""
     @_builtins.property
@@ -1066,6 +1162,12 @@ class HeartbeatResponse(_message.Message):
     def full_queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """its queues at their run limit: pop none until told again"""
 
+    @_builtins.property
+    def followed(self) -> _containers.RepeatedCompositeFieldContainer[Global___Lease]:
+        """The worker's leases someone follows now: send their output (SendOutput) until a heartbeat
+        leaves them out.
+        """
+
     def __init__(
         self,
         *,
@@ -1073,10 +1175,11 @@ class HeartbeatResponse(_message.Message):
         reregister: _builtins.bool = ...,
         paused_queues: _abc.Iterable[_builtins.str] | None = ...,
         full_queues: _abc.Iterable[_builtins.str] | None = ...,
+        followed: _abc.Iterable[Global___Lease] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "full_queues", b"full_queues", "paused_queues", b"paused_queues", "reregister", b"reregister"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "followed", b"followed", "full_queues", b"full_queues", "paused_queues", b"paused_queues", "reregister", b"reregister"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1248,6 +1351,7 @@ class ExchangeResponse(_message.Message):
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     PAUSED_QUEUES_FIELD_NUMBER: _builtins.int
     FULL_QUEUES_FIELD_NUMBER: _builtins.int
+    FOLLOWED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Ack]:
         """one per result, in order"""
@@ -1264,6 +1368,10 @@ class ExchangeResponse(_message.Message):
 
     @_builtins.property
     def full_queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def followed(self) -> _containers.RepeatedCompositeFieldContainer[Global___Lease]:
+        """assignments someone follows already (see Heartbeat)"""
+
     def __init__(
         self,
         *,
@@ -1271,14 +1379,111 @@ class ExchangeResponse(_message.Message):
         assignments: _abc.Iterable[Global___Assignment] | None = ...,
         paused_queues: _abc.Iterable[_builtins.str] | None = ...,
         full_queues: _abc.Iterable[_builtins.str] | None = ...,
+        followed: _abc.Iterable[Global___Lease] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "assignments", b"assignments", "full_queues", b"full_queues", "paused_queues", b"paused_queues"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "assignments", b"assignments", "followed", b"followed", "full_queues", b"full_queues", "paused_queues", b"paused_queues"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExchangeResponse: _TypeAlias = ExchangeResponse  # noqa: Y015
+
+@_typing.final
+class OutputChunk(_message.Message):
+    """Output of a followed attempt, the next bytes of each stream from their offsets (the first
+    chunk of a follow carries all the worker kept of the attempt so far).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    STDOUT_FIELD_NUMBER: _builtins.int
+    STDERR_FIELD_NUMBER: _builtins.int
+    STDOUT_OFFSET_FIELD_NUMBER: _builtins.int
+    STDERR_OFFSET_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.int
+    """job"""
+    attempt: _builtins.int
+    """fencing token"""
+    stdout: _builtins.bytes
+    """stdout bytes from stdout_offset"""
+    stderr: _builtins.bytes
+    """stderr bytes from stderr_offset"""
+    stdout_offset: _builtins.int
+    """byte offset of `stdout` in the attempt's whole stdout"""
+    stderr_offset: _builtins.int
+    """byte offset of `stderr` in the attempt's whole stderr"""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.int = ...,
+        attempt: _builtins.int = ...,
+        stdout: _builtins.bytes = ...,
+        stderr: _builtins.bytes = ...,
+        stdout_offset: _builtins.int = ...,
+        stderr_offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id", "stderr", b"stderr", "stderr_offset", b"stderr_offset", "stdout", b"stdout", "stdout_offset", b"stdout_offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutputChunk: _TypeAlias = OutputChunk  # noqa: Y015
+
+@_typing.final
+class OutputRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """worker name"""
+    session: _builtins.str
+    """from RegisterResponse"""
+    @_builtins.property
+    def chunks(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutputChunk]:
+        """of attempts the worker holds"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        session: _builtins.str = ...,
+        chunks: _abc.Iterable[Global___OutputChunk] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "name", b"name", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutputRequest: _TypeAlias = OutputRequest  # noqa: Y015
+
+@_typing.final
+class OutputResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNFOLLOWED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def unfollowed(self) -> _containers.RepeatedCompositeFieldContainer[Global___Lease]:
+        """nobody follows these now (or not the worker's): send no more"""
+
+    def __init__(
+        self,
+        *,
+        unfollowed: _abc.Iterable[Global___Lease] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["unfollowed", b"unfollowed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutputResponse: _TypeAlias = OutputResponse  # noqa: Y015
 
 @_typing.final
 class UnregisterRequest(_message.Message):

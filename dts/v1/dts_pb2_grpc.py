@@ -90,6 +90,11 @@ class SchedulerStub:
                 request_serializer=dts_dot_v1_dot_dts__pb2.StatsRequest.SerializeToString,
                 response_deserializer=dts_dot_v1_dot_dts__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.FollowLogs = channel.unary_stream(
+                '/dts.v1.Scheduler/FollowLogs',
+                request_serializer=dts_dot_v1_dot_dts__pb2.FollowRequest.SerializeToString,
+                response_deserializer=dts_dot_v1_dot_dts__pb2.FollowEvent.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -174,6 +179,13 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FollowLogs(self, request, context):
+        """A job's output as it is written, into its retries, ending with the job once final.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -231,6 +243,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=dts_dot_v1_dot_dts__pb2.StatsRequest.FromString,
                     response_serializer=dts_dot_v1_dot_dts__pb2.StatsResponse.SerializeToString,
+            ),
+            'FollowLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.FollowLogs,
+                    request_deserializer=dts_dot_v1_dot_dts__pb2.FollowRequest.FromString,
+                    response_serializer=dts_dot_v1_dot_dts__pb2.FollowEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -541,6 +558,33 @@ class Scheduler:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def FollowLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dts.v1.Scheduler/FollowLogs',
+            dts_dot_v1_dot_dts__pb2.FollowRequest.SerializeToString,
+            dts_dot_v1_dot_dts__pb2.FollowEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class WorkerServiceStub:
     """What workers call.
@@ -571,6 +615,11 @@ class WorkerServiceStub:
                 '/dts.v1.WorkerService/Unregister',
                 request_serializer=dts_dot_v1_dot_dts__pb2.UnregisterRequest.SerializeToString,
                 response_deserializer=dts_dot_v1_dot_dts__pb2.UnregisterResponse.FromString,
+                _registered_method=True)
+        self.SendOutput = channel.unary_unary(
+                '/dts.v1.WorkerService/SendOutput',
+                request_serializer=dts_dot_v1_dot_dts__pb2.OutputRequest.SerializeToString,
+                response_deserializer=dts_dot_v1_dot_dts__pb2.OutputResponse.FromString,
                 _registered_method=True)
 
 
@@ -606,6 +655,13 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendOutput(self, request, context):
+        """output of followed attempts
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -628,6 +684,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.Unregister,
                     request_deserializer=dts_dot_v1_dot_dts__pb2.UnregisterRequest.FromString,
                     response_serializer=dts_dot_v1_dot_dts__pb2.UnregisterResponse.SerializeToString,
+            ),
+            'SendOutput': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendOutput,
+                    request_deserializer=dts_dot_v1_dot_dts__pb2.OutputRequest.FromString,
+                    response_serializer=dts_dot_v1_dot_dts__pb2.OutputResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -739,6 +800,33 @@ class WorkerService:
             '/dts.v1.WorkerService/Unregister',
             dts_dot_v1_dot_dts__pb2.UnregisterRequest.SerializeToString,
             dts_dot_v1_dot_dts__pb2.UnregisterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendOutput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dts.v1.WorkerService/SendOutput',
+            dts_dot_v1_dot_dts__pb2.OutputRequest.SerializeToString,
+            dts_dot_v1_dot_dts__pb2.OutputResponse.FromString,
             options,
             channel_credentials,
             insecure,

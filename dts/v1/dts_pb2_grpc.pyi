@@ -60,6 +60,8 @@ class SchedulerStub:
     """registered workers"""
     GetStats: _grpc.UnaryUnaryMultiCallable[_dts_pb2.StatsRequest, _dts_pb2.StatsResponse]
     """job counts"""
+    FollowLogs: _grpc.UnaryStreamMultiCallable[_dts_pb2.FollowRequest, _dts_pb2.FollowEvent]
+    """A job's output as it is written, into its retries, ending with the job once final."""
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -90,6 +92,8 @@ class SchedulerAsyncStub(SchedulerStub):
     """registered workers"""
     GetStats: _aio.UnaryUnaryMultiCallable[_dts_pb2.StatsRequest, _dts_pb2.StatsResponse]  # type: ignore[assignment]
     """job counts"""
+    FollowLogs: _aio.UnaryStreamMultiCallable[_dts_pb2.FollowRequest, _dts_pb2.FollowEvent]  # type: ignore[assignment]
+    """A job's output as it is written, into its retries, ending with the job once final."""
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     """What users and scripts call."""
@@ -184,6 +188,14 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_dts_pb2.StatsResponse, _abc.Awaitable[_dts_pb2.StatsResponse]]:
         """job counts"""
 
+    @_abc_1.abstractmethod
+    def FollowLogs(
+        self,
+        request: _dts_pb2.FollowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_dts_pb2.FollowEvent], _abc.AsyncIterator[_dts_pb2.FollowEvent]]:
+        """A job's output as it is written, into its retries, ending with the job once final."""
+
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class WorkerServiceStub:
@@ -201,6 +213,8 @@ class WorkerServiceStub:
     """report results, claim jobs"""
     Unregister: _grpc.UnaryUnaryMultiCallable[_dts_pb2.UnregisterRequest, _dts_pb2.UnregisterResponse]
     """leave cleanly"""
+    SendOutput: _grpc.UnaryUnaryMultiCallable[_dts_pb2.OutputRequest, _dts_pb2.OutputResponse]
+    """output of followed attempts"""
 
 @_typing.type_check_only
 class WorkerServiceAsyncStub(WorkerServiceStub):
@@ -215,6 +229,8 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     """report results, claim jobs"""
     Unregister: _aio.UnaryUnaryMultiCallable[_dts_pb2.UnregisterRequest, _dts_pb2.UnregisterResponse]  # type: ignore[assignment]
     """leave cleanly"""
+    SendOutput: _aio.UnaryUnaryMultiCallable[_dts_pb2.OutputRequest, _dts_pb2.OutputResponse]  # type: ignore[assignment]
+    """output of followed attempts"""
 
 class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
     """What workers call."""
@@ -250,6 +266,14 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_dts_pb2.UnregisterResponse, _abc.Awaitable[_dts_pb2.UnregisterResponse]]:
         """leave cleanly"""
+
+    @_abc_1.abstractmethod
+    def SendOutput(
+        self,
+        request: _dts_pb2.OutputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dts_pb2.OutputResponse, _abc.Awaitable[_dts_pb2.OutputResponse]]:
+        """output of followed attempts"""
 
 def add_WorkerServiceServicer_to_server(servicer: WorkerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

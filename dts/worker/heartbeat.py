@@ -11,6 +11,7 @@ from dts.domain import Outcome
 from dts.v1 import dts_pb2 as pb
 from dts.worker.attempts import Attempts
 from dts.worker.ending import Ending
+from dts.worker.live import LiveSender
 from dts.worker.session import RPC_TIMEOUT, Dismissed, Session
 
 log = logging.getLogger("dts.worker")
@@ -20,8 +21,15 @@ class Heartbeat:
     """The heartbeat thread and what it tells the server: the leases held, and whether the
     worker is draining."""
 
-    def __init__(self, session: Session, attempts: Attempts, ending: Ending) -> None:
+    def __init__(
+        self,
+        session: Session,
+        attempts: Attempts,
+        ending: Ending,
+        live: LiveSender | None = None,
+    ) -> None:
         self.session = session
+        self.live = live  # told which attempts someone follows
         self.attempts = attempts
         self.ending = ending
         self.draining = False
@@ -82,6 +90,8 @@ class Heartbeat:
                 continue
             session.holds.learn(resp.paused_queues, resp.full_queues)
             self._cancel(resp.cancel)
+            if self.live is not None:
+                self.live.followed(resp.followed)
 
     def _cancel(self, leases: Iterable[pb.Lease]) -> None:
         for lease in leases:

@@ -34,6 +34,7 @@ from dts.worker.ending import Ending
 from dts.worker.feed import Feed
 from dts.worker.guard import Guard
 from dts.worker.heartbeat import Heartbeat
+from dts.worker.live import LiveSender
 from dts.worker.metrics import WorkerMetrics
 from dts.worker.runner import RunOptions, close_inherited_fds
 from dts.worker.sandbox import RunAs, default_cwd, find_prlimit, job_environment
@@ -71,9 +72,10 @@ class Worker:
         self.ending = Ending(signals, self.attempts)
         self.session = Session(cfg, channel, signals, self.ending, registered=self._registered)
         self.feed = Feed(redis, cfg.redis_url, cfg.queues, self.session, signals.stop)
-        self.heartbeat = Heartbeat(self.session, self.attempts, self.ending)
+        self.live = LiveSender(self.session, self.attempts)  # idle unless a job is followed
+        self.heartbeat = Heartbeat(self.session, self.attempts, self.ending, self.live)
         self.slots = Slots(
-            cfg.concurrency, self.session, self.feed, self.attempts, self.ending, signals
+            cfg.concurrency, self.session, self.feed, self.attempts, self.ending, signals, self.live
         )
         self.metrics: MetricsServer | None = None
         if cfg.metrics_listen:
@@ -96,6 +98,7 @@ class Worker:
             readiness.ready()
             sd_notify(f"READY=1\nSTATUS=registered as {self.cfg.name}")
             self.heartbeat.start()
+            self.live.start()
             self.slots.start()
             self._wait_for_stop()
             log.info("stopping: no new jobs; %d running", self.attempts.count())
@@ -103,6 +106,7 @@ class Worker:
             self.heartbeat.draining = True
             self.slots.drain(self.cfg.drain_timeout, self.cfg.kill_grace)
             self.heartbeat.stop()
+            self.live.stop()
             self.session.unregister()
             log.info("worker %s stopped", self.cfg.name)
             return self.ending.exit_code

@@ -25,6 +25,7 @@ from dts.domain import (
     exit_code_for_signal,
 )
 from dts.limits import NO_LIMITS, Limits, lower_limit
+from dts.live import marker
 from dts.worker.cgroups import JobCgroups, Slot
 from dts.worker.sandbox import (
     RunAs,
@@ -34,6 +35,7 @@ from dts.worker.sandbox import (
     limited_argv,
     within_hard_limits,
 )
+from dts.worker.tap import Tap
 
 READ_CHUNK = 65536
 POLL = 0.2  # seconds between checks for a stop request while a job runs
@@ -49,8 +51,10 @@ class Capture:
         self.head = bytearray()
         self.tail = bytearray()
         self.dropped = 0
+        self.total = 0  # bytes fed: the offset of the next byte in the whole stream
 
     def feed(self, data: bytes) -> None:
+        self.total += len(data)
         room = self.head_limit - len(self.head)
         if room > 0:
             self.head += data[:room]
@@ -63,11 +67,16 @@ class Capture:
             self.dropped += excess
             del self.tail[:excess]
 
+    def pieces(self) -> list[tuple[int, bytes]]:
+        """What is kept, at its offsets in the whole stream: the head, and the tail if apart."""
+        if not self.dropped:
+            return [(0, bytes(self.head + self.tail))] if self.head else []
+        return [(0, bytes(self.head)), (self.total - len(self.tail), bytes(self.tail))]
+
     def value(self) -> bytes:
         if not self.dropped:
             return bytes(self.head + self.tail)
-        marker = f"\n[dts: output truncated, {self.dropped} bytes dropped]\n".encode()
-        return bytes(self.head) + marker + bytes(self.tail)
+        return bytes(self.head) + marker(self.dropped) + bytes(self.tail)
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,7 @@ class Execution:
         self._lock = threading.Lock()
         self.pid: int | None = None
         self._slot: Slot | None = None  # the attempt's cgroup, while it is the attempt's
+        self.tap: Tap | None = None  # set by the live sender while someone follows the attempt
 
     def stop(self, outcome: Outcome, reason: str, at_once: bool = False) -> None:
         """Kill the job: CANCELLED (user asked) or RELEASED (worker draining or fenced).
@@ -266,6 +276,9 @@ class Execution:
         open_pipes = len(caps)
         try:
             while True:
+                tap = self.tap
+                if tap is not None and not tap.primed:  # a follow began: all kept so far first
+                    _prime(tap, caps[child.stdout], caps[child.stderr])
                 now = time.monotonic()
                 self._escalate(w, now)
                 if w.exited and not (w.leftovers if w.term_at is None else _alive(w.pgid, slot)):
@@ -297,7 +310,11 @@ class Execution:
                     except BlockingIOError:
                         continue
                     if chunk:
-                        caps[fd].feed(chunk)
+                        cap = caps[fd]
+                        cap.feed(chunk)
+                        tap = self.tap
+                        if tap is not None and tap.primed:
+                            tap.add(fd != child.stdout, cap.total - len(chunk), chunk)
                     else:
                         poller.unregister(fd)
                         open_pipes -= 1
@@ -331,6 +348,14 @@ class Execution:
     ) -> Result:
         a = self.assignment
         return Result(a.job_id, a.attempt, outcome, code, error, out, err, started, time.time())
+
+
+def _prime(tap: Tap, out: Capture, err: Capture) -> None:
+    """Put in the tap what the runner kept of the attempt's output before it was followed."""
+    for stream, cap in enumerate((out, err)):
+        for offset, data in cap.pieces():
+            tap.add(stream, offset, data, whole=True)
+    tap.primed = True
 
 
 @dataclass

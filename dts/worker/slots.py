@@ -17,6 +17,7 @@ from dts.v1 import dts_pb2 as pb
 from dts.worker.attempts import Attempts
 from dts.worker.ending import Ending
 from dts.worker.feed import Feed
+from dts.worker.live import LiveSender
 from dts.worker.runner import Execution
 from dts.worker.session import RPC_TIMEOUT, Session
 
@@ -69,8 +70,10 @@ class Slots:
         attempts: Attempts,
         ending: Ending,
         signals: Signals,
+        live: LiveSender | None = None,
     ) -> None:
         self.session = session
+        self.live = live  # told which claimed attempts someone follows
         self.feed = feed
         self.attempts = attempts
         self.ending = ending
@@ -86,7 +89,9 @@ class Slots:
 
     def new(self) -> SlotLoop:
         """One slot's loop, not started."""
-        return SlotLoop(self.session, self.feed, self.attempts, self.signals)
+        loop = SlotLoop(self.session, self.feed, self.attempts, self.signals)
+        loop.live = self.live
+        return loop
 
     def _guarded(self) -> None:
         """A slot thread. A bug that ends it stops the worker after a drain: the other slots'
@@ -170,6 +175,7 @@ class SlotLoop:
         self.average = PREFETCH_BELOW  # seconds: this slot's recent job durations, on average
         self.oldest = 0.0  # when the oldest unsent result finished
         self.pending: InFlight | None = None  # an Exchange sent while jobs run
+        self.live: LiveSender | None = None  # told which claimed attempts someone follows
         # The last pop found fewer ids than it asked for: the queue is (most likely) empty, so
         # a result is reported without asking Redis again first; an enqueue's wake token
         # brings the slot back to Redis.
@@ -282,7 +288,10 @@ class SlotLoop:
             self._absorb(resp, sent, ids)
 
     def _hold_all(self, resp: pb.ExchangeResponse) -> list[Execution]:
-        return [self.attempts.hold(wire.assignment_from_pb(a)) for a in resp.assignments]
+        held = [self.attempts.hold(wire.assignment_from_pb(a)) for a in resp.assignments]
+        if resp.followed and self.live is not None:  # followed already (submit --wait)
+            self.live.followed(resp.followed, only_add=True)
+        return held
 
     def _absorb(
         self,

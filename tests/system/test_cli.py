@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from datetime import datetime
@@ -79,7 +80,9 @@ def test_submit_json_prints_the_job_object(cluster: Cluster) -> None:
 
 def test_wait_writes_stdout_and_stderr_and_exits_with_the_job_code(cluster: Cluster) -> None:
     r = cluster.cli("submit", "--wait", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
-    assert (r.returncode, r.stdout, r.stderr) == (3, "out\n", "err\n")
+    waiting, rest = r.stderr.split("\n", 1)  # first, on stderr: which job it waits for
+    assert re.fullmatch(r"waiting for job \d+ \(Ctrl\+C stops waiting, not the job\)", waiting)
+    assert (r.returncode, r.stdout, rest) == (3, "out\n", "err\n")
 
 
 def test_shell_runs_the_single_string_with_sh(cluster: Cluster) -> None:

@@ -122,7 +122,8 @@ def test_submit_wait_waits_for_the_existing_job(cluster: Cluster, tmp_path: Path
     err = errors.read_text()
     # Then it ends with the first job: its output, its exit code, and the note
     assert (waiting.returncode, out) == (0, "first-job\n")
-    assert err == note(job_id, "waited", "default")
+    waiting_line = f"waiting for job {job_id} (Ctrl+C stops waiting, not the job)\n"
+    assert err == note(job_id, "waited", "default") + waiting_line
 
 
 def test_bad_unique_keys_are_usage_errors_and_store_nothing(cluster: Cluster) -> None:

@@ -26,6 +26,8 @@ SHARED = (
     "dts.backoff",
     "dts.wire",
     "dts.wire_schedule",
+    "dts.live",
+    "dts.wire_live",
     "dts.v1",
     "dts.options",
     "dts.failover",
@@ -75,6 +77,8 @@ LAYERS = (
     Layer("dts.v1", ("dts.v1",)),
     Layer("dts.wire", (*MODEL, "dts.v1"), banned=("redis", "sqlite3")),
     Layer("dts.wire_schedule", (*MODEL, "dts.v1", "dts.wire"), banned=("redis", "sqlite3")),
+    Layer("dts.live", (), banned=NO_IO, own=False),  # live output as data: chunks, offsets
+    Layer("dts.wire_live", ("dts.live", "dts.v1"), banned=("redis", "sqlite3"), own=False),
     Layer("dts.options", MODEL, banned=("grpc", "redis", "sqlite3")),
     Layer("dts.failover", (), banned=("redis", "sqlite3"), own=False),
     Layer("dts.channel", (*MODEL, "dts.failover"), banned=("redis", "sqlite3")),
@@ -86,6 +90,13 @@ LAYERS = (
         MODEL,
         banned=("grpc", "sqlite3"),
         exact=(*QUEUE_API, "dts.queue.sentinel"),
+    ),
+    Layer(
+        "dts.queue.live",
+        ("dts.live",),
+        banned=("grpc", "sqlite3"),
+        exact=("dts.queue.redis",),
+        own=False,
     ),
     Layer("dts.queue.sentinel", MODEL, banned=("grpc", "sqlite3"), own=False),
     Layer("dts.daemon", (*MODEL, "dts.options"), banned=("grpc", "redis", "sqlite3")),
@@ -195,6 +206,14 @@ LAYERS = (
             "dts.server.store.rows",
         ),
     ),
+    # live output: follow interest and chunks in Redis, a worker's session checked in the store
+    Layer(
+        "dts.server.live",
+        (*MODEL, "dts.live", "dts.queue.live"),
+        banned=("grpc", "sqlite3"),
+        exact=("dts.server.sessions", "dts.server.store"),
+        own=False,
+    ),
     # retention: the rules of deleting old jobs, on the store protocol
     Layer("dts.server.retention", MODEL, banned=NO_IO, exact=("dts.server.store",)),
     Layer(
@@ -205,6 +224,7 @@ LAYERS = (
             "dts.server.coordinator",
             "dts.server.retention",
             "dts.server.schedules",
+            "dts.server.live",
         ),
         banned=("grpc", "redis", "sqlite3"),
     ),
@@ -218,6 +238,7 @@ LAYERS = (
             "dts.server.waiters",
             "dts.server.retention",
             "dts.server.schedules",
+            "dts.server.live",
         ),
         banned=("redis", "sqlite3"),
     ),

@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf.message import Message
 
-from dts import wire
+from dts import wire, wire_live
 from dts.domain import Job, JobSpec, JobStatus
 from dts.errors import DeadlineExceeded, DtsError, InvalidArgument, PermissionDenied, UnknownSession
 from dts.server.api.auth import Credential
+from dts.server.api.follow import Follows
 from dts.server.api.rpc import (
     Context,
     Identify,
@@ -30,6 +31,7 @@ from dts.server.api.rpc import (
 )
 from dts.server.coordinator import Coordinator
 from dts.server.dependencies import described
+from dts.server.live import LiveHub
 from dts.server.serving import ServedQueues
 from dts.server.waiters import MAX_WAIT, check_wait_timeout
 from dts.v1 import dts_pb2 as pb
@@ -50,9 +52,11 @@ def _id(value: int) -> int:
 class SchedulerServicer:
     """What users and scripts call."""
 
-    def __init__(self, coordinator: Coordinator, pools: Pools) -> None:
+    def __init__(self, coordinator: Coordinator, pools: Pools, hub: LiveHub) -> None:
         self.c = coordinator
         self.pools = pools
+        self.hub = hub  # live output
+        self.follows = Follows(coordinator, hub, pools)
         self._inboxes: set[asyncio.Queue[object]] = set()
         self._ended = False
         self.served = ServedQueues(coordinator.workers)
@@ -77,6 +81,7 @@ class SchedulerServicer:
         handlers["SubmitStream"] = grpc.stream_stream_rpc_method_handler(
             self.submit_stream, response_serializer=_serialize
         )
+        handlers["FollowLogs"] = self.follows.handler()
         return grpc.method_handlers_generic_handler(SCHEDULER, handlers)
 
     # ---- unary, in an executor thread ----------------------------------------------------
@@ -110,7 +115,15 @@ class SchedulerServicer:
         return pb.HistoryResponse(attempts=[wire.attempt_to_pb(a) for a in attempts])
 
     def logs(self, request: pb.LogsRequest, caller: Credential | None) -> pb.LogsResponse:
-        out = self.c.logs(_id(request.id), request.attempt)
+        job_id = _id(request.id)
+        out = self.c.logs(job_id, request.attempt)
+        job = self.c.get(job_id)
+        if job.status is JobStatus.RUNNING and out.attempt == job.attempts:
+            running = self.hub.so_far(job_id, out.attempt)  # what the worker sent so far
+            if running is not None:
+                return pb.LogsResponse(
+                    attempt=out.attempt, stdout=running[0], stderr=running[1], running=True
+                )
         return pb.LogsResponse(attempt=out.attempt, stdout=out.stdout, stderr=out.stderr)
 
     def cancel(self, request: pb.JobRef, caller: Credential | None) -> pb.Job:
@@ -152,9 +165,10 @@ class SchedulerServicer:
         return job.status.final, wire.job_to_pb(job)
 
     def end_streams(self) -> None:
-        """The server is stopping: answer what each open SubmitStream has read, then end it.
-        Runs on the event loop."""
+        """The server is stopping: answer what each open SubmitStream has read, then end it;
+        end FollowLogs streams. Runs on the event loop."""
         self._ended = True
+        self.follows.ended = True
         for inbox in self._inboxes:
             inbox.put_nowait(END)
 
@@ -284,9 +298,12 @@ def _serialize(message: Message) -> bytes:
 class WorkerServicer:
     """What workers call. A worker token bound to a name may act only as that worker."""
 
-    def __init__(self, coordinator: Coordinator, pools: Pools, key_prefix: str) -> None:
+    def __init__(
+        self, coordinator: Coordinator, pools: Pools, key_prefix: str, hub: LiveHub
+    ) -> None:
         self.c = coordinator
         self.pools = pools
+        self.hub = hub  # live output: which leases are followed; chunks passed on
         self.key_prefix = key_prefix  # of the Redis keys, told to each worker that registers
 
     def handler(self, identify: Identify) -> grpc.GenericRpcHandler:
@@ -295,6 +312,7 @@ class WorkerServicer:
             "Heartbeat": Unary(pb.HeartbeatRequest, self.heartbeat, self.pools.lease),
             "Exchange": Unary(pb.ExchangeRequest, self.exchange, self.pools.worker),
             "Unregister": Unary(pb.UnregisterRequest, self.unregister, self.pools.worker),
+            "SendOutput": Unary(pb.OutputRequest, self.send_output, self.pools.worker),
         }
         handlers = {name: unary_handler(name, m, identify) for name, m in unary.items()}
         return grpc.method_handlers_generic_handler(WORKER_SERVICE, handlers)
@@ -332,6 +350,7 @@ class WorkerServicer:
             cancel=[wire.lease_to_pb(s) for s in stale],
             paused_queues=held.paused,
             full_queues=held.full,
+            followed=[wire.lease_to_pb(f) for f in self.hub.followed(leases)],
         )
 
     def exchange(
@@ -350,7 +369,16 @@ class WorkerServicer:
             assignments=[wire.assignment_to_pb(a) for a in assignments],
             paused_queues=held.paused,
             full_queues=held.full,
+            followed=[wire.lease_to_pb(f) for f in self.hub.followed(assignments)],
         )
+
+    def send_output(
+        self, request: pb.OutputRequest, caller: Credential | None
+    ) -> pb.OutputResponse:
+        _as_worker(caller, request.name, "SendOutput")
+        chunks = [wire_live.chunk_from_pb(c) for c in request.chunks]
+        stop = self.hub.accept(request.name, request.session, chunks)
+        return pb.OutputResponse(unfollowed=[wire.lease_to_pb(lease) for lease in stop])
 
     def unregister(
         self, request: pb.UnregisterRequest, caller: Credential | None
