@@ -60,6 +60,8 @@ class SchedulerStub:
     """registered workers"""
     GetStats: _grpc.UnaryUnaryMultiCallable[_dts_pb2.StatsRequest, _dts_pb2.StatsResponse]
     """job counts"""
+    GetActivity: _grpc.UnaryUnaryMultiCallable[_dts_pb2.ActivityRequest, _dts_pb2.ActivityResponse]
+    """finished jobs per minute"""
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -90,6 +92,8 @@ class SchedulerAsyncStub(SchedulerStub):
     """registered workers"""
     GetStats: _aio.UnaryUnaryMultiCallable[_dts_pb2.StatsRequest, _dts_pb2.StatsResponse]  # type: ignore[assignment]
     """job counts"""
+    GetActivity: _aio.UnaryUnaryMultiCallable[_dts_pb2.ActivityRequest, _dts_pb2.ActivityResponse]  # type: ignore[assignment]
+    """finished jobs per minute"""
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     """What users and scripts call."""
@@ -183,6 +187,14 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_dts_pb2.StatsResponse, _abc.Awaitable[_dts_pb2.StatsResponse]]:
         """job counts"""
+
+    @_abc_1.abstractmethod
+    def GetActivity(
+        self,
+        request: _dts_pb2.ActivityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dts_pb2.ActivityResponse, _abc.Awaitable[_dts_pb2.ActivityResponse]]:
+        """finished jobs per minute"""
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -283,4 +283,18 @@ def test_a_version_5_database_gets_dependencies(postgres_url: str) -> None:
         store.close()
     with psycopg.connect(postgres_url) as conn:
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    assert row == (str(SCHEMA_VERSION),) == ("7",)
+    assert row == (str(SCHEMA_VERSION),) == ("9",)
+
+
+def test_a_version_7_database_gets_the_name_index(postgres_url: str) -> None:
+    # Given a database as dts left it at schema version 7 (before the dashboard's name filter)
+    PostgresStore(postgres_url).close()
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("DROP INDEX jobs_by_name")
+        conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    # When this dts opens it, then the index is there and the schema is current
+    PostgresStore(postgres_url).close()
+    with psycopg.connect(postgres_url) as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        index = conn.execute("SELECT to_regclass('jobs_by_name') AS i").fetchone()
+    assert row == (str(SCHEMA_VERSION),) == ("9",) and index == ("jobs_by_name",)

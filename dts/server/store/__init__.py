@@ -180,6 +180,10 @@ class Store(Protocol):
 
     def stats(self) -> list[StatCount]: ...
 
+    def activity(self, since: float) -> list[tuple[int, JobStatus, int]]:
+        """(minute number, final status, count) of the jobs finished at or after `since`."""
+        ...
+
     def workers(self) -> list[WorkerInfo]: ...
 
     def queue_settings(self) -> list[QueueSetting]:
