@@ -18,7 +18,10 @@ from dts.errors import InvalidArgument
 from dts.options import ArgumentParser, new_parser, parse, positive
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
-EXAMPLES = """examples:
+EXAMPLES = """Each option may also be set in /etc/dts/web.conf (listen = 127.0.0.1:8080) or as a
+DTS_ variable (DTS_LISTEN); a flag wins over a variable, a variable over the file.
+
+examples:
   dts-web                                      # http://127.0.0.1:8080, server 127.0.0.1:50051
   dts-web --server a:50051,b:50051 --tls-ca ca.pem
   dts-web --listen 0.0.0.0:8443 --tls-cert web.pem --tls-key web.key
@@ -46,6 +49,7 @@ class WebConfig:
 def web_parser() -> ArgumentParser:
     p = new_parser("dts-web", "The dts web dashboard: jobs, workers, queues and schedules.")
     p.epilog = EXAMPLES
+    p._add_config_file_help = p._add_env_var_help = False  # the epilog says it, then examples
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument(

@@ -4,6 +4,7 @@ SIGTERM or Ctrl+C."""
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -23,6 +24,9 @@ def serve(cfg: WebConfig) -> None:
     dash = Dashboard(cfg)
     scheme = "https" if cfg.https else "http"
     log.info("dts-web on %s://%s for %s", scheme, cfg.listen, cfg.server)
+    # uvicorn stops on SIGTERM, then raises it again with the handler found before it ran:
+    # this one makes that a clean exit (0), as systemd and supervisord expect of a stop
+    signal.signal(signal.SIGTERM, _stopped)
     uvicorn.run(
         create_app(dash),
         host=host,
@@ -35,6 +39,10 @@ def serve(cfg: WebConfig) -> None:
         forwarded_allow_ips="127.0.0.1,::1",
         server_header=False,
     )
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
