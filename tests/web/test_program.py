@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ssl
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from dts.errors import InvalidArgument
 from dts.web.config import DEFAULT_LISTEN, web_config
 from tests.harness import BIN, Proc, clean_env, free_port, wait_until
+from tests.web.browser import get
 
 
 def run_web(*args: str) -> subprocess.CompletedProcess[str]:
@@ -68,11 +68,7 @@ def _serve(tmp_path: Path, *args: str) -> tuple[Proc, int]:
 def test_it_serves_http(tmp_path: Path) -> None:
     p, port = _serve(tmp_path, "--server", f"127.0.0.1:{free_port()}")
     try:
-        said = wait_until(
-            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).read(),
-            20,
-            what="dts-web to answer",
-        )
+        said = wait_until(lambda: get(f"http://127.0.0.1:{port}/healthz"), 20, what="dts-web")
         assert said == b"ok\n"
     finally:
         assert p.stop() == 0, p.output()
@@ -90,11 +86,7 @@ def test_it_serves_https_with_tls_cert(tmp_path: Path) -> None:
     context = ssl.create_default_context(cafile=str(cert))
     try:
         said = wait_until(
-            lambda: urllib.request.urlopen(
-                f"https://127.0.0.1:{port}/healthz", timeout=2, context=context
-            ).read(),
-            20,
-            what="dts-web to answer over HTTPS",
+            lambda: get(f"https://127.0.0.1:{port}/healthz", context=context), 20, what="HTTPS"
         )
         assert said == b"ok\n"
     finally:

@@ -53,6 +53,7 @@ VIEWER_METHODS: frozenset[str] = frozenset(
                 "ListJobs",
                 "GetHistory",
                 "GetLogs",
+                "FollowLogs",  # live output (a stream), where the server has it
                 "ListWorkers",
                 "GetStats",
                 "GetActivity",
