@@ -106,8 +106,8 @@ SUPERVISOR ?=
 PURGE ?=
 # e.g. "--no-index --find-links DIR" on a host without access to PyPI
 PIP_INSTALL_ARGS ?=
-PROGRAMS := dts-server dts-worker dts-client
-UNITS := dts-server.service dts-worker@.service dts-workers.target
+PROGRAMS := dts-server dts-worker dts-client dts-web
+UNITS := dts-server.service dts-worker@.service dts-workers.target dts-web.service
 SYSTEMD_RUNNING = test -d /run/systemd/system
 
 install: ## (root) venv in /opt/dts, commands in /usr/local/bin, units, /etc/dts, user dts [SUPERVISOR=1]
@@ -137,8 +137,8 @@ uninstall: ## (root) undo `make install`; keeps /etc/dts, /var/lib/dts*, /var/lo
 	@test "$$(id -u)" = 0 || { echo "make uninstall: run as root" >&2; exit 1; }
 	@# stop (the workers drain) and disable every instance that is enabled
 	if $(SYSTEMD_RUNNING); then \
-	  systemctl stop dts-workers.target 'dts-worker@*.service' dts-server.service || true; \
-	  systemctl disable dts-server.service dts-workers.target $$(cd $(UNITDIR) && \
+	  systemctl stop dts-web.service dts-workers.target 'dts-worker@*.service' dts-server.service || true; \
+	  systemctl disable dts-web.service dts-server.service dts-workers.target $$(cd $(UNITDIR) && \
 	    ls -d *.wants/dts-worker@*.service 2>/dev/null | xargs -rn1 basename | sort -u) || true; \
 	fi
 	if [ -e $(SUPERVISOR_CONF) ]; then \

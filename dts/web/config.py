@@ -19,7 +19,8 @@ from dts.options import ArgumentParser, new_parser, parse, positive
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 EXAMPLES = """Each option may also be set in /etc/dts/web.conf (listen = 127.0.0.1:8080) or as a
-DTS_ variable (DTS_LISTEN); a flag wins over a variable, a variable over the file.
+DTS_ variable (DTS_SERVER; but DTS_WEB_LISTEN, DTS_WEB_TLS_CERT and DTS_WEB_TLS_KEY, apart from
+dts-server's); a flag wins over a variable, a variable over the file.
 
 examples:
   dts-web                                      # http://127.0.0.1:8080, server 127.0.0.1:50051
@@ -52,9 +53,12 @@ def web_parser() -> ArgumentParser:
     p._add_config_file_help = p._add_env_var_help = False  # the epilog says it, then examples
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # DTS_LISTEN, DTS_TLS_CERT and DTS_TLS_KEY are dts-server's (and the last two
+    # dts-client's): where the programs share an environment (supervisord), these are apart
     p.add_argument(
         "--listen",
         default=DEFAULT_LISTEN,
+        env_var="DTS_WEB_LISTEN",
         help=f"HTTP(S) address HOST:PORT (default {DEFAULT_LISTEN}: this machine only)",
     )
     p.add_argument(
@@ -83,8 +87,12 @@ def web_parser() -> ArgumentParser:
         action="store_true",
         help="send tokens without TLS (only to servers on a loopback address)",
     )
-    p.add_argument("--tls-cert", default="", help="serve HTTPS: our certificate (PEM)")
-    p.add_argument("--tls-key", default="", help="serve HTTPS: private key of --tls-cert (PEM)")
+    p.add_argument(
+        "--tls-cert", default="", env_var="DTS_WEB_TLS_CERT", help="serve HTTPS: our certificate"
+    )
+    p.add_argument(
+        "--tls-key", default="", env_var="DTS_WEB_TLS_KEY", help="serve HTTPS: key of --tls-cert"
+    )
     p.add_argument(
         "--session-idle",
         type=float,
