@@ -30,7 +30,7 @@ from dts.domain import (
 )
 from dts.errors import Internal, Unavailable
 from dts.limits import Limits
-from dts.server.store.reads import UNIQUE_HELD
+from dts.server.store.reads import NAMED, UNIQUE_HELD
 from dts.server.store.sqlite import (
     BULK_MOVES,
     CLAIM,
@@ -249,6 +249,7 @@ def test_list_jobs_by_name_time_and_keyset_pages(store: SqliteStore) -> None:
     assert listed(name="a") == [ids[3], ids[2], ids[0]]
     assert listed(name=NASTY) == [ids[4]]
     assert listed(name="nope") == []
+    assert listed(name="") == []  # every job here has a name
     assert listed(since=200.0) == [ids[4], ids[3], ids[2]]
     assert listed(until=200.0) == [ids[1], ids[0]]
     assert listed(since=150.0, until=250.0) == [ids[2]]
@@ -665,7 +666,8 @@ def test_a_version_9_database_gets_the_name_index(db: Path) -> None:
     conn = sqlite3.connect(db)
     try:
         plan = conn.execute(
-            "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE name = 'a' AND id < 5 ORDER BY id DESC"
+            "EXPLAIN QUERY PLAN SELECT id FROM jobs"
+            f" WHERE name = 'a' AND {NAMED} AND id < 5 ORDER BY id DESC"
         ).fetchall()
     finally:
         conn.close()
@@ -908,6 +910,9 @@ PARTIAL_INDEXES = {
     "jobs_by_schedule": (
         "CREATE INDEX IF NOT EXISTS jobs_by_schedule ON jobs (schedule, id)"
         " WHERE schedule IS NOT NULL"
+    ),
+    "jobs_by_name": (  # version 11: the dashboard's name filter; unnamed jobs are not in it
+        "CREATE INDEX IF NOT EXISTS jobs_by_name ON jobs (name, id) WHERE name <> ''"
     ),
 }
 

@@ -169,10 +169,10 @@ SCHEMA = [
     )""",
     *SUBMIT_KEYS,
     FINISHED_INDEX,
-    NAME_INDEX,
     *queue_schema("DOUBLE PRECISION"),
     *schedules.schema("DOUBLE PRECISION"),
     *DEPENDENCIES,
+    NAME_INDEX,
 ]
 
 # Statements that bring a database of version N-1 to version N.

@@ -158,10 +158,10 @@ SCHEMA = [
     )""",
     *SUBMIT_KEYS,
     FINISHED_INDEX,
-    NAME_INDEX,
     *queue_schema("REAL"),
     *schedules.schema("REAL"),
     *DEPENDENCIES,
+    NAME_INDEX,
 ]
 
 INSERT_MARKS = ",".join("?" * INSERT_COUNT)
