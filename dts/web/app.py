@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -37,6 +37,10 @@ async def need_login(request: Request, exc: Exception) -> Response:
     if request.headers.get("hx-request"):  # a live part: have htmx load the login page
         return Response(status_code=204, headers={"hx-redirect": "/login"})
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    if request.method != "GET":  # an action: back to the page it was on, after the login
+        page = urlsplit(request.headers.get("referer", ""))
+        same = page.netloc == request.url.netloc
+        target = (page.path + (f"?{page.query}" if page.query else "")) if same else "/"
     return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
 
 

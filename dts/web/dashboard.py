@@ -105,13 +105,15 @@ class Dashboard:
         return self.sessions.new(), True
 
     def visit(self, request: Request) -> Visit:
-        """Who the request acts as; NeedLogin when the visitor must log in first."""
-        session, new = self.session(request)
+        """Who the request acts as; NeedLogin when the visitor must log in first (no session
+        is made for them then: only the login page makes one)."""
         if not self.login_required():
+            session, new = self.session(request)
             return Visit(session, new, self.shared, self.shared_access())
-        if session.client is None:
+        found = self.sessions.get(request.cookies.get(COOKIE, ""))
+        if found is None or found.client is None:
             raise NeedLogin()
-        return Visit(session, new, session.client, session.access)
+        return Visit(found, False, found.client, found.access)
 
     def log_in(self, old: Session, token: str) -> Session:
         """A new session (a new id: the old one may be known to others) acting with `token`;

@@ -16,7 +16,10 @@ from enum import StrEnum
 from dts.client.api import Client
 
 COOKIE = "dts_session"
-MAX_SESSIONS = 10_000  # the oldest are forgotten first: a flood of visitors cannot fill memory
+# Of each kind, logged in or not, the least recently used are forgotten first beyond this: a
+# flood of visitors fills no memory, and visitors without a token (anyone) can only push out
+# one another's sessions, never a login's.
+MAX_SESSIONS = 10_000
 
 
 class Access(StrEnum):
@@ -49,52 +52,63 @@ class Session:
 
 
 class Sessions:
-    """The sessions of this process, by id; thread-safe. A session unused for `idle` seconds
-    is gone (its client closed)."""
+    """The sessions of this process, by id, logins apart from the others; thread-safe. A
+    session unused for `idle` seconds is gone (its client closed)."""
 
-    def __init__(self, idle: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, idle: float, clock: Callable[[], float] = time.monotonic, most: int = MAX_SESSIONS
+    ) -> None:
         self.idle = idle
         self.clock = clock
-        self._by_id: OrderedDict[str, Session] = OrderedDict()
+        self.most = most
+        # least recently used first
+        self._logins: OrderedDict[str, Session] = OrderedDict()
+        self._others: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, session_id: str) -> Session | None:
         now = self.clock()
         with self._lock:
-            self._expire(now)
-            found = self._by_id.get(session_id)
-            if found is not None:
-                found.used = now
-                self._by_id.move_to_end(session_id)
-            return found
+            for kind in (self._logins, self._others):
+                _expire(kind, now, self.idle)
+                found = kind.get(session_id)
+                if found is not None:
+                    found.used = now
+                    kind.move_to_end(session_id)
+                    return found
+        return None
 
     def new(self, access: Access = Access.NONE, client: Client | None = None) -> Session:
+        """A new session: a login's when it has a client of its own."""
         session = Session(
             secrets.token_urlsafe(32), secrets.token_urlsafe(32), access, client, self.clock()
         )
+        kind = self._logins if client is not None else self._others
         with self._lock:
-            self._by_id[session.id] = session
-            while len(self._by_id) > MAX_SESSIONS:
-                self._by_id.popitem(last=False)[1].close()
+            kind[session.id] = session
+            while len(kind) > self.most:
+                kind.popitem(last=False)[1].close()
         return session
 
     def drop(self, session_id: str) -> None:
         with self._lock:
-            gone = self._by_id.pop(session_id, None)
+            gone = self._logins.pop(session_id, None) or self._others.pop(session_id, None)
         if gone is not None:
             gone.close()
 
     def close(self) -> None:
         with self._lock:
-            gone = list(self._by_id.values())
-            self._by_id.clear()
+            gone = [*self._logins.values(), *self._others.values()]
+            self._logins.clear()
+            self._others.clear()
         for session in gone:
             session.close()
 
-    def _expire(self, now: float) -> None:
-        while self._by_id:
-            oldest = next(iter(self._by_id.values()))
-            if now - oldest.used < self.idle:
-                return
-            self._by_id.popitem(last=False)
-            oldest.close()
+
+def _expire(kind: OrderedDict[str, Session], now: float, idle: float) -> None:
+    while kind:
+        oldest = next(iter(kind.values()))
+        if now - oldest.used < idle:
+            return
+        kind.popitem(last=False)
+        oldest.close()

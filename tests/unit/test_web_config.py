@@ -88,3 +88,24 @@ def test_filters_are_read_or_refused() -> None:
 def test_times_say_their_zone() -> None:
     assert when(0.0) == "-" and when(1769868030.0) == "2026-01-31 14:00:30 UTC"
     assert took(None, None) == "" and took(10.0, 12.5) == "2.5s"
+
+
+def test_sessions_expire_and_visitors_cannot_push_out_logins() -> None:
+    from unittest.mock import MagicMock
+
+    from dts.web.sessions import Access, Sessions
+
+    now = [0.0]
+    sessions = Sessions(idle=100.0, clock=lambda: now[0], most=3)
+    client = MagicMock()
+    login = sessions.new(Access.ACT, client)
+    assert login.csrf != login.id and len(login.id) >= 40
+    # a flood of visitors without a token pushes out only one another
+    visitors = [sessions.new() for _ in range(10)]
+    assert sessions.get(login.id) is login
+    assert sessions.get(visitors[0].id) is None and sessions.get(visitors[-1].id) is not None
+    # a session unused for `idle` is gone, and its client closed
+    now[0] = 150.0
+    assert sessions.get(login.id) is None
+    client.close.assert_called_once()
+    assert login.csrf_ok(login.csrf) and not login.csrf_ok("x" * 43)

@@ -78,6 +78,16 @@ def test_a_client_token_logs_in_and_acts(app: TestClient, token_cluster: Cluster
     # Logout forgets the session: the next page asks for a login again
     app.post("/logout", data={"csrf": csrf_of(said)})
     assert app.get("/", follow_redirects=False).status_code == 303
+    # And an action posted without a login (a session of the login page) is not done: the
+    # login comes first, and then the page the action was posted from
+    posted = app.post(
+        f"/jobs/{job.id}/retry",
+        data={"csrf": csrf_of(app.get("/login").text)},
+        headers={"referer": f"http://testserver/jobs/{job.id}"},
+        follow_redirects=False,
+    )
+    assert posted.status_code == 303
+    assert posted.headers["location"] == f"/login?next=/jobs/{job.id}"
 
 
 def test_a_viewer_sees_no_buttons_and_cannot_act(app: TestClient, token_cluster: Cluster) -> None:
