@@ -25,8 +25,11 @@ log = logging.getLogger("dts.web")
 # a dts error's code and the HTTP status of the page saying it
 HTTP_STATUS = {
     "INVALID_ARGUMENT": 400,
+    "UNAUTHENTICATED": 401,
     "NOT_FOUND": 404,
     "FAILED_PRECONDITION": 409,
+    "ALREADY_EXISTS": 409,
+    "RESOURCE_EXHAUSTED": 429,
     "PERMISSION_DENIED": 403,
     "UNAVAILABLE": 503,
     "DEADLINE_EXCEEDED": 504,
@@ -47,10 +50,12 @@ async def need_login(request: Request, exc: Exception) -> Response:
 async def dts_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DtsError)
     dash: Dashboard = request.app.state.dash
-    if exc.code == "UNAUTHENTICATED" and dash.login_required_known():
-        session, _ = dash.session(request)
-        dash.forget_login(session)
-        return await need_login(request, exc)
+    if exc.code == "UNAUTHENTICATED":
+        if dash.login_required_known():  # the server no longer takes the login's token
+            session, _ = dash.session(request)
+            dash.forget_login(session)
+            return await need_login(request, exc)
+        dash.relearn_login()  # the servers now require tokens: the next page asks for one
     status = HTTP_STATUS.get(exc.code, 500)
     if status >= 500:
         log.warning("%s %s: %s", request.method, request.url.path, exc)

@@ -86,6 +86,13 @@ class Dashboard:
                 self._login = required
         return self._login
 
+    def relearn_login(self) -> None:
+        """The servers' answer says tokens changed: ask again whether visitors log in (unless
+        --token-file serves everyone)."""
+        if not self.cfg.security.token:
+            with self._lock:
+                self._login = None
+
     def login_required_known(self) -> bool:
         """Whether visitors log in, as far as known already (no call to a server)."""
         return bool(self._login)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
@@ -15,8 +16,8 @@ from dts.domain import JobSpec, JobStatus
 from dts.web.app import create_app
 from dts.web.config import WebConfig
 from dts.web.dashboard import Dashboard
-from tests.conftest import Cluster
-from tests.web.conftest import CLIENT, VIEWER, WORKER, csrf_of, dashboard
+from tests.conftest import Cluster, make_cluster
+from tests.web.conftest import CLIENT, VIEWER, WORKER, csrf_of, dashboard, write_secret
 
 
 @pytest.fixture
@@ -140,3 +141,21 @@ def test_a_login_never_sends_to_another_site(app: TestClient, target: str) -> No
         follow_redirects=False,
     )
     assert page.status_code == 303 and page.headers["location"] == "/"
+
+
+def test_a_server_that_turns_tokens_on_gets_a_login_page(tmp_path: Path) -> None:
+    # Given a dashboard in front of a server without tokens
+    c = make_cluster(tmp_path, 0)
+    try:
+        with TestClient(create_app(dashboard(c.server.address))) as tc:
+            assert tc.get("/jobs", follow_redirects=False).status_code == 200
+            # When the server restarts requiring tokens
+            tokens = write_secret(tmp_path / "tokens", f"client {CLIENT}\n")
+            c.restart_server("--tokens-file", tokens, "--plaintext-tokens")
+            # Then the next page says so, and the one after asks for a login, which works
+            refused = tc.get("/jobs", follow_redirects=False)
+            assert refused.status_code == 401 and "a token is required" in refused.text
+            assert tc.get("/jobs", follow_redirects=False).status_code == 303
+            assert 'id="logout"' in log_in(tc, CLIENT)
+    finally:
+        c.stop()
