@@ -219,3 +219,17 @@ def test_static_files_and_pages_load(web: TestClient, path: str) -> None:
     assert web.get(path).status_code == 200
     htmx = web.get("/static/htmx.min.js")
     assert htmx.status_code == 200 and "htmx" in htmx.text[:200]
+
+
+def test_the_servers_new_reads_check_their_arguments(web_cluster: Cluster) -> None:
+    from dts.errors import InvalidArgument
+
+    with web_cluster.client() as c:
+        buckets = c.activity(0)  # 0: the last hour
+        assert len(buckets) == 60 and buckets[-1].start - buckets[0].start == 59 * 60
+        assert len(c.activity(1440)) == 1440
+        for bad in (-1, 1441):
+            with pytest.raises(InvalidArgument, match="minutes must be between 1 and 1440"):
+                c.activity(bad)
+        with pytest.raises(InvalidArgument, match="before_id must not be negative"):
+            c.list_jobs(before_id=-1)
