@@ -233,3 +233,12 @@ def test_the_servers_new_reads_check_their_arguments(web_cluster: Cluster) -> No
                 c.activity(bad)
         with pytest.raises(InvalidArgument, match="before_id must not be negative"):
             c.list_jobs(before_id=-1)
+
+
+def test_several_servers_one_of_them_down(web_cluster: Cluster) -> None:
+    # Given a dashboard for two servers, the first of which is not there
+    both = f"127.0.0.1:{free_port()},{web_cluster.server.address}"
+    with TestClient(create_app(dashboard(both, rpc_timeout=3.0))) as tc:
+        # Then its pages come from the other
+        page = tc.get("/workers")
+        assert page.status_code == 200 and "<td>w1</td>" in page.text
