@@ -90,8 +90,10 @@ run-server: build ## run dts-server in the foreground (settings from DTS_* / /et
 run-worker: build ## run one dts-worker in the foreground
 	$(BIN)/dts-worker
 
-run-client: build ## submit CMD='...' and wait for its result
-	$(BIN)/dts-client submit --wait --shell -- '$(CMD)'
+# the cluster `make run` started, while it runs: its address is in $(RUN_DIR)/client.conf
+run-client: build ## submit CMD='...' to the cluster `make run` started and wait for its result
+	$(BIN)/dts-client $$(test -f $(RUN_DIR)/client.conf && echo -c $(RUN_DIR)/client.conf) \
+	  submit --wait --shell -- '$(CMD)'
 
 # ---- system install (root): `make install`, `make uninstall [PURGE=1]` -----------------------------
 # Where things go; the systemd units and etc/supervisor/dts.conf name /usr/local/bin and /etc/dts.

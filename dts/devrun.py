@@ -26,6 +26,7 @@ import redis
 from dts.client import Client
 from dts.domain import Job, JobSpec, WorkerState
 from dts.errors import DeadlineExceeded, DtsError
+from dts.options import checkout_client_conf
 from dts.queue.redis import connect, redacted_url
 
 PROG = "devrun"
@@ -211,6 +212,7 @@ class DevCluster:
         self.redis_url = ""
         self.supervisord: subprocess.Popen[bytes] | None = None
         self.conf = run_dir / "supervisord.conf"
+        self.client_conf = run_dir / "client.conf"  # the address, for dts-client to find
         self.address = ""
         self.worker_names: list[str] = []
 
@@ -227,6 +229,18 @@ class DevCluster:
         self._write_supervisor_config()
         self._start_supervisord()
         self._await_cluster()
+        self._write_client_conf()
+
+    def _write_client_conf(self) -> None:
+        """Leave the server's address where `make run-client` (-c) and a plain dts-client of
+        this checkout (its default config files) find it, until the cluster stops."""
+        temp = self.client_conf.with_suffix(".tmp")
+        temp.write_text(
+            "# written by `make run` (python -m dts.devrun) for the cluster it runs;\n"
+            "# removed when it stops\n"
+            f"server = {self.address}\n"
+        )
+        temp.replace(self.client_conf)
 
     def _check_stop(self) -> None:
         if self.stop.requested:
@@ -391,17 +405,20 @@ class DevCluster:
     # ---- running and stopping -----------------------------------------------------------------
 
     def usage(self) -> None:
-        env = f"DTS_SERVER={self.address}"
         client = shown(self.bin / "dts-client")
+        if str(self.client_conf) not in checkout_client_conf():  # not found by default
+            client += f" -c {shown(self.client_conf)}"
+        make = f"make run-client RUN_DIR={shown(self.dir)}" if self.dir != ROOT / ".run" else ""
         ctl = f"{shown(self.bin / 'supervisorctl')} -c {shown(self.conf)}"
         say(
             "\n"
             f"dts is running: server {self.address}, workers {', '.join(self.worker_names)},"
             f" redis {self.redis_url}\n"
-            "use it from another terminal:\n"
-            f"  {env} {client} workers\n"
-            f"  {env} {client} submit --wait --shell -- 'uname -a'\n"
-            f"  {env} {client} list\n"
+            f"use it from another terminal (the address is in {shown(self.client_conf)}):\n"
+            f"  {make or 'make run-client'} CMD='uname -a'\n"
+            f"  {client} workers\n"
+            f"  {client} submit --wait --shell -- 'uname -a'\n"
+            f"  {client} list\n"
             f"  {ctl} status\n"
             f"logs: {shown(self.log_dir)}/\n"
             "Ctrl+C stops everything."
@@ -418,6 +435,7 @@ class DevCluster:
 
     def teardown(self) -> None:
         """Stop supervisord (its programs drain first), then our own Redis. Idempotent."""
+        self.client_conf.unlink(missing_ok=True)  # no client should find a stopping cluster
         sup, self.supervisord = self.supervisord, None
         if sup is not None and sup.poll() is None:
             say("stopping: supervisord stops the workers (they drain) and then the server ...")

@@ -269,6 +269,7 @@ class Assignment:
     job_id: int
     attempt: int
     spec: JobSpec
+    ready_at: float = 0.0  # when the job was due (created plus its delay): for the metrics only
 
 
 class WorkerState(StrEnum):

@@ -4,13 +4,17 @@ default, usage errors in one line), the value types and the checks of values."""
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import configargparse
 
+import dts
 from dts.domain import MAX_LIMIT
 from dts.errors import InvalidArgument
 from dts.limits import LimitUnit, parse_size
@@ -19,23 +23,86 @@ ENV_PREFIX = "DTS_"
 CONFIG_DIR = "/etc/dts"
 
 
+def version() -> str:
+    """dts's version: the installed package's, else the source tree's."""
+    try:
+        return importlib.metadata.version("dts")
+    except importlib.metadata.PackageNotFoundError:
+        return dts.__version__
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each option's help (not empty ones); the description and the epilog
+    (examples) as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, "", False, [], ()):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(configargparse.ArgumentParser):  # type: ignore[misc]
-    """An argument parser whose usage errors are one line on stderr and exit code 2."""
+    """An argument parser whose usage errors are one line on stderr and exit code 2, and
+    whose help ends with its epilog (examples), not configargparse's footer."""
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         sys.exit(2)
 
+    def format_help(self) -> str:
+        for action in self._actions:
+            env = getattr(action, "env_var", None)
+            tag = f" [env: {env}]"
+            if env and action.help and action.help != argparse.SUPPRESS and tag not in action.help:
+                action.help += tag
+        return str(argparse.ArgumentParser.format_help(self))
 
-def new_parser(prog: str, description: str) -> ArgumentParser:
-    return ArgumentParser(
+
+def new_parser(
+    prog: str, description: str, examples: str = "", more_config_files: Sequence[str] = ()
+) -> ArgumentParser:
+    """A dts program's parser: flag > DTS_* variable > config file > default; --version;
+    help ending with how settings are found and `examples` (lines, indented as shown).
+    `more_config_files` are read after the default one (and win over it) when they exist."""
+    files = [f"{CONFIG_DIR}/{prog.removeprefix('dts-')}.conf", *more_config_files]
+    shown = " and ".join(files)
+    p = ArgumentParser(
         prog=prog,
         description=description,
-        default_config_files=[f"{CONFIG_DIR}/{prog.removeprefix('dts-')}.conf"],
+        default_config_files=files,
         auto_env_var_prefix=ENV_PREFIX,
         args_for_setting_config_path=["-c", "--config"],
-        config_arg_help_message="config file (key = value lines; missing default files are fine)",
-        formatter_class=configargparse.ArgumentDefaultsHelpFormatter,
+        config_arg_help_message=f"config file of key = value lines (default: {shown}, if found)",
+        formatter_class=HelpFormatter,
+        add_config_file_help=False,
+        add_env_var_help=False,
+        epilog=settings_note(shown) + (f"\n\nexamples:\n{examples}" if examples else ""),
+    )
+    add_version(p, prog)
+    return p
+
+
+def settings_note(files: str) -> str:
+    return textwrap.fill(
+        "Each --option can also be set as a DTS_* variable (shown as [env: ...]) or in a "
+        f"config file ({files}, or -c FILE; key = value): a flag wins over a variable, a "
+        "variable over a file.",
+        width=88,
+        break_on_hyphens=False,
+    )
+
+
+def checkout_client_conf() -> list[str]:
+    """Where `make run` leaves the address of the cluster it started (.run/client.conf of
+    the checkout dts runs from), for a plain dts-client there to find it; none for an
+    installed dts (no Makefile beside the package)."""
+    root = Path(dts.__file__).resolve().parent.parent
+    return [str(root / ".run" / "client.conf")] if (root / "Makefile").is_file() else []
+
+
+def add_version(p: argparse.ArgumentParser, prog: str) -> None:
+    p.add_argument(
+        "--version", action="version", version=f"{prog} {version()}", help="print the version"
     )
 
 

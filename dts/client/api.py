@@ -59,6 +59,8 @@ class Client:
         self._pipe: SubmitPipe | None = None
         self._pipe_lock = threading.Lock()
         self._streams = True  # False once the server turned out to know no SubmitStream
+        # the queues Submit answers named as served by no live worker, for the caller to tell
+        self.unserved_queues: set[str] = set()
 
     def close(self) -> None:
         with self._pipe_lock:
@@ -90,7 +92,12 @@ class Client:
             jobs=[wire.spec_to_pb(s) for s in specs], ids_only=True, key=key or new_key()
         )
         resp = self._call(self.stub.Submit, req, max(self.timeout, 60.0))
+        self._note(resp)
         return wire.submitted_jobs(specs, resp)
+
+    def _note(self, resp: pb.SubmitResponse) -> None:
+        """Keep what a submit's answer says beside its jobs: the queues nobody serves."""
+        self.unserved_queues.update(resp.unserved_queues)
 
     def submit_async(self, specs: Sequence[JobSpec]) -> PendingSubmit:
         """Send a submit without waiting for its answer; `result()` of what this returns waits.
@@ -99,7 +106,7 @@ class Client:
         many on their way (the server stores the ones that arrive together in one commit).
         Each is durable when its result() returns."""
         key = new_key()
-        pending = PendingSubmit(specs, lambda: self.submit(specs, key))
+        pending = PendingSubmit(specs, lambda: self.submit(specs, key), self._note)
         if not self._streams:
             pending._settle(None, StreamUnsupported())
             return pending

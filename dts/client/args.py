@@ -129,7 +129,12 @@ def add_spec_options(p: argparse.ArgumentParser) -> None:
 
 def add_command_argument(p: argparse.ArgumentParser) -> None:
     """The job's command: everything after the options (conventionally after --)."""
-    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+    p.add_argument(
+        "cmd",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND [ARG...]",
+        help="the command and its arguments (one string with --shell)",
+    )
 
 
 def fill_spec_defaults(ns: argparse.Namespace, global_ns: argparse.Namespace) -> None:

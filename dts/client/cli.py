@@ -29,15 +29,21 @@ from dts.client.args import (
     spec_from,
     with_command,
 )
+from dts.client.parsers import EXAMPLES, finish, late_argv
 from dts.client.render import (
     attempt_json,
     by_server,
+    fit,
     job_json,
+    last_column_width,
     short,
     stats_json,
+    status_fields,
     table,
+    utc,
     worker_json,
 )
+from dts.client.sending import submit_all, warn_unserved
 from dts.client.unique import add_unique_option, note_existing, unique_spec, with_existing
 from dts.client.workflow import (
     add_dependency_options,
@@ -48,7 +54,7 @@ from dts.client.workflow import (
 )
 from dts.domain import Job, JobStatus
 from dts.errors import DtsError, InvalidArgument, Unavailable
-from dts.options import new_parser
+from dts.options import checkout_client_conf, new_parser
 
 # Commands of their own modules: name -> the function that runs it (see `command_parser`).
 HANDLERS: dict[str, Callable[[Cli, argparse.Namespace], int]] = {}
@@ -90,10 +96,17 @@ GLOBAL_WITH_VALUE = {
 
 def global_parser() -> argparse.ArgumentParser:
     """Options before the command; these also come from DTS_* variables and client.conf."""
-    p = new_parser(PROG, "Submit jobs to dts and read their status, output and history.")
-    p.usage = f"{PROG} [--server HOST:PORT] [--json] COMMAND ..."
+    p = new_parser(
+        PROG,
+        "Submit jobs to dts and read their status, output and history.",
+        EXAMPLES[""],
+        more_config_files=checkout_client_conf(),  # `make run`'s cluster, in a checkout
+    )
+    p.usage = f"{PROG} [--server HOST:PORT] [--json] COMMAND ... (global options also after it)"
+    settings_and_examples = p.epilog
     p.epilog = "commands:\n" + "\n".join(f"  {k:<9} {v}" for k, v in COMMANDS.items())
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog += f"\n  ({PROG} COMMAND --help: its options and examples)\n\n"
+    p.epilog += settings_and_examples
     p.add_argument(
         "--server",
         default=DEFAULT_SERVER,
@@ -129,7 +142,9 @@ def split_command(argv: Sequence[str]) -> int:
 def command_parser() -> argparse.ArgumentParser:
     """The commands and their own options (plain flags: no environment or config file)."""
     p = SubParser(prog=PROG, add_help=False)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=SubParser)
+    sub = p.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=SubParser, help="what to do"
+    )
     sub.required = True
 
     s = sub.add_parser("submit", help=COMMANDS["submit"], prog=f"{PROG} submit")
@@ -150,16 +165,26 @@ def command_parser() -> argparse.ArgumentParser:
 
     for name in ("status", "history", "cancel", "retry"):
         c = sub.add_parser(name, help=COMMANDS[name], prog=f"{PROG} {name}")
-        c.add_argument("id", type=job_id)
+        c.add_argument("id", type=job_id, help="the job's id")
 
     lg = sub.add_parser("logs", help=COMMANDS["logs"], prog=f"{PROG} logs")
-    lg.add_argument("id", type=job_id)
-    lg.add_argument("--attempt", type=int_in(1, 1_000_000, "--attempt"), default=0)
+    lg.add_argument("id", type=job_id, help="the job's id")
+    lg.add_argument(
+        "--attempt",
+        type=int_in(1, 1_000_000, "--attempt"),
+        default=0,
+        metavar="K",
+        help="the K-th attempt's output (default: the latest)",
+    )
 
     ls = sub.add_parser("list", help=COMMANDS["list"], prog=f"{PROG} list")
-    ls.add_argument("--status", choices=[s.value for s in JobStatus])
-    ls.add_argument("--queue", default="")
-    ls.add_argument("--limit", type=int_in(1, 10_000, "--limit"), default=50)
+    ls.add_argument(
+        "--status", choices=[s.value for s in JobStatus], help="only jobs in this status"
+    )
+    ls.add_argument("--queue", default="", help="only jobs of this queue")
+    ls.add_argument(
+        "--limit", type=int_in(1, 10_000, "--limit"), default=50, help="at most this many jobs"
+    )
 
     for name in ("workers", "stats"):
         sub.add_parser(name, help=COMMANDS[name], prog=f"{PROG} {name}")
@@ -167,6 +192,7 @@ def command_parser() -> argparse.ArgumentParser:
     purge.add_parsers(sub)
     queues.add_parsers(sub)
     schedules.add_parsers(sub)
+    finish(p, global_parser())
     return p
 
 
@@ -201,7 +227,8 @@ class Cli:
             specs = [with_command(base, cmd)]
         for spec in specs:
             checked(spec)
-        jobs = self.client.submit(specs)
+        jobs = submit_all(self.client, specs)
+        warn_unserved(self.client)
         note_existing(jobs)
         if ns.wait:
             return self._wait_all(jobs)
@@ -241,34 +268,9 @@ class Cli:
     def status(self, ns: argparse.Namespace) -> int:
         job = self.client.get(ns.id)
         obj = job_json(job)
-        keys = (
-            "id",
-            "name",
-            "status",
-            "command",
-            "queue",
-            "priority",
-            "attempts",
-            "max_retries",
-            "exit_code",
-            "error",
-            "worker",
-            "created_at",
-            "started_at",
-            "finished_at",
-            "run_at",
-            *(("schedule", "due_at") if job.schedule else ()),
-        )
-        width = max(len(k) for k in keys) + 1
-        lines = [f"{k + ':':<{width}} {'' if obj[k] is None else obj[k]}" for k in keys]
-        if job.schedule and job.due_at is None:
-            lines[-1] += "(run by hand)"
-        if job.spec.limits.any:
-            lines.insert(
-                keys.index("max_retries") + 1, f"{'limits:':<{width}} {job.spec.limits.describe()}"
-            )
-        if job.spec.unique:
-            lines.insert(keys.index("queue") + 1, f"{'unique:':<{width}} {job.spec.unique}")
+        fields = status_fields(job)
+        width = max(len(k) for k, _ in fields) + 1
+        lines = [f"{k + ':':<{width}} {v}".rstrip() for k, v in fields]
         lines += status_lines(job, width)
         obj["waits_for"], obj["waited_by"] = edges_json(job.waits_for), edges_json(job.waited_by)
         self.out(obj, "\n".join(lines))
@@ -277,6 +279,7 @@ class Cli:
     def list(self, ns: argparse.Namespace) -> int:
         status = JobStatus(ns.status) if ns.status else None
         jobs = self.client.list_jobs(status, ns.queue, ns.limit)
+        named = any(j.spec.name for j in jobs)  # a NAME column only when a job has a name
         rows = [
             (
                 j.id,
@@ -286,16 +289,16 @@ class Cli:
                 j.attempts,
                 "" if j.exit_code is None else j.exit_code,
                 short(j.created_at),
-                j.spec.name or j.spec.display[:60],
+                *((j.spec.name or "-",) if named else ()),
+                j.spec.display,
             )
             for j in jobs
         ]
-        text = (
-            table(rows, ("ID", "STATUS", "QUEUE", "PRI", "ATTEMPTS", "EXIT", "CREATED", "COMMAND"))
-            if jobs
-            else "no jobs"
-        )
-        self.out([job_json(j) for j in jobs], text)
+        head: tuple[str, ...] = ("ID", "STATUS", "QUEUE", "PRI", "ATTEMPTS", "EXIT", utc("CREATED"))
+        head += ("NAME", "COMMAND") if named else ("COMMAND",)
+        room = last_column_width(rows, head)
+        rows = [(*r[:-1], fit(str(r[-1]), room)) for r in rows]
+        self.out([job_json(j) for j in jobs], table(rows, head) if jobs else "no jobs")
         return 0
 
     def history(self, ns: argparse.Namespace) -> int:
@@ -313,7 +316,10 @@ class Cli:
             for a in attempts
         ]
         text = (
-            table(rows, ("ATTEMPT", "OUTCOME", "WORKER", "STARTED", "FINISHED", "EXIT", "ERROR"))
+            table(
+                rows,
+                ("ATTEMPT", "OUTCOME", "WORKER", utc("STARTED"), utc("FINISHED"), "EXIT", "ERROR"),
+            )
             if attempts
             else f"job {ns.id} has not started yet"
         )
@@ -364,7 +370,16 @@ class Cli:
             )
             for w in ws
         ]
-        head = ("NAME", "HOST", "STATE", "RUNNING", "SLOTS", "QUEUES", "LAST_HEARTBEAT", "SERVER")
+        head = (
+            "NAME",
+            "HOST",
+            "STATE",
+            "RUNNING",
+            "SLOTS",
+            "QUEUES",
+            utc("LAST_HEARTBEAT"),
+            "SERVER",
+        )
         text = table(rows, head) if ws else "no workers"
         self.out([worker_json(w) for w in ws], text)
         return 0
@@ -440,6 +455,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if at == len(args):
         gp.error(f"missing COMMAND (one of: {', '.join(COMMANDS)})")
     ns = command_parser().parse_args(args[at:])
+    late = late_argv(ns, gp)
+    if late:  # global options after the command: as if given before it
+        g = gp.parse_args(args[:at] + late)
     ns.server, ns.json, ns.rpc_timeout = g.server, g.json, g.rpc_timeout
     fill_spec_defaults(ns, g)
     try:

@@ -32,9 +32,15 @@ class StreamUnsupported(Exception):
 class PendingSubmit:
     """A submit on its way; `result()` waits for the jobs (or raises the submit's error)."""
 
-    def __init__(self, specs: Sequence[JobSpec], fallback: Callable[[], list[Job]]) -> None:
+    def __init__(
+        self,
+        specs: Sequence[JobSpec],
+        fallback: Callable[[], list[Job]],
+        noted: Callable[[pb.SubmitResponse], None] | None = None,
+    ) -> None:
         self.specs = specs
         self._fallback = fallback
+        self._noted = noted  # told each answer that stored the submit
         self._done = threading.Event()
         self._answer: pb.SubmitResponse | None = None
         self._error: BaseException | None = None
@@ -54,6 +60,8 @@ class PendingSubmit:
         if self._answer.code:
             name = grpc.StatusCode(_status(self._answer.code)).name
             raise from_code(name, self._answer.message)
+        if self._noted is not None:
+            self._noted(self._answer)
         return wire.submitted_jobs(self.specs, self._answer)
 
     def _settle(

@@ -43,21 +43,25 @@ def add_parsers(sub: Any) -> None:
     """`queues` and `queue ACTION NAME [N]` on dts-client's subparsers."""
     sub.add_parser("queues", help=COMMANDS["queues"], prog=f"{PROG} queues")
     q = sub.add_parser("queue", help=COMMANDS["queue"], prog=f"{PROG} queue")
-    actions = q.add_subparsers(dest="action", metavar="ACTION", parser_class=SubParser)
+    actions = q.add_subparsers(
+        dest="action", metavar="ACTION", parser_class=SubParser, help="what to do to the queue"
+    )
     actions.required = True
     for action, text in (
         ("pause", "workers take no new job from the queue (running ones finish)"),
         ("resume", "workers take the queue's jobs again"),
     ):
         a = actions.add_parser(action, help=text, prog=f"{PROG} queue {action}")
-        a.add_argument("name", metavar="NAME")
+        a.add_argument("name", metavar="NAME", help="the queue")
     lim = actions.add_parser(
         "limit",
         help="at most N of the queue's jobs run at once, across all workers ('none': any)",
         prog=f"{PROG} queue limit",
     )
-    lim.add_argument("name", metavar="NAME")
-    lim.add_argument("limit", metavar="N|none", type=run_limit)
+    lim.add_argument("name", metavar="NAME", help="the queue")
+    lim.add_argument(
+        "limit", metavar="N|none", type=run_limit, help="most jobs running at once; none: no cap"
+    )
 
 
 def queue_json(q: QueueInfo) -> dict[str, Any]:

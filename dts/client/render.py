@@ -1,8 +1,10 @@
 """What dts-client prints: jobs, attempts, workers and counts as JSON objects and as text
-tables (times in ISO-8601 UTC)."""
+(JSON times in ISO-8601 UTC; text times in UTC, said in each table's header or after the time)."""
 
 from __future__ import annotations
 
+import shutil
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -108,7 +110,75 @@ def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
 
 
 def short(ts: float | None) -> str:
+    """A table cell's time, to the second, in UTC (the column's header says so: `utc`)."""
     return (iso(ts) or "-").replace("T", " ").removesuffix("Z")[:19]
+
+
+def utc(header: str) -> str:
+    """A table header of a time column: times in tables are UTC, and say so."""
+    return f"{header} (UTC)"
+
+
+def stamp(ts: float | None) -> str:
+    """A time on a line of its own, with its zone: '2026-01-02 03:04:05 UTC' ('' for none)."""
+    return f"{short(ts)} UTC" if ts else ""
+
+
+def seconds_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}s"
+
+
+def status_fields(job: Job) -> list[tuple[str, object]]:
+    """What `status` shows of a job, in order: everything it asked for and what became of it
+    (the variables of its environment by name only: their values may be secrets)."""
+    s = job.spec
+    timeout = "none" if s.timeout == 0 else seconds_text(s.timeout)
+    backoff = f"{seconds_text(s.backoff)}, doubling" if s.backoff else seconds_text(s.backoff)
+    fields: list[tuple[str, object]] = [
+        ("id", job.id),
+        ("name", s.name),
+        ("status", job.status.value),
+        ("command", s.display),
+        ("shell", "yes (/bin/sh -c)" if s.shell else "no"),
+        ("queue", s.queue),
+        ("priority", s.priority),
+        ("unique", s.unique),
+        ("attempts", job.attempts),
+        ("max_retries", job.max_retries),
+        ("backoff", backoff),
+        ("timeout", timeout),
+        ("cwd", s.cwd or "(the worker's)"),
+        ("env", ", ".join(k for k, _ in s.env) or "-"),
+        ("limits", s.limits.describe() or "(the worker's)"),
+        ("exit_code", job.exit_code),
+        ("error", job.error),
+        ("worker", job.worker),
+        ("created_at", stamp(job.created_at)),
+        ("run_at", stamp(job.run_at)),
+        ("started_at", stamp(job.started_at)),
+        ("finished_at", stamp(job.finished_at)),
+    ]
+    if job.schedule:
+        fields += [("schedule", job.schedule), ("due_at", stamp(job.due_at) or "(run by hand)")]
+    return [(k, "" if v is None else v) for k, v in fields if k != "unique" or v]
+
+
+def fit(text: str, width: int) -> str:
+    """`text` on one line, cut to `width` characters with '...' when longer."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: max(width - 3, 0)] + "..."
+
+
+def last_column_width(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> int:
+    """Room for a table's last column: what the terminal leaves (at least 20), or 100
+    characters when stdout is not a terminal."""
+    if not sys.stdout.isatty():
+        return 100
+    cells = [[str(h) for h in headers[:-1]]] + [
+        ["" if v is None else str(v) for v in r[:-1]] for r in rows
+    ]
+    used = sum(max(len(r[i]) for r in cells) + 2 for i in range(len(headers) - 1))
+    return max(shutil.get_terminal_size().columns - used, 20)
 
 
 # ---- commands ---------------------------------------------------------------------------------

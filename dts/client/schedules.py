@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dts import wire
@@ -17,7 +18,7 @@ from dts.client.args import (
     spec_from,
     with_command,
 )
-from dts.client.render import iso, job_json, limits_json, short, table
+from dts.client.render import iso, job_json, limits_json, short, stamp, table, utc
 from dts.client.schedule_file import read_schedules
 from dts.domain import Job
 from dts.errors import InvalidArgument
@@ -63,11 +64,14 @@ def add_parsers(sub: Any) -> None:
     """The `schedule` command and its own subcommands."""
     p = sub.add_parser("schedule", help=HELP, prog=f"{PROG} schedule")
     cmds = p.add_subparsers(
-        dest="schedule_command", metavar="SUBCOMMAND", parser_class=ScheduleParser
+        dest="schedule_command",
+        metavar="SUBCOMMAND",
+        parser_class=ScheduleParser,
+        help="what to do",
     )
     cmds.required = True
     a = cmds.add_parser("add", help="add a schedule", prog=f"{PROG} schedule add")
-    a.add_argument("schedule_name", metavar="NAME")
+    a.add_argument("schedule_name", metavar="NAME", help="the schedule's name (its jobs' too)")
     when = a.add_mutually_exclusive_group(required=True)
     when.add_argument("--cron", metavar="EXPR", help="a 5-field cron expression, e.g. '0 3 * * *'")
     when.add_argument("--every", type=duration, metavar="DURATION", help="30s, 5m, 1h, 1d")
@@ -102,11 +106,11 @@ def add_parsers(sub: Any) -> None:
         ("run", "one job now; prints its id"),
     ):
         c = cmds.add_parser(name, help=text, prog=f"{PROG} schedule {name}")
-        c.add_argument("schedule_name", metavar="NAME")
+        c.add_argument("schedule_name", metavar="NAME", help="the schedule")
     ap = cmds.add_parser(
         "apply", help="make a TOML file's schedules the truth", prog=f"{PROG} schedule apply"
     )
-    ap.add_argument("file", metavar="FILE")
+    ap.add_argument("file", metavar="FILE", help="TOML file of [schedules.NAME] tables")
     ap.add_argument("--prune", action="store_true", help="remove schedules the file does not name")
     ap.add_argument(
         "--dry-run", action="store_true", help="print what would change; change nothing"
@@ -148,7 +152,8 @@ def _add(cli: Cli, ns: argparse.Namespace) -> int:
     _checked(s)
     req = pb.ScheduleAddRequest(schedule=schedule_to_pb(s))
     added = schedule_from_pb(Api(cli).call("AddSchedule", req))
-    cli.out(schedule_json(added), f"schedule {added.name} added; next due {_when(added.next_due)}")
+    said = f"schedule {added.name} added; next due {_when(added.next_due, stamp)}"
+    cli.out(schedule_json(added), said)
     return 0
 
 
@@ -167,7 +172,7 @@ def _list(cli: Cli, ns: argparse.Namespace) -> int:
         )
         for s in found
     ]
-    head = ("NAME", "WHEN", "STATE", "NEXT", "CATCHUP", "OVERLAP", "COMMAND")
+    head = ("NAME", "WHEN", "STATE", utc("NEXT"), "CATCHUP", "OVERLAP", "COMMAND")
     cli.out([schedule_json(s) for s in found], table(rows, head) if found else "no schedules")
     return 0
 
@@ -190,16 +195,16 @@ def _show(cli: Cli, ns: argparse.Namespace) -> int:
         ("priority", s.spec.priority),
         ("catchup", s.catchup),
         ("overlap", s.overlap),
-        ("skips", f"{s.skips}" + (f" (last {short(s.last_skip_at)})" if s.last_skip_at else "")),
-        ("created_at", short(s.created_at)),
+        ("skips", f"{s.skips}" + (f" (last {stamp(s.last_skip_at)})" if s.last_skip_at else "")),
+        ("created_at", stamp(s.created_at)),
     ]
     lines = [f"{k + ':':<11} {v}" for k, v in fields]
     lines.append(
         "next:" if times else "next:       none (paused)" if s.paused else "next:       none"
     )
-    lines += [f"  {short(t)}" for t in times]
+    lines += [f"  {stamp(t)}" for t in times]
     rows = [(j.id, _due(j), j.status, "" if j.exit_code is None else j.exit_code) for j in jobs]
-    lines += ["", table(rows, ("JOB", "DUE", "STATUS", "EXIT")) if jobs else "no jobs yet"]
+    lines += ["", table(rows, ("JOB", utc("DUE"), "STATUS", "EXIT")) if jobs else "no jobs yet"]
     cli.out(obj, "\n".join(lines))
     return 0
 
@@ -253,8 +258,8 @@ def _checked(s: Schedule) -> None:
         raise UsageError(str(e)) from None
 
 
-def _when(t: float) -> str:
-    return "never" if math.isinf(t) else short(t)
+def _when(t: float, shown: Callable[[float], str] = short) -> str:
+    return "never" if math.isinf(t) else shown(t)
 
 
 def _due(job: Job) -> str:

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from dts.client.args import UsageError, checked
+from dts.client.sending import warn_unserved
 from dts.dependencies import MAX_DEPENDENCIES, MAX_STEPS, check_dependencies
 from dts.domain import Dependency, Job, JobSpec
 from dts.errors import InvalidArgument
@@ -204,6 +205,7 @@ def submit_workflow(cli: Cli, ns: argparse.Namespace, base: JobSpec, cmd: Sequen
         except UsageError as e:
             raise UsageError(f"{ns.workflow}: step {name!r}: {e}") from None
     jobs = cli.client.submit(specs)
+    warn_unserved(cli.client)
     pairs = [{"step": name, "id": job.id} for name, job in zip(names, jobs, strict=True)]
     width = max(len(n) for n in names)
     cli.out(pairs, "\n".join(f"{p['step']:<{width}}  {p['id']}" for p in pairs))

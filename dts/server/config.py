@@ -11,6 +11,7 @@ from dts.channel import DEFAULT_SERVER, is_loopback, parse_hostport
 from dts.daemon.config import ProcessConfig, add_process_options, process_config
 from dts.errors import InvalidArgument
 from dts.limits import parse_duration
+from dts.metrics import add_metrics_option, parse_metrics_listen
 from dts.options import ArgumentParser, new_parser, non_negative, parse, positive
 from dts.queue.redis import DEFAULT_REDIS_URL, check_redis_url
 from dts.server.api.auth import ServerTls, load_tokens
@@ -41,12 +42,24 @@ class ServerConfig:
     tokens_file: str = ""
     tls: ServerTls | None = None
     plaintext_tokens: bool = False
+    metrics_listen: str = ""  # HOST:PORT of /metrics; '' for none
     process: ProcessConfig = field(default_factory=ProcessConfig)
+
+
+EXAMPLES = """\
+  dts-server                                  # 127.0.0.1:50051, ./dts.db, redis://127.0.0.1:6379/0
+  dts-server --listen 0.0.0.0:50051 --redis-url redis://redis.lan:6379/0 --db /var/lib/dts/dts.db
+  dts-server --db postgresql://dts@db.lan/dts --tokens-file /etc/dts/tokens
+  dts-server -c /etc/dts/server.conf --daemon --log-file /var/log/dts/server.log
+  dts-server copy-history --from dts.db --to postgresql://dts@db.lan/dts"""
 
 
 def server_parser(env: Mapping[str, str] | None = None) -> ArgumentParser:
     p = new_parser(
-        "dts-server", "The dts coordinator: gRPC API, history in SQLite or PostgreSQL, Redis queue."
+        "dts-server",
+        "The dts coordinator: gRPC API, history in SQLite or PostgreSQL, Redis queue.\n"
+        "dts-server copy-history --from STORE --to STORE copies a history (see its --help).",
+        EXAMPLES,
     )
     environ = os.environ if env is None else env
     state_dir = environ.get("STATE_DIRECTORY", "").split(":")[0] or "."
@@ -151,6 +164,7 @@ def server_parser(env: Mapping[str, str] | None = None) -> ArgumentParser:
         action="store_true",
         help="accept tokens without TLS (only when listening on a loopback address)",
     )
+    add_metrics_option(p)
     add_process_options(p)
     return p
 
@@ -180,6 +194,7 @@ def load_server_config(
         tokens_file=ns.tokens_file,
         tls=_server_tls(ns),
         plaintext_tokens=ns.plaintext_tokens,
+        metrics_listen=ns.metrics_listen,
         process=process_config(ns),
     )
     parse_hostport(cfg.listen, "--listen")
@@ -190,6 +205,8 @@ def load_server_config(
                 "--tokens-file without TLS would let tokens cross the network in plaintext: "
                 "give --tls-cert and --tls-key (or --plaintext-tokens on a loopback --listen)"
             )
+    if cfg.metrics_listen:
+        parse_metrics_listen(cfg.metrics_listen)
     check_redis_url(cfg.redis_url)
     positive("--worker-timeout", cfg.worker_timeout)
     non_negative("--default-retries", cfg.default_retries)

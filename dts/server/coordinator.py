@@ -44,6 +44,7 @@ from dts.errors import (
 from dts.queue import JobQueue, QueuedJob, is_job_id
 from dts.server.activity import MAX_ACTIVITY_MINUTES, activity_buckets
 from dts.server.dependencies import retry_move, settle, settle_ended
+from dts.server.observer import Observer, final_pairs
 from dts.server.outcomes import end_attempt, finish, late_report, lose, move
 from dts.server.queues import QueueControls, gate_claims, held
 from dts.server.sessions import check_registration, check_takeover, session_of
@@ -84,6 +85,7 @@ class Coordinator:
         self.controls = QueueControls(store, clock)  # pause, resume, run limits
         # submitted jobs on their way to Redis, when an enqueuer thread takes them (the server)
         self.handoff: SimpleQueue[list[Job]] | None = None
+        self.observer = Observer()  # the metrics, when the server serves them
         st = settings
         self._defaults = (st.default_retries, st.default_backoff, st.default_timeout)
 
@@ -124,6 +126,8 @@ class Coordinator:
         with self.store.transaction() as tx:
             stored = [store_one(tx, specs, key, now, self._defaults) for specs, key in valid]
         answers = [self._earlier(s) if isinstance(s, Earlier) else s for s in stored]
+        if self.observer.active:
+            self.observer.submitted([j for s in stored if isinstance(s, list) for j in s])
         if log.isEnabledFor(logging.INFO):
             for jobs in stored:
                 for job in jobs if isinstance(jobs, list) else ():
@@ -254,6 +258,7 @@ class Coordinator:
             settled = settle(tx, [job.id], now)  # its dependents: cancelled too, or released
         if job.status is JobStatus.CANCELLED:
             self._redis(lambda: self.queue.remove(job.spec.queue, job.id))
+        self.observer.ended(final_pairs([job]))
         self._notify([job.id])
         self._after(settled)
         return job
@@ -303,6 +308,7 @@ class Coordinator:
                 requeued.append(
                     lose(tx, old, now, f"worker {name} restarted", self.settings.max_lost)
                 )
+            lost = len(requeued)
             requeued += settle_ended(tx, requeued, now)
             tx.save_worker(
                 WorkerInfo(
@@ -328,6 +334,8 @@ class Coordinator:
             concurrency,
             ",".join(queues),
         )
+        if lost:
+            self.observer.lost(lost)
         self._after(requeued)
         return session
 
@@ -384,7 +392,7 @@ class Coordinator:
             worker = session_of(tx, name, session)
             # the common case in bulk: a success from the worker that holds the attempt
             ok = [r for r in results if r.outcome is Outcome.SUCCEEDED and is_job_id(r.job_id)]
-            succeeded = tx.finish_succeeded(name, ok, now) if ok else set()
+            succeeded = tx.finish_succeeded(name, ok, now) if ok else {}
             for r in results:
                 if (r.job_id, r.attempt) in succeeded and r.outcome is Outcome.SUCCEEDED:
                     acks.append((True, ""))
@@ -427,6 +435,7 @@ class Coordinator:
                 log.info("job %d running -> succeeded worker=%s attempt=%d", key[0], name, key[1])
             for a in assignments:
                 log.info("job %d queued -> running worker=%s attempt=%d", a.job_id, name, a.attempt)
+        self.observer.exchanged(results, succeeded, changed, assignments, now)
         self._after(changed)
         self._notify([job_id for job_id, _ in succeeded])
         if back:  # at their place in the queue again (it is sorted by priority and id)
@@ -490,7 +499,10 @@ class Coordinator:
                     silent = self.settings.worker_timeout
                     reason = f"worker {job.worker} lost (no heartbeat for {silent:g}s)"
                     requeued.append(lose(tx, job, now, reason, self.settings.max_lost))
+                lost = len(requeued)
                 requeued += settle_ended(tx, requeued, now)
+            if lost:
+                self.observer.lost(lost)
             self._after(requeued)
         self._mark_lost_workers(now)
         return len(ids)
@@ -593,7 +605,10 @@ class Coordinator:
                 log.info("worker %s forgotten (%s for a day)", w.name, w.state)
 
     def _after(self, jobs: Sequence[Job]) -> None:
-        """Tell Redis, the scheduler and waiters about jobs changed by a committed transaction."""
+        """Tell Redis, the scheduler, the observer and waiters about jobs changed by a
+        committed transaction."""
+        if self.observer.active:
+            self.observer.ended(final_pairs(jobs))
         self._enqueue([j for j in jobs if j.status is JobStatus.QUEUED])
         if any(j.status is JobStatus.SCHEDULED for j in jobs):
             self.due_changed.set()
@@ -613,6 +628,7 @@ class Coordinator:
             self.reconcile_needed.set()  # the store is right; Redis catches up later
 
     def _redis_down(self, e: Exception) -> None:
+        self.observer.redis_error()
         if self._redis_up is not False:
             log.error("redis unavailable: %s", e)
         self._redis_up = False

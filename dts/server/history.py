@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, Protocol
 
 from dts.errors import DtsError, InvalidArgument
+from dts.options import add_version
 from dts.server.store import rows
 from dts.server.store.schedules import SCHEDULE_COLUMNS as SCHEDULES
 from dts.server.store.url import parse_store_url
@@ -119,7 +120,12 @@ def parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Copy a dts history (jobs, attempts, their output; ids kept) into an empty "
         "store, e.g. from SQLite to PostgreSQL. Stop the server first.",
+        epilog="examples:\n"
+        "  dts-server copy-history --from /var/lib/dts/dts.db --to postgresql://dts@db.lan/dts\n"
+        "  dts-server copy-history --from sqlite:///old.db --to sqlite:///new.db",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version(p, "dts-server")
     p.add_argument("--from", dest="source", required=True, help="the store to copy (a --db value)")
     p.add_argument("--to", dest="target", required=True, help="an empty store (a --db value)")
     return p

@@ -22,8 +22,10 @@ from dts.daemon.notify import sd_notify
 from dts.daemon.process import Readiness, Signals
 from dts.daemon.startup import launch
 from dts.errors import DtsError, Unavailable
+from dts.metrics import MetricsServer
 from dts.queue.redis import Keys, RedisQueue, connect, redacted_url
 from dts.server import history
+from dts.server.api import rpc
 from dts.server.api.admin import AdminServicer
 from dts.server.api.auth import TokenAuth, load_tokens
 from dts.server.api.health import SERVING, Health
@@ -42,6 +44,7 @@ from dts.server.duties.reconciler import Reconciler
 from dts.server.duties.retainer import Retainer
 from dts.server.duties.ticker import Ticker
 from dts.server.duties.waitpoll import WaitPoller
+from dts.server.metrics import ServerMetrics
 from dts.server.retention import Retention
 from dts.server.schedules import Schedules
 from dts.server.settings import Settings
@@ -63,6 +66,12 @@ class Server:
         client = connect(cfg.redis_url)
         self.queue = RedisQueue(client, Keys(cfg.key_prefix))
         self.coordinator = Coordinator(self.store, self.queue, rules_of(cfg))
+        self.metrics: MetricsServer | None = None
+        if cfg.metrics_listen:
+            observer = ServerMetrics(self.store.live_stats, self.store.workers)
+            self.coordinator.observer = observer
+            rpc.on_failure = observer.failed
+            self.metrics = MetricsServer(cfg.metrics_listen, observer.registry)
         lead = Leadership(self.coordinator)  # these run on one server at a time
         self.schedules = Schedules(self.coordinator)
         self.loops: list[Loop] = [
@@ -93,6 +102,8 @@ class Server:
         problem = _bind_error(self.cfg.listen)
         if problem:
             raise Unavailable(f"cannot listen on {self.cfg.listen}: {problem}")
+        if self.metrics is not None:  # first: a port it cannot have leaves nothing started
+            self.metrics.start()
         self.events.start()
         self.events.call(self._listen())
         self.coordinator.check_redis()
@@ -162,7 +173,8 @@ class Server:
         # in-flight ones finish (grpc stop with grace, cut short when `hurry` says so: a
         # second SIGTERM), answering long-polling WaitJob calls at once and ending open
         # SubmitStreams once they have answered what they read; wait for the executors'
-        # store work; stop the background loops, which use the store; close the store last
+        # store work; stop the background loops and the metrics' HTTP server, which use the
+        # store; close the store last
         # so every committed transaction is checkpointed cleanly; then the event loop.
         self.coordinator.accepting = False
         if self.grpc is not None:
@@ -179,6 +191,8 @@ class Server:
         self.pools.shutdown()
         for loop in self.loops:
             loop.stop()
+        if self.metrics is not None:  # its scrapes read the store
+            self.metrics.stop()
         self.store.close()
         self.events.close()
         log.info("dts-server stopped")

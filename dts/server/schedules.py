@@ -115,6 +115,7 @@ class Schedules:
             s = _get(tx, name)
             (job,) = tx.insert_schedule_jobs([self._spec(s)], name, [None], now)
         log.info("job %d of schedule %s run by hand", job.id, name)
+        self.c.observer.submitted([job])
         self.c.queue_submitted([job])
         return job
 
@@ -184,6 +185,7 @@ class Schedules:
                 )
             )
         self._say(s, fire, jobs, p.missed, skipped)
+        self.c.observer.submitted(jobs)
         self.c.queue_submitted(jobs)
 
     def _say(

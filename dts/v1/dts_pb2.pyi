@@ -587,6 +587,7 @@ class SubmitResponse(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     EXISTING_FIELD_NUMBER: _builtins.int
+    UNSERVED_QUEUES_FIELD_NUMBER: _builtins.int
     created_at: _builtins.float
     default_retries: _builtins.int
     default_backoff: _builtins.float
@@ -615,6 +616,12 @@ class SubmitResponse(_message.Message):
         is here was made by this submit.
         """
 
+    @_builtins.property
+    def unserved_queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The queues of this submit's jobs that no live worker (idle or busy) serves, as the server
+        last knew (at most about a second old): their jobs wait until a worker serving one comes.
+        """
+
     def __init__(
         self,
         *,
@@ -627,10 +634,11 @@ class SubmitResponse(_message.Message):
         code: _builtins.int = ...,
         message: _builtins.str = ...,
         existing: _abc.Iterable[Global___Job] | None = ...,
+        unserved_queues: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "created_at", b"created_at", "default_backoff", b"default_backoff", "default_retries", b"default_retries", "default_timeout", b"default_timeout", "existing", b"existing", "ids", b"ids", "jobs", b"jobs", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "created_at", b"created_at", "default_backoff", b"default_backoff", "default_retries", b"default_retries", "default_timeout", b"default_timeout", "existing", b"existing", "ids", b"ids", "jobs", b"jobs", "message", b"message", "unserved_queues", b"unserved_queues"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from dts import __version__
 from dts.channel import (
     DEFAULT_SERVER,
     ChannelSecurity,
@@ -18,15 +16,10 @@ from dts.errors import InvalidArgument
 from dts.options import ArgumentParser, new_parser, parse, positive
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
-EXAMPLES = """Each option may also be set in /etc/dts/web.conf (listen = 127.0.0.1:8080) or as a
-DTS_ variable (DTS_SERVER; but DTS_WEB_LISTEN, DTS_WEB_TLS_CERT and DTS_WEB_TLS_KEY, apart from
-dts-server's); a flag wins over a variable, a variable over the file.
-
-examples:
+EXAMPLES = """\
   dts-web                                      # http://127.0.0.1:8080, server 127.0.0.1:50051
   dts-web --server a:50051,b:50051 --tls-ca ca.pem
-  dts-web --listen 0.0.0.0:8443 --tls-cert web.pem --tls-key web.key
-"""
+  dts-web --listen 0.0.0.0:8443 --tls-cert web.pem --tls-key web.key"""
 
 
 @dataclass(frozen=True)
@@ -48,11 +41,9 @@ class WebConfig:
 
 
 def web_parser() -> ArgumentParser:
-    p = new_parser("dts-web", "The dts web dashboard: jobs, workers, queues and schedules.")
-    p.epilog = EXAMPLES
-    p._add_config_file_help = p._add_env_var_help = False  # the epilog says it, then examples
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p = new_parser(
+        "dts-web", "The dts web dashboard: jobs, workers, queues and schedules.", EXAMPLES
+    )
     # DTS_LISTEN, DTS_TLS_CERT and DTS_TLS_KEY are dts-server's (and the last two
     # dts-client's): where the programs share an environment (supervisord), these are apart
     p.add_argument(

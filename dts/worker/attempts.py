@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from dts.domain import Assignment, AttemptKey, Outcome, Result
 from dts.v1 import dts_pb2 as pb
@@ -30,6 +31,7 @@ class Attempts:
         self._running: dict[AttemptKey, Execution] = {}
         self._held: Counter[int] = Counter()  # job id -> its attempts in _running
         self._unreported: dict[AttemptKey, Result] = {}
+        self.ended: Callable[[Outcome], None] = _ignore  # each attempt's end (the metrics)
 
     def hold(self, a: Assignment) -> Execution:
         """A claimed attempt, known to the heartbeat (renewed, cancellable) before it starts."""
@@ -72,6 +74,7 @@ class Attempts:
                 result.outcome,
                 f" (exit {result.exit_code})" if result.exit_code else "",
             )
+        self.ended(result.outcome)
         with self._lock:
             self._unreported[key] = result
             if self._running.pop(key, None) is not None:
@@ -113,3 +116,7 @@ class Attempts:
             for r in batch:
                 if self._unreported.get((r.job_id, r.attempt)) is r:
                     del self._unreported[(r.job_id, r.attempt)]
+
+
+def _ignore(outcome: Outcome) -> None:
+    pass

@@ -21,6 +21,7 @@ from dts.daemon.config import ProcessConfig, add_process_options, process_config
 from dts.domain import MAX_CONCURRENCY, MAX_NAME_CHARS, MAX_WORKER_QUEUES, validate_queue_name
 from dts.errors import InvalidArgument
 from dts.limits import NO_LIMITS, RLIMIT_LIMITS, Limits
+from dts.metrics import add_metrics_option, parse_metrics_listen
 from dts.options import (
     ArgumentParser,
     limit_arg,
@@ -52,11 +53,20 @@ class WorkerConfig:
     max_timeout: float = 0.0
     limits: Limits = NO_LIMITS  # cpu, memory, files, processes (output is max_output)
     security: ChannelSecurity = field(default_factory=ChannelSecurity)
+    metrics_listen: str = ""  # HOST:PORT of /metrics; '' for none
     process: ProcessConfig = field(default_factory=ProcessConfig)
 
 
+EXAMPLES = """\
+  dts-worker                                  # server 127.0.0.1:50051, queue default, a slot a CPU
+  dts-worker --server h1:50051,h2:50051 --redis-url redis://redis.lan:6379/0
+  dts-worker --queues gpu,default --concurrency 2 --name gpu-1
+  dts-worker --max-memory 4G --max-timeout 3600 --run-as nobody
+  dts-worker -c /etc/dts/worker.conf --daemon --log-file /var/log/dts/worker.log"""
+
+
 def worker_parser() -> ArgumentParser:
-    p = new_parser("dts-worker", "A dts worker: takes jobs from Redis and runs them.")
+    p = new_parser("dts-worker", "A dts worker: takes jobs from Redis and runs them.", EXAMPLES)
     p.add_argument(
         "--server",
         default=DEFAULT_SERVER,
@@ -115,6 +125,7 @@ def worker_parser() -> ArgumentParser:
         "environment that jobs get besides PATH, LANG, LANGUAGE, LC_*, TZ and TMPDIR",
     )
     add_channel_options(p)
+    add_metrics_option(p)
     add_process_options(p)
     return p
 
@@ -139,11 +150,14 @@ def load_worker_config(
         max_timeout=ns.max_timeout,
         limits=Limits(**{limit.name: getattr(ns, limit.dest) for limit in RLIMIT_LIMITS}),
         security=channel_security(ns, env),
+        metrics_listen=ns.metrics_listen,
         process=process_config(ns),
     )
     for address in server_addresses(cfg.server):
         check_channel(address, cfg.security)
     check_redis_url(cfg.redis_url)
+    if cfg.metrics_listen:
+        parse_metrics_listen(cfg.metrics_listen)
     if not 1 <= cfg.concurrency <= MAX_CONCURRENCY:
         raise InvalidArgument(
             f"--concurrency must be between 1 and {MAX_CONCURRENCY}, got {cfg.concurrency}"

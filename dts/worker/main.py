@@ -25,6 +25,7 @@ from dts.daemon.process import Readiness, Signals
 from dts.daemon.startup import launch
 from dts.domain import Outcome
 from dts.errors import DtsError
+from dts.metrics import MetricsServer
 from dts.queue.redis import connect
 from dts.worker.attempts import Attempts
 from dts.worker.cgroups import JobCgroups, Unavailable
@@ -33,6 +34,7 @@ from dts.worker.ending import Ending
 from dts.worker.feed import Feed
 from dts.worker.guard import Guard
 from dts.worker.heartbeat import Heartbeat
+from dts.worker.metrics import WorkerMetrics
 from dts.worker.runner import RunOptions, close_inherited_fds
 from dts.worker.sandbox import RunAs, default_cwd, find_prlimit, job_environment
 from dts.worker.session import Session
@@ -73,11 +75,20 @@ class Worker:
         self.slots = Slots(
             cfg.concurrency, self.session, self.feed, self.attempts, self.ending, signals
         )
+        self.metrics: MetricsServer | None = None
+        if cfg.metrics_listen:
+            m = WorkerMetrics(
+                cfg.concurrency, self.attempts.count, self.session.link, self.feed.link
+            )
+            self.attempts.ended = m.ended
+            self.metrics = MetricsServer(cfg.metrics_listen, m.registry)
 
     def run(self, readiness: Readiness) -> int:
         cgroups = self._cgroups()  # first: the guard must start in the worker's new cgroup
         try:
             self.guard.start(cgroups)
+            if self.metrics is not None:  # before registering: a worker cut off shows as such
+                self.metrics.start()
             if not self.session.register():
                 failed = "refused" if self.ending.exit_code else "stopped before registering"
                 readiness.failed(failed)
@@ -101,6 +112,8 @@ class Worker:
                 cgroups.close()  # ends the guard too: it lives in the tree
             self.guard.close()
             self.session.close()
+            if self.metrics is not None:
+                self.metrics.stop()
 
     def _registered(self, key_prefix: str) -> None:
         """The server's registration says where its queue is in Redis."""

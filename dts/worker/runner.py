@@ -180,6 +180,8 @@ class Execution:
         started: float,
     ) -> Result:
         spec = self.assignment.spec
+        program = spec.argv[0] if not spec.shell else argv[0]
+        enter = ""  # the directory the spawn enters, once the job's user may reach `cwd`
         try:
             if limits.rlimits and self.opts.prlimit is not None:
                 argv = limited_argv(self.opts.prlimit, limits, argv, env.get("PATH", os.defpath))
@@ -187,17 +189,8 @@ class Execution:
                 child = self._spawn(argv, env, enter, slot)
         except OSError as e:
             code = EXIT_NOT_EXECUTABLE if isinstance(e, PermissionError) else EXIT_CANNOT_RUN
-            where = f" in {cwd}" if cwd else ""
-            program = spec.argv[0] if not spec.shell else argv[0]
-            failed = e.filename if e.filename and e.filename != cwd else program
-            return self._result(
-                Outcome.FAILED,
-                code,
-                f"cannot run {failed}{where}: {e.strerror or e}",
-                b"",
-                b"",
-                started,
-            )
+            why = spawn_error(e, program, cwd, enter)
+            return self._result(Outcome.FAILED, code, why, b"", b"", started)
         self._on_spawn(child.pid)
         try:
             outcome, out, err = self._supervise(child, slot, timeout, limits.output)
@@ -364,6 +357,16 @@ class Ended:
     cpu_time: float
     out: bytes
     err: bytes
+
+
+def spawn_error(e: OSError, program: str, cwd: str, enter: str) -> str:
+    """Why a job did not start: its directory (`cwd`, which the spawn enters as `enter`) could
+    not be entered, or its program not run there."""
+    reason = e.strerror or str(e)
+    if cwd and (not enter or e.filename in (cwd, enter)):
+        return f"cannot run {program}: cannot enter {cwd}: {reason}"
+    failed = e.filename if e.filename and e.filename != enter else program
+    return f"cannot run {failed}{f' in {cwd}' if cwd else ''}: {reason}"
 
 
 class Child:

@@ -128,10 +128,10 @@ def test_a_run_as_job_enters_its_directory_with_its_own_users_rights(
     # A missing one that nobody could look for is missing, as for anyone
     assert (done[1].exit_code, done[1].error) == (
         127,
-        f"cannot run pwd in {missing}: No such file or directory",
+        f"cannot run pwd: cannot enter {missing}: No such file or directory",
     )
     # And a directory of another user nobody may not enter is refused, and so is everything
     # in it, whether it exists or not: the job learns nothing of what is there
     assert [(j.exit_code, j.error) for j in done[2:]] == [
-        (126, f"cannot run pwd in {d}: Permission denied") for d in closed
+        (126, f"cannot run pwd: cannot enter {d}: Permission denied") for d in closed
     ]

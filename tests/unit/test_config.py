@@ -251,7 +251,7 @@ def test_sample_config_lists_every_option(prog: str) -> None:
         opt[2:]
         for action in parser._actions
         for opt in action.option_strings
-        if opt.startswith("--") and opt not in ("--help", "--config")
+        if opt.startswith("--") and opt not in ("--help", "--config", "--version")
     }
     assert options - listed == set(), f"etc/dts/{prog}.conf does not list these"
 
@@ -322,6 +322,7 @@ class SubmitCapture:
 
     def __init__(self) -> None:
         self.specs: list[JobSpec] = []
+        self.unserved_queues: set[str] = set()
 
     def submit(self, specs: Sequence[JobSpec]) -> list[Job]:
         self.specs.extend(specs)

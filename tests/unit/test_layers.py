@@ -31,6 +31,7 @@ SHARED = (
     "dts.options",
     "dts.failover",
     "dts.channel",
+    "dts.metrics",
 )
 QUEUE_API = ("dts.queue",)  # the protocol module itself, not dts.queue.redis (see `exact`)
 # the coordinator's own parts: the store protocol and the rules it applies inside a transaction
@@ -38,6 +39,7 @@ RULES = (
     "dts.server.activity",
     "dts.server.store",
     "dts.server.dependencies",
+    "dts.server.observer",
     "dts.server.outcomes",
     "dts.server.queues",
     "dts.server.sessions",
@@ -78,6 +80,8 @@ LAYERS = (
     Layer("dts.options", MODEL, banned=("grpc", "redis", "sqlite3")),
     Layer("dts.failover", (), banned=("redis", "sqlite3"), own=False),
     Layer("dts.channel", (*MODEL, "dts.failover"), banned=("redis", "sqlite3")),
+    # the /metrics endpoint both daemons serve (prometheus_client), and its option
+    Layer("dts.metrics", (*MODEL, "dts.options"), banned=("grpc", "redis", "sqlite3"), own=False),
     Layer("dts.queue", MODEL, banned=("grpc", "redis", "sqlite3"), own=False),
     Layer(
         "dts.queue.redis",
@@ -96,12 +100,21 @@ LAYERS = (
     ),
     Layer("dts.server.waiters", MODEL, banned=NO_IO, own=False),
     Layer("dts.server.activity", MODEL, banned=NO_IO, exact=("dts.server.store",)),
+    # what the coordinator tells the metrics: hooks without I/O (the metrics are above)
+    Layer("dts.server.observer", MODEL, banned=(*NO_IO, "prometheus_client"), own=False),
+    Layer(
+        "dts.server.metrics",
+        MODEL,
+        banned=("grpc", "redis", "sqlite3", "psycopg"),
+        exact=("dts.server.observer",),
+    ),
     Layer(
         "dts.server.outcomes", (*MODEL, "dts.backoff"), banned=NO_IO, exact=("dts.server.store",)
     ),
     Layer("dts.server.sessions", MODEL, banned=NO_IO, exact=("dts.server.store",)),
     Layer("dts.server.queues", MODEL, banned=NO_IO, exact=("dts.server.store", *QUEUE_API)),
     Layer("dts.server.settings", (), banned=NO_IO, own=False),
+    Layer("dts.server.serving", MODEL, banned=NO_IO, own=False),  # queues live workers serve
     Layer(
         "dts.server.submits",
         (*MODEL, "dts.dependencies"),
@@ -203,6 +216,7 @@ LAYERS = (
         (
             *SHARED,
             "dts.server.coordinator",
+            "dts.server.serving",
             "dts.server.dependencies",
             "dts.server.waiters",
             "dts.server.retention",
@@ -234,12 +248,35 @@ LAYERS = (
         (*MODEL, "dts.client.args", "dts.client.cli"),
         banned=("grpc", "redis", "sqlite3"),
     ),
+    # dts-client's submits in chunks with progress, and the unserved-queue warning
+    Layer(
+        "dts.client.sending",
+        MODEL,
+        banned=("redis", "sqlite3"),
+        own=False,
+        exact=("dts.client.api",),
+    ),
+    # dts-client's help pages and late global options: argparse only
+    Layer(
+        "dts.client.parsers",
+        ("dts.options",),
+        banned=("grpc", "redis", "sqlite3"),
+        own=False,
+        exact=("dts.client.args",),
+    ),
     Layer(
         "dts.client.unique", MODEL, banned=("grpc", "redis", "sqlite3"), exact=("dts.client.args",)
     ),
     Layer(
         "dts.client.workflow",
-        (*MODEL, "dts.dependencies", "dts.options", "dts.client.args", "dts.client.cli"),
+        (
+            *MODEL,
+            "dts.dependencies",
+            "dts.options",
+            "dts.client.args",
+            "dts.client.cli",
+            "dts.client.sending",
+        ),
         banned=("grpc", "redis", "sqlite3"),
     ),
     # the web dashboard: another client (through dts.client), never the server or the worker;
@@ -251,7 +288,7 @@ LAYERS = (
     ),
     Layer("dts.web.chart", MODEL, banned=NO_IO, own=False),
     Layer("dts.web.format", MODEL, banned=NO_IO, own=False),
-    Layer("dts.devrun", (*MODEL, "dts.client", "dts.queue"), banned=("sqlite3",)),
+    Layer("dts.devrun", (*MODEL, "dts.client", "dts.queue", "dts.options"), banned=("sqlite3",)),
 )
 
 
@@ -393,7 +430,15 @@ def test_every_module_has_a_layer() -> None:
     [
         (
             "dts.server.coordinator",
-            ("grpc", "redis", "sqlite3", "google", "configargparse", "psycopg"),
+            (
+                "grpc",
+                "redis",
+                "sqlite3",
+                "google",
+                "configargparse",
+                "psycopg",
+                "prometheus_client",
+            ),
         ),
         ("dts.domain", ("grpc", "redis", "sqlite3", "google", "configargparse")),
         ("dts.client", ("redis", "sqlite3", "configargparse", "psycopg")),

@@ -196,7 +196,24 @@ def test_missing_cwd_fails_with_127_naming_it(tmp_path: Path) -> None:
     missing = str(tmp_path / "nowhere")
     r = run(job("true", cwd=missing))
     assert (r.outcome, r.exit_code) == (Outcome.FAILED, 127)
-    assert missing in r.error
+    assert r.error == f"cannot run true: cannot enter {missing}: No such file or directory"
+
+
+def test_missing_cwd_of_a_shell_job_names_the_shell_and_the_directory(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nowhere")
+    r = run(job("echo hi", shell=True, cwd=missing))
+    assert r.error == f"cannot run /bin/sh: cannot enter {missing}: No such file or directory"
+
+
+def test_a_cwd_that_is_a_file_is_named_as_the_directory(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    r = run(job("true", cwd=str(tmp_path / "file")))
+    assert r.error == f"cannot run true: cannot enter {tmp_path / 'file'}: Not a directory"
+
+
+def test_a_missing_program_in_an_existing_cwd_is_named_with_it(tmp_path: Path) -> None:
+    r = run(job("./dts-no-such-program", cwd=str(tmp_path)))
+    assert r.error == f"cannot run ./dts-no-such-program in {tmp_path}: No such file or directory"
 
 
 def test_missing_default_cwd_is_named_in_the_error(tmp_path: Path) -> None:

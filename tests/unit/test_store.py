@@ -468,7 +468,7 @@ def test_reopening_keeps_data_and_schema_version(db: Path) -> None:
     claim(s, job, "w", 1.0)
     with s.transaction() as tx:
         ok = Result(job.id, 1, Outcome.SUCCEEDED, 0, stdout=b"\xff")
-        assert tx.finish_succeeded("w", [ok], 2.0) == {(job.id, 1)}
+        assert tx.finish_succeeded("w", [ok], 2.0) == {(job.id, 1): job.spec.queue}
     done = s.get_job(job.id)
     assert done is not None and done.status is S.SUCCEEDED
     s.close()
@@ -860,8 +860,9 @@ def test_successes_in_bulk_are_fenced_and_keep_their_output(store: SqliteStore) 
     ]
     with store.transaction() as tx:
         recorded = tx.finish_succeeded("w1", results, 300.0)
-        assert tx.finish_succeeded("intruder", [Result(d, 1, Outcome.SUCCEEDED, 0)], 1) == set()
-    assert recorded == {(a, 1), (b, 1), (d, 1)}
+        assert tx.finish_succeeded("intruder", [Result(d, 1, Outcome.SUCCEEDED, 0)], 1) == {}
+    assert set(recorded) == {(a, 1), (b, 1), (d, 1)}  # each with its queue:
+    assert {store.get_job(i).spec.queue for i, _ in recorded} == set(recorded.values())  # type: ignore[union-attr]
     assert store.get_job(c).status is S.RUNNING  # type: ignore[union-attr]
     for job_id, out, err in ((a, b"", b""), (b, b"out", b"err"), (d, b"x", b"")):
         job = store.get_job(job_id)
@@ -971,7 +972,9 @@ def test_a_bulk_claim_and_a_bulk_finish_make_the_moves_they_declare(
     # When it reports two of them succeeded, in bulk
     ok = [Result(a.job_id, a.attempt, Outcome.SUCCEEDED, 0) for a in claimed[:2]]
     with store.transaction() as tx:
-        assert tx.finish_succeeded("w1", ok, 300.0) == {(a.job_id, 1) for a in claimed[:2]}
+        assert tx.finish_succeeded("w1", ok, 300.0) == {
+            (a.job_id, 1): "default" for a in claimed[:2]
+        }
     # Then those two made the finish's move, and the other two are still running
     assert stored_statuses(db, ids) == [FINISH[1].value] * 2 + [FINISH[0].value] * 2
     assert stored_statuses(db, ids) == ["succeeded"] * 2 + ["running"] * 2

@@ -50,8 +50,18 @@ async def run_in(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> 
     return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args))
 
 
+def _ignore(e: BaseException) -> None:
+    pass
+
+
+# Told of the error of every call that ends with one: the one place calls fail, where the
+# metrics count the database's errors (dts-server sets it when it serves metrics).
+on_failure: Callable[[BaseException], None] = _ignore
+
+
 async def abort(e: BaseException, name: str, context: Context) -> NoReturn:
     """End the call with the status of a dts error, or INTERNAL (logged) for anything else."""
+    on_failure(e)
     if isinstance(e, DtsError):
         await context.abort(wire.status_code(e), e.message, wire.FROM_SERVER)
     log.error("internal error in %s", name, exc_info=e)

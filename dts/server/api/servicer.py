@@ -30,6 +30,7 @@ from dts.server.api.rpc import (
 )
 from dts.server.coordinator import Coordinator
 from dts.server.dependencies import described
+from dts.server.serving import ServedQueues
 from dts.server.waiters import MAX_WAIT, check_wait_timeout
 from dts.v1 import dts_pb2 as pb
 
@@ -54,6 +55,7 @@ class SchedulerServicer:
         self.pools = pools
         self._inboxes: set[asyncio.Queue[object]] = set()
         self._ended = False
+        self.served = ServedQueues(coordinator.workers)
 
     def handler(self) -> grpc.GenericRpcHandler:
         pool = self.pools.client
@@ -83,8 +85,16 @@ class SchedulerServicer:
     def submit(self, request: pb.SubmitRequest, caller: Credential | None) -> pb.SubmitResponse:
         jobs = self.c.submit([wire.spec_from_pb(s) for s in request.jobs], request.key)
         if request.ids_only:
-            return _lean_answer(jobs, self.c)
-        return pb.SubmitResponse(jobs=[wire.job_to_pb(j) for j in jobs])
+            answer = _lean_answer(jobs, self.c)
+        else:
+            answer = pb.SubmitResponse(jobs=[wire.job_to_pb(j) for j in jobs])
+        self._tell_unserved(answer, jobs)
+        return answer
+
+    def _tell_unserved(self, answer: pb.SubmitResponse, outcome: list[Job] | DtsError) -> None:
+        """Name in `answer` the queues of the jobs that no live worker serves."""
+        if not isinstance(outcome, DtsError):
+            answer.unserved_queues.extend(self.served.unserved({j.spec.queue for j in outcome}))
 
     def get_job(self, request: pb.JobRef, caller: Credential | None) -> pb.Job:
         return wire.job_to_pb(described(self.c.store, self.c.get(_id(request.id))))
@@ -214,7 +224,11 @@ class SchedulerServicer:
                 break
         outcomes = self.c.store_submits(batches, keys) if batches else []
         self.c.queue_submitted([j for o in outcomes if not isinstance(o, DtsError) for j in o])
-        return [_lean_answer(o, self.c) for o in outcomes], broken
+        answers = []
+        for outcome in outcomes:
+            answers.append(_lean_answer(outcome, self.c))
+            self._tell_unserved(answers[-1], outcome)
+        return answers, broken
 
 
 class LoopWaker:

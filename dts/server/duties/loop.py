@@ -50,11 +50,13 @@ class Loop:
                     log.info("%s: the store is available again", self.name)
                     away = False
             except Unavailable as e:  # the database is down or restarting: not a bug
+                self.c.observer.failed(e)
                 if not away:
                     log.error("%s: %s; retrying", self.name, e)
                     away = True
                 delay = 1.0
-            except Exception:  # a loop must survive a bad tick (a bug): log it whole, go on
+            except Exception as e:  # a loop must survive a bad tick (a bug): log it, go on
+                self.c.observer.failed(e)
                 log.exception("%s failed; retrying", self.name)
                 delay = 1.0
             self.sleep(delay)

@@ -90,10 +90,11 @@ class Transaction(Protocol):
 
     def finish_succeeded(
         self, worker: str, results: Sequence[Result], now: float
-    ) -> set[AttemptKey]:
+    ) -> dict[AttemptKey, str]:
         """Record successful results of attempts `worker` still runs (compare-and-set on
         status, attempt and worker): those jobs succeed. Returns the (job id, attempt) keys
-        recorded; the rest are left untouched for the caller to judge."""
+        recorded, each with its job's queue; the rest are left untouched for the caller to
+        judge."""
 
     def get_attempt(self, job_id: int, attempt: int) -> Attempt | None: ...
 
@@ -182,7 +183,10 @@ class Store(Protocol):
 
     def activity(self, since: float) -> list[tuple[int, JobStatus, int]]:
         """(minute number, final status, count) of the jobs finished at or after `since`."""
-        ...
+
+    def live_stats(self) -> list[StatCount]:
+        """Like stats(), of the jobs not final only (a read as large as the backlog, not the
+        history: for the metrics' gauges)."""
 
     def workers(self) -> list[WorkerInfo]: ...
 

@@ -50,6 +50,7 @@ from dts.server.store.rows import (
     INSERT_COLUMNS,
     INSERT_COUNT,
     JOB_COLUMNS,
+    READY_AT,
     SPEC_COLUMNS,
     WORKER_COLUMNS,
     attempt_of,
@@ -403,10 +404,12 @@ class PostgresTransaction(QueueRows, schedules.ScheduleWrites, DependencyRows):
             " started_at = %s, lease_expires_at = %s, exit_code = NULL, error = ''"
             f" FROM picked WHERE id = pick_id AND pick_status = {QUEUED}"
             " AND pick_queue = ANY(%s)"
-            f" RETURNING {SPEC_COLUMNS}, attempts",
+            f" RETURNING {SPEC_COLUMNS}, attempts, {READY_AT}",
             (list(job_ids), worker, now, lease_until, list(queues)),
         ).fetchall()
-        claimed = [Assignment(row["id"], row["attempts"], spec_of(row)) for row in rows]
+        claimed = [
+            Assignment(row["id"], row["attempts"], spec_of(row), row["ready_at"]) for row in rows
+        ]
         if len(claimed) > 1:  # RETURNING has no order: keep the order the ids were taken in
             position = {job_id: i for i, job_id in enumerate(job_ids)}
             claimed.sort(key=lambda a: position[a.job_id])
@@ -426,19 +429,19 @@ class PostgresTransaction(QueueRows, schedules.ScheduleWrites, DependencyRows):
 
     def finish_succeeded(
         self, worker: str, results: Sequence[Result], now: float
-    ) -> set[AttemptKey]:
+    ) -> dict[AttemptKey, str]:
         if not results:
-            return set()
+            return {}
         rows = self._c.execute(
             f"UPDATE jobs SET status = {SUCCEEDED}, exit_code = 0, error = '',"
             " finished_at = %s, lease_expires_at = NULL"
             " FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::int[]) AS attempt) AS done"
             f" WHERE jobs.id = done.id AND jobs.attempts = done.attempt"
             f" AND jobs.status = {RUNNING} AND jobs.worker = %s"
-            " RETURNING jobs.id, jobs.attempts",
+            " RETURNING jobs.id, jobs.attempts, jobs.queue",
             (now, [r.job_id for r in results], [r.attempt for r in results], worker),
         ).fetchall()
-        recorded: set[AttemptKey] = {(row["id"], row["attempts"]) for row in rows}
+        recorded = {(row["id"], row["attempts"]): row["queue"] for row in rows}
         kept = [r for r in results if (r.job_id, r.attempt) in recorded]
         if kept:
             self._c.execute(

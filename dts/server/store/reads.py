@@ -126,6 +126,14 @@ class SqlReads:
         )
         return [(int(r["minute"]), JobStatus(r["status"]), int(r["count"])) for r in rows]
 
+    def live_stats(self) -> list[StatCount]:
+        rows = self._all(
+            "SELECT queue, status, count(*) AS count FROM jobs"
+            f" WHERE status IN ({WAITING}, {SCHEDULED}, {QUEUED}, {RUNNING})"
+            " GROUP BY queue, status ORDER BY queue, status"
+        )
+        return [StatCount(r["queue"], JobStatus(r["status"]), r["count"]) for r in rows]
+
     def queue_settings(self) -> list[QueueSetting]:
         rows = self._all("SELECT name, paused, run_limit, updated_at FROM queues ORDER BY name")
         return [

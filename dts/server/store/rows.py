@@ -51,6 +51,8 @@ SPEC_COLUMNS = (
     "id, name, queue, priority, argv, shell, env, cwd, timeout, max_retries, backoff, delay,"
     " limits, unique_key"
 )
+# when a claimed job was due, for the metrics' queue wait (its first attempt's)
+READY_AT = "created_at + delay AS ready_at"
 JOB_COLUMNS = (
     f"{SPEC_COLUMNS}, status, attempts, failures, lost, exit_code, error, worker, created_at, "
     "started_at, finished_at, run_at, lease_expires_at, schedule, due_at"

@@ -47,6 +47,7 @@ from dts.server.store.rows import (
     INSERT_COLUMNS,
     INSERT_COUNT,
     JOB_COLUMNS,
+    READY_AT,
     SPEC_COLUMNS,
     WORKER_COLUMNS,
     attempt_of,
@@ -307,10 +308,13 @@ class SqliteTransaction(QueueRows, schedules.ScheduleWrites, DependencyRows):
                 f"UPDATE jobs SET status = {CLAIM_TO}, attempts = attempts + 1, worker = ?,"
                 " started_at = ?, lease_expires_at = ?, exit_code = NULL, error = ''"
                 f" WHERE id IN ({marks}) AND status = {CLAIM_FROM} AND queue IN ({served})"
-                f" RETURNING {SPEC_COLUMNS}, attempts",
+                f" RETURNING {SPEC_COLUMNS}, attempts, {READY_AT}",
                 (worker, now, lease_until, *part, *queues),
             ).fetchall()
-            claimed += (Assignment(row["id"], row["attempts"], spec_of(row)) for row in rows)
+            claimed += (
+                Assignment(row["id"], row["attempts"], spec_of(row), row["ready_at"])
+                for row in rows
+            )
         if len(claimed) > 1:  # RETURNING has no order: keep the order the ids were taken in
             position = {job_id: i for i, job_id in enumerate(job_ids)}
             claimed.sort(key=lambda a: position[a.job_id])
@@ -323,8 +327,8 @@ class SqliteTransaction(QueueRows, schedules.ScheduleWrites, DependencyRows):
 
     def finish_succeeded(
         self, worker: str, results: Sequence[Result], now: float
-    ) -> set[AttemptKey]:
-        recorded: set[AttemptKey] = set()
+    ) -> dict[AttemptKey, str]:
+        recorded: dict[AttemptKey, str] = {}
         for i in range(0, len(results), BATCH_ROWS):
             part = results[i : i + BATCH_ROWS]
             pairs = ",".join("(?,?)" for _ in part)
@@ -333,10 +337,10 @@ class SqliteTransaction(QueueRows, schedules.ScheduleWrites, DependencyRows):
                 " finished_at = ?, lease_expires_at = NULL"
                 f" WHERE status = {FINISH_FROM} AND worker = ?"
                 f" AND (id, attempts) IN (VALUES {pairs})"
-                " RETURNING id, attempts",
+                " RETURNING id, attempts, queue",
                 (now, worker, *(v for r in part for v in (r.job_id, r.attempt))),
             ).fetchall()
-            recorded.update((row["id"], row["attempts"]) for row in rows)
+            recorded.update(((row["id"], row["attempts"]), row["queue"]) for row in rows)
         quiet = [(r.job_id, r.attempt) for r in results if not (r.stdout or r.stderr)]
         quiet = [key for key in quiet if key in recorded]
         for i in range(0, len(quiet), BATCH_ROWS):
