@@ -62,9 +62,8 @@ async def login(request: Request) -> Response:
     nxt = _safe_next(str(form.get("next", "/")))
     try:
         session = await run_in_threadpool(dash.log_in, old, str(form.get("token", "")))
-    except DtsError as e:
-        again = dash.sessions.new()
-        visit = Visit(again, True, dash.shared, Access.NONE)
+    except DtsError as e:  # the page again, in the same session
+        visit = Visit(old, False, dash.shared, Access.NONE)
         return render(request, visit, "login.html", status=401, next=nxt, error=_why(e))
     response = RedirectResponse(nxt, status_code=303)
     set_cookie(request, response, session)
@@ -102,8 +101,6 @@ def action(act: Act, back: Callable[[dict[str, Any]], str]) -> Callable[..., Awa
         params = dict(request.path_params)
         try:
             said = await run_in_threadpool(act, visit.client, params, form)
-        except NeedLogin:
-            raise
         except DtsError as e:
             if e.code == "UNAUTHENTICATED":
                 dash.forget_login(visit.session)
