@@ -49,6 +49,15 @@ def page(browser: Browser) -> Iterator[Page]:
     context.close()
 
 
+def console_errors(page: Page) -> list[str]:
+    """The errors the page's console will show (a script or a Content-Security-Policy
+    violation), as they come."""
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return errors
+
+
 def test_filter_open_watch_and_cancel(page: Page, web_cluster: Cluster, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
@@ -60,6 +69,7 @@ def test_filter_open_watch_and_cancel(page: Page, web_cluster: Cluster, tmp_path
         (live,) = c.submit(
             [JobSpec(argv=("echo first line; sleep 60",), shell=True, name="browse-live", delay=3)]
         )
+    errors = console_errors(page)
     with web_process(tmp_path, web_cluster.server.address) as web:
         # When the dashboard is opened, then the overview shows counts and the chart
         page.goto(web.url)
@@ -93,6 +103,7 @@ def test_filter_open_watch_and_cancel(page: Page, web_cluster: Cluster, tmp_path
         expect(page.locator("#cancel")).to_have_count(0)
         with web_cluster.client() as c:
             assert c.get(live.id).status is JobStatus.CANCELLED
+    assert errors == []  # no script error, nothing the Content-Security-Policy refused
     assert live_output, (
         "the running job's output did not appear within 10 s: GetLogs of a running job "
         "returned nothing captured so far"
@@ -107,6 +118,7 @@ def test_with_tokens_a_client_acts_and_a_viewer_only_looks(
     security = ChannelSecurity(token=CLIENT, plaintext_token=True)
     with Client(token_cluster.server.address, security=security) as c:
         (job,) = c.submit([JobSpec(argv=("true",), name="<script>x</script>", delay=3600)])
+    errors = console_errors(page)
     with web_process(tmp_path, token_cluster.server.address, "--plaintext-token") as web:
         # A visitor is asked for a token; with a client token they see and use the buttons
         page.goto(f"{web.url}/jobs/{job.id}")
@@ -127,3 +139,4 @@ def test_with_tokens_a_client_acts_and_a_viewer_only_looks(
         expect(page.locator("#retry")).to_have_count(0)
         page.goto(f"{web.url}/queues")
         expect(page.locator("table#queues button")).to_have_count(0)
+    assert errors == []
