@@ -10,7 +10,7 @@ PEERS_VENV ?= .venv-peers
 PEERS_REQ := tests/bench/peers-requirements.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help build all clean proto test test-unit test-chaos test-cluster test-systemd bench bench-peers lint format run run-server run-worker run-client install uninstall
+.PHONY: help build all clean proto test test-unit test-chaos test-cluster test-systemd bench bench-peers lint format screenshots run run-server run-worker run-client install uninstall
 
 help: ## show this list
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -69,6 +69,9 @@ $(PEERS_VENV)/.installed: $(PEERS_REQ)
 bench-peers: build $(PEERS_VENV)/.installed ## the same shell-job workload on dts, Celery, RQ, Dramatiq, huey, arq (.venv-peers)
 	$(BIN)/python -m tests.bench.peers --venv $(PEERS_VENV) $(BENCH_ARGS)
 
+screenshots: build ## docs/web/*.png: each dashboard page in Debian's chromium, over a cluster of its own
+	$(BIN)/python -m tests.web.screenshots --out docs/web
+
 lint: build ## ruff and mypy
 	$(BIN)/ruff check dts tests
 	$(BIN)/ruff format --check dts tests
@@ -105,8 +108,8 @@ SUPERVISOR ?=
 PURGE ?=
 # e.g. "--no-index --find-links DIR" on a host without access to PyPI
 PIP_INSTALL_ARGS ?=
-PROGRAMS := dts-server dts-worker dts-client
-UNITS := dts-server.service dts-worker@.service dts-workers.target
+PROGRAMS := dts-server dts-worker dts-client dts-web
+UNITS := dts-server.service dts-worker@.service dts-workers.target dts-web.service
 SYSTEMD_RUNNING = test -d /run/systemd/system
 
 install: ## (root) venv in /opt/dts, commands in /usr/local/bin, units, /etc/dts, user dts [SUPERVISOR=1]
@@ -136,8 +139,8 @@ uninstall: ## (root) undo `make install`; keeps /etc/dts, /var/lib/dts*, /var/lo
 	@test "$$(id -u)" = 0 || { echo "make uninstall: run as root" >&2; exit 1; }
 	@# stop (the workers drain) and disable every instance that is enabled
 	if $(SYSTEMD_RUNNING); then \
-	  systemctl stop dts-workers.target 'dts-worker@*.service' dts-server.service || true; \
-	  systemctl disable dts-server.service dts-workers.target $$(cd $(UNITDIR) && \
+	  systemctl stop dts-web.service dts-workers.target 'dts-worker@*.service' dts-server.service || true; \
+	  systemctl disable dts-web.service dts-server.service dts-workers.target $$(cd $(UNITDIR) && \
 	    ls -d *.wants/dts-worker@*.service 2>/dev/null | xargs -rn1 basename | sort -u) || true; \
 	fi
 	if [ -e $(SUPERVISOR_CONF) ]; then \

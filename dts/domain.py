@@ -318,6 +318,20 @@ class JobFilter:
     status: JobStatus | None = None
     queue: str | None = None
     limit: int = 50
+    name: str | None = None
+    before_id: int | None = None  # keyset paging: only ids below this one
+    since: float | None = None  # submitted at or after (Unix time)
+    until: float | None = None  # submitted before
+
+
+@dataclass(frozen=True)
+class ActivityBucket:
+    """How many jobs finished in one minute (starting at `start`), by final status."""
+
+    start: float
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
 
 
 def exit_code_for_signal(signum: int) -> int:

@@ -14,6 +14,7 @@ import grpc
 from dts import errors
 from dts.controls import QueueInfo
 from dts.domain import (
+    ActivityBucket,
     Assignment,
     Attempt,
     Dependency,
@@ -329,6 +330,16 @@ def stat_to_pb(s: StatCount) -> pb.StatCount:
 
 def stat_from_pb(msg: pb.StatCount) -> StatCount:
     return StatCount(msg.queue, status_from_pb(msg.status), msg.count)
+
+
+def activity_to_pb(b: ActivityBucket) -> pb.ActivityBucket:
+    return pb.ActivityBucket(
+        start=b.start, succeeded=b.succeeded, failed=b.failed, cancelled=b.cancelled
+    )
+
+
+def activity_from_pb(msg: pb.ActivityBucket) -> ActivityBucket:
+    return ActivityBucket(msg.start, msg.succeeded, msg.failed, msg.cancelled)
 
 
 def queue_info_to_pb(q: QueueInfo) -> pb.QueueInfo:

@@ -16,11 +16,22 @@ from dts.backoff import Backoff
 from dts.channel import DEFAULT_SERVER, ChannelSecurity, open_channel
 from dts.client.pipeline import PendingSubmit, StreamUnsupported, SubmitPipe
 from dts.controls import QueueInfo
-from dts.domain import Attempt, Job, JobSpec, JobStatus, Output, StatCount, WorkerInfo
+from dts.domain import (
+    ActivityBucket,
+    Attempt,
+    Job,
+    JobSpec,
+    JobStatus,
+    Output,
+    StatCount,
+    WorkerInfo,
+)
 from dts.errors import DeadlineExceeded, DtsError, ResourceExhausted, Unavailable
 from dts.failover import FailoverChannel
+from dts.schedule import Schedule
 from dts.v1 import dts_pb2 as pb
 from dts.v1 import dts_pb2_grpc as pb_grpc
+from dts.wire_schedule import schedule_from_pb
 
 T = TypeVar("T")
 
@@ -44,6 +55,7 @@ class Client:
         self.channel = open_channel(address, security or ChannelSecurity(), wire.grpc_options())
         self.stub = pb_grpc.SchedulerStub(self.channel)
         self.queues_stub = pb_grpc.QueuesStub(self.channel)
+        self.schedules_stub = pb_grpc.SchedulesStub(self.channel)
         self._pipe: SubmitPipe | None = None
         self._pipe_lock = threading.Lock()
         self._streams = True  # False once the server turned out to know no SubmitStream
@@ -146,12 +158,25 @@ class Client:
                 raise DeadlineExceeded(f"job {job_id} is still {job.status} after {timeout}s")
 
     def list_jobs(
-        self, status: JobStatus | None = None, queue: str = "", limit: int = 50
+        self,
+        status: JobStatus | None = None,
+        queue: str = "",
+        limit: int = 50,
+        name: str = "",
+        before_id: int = 0,
+        since: float = 0.0,
+        until: float = 0.0,
     ) -> list[Job]:
+        """The newest jobs matching, newest first; `before_id` pages on (ids below it), and
+        `since`/`until` bound the submit time (0: any)."""
         req = pb.ListJobsRequest(
             status=wire.STATUS_TO_PB[status] if status else pb.JOB_STATUS_UNSPECIFIED,
             queue=queue,
             limit=limit,
+            name=name,
+            before_id=before_id,
+            since=since,
+            until=until,
         )
         return [wire.job_from_pb(j) for j in self._call(self.stub.ListJobs, req).jobs]
 
@@ -191,6 +216,11 @@ class Client:
         resp = self._call(self.stub.GetStats, pb.StatsRequest())
         return [wire.stat_from_pb(c) for c in resp.counts]
 
+    def activity(self, minutes: int = 60) -> list[ActivityBucket]:
+        """Jobs finished per minute over the last `minutes`, oldest minute first."""
+        resp = self._call(self.stub.GetActivity, pb.ActivityRequest(minutes=minutes))
+        return [wire.activity_from_pb(b) for b in resp.buckets]
+
     def purge(self, older_than: float, statuses: Sequence[JobStatus] = (), queue: str = "") -> int:
         """Delete final jobs (in `statuses`, of `queue`) that finished more than `older_than`
         seconds ago, with their attempts and output; how many. Needs the admin role. The
@@ -228,6 +258,26 @@ class Client:
         """At most `limit` jobs of the queue run at once across all workers (None: any)."""
         req = pb.QueueLimitRequest(name=name, limit=limit)
         return wire.queue_info_from_pb(self._call(self.queues_stub.SetQueueLimit, req))
+
+    # ---- schedules ------------------------------------------------------------------------
+
+    def schedules(self) -> list[Schedule]:
+        resp = self._call(self.schedules_stub.ListSchedules, pb.ScheduleListRequest())
+        return [schedule_from_pb(m) for m in resp.schedules]
+
+    def pause_schedule(self, name: str) -> Schedule:
+        """It makes no jobs until resumed."""
+        ref = pb.ScheduleRef(name=name)
+        return schedule_from_pb(self._call(self.schedules_stub.PauseSchedule, ref))
+
+    def resume_schedule(self, name: str) -> Schedule:
+        ref = pb.ScheduleRef(name=name)
+        return schedule_from_pb(self._call(self.schedules_stub.ResumeSchedule, ref))
+
+    def run_schedule(self, name: str) -> Job:
+        """One job of the schedule now, outside its due times."""
+        ref = pb.ScheduleRef(name=name)
+        return wire.job_from_pb(self._call(self.schedules_stub.RunSchedule, ref))
 
     def health_of_each(self) -> list[tuple[str, str | DtsError]]:
         """Each server's health status name, or the error asking it gave, in the order given

@@ -190,6 +190,10 @@ def command_parser() -> argparse.ArgumentParser:
         "--status", choices=[s.value for s in JobStatus], help="only jobs in this status"
     )
     ls.add_argument("--queue", default="", help="only jobs of this queue")
+    ls.add_argument("--name", default="", help="only jobs of exactly this name")
+    ls.add_argument(
+        "--before", type=job_id, default=0, metavar="ID", help="only jobs older than job ID"
+    )
     ls.add_argument(
         "--limit", type=int_in(1, 10_000, "--limit"), default=50, help="at most this many jobs"
     )
@@ -292,7 +296,7 @@ class Cli:
 
     def list(self, ns: argparse.Namespace) -> int:
         status = JobStatus(ns.status) if ns.status else None
-        jobs = self.client.list_jobs(status, ns.queue, ns.limit)
+        jobs = self.client.list_jobs(status, ns.queue, ns.limit, name=ns.name, before_id=ns.before)
         named = any(j.spec.name for j in jobs)  # a NAME column only when a job has a name
         rows = [
             (

@@ -35,6 +35,7 @@ EXAMPLES: dict[str, str] = {
     "list": """\
   dts-client list
   dts-client list --status failed --queue builds --limit 20
+  dts-client list --name nightly --before 1200          # the next page: ids below 1200
   dts-client list --json""",
     "history": """\
   dts-client history 42""",

@@ -15,9 +15,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from queue import Empty, SimpleQueue
+from typing import Any
 
 from dts.controls import Held
 from dts.domain import (
+    ActivityBucket,
     Assignment,
     Attempt,
     Job,
@@ -40,6 +42,7 @@ from dts.errors import (
     QueueUnavailable,
 )
 from dts.queue import JobQueue, QueuedJob, is_job_id
+from dts.server.activity import MAX_ACTIVITY_MINUTES, activity_buckets
 from dts.server.dependencies import retry_move, settle, settle_ended
 from dts.server.observer import Observer, final_pairs
 from dts.server.outcomes import end_attempt, finish, late_report, lose, move
@@ -200,10 +203,25 @@ class Coordinator:
     def remove_waiter(self, job_id: int, waker: Waker) -> None:
         self.waiters.remove(job_id, waker)
 
-    def list_jobs(self, status: JobStatus | None, queue: str | None, limit: int) -> list[Job]:
+    def list_jobs(
+        self, status: JobStatus | None, queue: str | None, limit: int, **more: Any
+    ) -> list[Job]:
+        """The newest jobs matching; `more`: the other JobFilter fields (name, before_id,
+        since, until), None for any."""
         if not 0 <= limit <= MAX_LIST:
             raise InvalidArgument(f"limit must be between 1 and {MAX_LIST}, got {limit}")
-        return self.store.list_jobs(JobFilter(status, queue or None, limit or 50))
+        if (more.get("before_id") or 0) < 0:
+            raise InvalidArgument(f"before_id must not be negative, got {more['before_id']}")
+        return self.store.list_jobs(JobFilter(status, queue or None, limit or 50, **more))
+
+    def activity(self, minutes: int) -> list[ActivityBucket]:
+        """Jobs finished per minute over the last `minutes` (60 when 0), oldest first, one
+        bucket for every minute (the current, partial one last)."""
+        if not 0 <= minutes <= MAX_ACTIVITY_MINUTES:
+            raise InvalidArgument(
+                f"minutes must be between 1 and {MAX_ACTIVITY_MINUTES}, got {minutes}"
+            )
+        return activity_buckets(self.store, self.clock(), minutes or 60)
 
     def history(self, job_id: int) -> list[Attempt]:
         self.get(job_id)

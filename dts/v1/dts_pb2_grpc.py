@@ -95,6 +95,11 @@ class SchedulerStub:
                 request_serializer=dts_dot_v1_dot_dts__pb2.FollowRequest.SerializeToString,
                 response_deserializer=dts_dot_v1_dot_dts__pb2.FollowEvent.FromString,
                 _registered_method=True)
+        self.GetActivity = channel.unary_unary(
+                '/dts.v1.Scheduler/GetActivity',
+                request_serializer=dts_dot_v1_dot_dts__pb2.ActivityRequest.SerializeToString,
+                response_deserializer=dts_dot_v1_dot_dts__pb2.ActivityResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -186,6 +191,13 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetActivity(self, request, context):
+        """finished jobs per minute
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +260,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.FollowLogs,
                     request_deserializer=dts_dot_v1_dot_dts__pb2.FollowRequest.FromString,
                     response_serializer=dts_dot_v1_dot_dts__pb2.FollowEvent.SerializeToString,
+            ),
+            'GetActivity': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetActivity,
+                    request_deserializer=dts_dot_v1_dot_dts__pb2.ActivityRequest.FromString,
+                    response_serializer=dts_dot_v1_dot_dts__pb2.ActivityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -575,6 +592,33 @@ class Scheduler:
             '/dts.v1.Scheduler/FollowLogs',
             dts_dot_v1_dot_dts__pb2.FollowRequest.SerializeToString,
             dts_dot_v1_dot_dts__pb2.FollowEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetActivity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dts.v1.Scheduler/GetActivity',
+            dts_dot_v1_dot_dts__pb2.ActivityRequest.SerializeToString,
+            dts_dot_v1_dot_dts__pb2.ActivityResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,8 @@ class SchedulerStub:
     """job counts"""
     FollowLogs: _grpc.UnaryStreamMultiCallable[_dts_pb2.FollowRequest, _dts_pb2.FollowEvent]
     """A job's output as it is written, into its retries, ending with the job once final."""
+    GetActivity: _grpc.UnaryUnaryMultiCallable[_dts_pb2.ActivityRequest, _dts_pb2.ActivityResponse]
+    """finished jobs per minute"""
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -94,6 +96,8 @@ class SchedulerAsyncStub(SchedulerStub):
     """job counts"""
     FollowLogs: _aio.UnaryStreamMultiCallable[_dts_pb2.FollowRequest, _dts_pb2.FollowEvent]  # type: ignore[assignment]
     """A job's output as it is written, into its retries, ending with the job once final."""
+    GetActivity: _aio.UnaryUnaryMultiCallable[_dts_pb2.ActivityRequest, _dts_pb2.ActivityResponse]  # type: ignore[assignment]
+    """finished jobs per minute"""
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     """What users and scripts call."""
@@ -195,6 +199,14 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_dts_pb2.FollowEvent], _abc.AsyncIterator[_dts_pb2.FollowEvent]]:
         """A job's output as it is written, into its retries, ending with the job once final."""
+
+    @_abc_1.abstractmethod
+    def GetActivity(
+        self,
+        request: _dts_pb2.ActivityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dts_pb2.ActivityResponse, _abc.Awaitable[_dts_pb2.ActivityResponse]]:
+        """finished jobs per minute"""
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

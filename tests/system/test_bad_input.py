@@ -395,6 +395,10 @@ def test_ids_limits_and_enums_of_any_shape(
             lambda: s.CancelJob(ref, timeout=10),
             lambda: s.RetryJob(ref, timeout=10),
             lambda: s.ListJobs(pb.ListJobsRequest(limit=limit, status=status), timeout=10),
+            lambda: s.ListJobs(
+                pb.ListJobsRequest(before_id=job_id, since=timeout, until=-timeout), timeout=10
+            ),
+            lambda: s.GetActivity(pb.ActivityRequest(minutes=attempt), timeout=10),
             lambda: s.WaitJob(pb.WaitRequest(id=job_id, timeout=wait), timeout=10),
         ]
         for call in calls:

@@ -381,6 +381,16 @@ def test_list_is_newest_first_and_filters(cluster: Cluster) -> None:
     text = cluster.cli("list", "--queue", "listing")
     assert text.stdout.splitlines()[0].split()[:2] == ["ID", "STATUS"]
     assert str(ids[-1]) in text.stdout.splitlines()[1]
+    # --before pages on by id; --name keeps the jobs of that name
+    r = cluster.cli("--json", "list", "--queue", "listing", "--before", str(ids[-1]))
+    assert [j["id"] for j in json.loads(r.stdout)] == ids[::-1][1:]
+    named = submit(
+        cluster, "--queue", "listing", "--name", "list-by-name", "--delay", "3600", "--", "true"
+    )
+    r = cluster.cli("--json", "list", "--name", "list-by-name")
+    assert [j["id"] for j in json.loads(r.stdout)] == [named]
+    bad = cluster.cli("list", "--before", "0")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
 
 
 def test_history_and_logs_of_each_attempt(cluster: Cluster) -> None:

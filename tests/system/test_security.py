@@ -192,6 +192,58 @@ def test_tokens_decide_who_may_do_what(tmp_path: Path, redis_server: RedisProces
         s.stop()
 
 
+VIEWER = "viewer-token-" + "v" * 20
+
+
+def test_a_viewer_reads_everything_and_acts_on_nothing(
+    tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    import grpc
+
+    from dts.errors import DeadlineExceeded
+    from dts.v1 import dts_pb2 as pb
+    from dts.v1 import dts_pb2_grpc as pb_grpc
+
+    # Given a server with a client and a viewer token, and a job the client submitted
+    tokens = _tokens(tmp_path, f"client {CLIENT}", f"viewer {VIEWER}")
+    s = _server(tmp_path, redis_server, "--tokens-file", tokens, "--plaintext-tokens")
+    try:
+        with Client(s.address, security=ChannelSecurity(token=CLIENT, plaintext_token=True)) as c:
+            job = c.submit([JobSpec(argv=("true",), delay=3600, name="seen")])[0]
+        with Client(s.address, security=ChannelSecurity(token=VIEWER, plaintext_token=True)) as v:
+            # When the viewer reads: every read answers
+            assert [j.id for j in v.list_jobs(name="seen")] == [job.id]
+            assert v.get(job.id).spec.name == "seen"
+            assert v.history(job.id) == []
+            assert v.stats() and v.workers() == [] and len(v.activity(5)) == 5
+            assert v.queues() and v.schedules() == []
+            with pytest.raises(DeadlineExceeded):  # WaitJob answers: the job is not final
+                v.wait(job.id, timeout=0.2)
+            # Then every action is refused before it is read
+            acts = [
+                lambda: v.cancel(job.id),
+                lambda: v.retry(job.id),
+                lambda: v.submit([JobSpec(argv=("true",))]),
+                lambda: v.pause_queue("default"),
+                lambda: v.set_queue_limit("default", 1),
+                lambda: v.pause_schedule("x"),
+                lambda: v.run_schedule("x"),
+                lambda: v.purge(1.0),
+            ]
+            for act in acts:
+                with pytest.raises(PermissionDenied, match="a viewer token may not call"):
+                    act()
+            with pytest.raises(grpc.RpcError) as e:
+                pb_grpc.WorkerServiceStub(v.channel).Register(
+                    pb.RegisterRequest(name="w"), timeout=5
+                )
+            assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        with Client(s.address, security=ChannelSecurity(token=CLIENT, plaintext_token=True)) as c:
+            assert c.get(job.id).status.value == "scheduled"  # untouched
+    finally:
+        s.stop()
+
+
 def test_sighup_rereads_the_tokens_file(tmp_path: Path, redis_server: RedisProcess) -> None:
     tokens = _tokens(tmp_path, f"client {CLIENT}")
     s = _server(tmp_path, redis_server, "--tokens-file", tokens, "--plaintext-tokens")

@@ -9,6 +9,7 @@ variables pointing at a private redis-server and a free port.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -21,6 +22,7 @@ import pytest
 
 from dts.devrun import SUPERVISOR_TEMPLATE, supervisor_config, worker_names
 from tests.harness import BIN, RedisProcess, clean_env, free_port, pid_alive, run_cli, wait_until
+from tests.web.browser import get
 
 pytestmark = pytest.mark.single_store  # names its store itself: runs once
 
@@ -67,6 +69,7 @@ def supervised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervised]
         "DTS_DB": str(root / "dts.db"),
         "DTS_LISTEN": address,
         "DTS_SERVER": address,
+        "DTS_WEB_LISTEN": f"127.0.0.1:{free_port()}",
     }
     text = supervisor_config(SUPERVISOR_TEMPLATE.read_text(), BIN, log_dir, root, environment)
     conf = root / "supervisord.conf"
@@ -102,9 +105,27 @@ def test_the_config_defines_a_server_and_two_workers(supervised: Supervised) -> 
         return dict(line.split()[:2] for line in lines)
 
     expected = ["dts-server", "worker:worker_01", "worker:worker_02"]
-    # RUNNING once up for startsecs (3 s)
-    wait_until(lambda: status() == dict.fromkeys(expected, "RUNNING"), 15, 0.2)
+    # RUNNING once up for startsecs (3 s); the dashboard is there, not started
+    wanted = {**dict.fromkeys(expected, "RUNNING"), "dts-web": "STOPPED"}
+    wait_until(lambda: status() == wanted, 15, 0.2)
     assert [n.rsplit("-", 1)[1] for n in supervised.names] == ["01", "02"]
+
+
+def test_the_dashboard_starts_on_demand_and_stops_cleanly(supervised: Supervised) -> None:
+    # When the dashboard program is started, then it serves, showing the server's workers
+    r = supervised.ctl("start", "dts-web")
+    assert "dts-web: started" in r.stdout, r.stdout + r.stderr
+    listen = supervised.ctl("pid", "dts-web")  # running: it has a pid
+    assert listen.stdout.strip().isdigit()
+    text = (supervised.dir / "supervisord.conf").read_text()
+    port = re.search(r"DTS_WEB_LISTEN=\"?127\.0\.0\.1:(\d+)", text)
+    assert port, text
+    url = f"http://127.0.0.1:{port.group(1)}"
+    page = wait_until(lambda: get(f"{url}/workers"), 15, what="the dashboard")
+    assert b"worker_" in page or b"<table" in page
+    # And a stop is clean (exit 0: EXITED would say otherwise)
+    r = supervised.ctl("stop", "dts-web")
+    assert "dts-web: stopped" in r.stdout, r.stdout + r.stderr
 
 
 def test_start_workers_gives_n_registered_workers(supervised: Supervised) -> None:

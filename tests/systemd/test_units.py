@@ -14,7 +14,7 @@ from tests.systemd.container import HOSTNAME, Container, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
-UNITS = ("dts-server.service", "dts-worker@.service", "dts-workers.target")
+UNITS = ("dts-server.service", "dts-worker@.service", "dts-workers.target", "dts-web.service")
 
 
 def workers(box: Container) -> dict[str, str]:
@@ -50,13 +50,13 @@ def test_every_unit_passes_systemd_analyze_verify(box: Container) -> None:
 
 
 def test_make_install_lays_out_the_system(box: Container) -> None:
-    for prog in ("dts-server", "dts-worker", "dts-client"):
+    for prog in ("dts-server", "dts-worker", "dts-client", "dts-web"):
         assert (
             box.run("readlink", f"/usr/local/bin/{prog}").stdout.strip() == f"/opt/dts/bin/{prog}"
         )
     for unit in UNITS:
         box.run("test", "-f", f"/etc/systemd/system/{unit}")
-    for conf in ("server.conf", "worker.conf", "client.conf"):
+    for conf in ("server.conf", "worker.conf", "client.conf", "web.conf"):
         box.run("test", "-f", f"/etc/dts/{conf}")
     r = box.run("stat", "-c", "%n %U %G %a", "/var/lib/dts", "/var/lib/dts-worker", "/var/log/dts")
     assert r.stdout.split("\n")[:3] == [
@@ -65,6 +65,23 @@ def test_make_install_lays_out_the_system(box: Container) -> None:
         "/var/log/dts dts dts 755",
     ]
     assert box.run("getent", "passwd", "dts").stdout.split(":")[6].strip() == "/usr/sbin/nologin"
+
+
+def test_the_dashboard_unit_serves_on_loopback_and_stops_cleanly(box: Container) -> None:
+    box.run("systemctl", "start", "dts-server", "dts-web")
+    fetch = (
+        "import urllib.request as u; "
+        "print(u.urlopen('http://127.0.0.1:8080/healthz', timeout=2).read().decode(), end='')"
+    )
+    wait_for(
+        lambda: box.run("/opt/dts/bin/python", "-c", fetch, check=False).stdout == "ok\n",
+        20,
+        "dts-web to answer",
+    )
+    assert box.show("dts-web", "User")["User"] == "dts"
+    box.run("systemctl", "stop", "dts-web")
+    props = box.show("dts-web", "Result", "ExecMainStatus")
+    assert props == {"Result": "success", "ExecMainStatus": "0"}
 
 
 def test_server_is_active_and_serving_as_soon_as_start_returns(box: Container) -> None:

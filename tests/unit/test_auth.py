@@ -153,3 +153,33 @@ def test_redis_urls_are_logged_without_credentials(url: str, shown: str) -> None
     from dts.queue.redis import redacted_url
 
     assert redacted_url(url) == shown
+
+
+VIEWER_READS = {
+    "Scheduler": {
+        "GetJob", "WaitJob", "ListJobs", "GetHistory", "GetLogs", "FollowLogs", "ListWorkers",
+        "GetStats", "GetActivity",
+    },
+    "Queues": {"ListQueues"},
+    "Schedules": {"ListSchedules", "GetSchedule"},
+}  # fmt: skip
+
+
+def test_a_viewer_may_call_the_reads_and_nothing_else() -> None:
+    # every method of every service the server has, from the generated descriptors
+    from dts.server.api.auth import SERVICE_ROLES, Role, may_call
+    from dts.v1 import dts_pb2 as pb
+
+    seen = 0
+    for service in pb.DESCRIPTOR.services_by_name.values():
+        prefix = f"/dts.v1.{service.name}/"
+        roles = SERVICE_ROLES[prefix]
+        for method in service.methods:
+            path = prefix + method.name
+            reads = VIEWER_READS.get(service.name, set())
+            assert may_call(Role.VIEWER, path, roles) is (method.name in reads), path
+            # the other roles are as they were: by service
+            for role in (Role.CLIENT, Role.WORKER, Role.ADMIN):
+                assert may_call(role, path, roles) is (role in roles), (role, path)
+            seen += 1
+    assert seen >= 25

@@ -18,6 +18,7 @@ from dts.client.parsers import late_argv, subparsers
 from dts.options import checkout_client_conf, version
 from dts.server import history
 from dts.server.config import server_parser
+from dts.web.config import web_parser
 from dts.worker.config import worker_parser
 
 
@@ -25,6 +26,7 @@ def every_parser() -> Iterator[argparse.ArgumentParser]:
     yield server_parser()
     yield history.parser()
     yield worker_parser()
+    yield web_parser()
     yield cli.global_parser()
     commands = cli.command_parser()
     yield commands
@@ -48,7 +50,7 @@ def test_client_commands_cover_the_known_ones() -> None:
 
 @pytest.mark.parametrize(
     "parser",
-    [server_parser(), history.parser(), worker_parser(), cli.global_parser()],
+    [server_parser(), history.parser(), worker_parser(), web_parser(), cli.global_parser()],
     ids=lambda p: p.prog,
 )
 def test_help_ends_with_examples_and_no_footer(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +78,13 @@ def help_of(argv: list[str]) -> str:
 
 
 def test_version_of_each_program(capsys: pytest.CaptureFixture[str]) -> None:
-    for parser in (server_parser(), worker_parser(), cli.global_parser(), history.parser()):
+    for parser in (
+        server_parser(),
+        worker_parser(),
+        cli.global_parser(),
+        history.parser(),
+        web_parser(),
+    ):
         with pytest.raises(SystemExit) as exit:
             parser.parse_args(["--version"])
         assert exit.value.code == 0

@@ -3,7 +3,8 @@ fails here, naming the module, the line and the rule.
 
 From the bottom: the domain (errors, model) imports nothing else of dts; the shared pieces
 (backoff, wire, options, channel, queue, daemon) import only what is below them; the roles
-(server, worker, client) never import one another; inside the server, the coordinator holds
+(server, worker, client) never import one another, and the web dashboard is a client (it
+imports dts.client, never the server or the worker); inside the server, the coordinator holds
 the rules and knows the store and the queue only as protocols, and nothing imports upward.
 """
 
@@ -37,6 +38,7 @@ SHARED = (
 QUEUE_API = ("dts.queue",)  # the protocol module itself, not dts.queue.redis (see `exact`)
 # the coordinator's own parts: the store protocol and the rules it applies inside a transaction
 RULES = (
+    "dts.server.activity",
     "dts.server.store",
     "dts.server.dependencies",
     "dts.server.observer",
@@ -108,6 +110,7 @@ LAYERS = (
         exact=(*QUEUE_API, *RULES),
     ),
     Layer("dts.server.waiters", MODEL, banned=NO_IO, own=False),
+    Layer("dts.server.activity", MODEL, banned=NO_IO, exact=("dts.server.store",)),
     # what the coordinator tells the metrics: hooks without I/O (the metrics are above)
     Layer("dts.server.observer", MODEL, banned=(*NO_IO, "prometheus_client"), own=False),
     Layer(
@@ -297,6 +300,15 @@ LAYERS = (
         ),
         banned=("grpc", "redis", "sqlite3"),
     ),
+    # the web dashboard: another client (through dts.client), never the server or the worker;
+    # its chart and value formatting are pure
+    Layer(
+        "dts.web",
+        (*SHARED, "dts.client"),
+        banned=("redis", "sqlite3", "psycopg", "psycopg_pool"),
+    ),
+    Layer("dts.web.chart", MODEL, banned=NO_IO, own=False),
+    Layer("dts.web.format", MODEL, banned=NO_IO, own=False),
     Layer("dts.devrun", (*MODEL, "dts.client", "dts.queue", "dts.options"), banned=("sqlite3",)),
 )
 
@@ -410,6 +422,10 @@ def test_the_layering_holds() -> None:
         ("dts.queue.redis", "dts.server.coordinator", True),
         ("dts.daemon.process", "dts.server.main", True),
         ("dts.wire", "dts.server.api.rpc", True),
+        ("dts.web.app", "dts.server.api.auth", True),  # the dashboard is a client
+        ("dts.web.pages", "dts.worker.main", True),
+        ("dts.web.dashboard", "dts.client.api", False),
+        ("dts.web.chart", "dts.web.app", True),
     ],
 )
 def test_the_rules_catch_what_they_should(module: str, name: str, broken: bool) -> None:
@@ -447,6 +463,7 @@ def test_every_module_has_a_layer() -> None:
         ),
         ("dts.domain", ("grpc", "redis", "sqlite3", "google", "configargparse")),
         ("dts.client", ("redis", "sqlite3", "configargparse", "psycopg")),
+        ("dts.web.app", ("redis", "sqlite3", "psycopg")),
     ],
 )
 def test_what_a_module_loads_at_run_time(module: str, absent: tuple[str, ...]) -> None:

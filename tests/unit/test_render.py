@@ -103,14 +103,14 @@ class Stub:
     def get(self, job_id: int) -> Job:
         return next(j for j in self.jobs if j.id == job_id)
 
-    def list_jobs(self, status: object, queue: str, limit: int) -> list[Job]:
+    def list_jobs(self, status: object, queue: str, limit: int, **filters: object) -> list[Job]:
         return self.jobs
 
 
 def test_list_shows_the_command_and_the_name_when_set(capsys: pytest.CaptureFixture[str]) -> None:
     plain = Job(8, JobSpec(argv=("sh", "-c", "echo " + "x" * 200)), JobStatus.QUEUED, created_at=T)
     cli = Cli(Stub([full_job(), plain]), as_json=False)  # type: ignore[arg-type]
-    cli.list(argparse.Namespace(status=None, queue="", limit=50))
+    cli.list(argparse.Namespace(status=None, queue="", limit=50, name="", before=0))
     head, first, second = capsys.readouterr().out.splitlines()
     assert head.split()[-4:] == ["CREATED", "(UTC)", "NAME", "COMMAND"]
     assert first.endswith("nightly  ./build.sh --all")
@@ -122,6 +122,8 @@ def test_list_shows_the_command_and_the_name_when_set(capsys: pytest.CaptureFixt
 
 def test_list_without_names_has_no_name_column(capsys: pytest.CaptureFixture[str]) -> None:
     job = Job(9, JobSpec(argv=("true",)), JobStatus.QUEUED, created_at=T)
-    Cli(Stub([job]), as_json=False).list(argparse.Namespace(status=None, queue="", limit=5))  # type: ignore[arg-type]
+    Cli(Stub([job]), as_json=False).list(
+        argparse.Namespace(status=None, queue="", limit=5, name="", before=0)
+    )  # type: ignore[arg-type]
     head = capsys.readouterr().out.splitlines()[0]
     assert "NAME" not in head and head.endswith("COMMAND")

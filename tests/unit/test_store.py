@@ -30,7 +30,7 @@ from dts.domain import (
 )
 from dts.errors import Internal, Unavailable
 from dts.limits import Limits
-from dts.server.store.reads import UNIQUE_HELD
+from dts.server.store.reads import NAMED, UNIQUE_HELD
 from dts.server.store.sqlite import (
     BULK_MOVES,
     CLAIM,
@@ -233,6 +233,47 @@ def test_list_jobs_newest_first_with_filters_and_limit(store: SqliteStore) -> No
     assert listed(status=S.QUEUED, queue="a", limit=1) == [ids[2]]
     assert listed(status=S.RUNNING) == []
     assert listed(queue="nope") == []
+
+
+def test_list_jobs_by_name_time_and_keyset_pages(store: SqliteStore) -> None:
+    # Given jobs named a and b submitted at times 100, 200 and 300
+    early = add(store, spec("1", name="a"), spec("2", name="b"), now=100.0)
+    mid = add(store, spec("3", name="a"), now=200.0)
+    late = add(store, spec("4", name="a"), spec("5", name=NASTY), now=300.0)
+    ids = [j.id for j in early + mid + late]
+
+    def listed(**kw: object) -> list[int]:
+        return [j.id for j in store.list_jobs(JobFilter(**kw))]  # type: ignore[arg-type]
+
+    # Then each filter narrows, and pages by id continue where the last ended
+    assert listed(name="a") == [ids[3], ids[2], ids[0]]
+    assert listed(name=NASTY) == [ids[4]]
+    assert listed(name="nope") == []
+    assert listed(name="") == []  # every job here has a name
+    assert listed(since=200.0) == [ids[4], ids[3], ids[2]]
+    assert listed(until=200.0) == [ids[1], ids[0]]
+    assert listed(since=150.0, until=250.0) == [ids[2]]
+    first = listed(limit=2)
+    assert first == [ids[4], ids[3]]
+    assert listed(limit=2, before_id=first[-1]) == [ids[2], ids[1]]
+    assert listed(limit=2, before_id=ids[1]) == [ids[0]]
+    assert listed(name="a", before_id=ids[3], limit=1) == [ids[2]]
+
+
+def test_activity_counts_finished_jobs_by_minute(store: SqliteStore) -> None:
+    # Given jobs that ended at 30 s, 90 s (two) and 95 s, succeeded, failed and cancelled
+    jobs = add(store, spec("1"), spec("2"), spec("3"), spec("4"), spec("5"))
+    ends = [(30.0, S.SUCCEEDED), (90.0, S.SUCCEEDED), (95.0, S.FAILED), (95.0, S.CANCELLED)]
+    with store.transaction() as tx:
+        for job, (at, status) in zip(jobs, ends, strict=False):
+            tx.update_job(replace(job, status=status, finished_at=at))
+    # Then the counts are by truncated minute and status, from `since` on
+    assert sorted(store.activity(0.0)) == sorted(
+        [(0, S.SUCCEEDED, 1), (1, S.SUCCEEDED, 1), (1, S.FAILED, 1), (1, S.CANCELLED, 1)]
+    )
+    assert sorted(store.activity(60.0)) == sorted(
+        [(1, S.SUCCEEDED, 1), (1, S.FAILED, 1), (1, S.CANCELLED, 1)]
+    )
 
 
 def test_stats(store: SqliteStore) -> None:
@@ -612,6 +653,28 @@ def test_a_version_7_database_gets_its_queues_table(db: Path) -> None:
         s.close()
 
 
+def test_a_version_9_database_gets_the_name_index(db: Path) -> None:
+    # Given a database as dts left it at schema version 9 (before the dashboard's name filter)
+    SqliteStore(str(db)).close()
+    conn = sqlite3.connect(db)
+    conn.execute("DROP INDEX jobs_by_name")
+    conn.execute("UPDATE meta SET value = '9' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    # When this dts opens it, then the index is there and the schema is current
+    SqliteStore(str(db)).close()
+    conn = sqlite3.connect(db)
+    try:
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM jobs"
+            f" WHERE name = 'a' AND {NAMED} AND id < 5 ORDER BY id DESC"
+        ).fetchall()
+    finally:
+        conn.close()
+    assert "jobs_by_name" in str(plan)
+    assert schema_version(db) == str(SCHEMA_VERSION) == "11"
+
+
 def test_newer_schema_version_is_refused(db: Path) -> None:
     SqliteStore(str(db)).close()
     conn = sqlite3.connect(db)
@@ -849,6 +912,9 @@ PARTIAL_INDEXES = {
         "CREATE INDEX IF NOT EXISTS jobs_by_schedule ON jobs (schedule, id)"
         " WHERE schedule IS NOT NULL"
     ),
+    "jobs_by_name": (  # version 11: the dashboard's name filter; unnamed jobs are not in it
+        "CREATE INDEX IF NOT EXISTS jobs_by_name ON jobs (name, id) WHERE name <> ''"
+    ),
 }
 
 
@@ -954,4 +1020,4 @@ def test_a_version_7_database_gets_dependencies(db: Path) -> None:
         assert s.dependencies(second.id)[0][0].job_id == first.id
     finally:
         s.close()
-    assert schema_version(db) == str(SCHEMA_VERSION) == "9"
+    assert schema_version(db) == str(SCHEMA_VERSION) == "11"

@@ -25,11 +25,12 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
 class Role(StrEnum):
-    """What a credential may do: submit and read jobs, run them, or both."""
+    """What a credential may do: submit and read jobs, run them, or both; or only read."""
 
     CLIENT = "client"
     WORKER = "worker"
     ADMIN = "admin"
+    VIEWER = "viewer"  # reads jobs, workers, queues and schedules; acts on nothing
 
 
 # Which roles may call each service; anything not listed needs no credential (health checks).
@@ -40,6 +41,36 @@ SERVICE_ROLES: dict[str, frozenset[Role]] = {
     "/dts.v1.Admin/": frozenset({Role.ADMIN}),
     "/dts.v1.Queues/": frozenset({Role.CLIENT, Role.ADMIN}),
 }
+
+# What a viewer may call: the reads of the services a client may call, by full method name.
+VIEWER_METHODS: frozenset[str] = frozenset(
+    [
+        *(
+            f"/dts.v1.Scheduler/{m}"
+            for m in (
+                "GetJob",
+                "WaitJob",
+                "ListJobs",
+                "GetHistory",
+                "GetLogs",
+                "FollowLogs",  # live output (a stream), where the server has it
+                "ListWorkers",
+                "GetStats",
+                "GetActivity",
+            )
+        ),
+        "/dts.v1.Queues/ListQueues",
+        "/dts.v1.Schedules/ListSchedules",
+        "/dts.v1.Schedules/GetSchedule",
+    ]
+)
+
+
+def may_call(role: Role, method: str, roles: frozenset[Role]) -> bool:
+    """Whether `role` may call `method` of a service open to `roles`."""
+    if role is Role.VIEWER:
+        return method in VIEWER_METHODS
+    return role in roles
 
 
 @dataclass(frozen=True)
@@ -152,7 +183,7 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         cred = self.lookup(header[len(SCHEME) :].strip())
         if cred is None:
             return _refuse(grpc.StatusCode.UNAUTHENTICATED, "unknown token")
-        if cred.role not in roles:
+        if not may_call(cred.role, method, roles):
             call = method.rsplit("/", 1)[-1]
             return _refuse(
                 grpc.StatusCode.PERMISSION_DENIED, f"a {cred.role} token may not call {call}"

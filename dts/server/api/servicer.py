@@ -73,6 +73,7 @@ class SchedulerServicer:
             "RetryJob": Unary(pb.JobRef, self.retry, pool),
             "ListWorkers": Unary(pb.ListWorkersRequest, self.workers, pool),
             "GetStats": Unary(pb.StatsRequest, self.stats, pool),
+            "GetActivity": Unary(pb.ActivityRequest, self.activity, pool),
         }
         handlers = {name: unary_handler(name, m, anonymous) for name, m in unary.items()}
         handlers["WaitJob"] = grpc.unary_unary_rpc_method_handler(
@@ -107,7 +108,15 @@ class SchedulerServicer:
         self, request: pb.ListJobsRequest, caller: Credential | None
     ) -> pb.ListJobsResponse:
         status = wire.status_from_pb(request.status) if request.status else None
-        jobs = self.c.list_jobs(status, request.queue, request.limit)
+        jobs = self.c.list_jobs(
+            status,
+            request.queue,
+            request.limit,
+            name=request.name or None,
+            before_id=request.before_id or None,
+            since=request.since or None,
+            until=request.until or None,
+        )
         return pb.ListJobsResponse(jobs=[wire.job_to_pb(j) for j in jobs])
 
     def history(self, request: pb.JobRef, caller: Credential | None) -> pb.HistoryResponse:
@@ -139,6 +148,12 @@ class SchedulerServicer:
 
     def stats(self, request: pb.StatsRequest, caller: Credential | None) -> pb.StatsResponse:
         return pb.StatsResponse(counts=[wire.stat_to_pb(s) for s in self.c.stats()])
+
+    def activity(
+        self, request: pb.ActivityRequest, caller: Credential | None
+    ) -> pb.ActivityResponse:
+        buckets = self.c.activity(request.minutes)
+        return pb.ActivityResponse(buckets=[wire.activity_to_pb(b) for b in buckets])
 
     # ---- waiting, on the event loop -------------------------------------------------------
 

@@ -181,6 +181,9 @@ class Store(Protocol):
 
     def stats(self) -> list[StatCount]: ...
 
+    def activity(self, since: float) -> list[tuple[int, JobStatus, int]]:
+        """(minute number, final status, count) of the jobs finished at or after `since`."""
+
     def live_stats(self) -> list[StatCount]:
         """Like stats(), of the jobs not final only (a read as large as the backlog, not the
         history: for the metrics' gauges)."""

@@ -36,6 +36,7 @@ from dts.server.store.lead import Lead
 from dts.server.store.purge import FINISHED_INDEX, keys_naming, purge_condition
 from dts.server.store.queues import QueueRows, queue_schema
 from dts.server.store.reads import (
+    NAME_INDEX,
     QUEUED,
     RUNNING,
     SCHEDULED,
@@ -64,7 +65,7 @@ from dts.server.store.url import redacted
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 7  # PostgreSQL's own line of versions; it starts where SQLite's version 3 is
+SCHEMA_VERSION = 9  # PostgreSQL's own line of versions; it starts where SQLite's version 3 is
 MIGRATION_LOCK = 0x647473  # pg_advisory_xact_lock key: 'dts'; one migrating server at a time
 INSERT_ROWS = 1000  # jobs one INSERT statement adds (16 parameters each; the limit is 65,535)
 COPY_FROM = 64  # jobs from which a submit's rows go by COPY rather than INSERT
@@ -172,6 +173,7 @@ SCHEMA = [
     *queue_schema("DOUBLE PRECISION"),
     *schedules.schema("DOUBLE PRECISION"),
     *DEPENDENCIES,
+    NAME_INDEX,
 ]
 
 # Statements that bring a database of version N-1 to version N.
@@ -185,6 +187,7 @@ MIGRATIONS: dict[int, list[str]] = {
     5: [FINISHED_INDEX],  # retention finds old final jobs by it
     6: queue_schema("DOUBLE PRECISION"),  # queue controls: paused, run limit
     7: [f"DROP INDEX IF EXISTS {UNIQUE_INDEX}", UNIQUE_JOBS, *DEPENDENCIES],
+    9: [NAME_INDEX],  # the dashboard's name filter
 }
 
 INSERT_MARKS = "(" + ",".join(["%s"] * INSERT_COUNT) + ")"
@@ -525,6 +528,8 @@ class PostgresStore(SqlReads, schedules.ScheduleReads):
     a submit was refused only after 40 s, each writer ahead of it having waited 10 s). The
     pool has a connection for every thread of the server that calls the store, and two more
     (open_store): the writer holding the lock can always get another for a read."""
+
+    MINUTE = "floor(finished_at / 60)"  # CAST rounds in PostgreSQL; the minute is truncated
 
     def __init__(self, url: str, password: str = "", max_connections: int = 16) -> None:
         self.url = redacted(url)

@@ -38,12 +38,18 @@ UNIQUE_HELD: Final = (
     f"unique_key IS NOT NULL AND status IN ({WAITING}, {SCHEDULED}, {QUEUED}, {RUNNING})"
 )
 UNIQUE_INDEX: Final = "jobs_unique"
+# The dashboard's name filter, paged by id (SQLite schema version 11, PostgreSQL 9). Partial:
+# a job without a name (most, and every job of a submit-heavy load) costs no index write; a
+# query uses the index only when it names the predicate as written here (NAMED).
+NAMED: Final = "name <> ''"
+NAME_INDEX: Final = f"CREATE INDEX IF NOT EXISTS jobs_by_name ON jobs (name, id) WHERE {NAMED}"
 
 
 class SqlReads:
     """The Store's reads, for a store that sets PARAM and implements `_all`."""
 
     PARAM = "?"
+    MINUTE = "CAST(finished_at / 60 AS INTEGER)"  # the minute a job finished in (truncated)
 
     def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         raise NotImplementedError
@@ -58,13 +64,26 @@ class SqlReads:
 
     def list_jobs(self, flt: JobFilter) -> list[Job]:
         p = self.PARAM
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if flt.status is not None:
             where.append(f"status = {p}")
             args.append(flt.status.value)
         if flt.queue is not None:
             where.append(f"queue = {p}")
             args.append(flt.queue)
+        if flt.name is not None:
+            where.append(f"name = {p} AND {NAMED}" if flt.name else "name = ''")
+            args += [flt.name] if flt.name else []
+        if flt.before_id is not None:  # keyset paging: an index range, never an OFFSET
+            where.append(f"id < {p}")
+            args.append(flt.before_id)
+        if flt.since is not None:
+            where.append(f"created_at >= {p}")
+            args.append(flt.since)
+        if flt.until is not None:
+            where.append(f"created_at < {p}")
+            args.append(flt.until)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._all(
             f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT {p}",
@@ -96,6 +115,16 @@ class SqlReads:
             " ORDER BY queue, status"
         )
         return [StatCount(r["queue"], JobStatus(r["status"]), r["count"]) for r in rows]
+
+    def activity(self, since: float) -> list[tuple[int, JobStatus, int]]:
+        """(minute number, final status, count) of the jobs that finished at or after `since`:
+        a range of the jobs_finished index, so it reads only the last hour's rows."""
+        rows = self._all(
+            f"SELECT {self.MINUTE} AS minute, status, count(*) AS count FROM jobs"
+            f" WHERE finished_at >= {self.PARAM} GROUP BY minute, status",
+            (since,),
+        )
+        return [(int(r["minute"]), JobStatus(r["status"]), int(r["count"])) for r in rows]
 
     def live_stats(self) -> list[StatCount]:
         rows = self._all(

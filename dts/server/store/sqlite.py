@@ -34,6 +34,7 @@ from dts.server.store.dependencies import DependencyRows, dependencies_ddl
 from dts.server.store.purge import FINISHED_INDEX, keys_naming, purge_condition
 from dts.server.store.queues import QueueRows, queue_schema
 from dts.server.store.reads import (
+    NAME_INDEX,
     RUNNING,
     SCHEDULED,
     UNIQUE_HELD,
@@ -60,7 +61,7 @@ from dts.server.store.rows import (
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 11
 BATCH_ROWS = 400  # rows one statement touches by an IN list (SQLite allows 32,766 variables)
 
 
@@ -161,6 +162,7 @@ SCHEMA = [
     *queue_schema("REAL"),
     *schedules.schema("REAL"),
     *DEPENDENCIES,
+    NAME_INDEX,
 ]
 
 INSERT_MARKS = ",".join("?" * INSERT_COUNT)
@@ -178,6 +180,7 @@ MIGRATIONS: dict[int, list[str]] = {
     7: [FINISHED_INDEX],  # retention finds old final jobs by it
     8: queue_schema("REAL"),  # queue controls: paused, run limit
     9: [f"DROP INDEX IF EXISTS {UNIQUE_INDEX}", UNIQUE_JOBS, *DEPENDENCIES],
+    11: [NAME_INDEX],  # the dashboard's name filter
 }
 
 
