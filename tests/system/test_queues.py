@@ -387,7 +387,9 @@ def test_a_limited_queues_failing_job_retries_and_ends_while_a_long_job_runs(
     fresh_cluster.add_worker("w1", "--queues", "default", "--concurrency", "2")
     # When short jobs, a failing one with a retry, and two long ones are submitted together
     # (a slot that ran short jobs claims several ahead: here all the rest, in one go)
-    wait_on_gate = f"while [ ! -f {gate} ]; do sleep 0.05; done"
+    wait_on_gate = (
+        f"touch {tmp_path}/started-$DTS_JOB_ID; while [ ! -f {gate} ]; do sleep 0.05; done"
+    )
     short = [sh(f"echo short {i}", "default") for i in range(6)]
     failing = sh("echo failing; exit 7", "default", max_retries=1, backoff=0.2)
     with fresh_cluster.client() as c:
@@ -400,12 +402,11 @@ def test_a_limited_queues_failing_job_retries_and_ends_while_a_long_job_runs(
             assert [a.outcome.value for a in c.history(ids[3])] == ["failed", "failed"]
             # And the long jobs run side by side (neither waits claimed behind the other)
             wait_until(
-                lambda: [a.outcome.value for i in ids[-2:] for a in c.history(i)]
-                == ["running", "running"]
-                and fresh_cluster.workers[0].output().count("started: while") == 2,
+                lambda: all((tmp_path / f"started-{i}").exists() for i in ids[-2:]),
                 15,
                 what="both long jobs to run",
             )
+            assert statuses(c, ids[-2:]) == ["running"] * 2
             assert statuses(c, ids[:3] + ids[4:7]) == ["succeeded"] * 6
         finally:
             gate.touch()
