@@ -7,7 +7,6 @@ import time
 from concurrent.futures import Future
 from types import SimpleNamespace
 
-from dts import wire
 from dts.daemon.process import Signals
 from dts.domain import Assignment, JobSpec, Outcome, Result
 from dts.v1 import dts_pb2 as pb
