@@ -256,11 +256,11 @@ class SlotLoop:
 
     def _overtime(self, started: float) -> float | None:
         """A job runs on while results or claimed attempts wait behind it (the slot's thread
-        waits for the job; this runs in the overtime watch's). Results are sent once they
-        waited MAX_RESULT_DELAY. Once the job is long (PREFETCH_BELOW), the attempts claimed
-        ahead of it are handed back, unstarted, for free slots to take: held here, they would
-        count as running, against their queue's run limit too, until the job ended. Returns
-        when to look again (None: not for this job)."""
+        waits for the job; this runs in the overtime watch's). Results are sent once the job
+        has run MAX_RESULT_DELAY (they waited at least that long). Once the job is long
+        (PREFETCH_BELOW), the attempts claimed ahead of it are handed back, unstarted, for
+        free slots to take: held here, they would count as running, against their queue's run
+        limit too, until the job ended. Returns when to look again (None: not for this job)."""
         if self.pending is not None:  # take its answer (and claims) first: one at a time
             pending, self.pending = self.pending, None
             self._arrived(pending)
