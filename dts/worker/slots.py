@@ -18,6 +18,7 @@ from dts.worker.attempts import Attempts
 from dts.worker.ending import Ending
 from dts.worker.feed import Feed
 from dts.worker.live import LiveSender
+from dts.worker.overtime import Overtime
 from dts.worker.runner import Execution
 from dts.worker.session import RPC_TIMEOUT, Session
 
@@ -169,6 +170,7 @@ class SlotLoop:
         self.backoff = Backoff(base=0.1, cap=5.0)
         self.done: list[Result] = []  # finished here, not yet acknowledged by the server
         self.ready: list[Execution] = []  # claimed here, not yet started
+        self.overtime = Overtime("dts-slot-overtime")  # while a job runs: what falls due
         self.to_ack: list[int] = []  # ids claimed (or found unclaimable): to drop from inflight
         self.short = False
         self.batch = 1  # jobs to claim at once: PREFETCH_WORK by the average job, while short
@@ -222,7 +224,7 @@ class SlotLoop:
                     self.drained = len(ids) < batch
                 if done or ids:
                     self.pending = self._send_ahead(list(done), ids)
-        result = self.attempts.execute(exe)
+        result = self._execute(exe)
         took = max(0.0, result.finished_at - result.started_at)
         # a moving average while jobs stay short; the first short one sets it afresh
         short = took < PREFETCH_BELOW
@@ -239,6 +241,38 @@ class SlotLoop:
                 held.stop(Outcome.RELEASED, "handed back unstarted: jobs here got long")
                 done.append(self.attempts.execute(held))
             del ready[1:]
+
+    def _execute(self, exe: Execution) -> Result:
+        """Run a job; while it runs, results and claims that would wait behind it are seen to
+        (see `_overtime`)."""
+        if not (self.done or self.ready or self.pending):
+            return self.attempts.execute(exe)
+        started = time.monotonic()
+        self.overtime.start(MAX_RESULT_DELAY, lambda: self._overtime(started))
+        try:
+            return self.attempts.execute(exe)
+        finally:
+            self.overtime.end()
+
+    def _overtime(self, started: float) -> float | None:
+        """A job runs on while results or claimed attempts wait behind it (the slot's thread
+        waits for the job; this runs in the overtime watch's). Results are sent once the job
+        has run MAX_RESULT_DELAY (they waited at least that long). Once the job is long
+        (PREFETCH_BELOW), the attempts claimed ahead of it are handed back, unstarted, for
+        free slots to take: held here, they would count as running, against their queue's run
+        limit too, until the job ended. Returns when to look again (None: not for this job)."""
+        if self.pending is not None:  # take its answer (and claims) first: one at a time
+            pending, self.pending = self.pending, None
+            self._arrived(pending)
+        ran = time.monotonic() - started
+        if ran >= PREFETCH_BELOW:
+            for held in self.ready:
+                held.stop(Outcome.RELEASED, "handed back unstarted: the job before it runs long")
+                self.done.append(self.attempts.execute(held))
+            self.ready.clear()
+        if self.done:
+            self.pending = self._send_ahead(list(self.done), [])
+        return None if ran >= PREFETCH_BELOW else PREFETCH_BELOW - ran
 
     def _claim(self, stopping: bool) -> bool:
         """Nothing claimed is left to run: report the results and claim more, in one call

@@ -376,3 +376,38 @@ def test_two_servers_on_one_database_share_pauses_and_limits(
         for s in (a, b):
             s.stop(timeout=15)
         redis.kill()
+
+
+def test_a_limited_queues_failing_job_retries_and_ends_while_a_long_job_runs(
+    fresh_cluster: Cluster, tmp_path: Path
+) -> None:
+    # Given a run limit of 8 on the default queue and a worker of 2 slots
+    gate = tmp_path / "gate"
+    assert fresh_cluster.cli("queue", "limit", "default", "8").returncode == 0
+    fresh_cluster.add_worker("w1", "--queues", "default", "--concurrency", "2")
+    # When short jobs, a failing one with a retry, and two long ones are submitted together
+    # (a slot that ran short jobs claims several ahead: here all the rest, in one go)
+    wait_on_gate = (
+        f"touch {tmp_path}/started-$DTS_JOB_ID; while [ ! -f {gate} ]; do sleep 0.05; done"
+    )
+    short = [sh(f"echo short {i}", "default") for i in range(6)]
+    failing = sh("echo failing; exit 7", "default", max_retries=1, backoff=0.2)
+    with fresh_cluster.client() as c:
+        jobs = c.submit([*short[:3], failing, *short[3:], *[sh(wait_on_gate, "default")] * 2])
+        ids = [j.id for j in jobs]
+        try:
+            # Then the failing job's result does not wait behind a long job: it is retried
+            # and ends failed while the long jobs run
+            wait_until(lambda: c.get(ids[3]).status.final, 15, what="the failing job to end")
+            assert [a.outcome.value for a in c.history(ids[3])] == ["failed", "failed"]
+            # And the long jobs run side by side (neither waits claimed behind the other)
+            wait_until(
+                lambda: all((tmp_path / f"started-{i}").exists() for i in ids[-2:]),
+                15,
+                what="both long jobs to run",
+            )
+            assert statuses(c, ids[-2:]) == ["running"] * 2
+            assert statuses(c, ids[:3] + ids[4:7]) == ["succeeded"] * 6
+        finally:
+            gate.touch()
+        wait_until(lambda: all_succeeded(c, ids[-2:]), 20, what="the long jobs to end")
