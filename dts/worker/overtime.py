@@ -23,6 +23,7 @@ class Overtime:
         self._cond = threading.Condition()
         self._due: Due | None = None
         self._at = 0.0
+        self._wakes = float("inf")  # when the watch's thread wakes by itself (inf: only if told)
         self._thread: threading.Thread | None = None
 
     def start(self, delay: float, due: Due) -> None:
@@ -32,7 +33,8 @@ class Overtime:
             if self._thread is None:  # one thread per slot, for its whole life
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._at < self._wakes:  # else it wakes in time anyway: no hand-off per job
+                self._cond.notify()
 
     def end(self) -> None:
         """The job ended: no more calls (waits for one under way)."""
@@ -43,10 +45,12 @@ class Overtime:
         with self._cond:
             while True:
                 if self._due is None:
+                    self._wakes = float("inf")
                     self._cond.wait()
                     continue
                 left = self._at - time.monotonic()
                 if left > 0:
+                    self._wakes = self._at
                     self._cond.wait(left)
                     continue
                 try:
