@@ -8,14 +8,17 @@ import re
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+import redis
 
 from dts.client import Client
 from dts.domain import JobSpec
+from dts.queue.redis import Keys
 from dts.v1 import dts_pb2 as pb
 from dts.v1 import dts_pb2_grpc as pb_grpc
 from tests.conftest import Cluster
@@ -281,3 +284,47 @@ def test_a_follow_moves_to_another_server_without_printing_twice(
     finally:
         follower.kill()
     assert bytes(follower.out) == b"before\nafter\n"
+
+
+def test_a_follower_that_goes_away_stops_the_workers_sending(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Given a job that prints a line every 0.1 s until a flag appears (at most 60 s)
+    flag = tmp_path / "go"
+    script = f"for i in $(seq 600); do [ -e {flag} ] && exit 0; echo tick $i; sleep 0.1; done"
+    jid = job(cluster, script)
+    r = redis.Redis.from_url(cluster.redis.url)
+    keys = Keys()
+    with cluster.client() as client:
+        wait_until(lambda: client.get(jid).status == "running", 10, what="the job to run")
+    stream = keys.output(jid, 1)
+    assert r.xlen(stream) == 0  # nobody follows: the worker sends nothing
+    # When a follower sees its output live, then is killed without a word
+    follower = Running(cluster.server.address, "logs", str(jid), "--follow")
+    try:
+        wait_until(lambda: b"tick" in follower.out, 10, what="live output")
+        assert r.zscore(keys.followed, str(jid)) is not None
+    finally:
+        follower.proc.kill()
+        follower.kill()
+    # Then the interest expires by itself
+    wait_until(
+        lambda: (
+            r.zscore(keys.followed, str(jid)) is None
+            or float(r.zscore(keys.followed, str(jid)) or 0) < time.time()
+        ),
+        10,
+        what="the follow interest to expire",
+    )
+
+    # and the worker stops sending: the stream stops growing while the job still prints
+    def quiet() -> bool:
+        before = r.xlen(stream)
+        time.sleep(1.0)  # four sending periods of the worker's: a sender would have added
+        return r.xlen(stream) == before
+
+    wait_until(quiet, 15, interval=0, what="the worker to stop sending")
+    with cluster.client() as client:
+        assert client.get(jid).status == "running"  # it was the follower that went, not the job
+    flag.touch()
+    r.close()

@@ -501,3 +501,37 @@ def test_redis_over_tls(tmp_path: Path, pki: Pki) -> None:
             other.ping()
     finally:
         redis.kill()
+
+
+def test_live_output_flows_with_tokens(tmp_path: Path, redis_server: RedisProcess) -> None:
+    # Given a server that requires tokens, and a worker whose token is bound to its name
+    tokens = _tokens(tmp_path, f"client {CLIENT}", f"worker {BOUND} w-bound")
+    s = _server(tmp_path, redis_server, "--tokens-file", tokens, "--plaintext-tokens")
+    as_client = ChannelSecurity(token=CLIENT, plaintext_token=True)
+    client_token = ("--token-file", _token_file(tmp_path, CLIENT), "--plaintext-token")
+    try:
+        w = WorkerProcess(
+            tmp_path, s.address, redis_server.url, "w-bound",
+            "--token-file", _token_file(tmp_path, BOUND), "--plaintext-token",
+            probe=as_client,
+        )  # fmt: skip
+        w.start()
+        flag = tmp_path / "go"
+        script = f"echo live; until [ -e {flag} ]; do sleep 0.05; done; echo done"
+        with Client(s.address, security=as_client) as c:
+            jid = c.submit([JobSpec(argv=(script,), shell=True)])[0].id
+            wait_until(lambda: c.get(jid).status == "running", 10, what="the job to run")
+            # When a client follows it: the worker's SendOutput (its bound token) is accepted
+            # and the client's FollowLogs and GetLogs carry the client's token
+            wait_until(lambda: c.logs_now(jid)[0].stdout == b"live\n", 10, what="live output")
+        follow = subprocess.Popen(
+            [str(BIN / "dts-client"), "--server", s.address, *client_token,
+             "logs", str(jid), "--follow"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(),
+        )  # fmt: skip
+        flag.touch()
+        out, err = follow.communicate(timeout=30)
+        assert (follow.returncode, out) == (0, b"live\ndone\n"), err
+        w.stop()
+    finally:
+        s.stop()
