@@ -28,10 +28,13 @@ RPC_TIMEOUT = 10.0
 REGISTER_WAIT = 5.0  # seconds one registration call waits for the server to be reachable
 FENCE_FRACTION = 0.8  # of the lease: kill our jobs when no renewal got through for this long
 REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+# CANCELLED too: the worker cancels none of its calls, so it comes from a server that stopped
+# with the call under way (a restart): nothing to stop the worker for.
 RETRYABLE = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.CANCELLED,
 )
 
 T = TypeVar("T")

@@ -52,3 +52,27 @@ def test_a_last_report_after_the_server_forgot_the_session_goes_under_the_new_on
         assert worker.ending.exit_code == 0  # not dismissed
     finally:
         worker.session.close()
+
+
+def test_a_call_cut_off_by_a_stopping_server_is_tried_again() -> None:
+    """A server that stops (a rolling restart) cuts off calls under way: the worker sees
+    CANCELLED ("Received RST_STREAM with error code 8"), which it did not ask for. That must be
+    tried again like UNAVAILABLE, not end the slot's thread (which stopped the worker, exit 70,
+    in the cluster soak)."""
+    worker = Worker(WorkerConfig(name="w"), Signals())
+    calls: list[str] = []
+
+    def exchange(req: pb.ExchangeRequest, timeout: float) -> pb.ExchangeResponse:
+        calls.append(req.session)
+        if len(calls) == 1:
+            raise _Refusal(grpc.StatusCode.CANCELLED, "Received RST_STREAM with error code 8")
+        return pb.ExchangeResponse()
+
+    worker.session.stub = SimpleNamespace(Exchange=exchange)  # type: ignore[assignment]
+    worker.session.id = "s"
+    try:
+        resp = worker.session.exchange(worker.session.request([], []))
+        assert resp is not None and calls == ["s", "s"]
+        assert worker.ending.exit_code == 0
+    finally:
+        worker.session.close()
