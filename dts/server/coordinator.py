@@ -572,7 +572,7 @@ class Coordinator:
         waited = self.waiters.job_ids()
         if waited:
             jobs = self.store.statuses(waited)
-            self.waiters.notify([i for i, job in jobs.items() if job.status.final])
+            self.waiters.hand_over(job for job in jobs.values() if job.status.final)
 
     def next_due(self) -> float | None:
         return self.store.next_run_at()
@@ -640,7 +640,19 @@ class Coordinator:
         self._redis_up = True
 
     def _notify(self, job_ids: Sequence[int]) -> None:
-        self.waiters.notify(job_ids)
+        """Wake the waiters of jobs that a commit just ended, handing them the jobs: read here,
+        in the thread of the commit, only for jobs somebody waits for, so the waiting call
+        answers at once instead of reading the job in a thread of its own."""
+        waited = self.waiters.waited(job_ids)
+        if not waited:
+            return
+        try:
+            jobs = self.store.statuses(waited)
+        except DtsError:  # the commit stands; the waiting calls read the jobs themselves
+            self.waiters.notify(waited)
+            return
+        self.waiters.hand_over(jobs.values())
+        self.waiters.notify([i for i in waited if i not in jobs])  # gone meanwhile (purged)
 
 
 FOREIGN_CHECKS = 100  # unclaimed ids of one exchange looked at for the warning about them

@@ -4,9 +4,10 @@ become final, within a bound, so waiting calls cannot make the server hold unbou
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Iterable, Sequence
+from typing import Protocol, runtime_checkable
 
+from dts.domain import Job
 from dts.errors import InvalidArgument, ResourceExhausted
 
 MAX_WAIT = 30.0  # seconds one WaitJob call may block
@@ -16,6 +17,13 @@ class Waker(Protocol):
     """What waits for a job: a threading.Event, or an asyncio call's wake-up."""
 
     def set(self) -> None: ...
+
+
+@runtime_checkable
+class Taker(Waker, Protocol):
+    """A waker that takes the final job itself, so its call can answer without reading it."""
+
+    def take(self, job: Job) -> None: ...
 
 
 def check_wait_timeout(timeout: float) -> None:
@@ -60,6 +68,22 @@ class Waiters:
             for job_id in job_ids:
                 for waker in self._by_job.get(job_id, ()):
                     waker.set()
+
+    def hand_over(self, jobs: Iterable[Job]) -> None:
+        """Wake every waiter of these jobs, handing each final one to the wakers that take it
+        (straight from the commit that ended it: their calls answer without a read)."""
+        with self._lock:
+            for job in jobs:
+                for waker in self._by_job.get(job.id, ()):
+                    if job.status.final and isinstance(waker, Taker):
+                        waker.take(job)
+                    else:
+                        waker.set()
+
+    def waited(self, job_ids: Iterable[int]) -> list[int]:
+        """Those of `job_ids` somebody waits for."""
+        with self._lock:
+            return [i for i in job_ids if i in self._by_job]
 
     def job_ids(self) -> list[int]:
         """The jobs somebody waits for."""

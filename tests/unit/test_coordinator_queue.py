@@ -4,12 +4,13 @@ a queue that fails costs no job (the store stays the truth, the reconciler puts 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from dts.domain import JobSpec, JobStatus
+from dts.domain import Job, JobSpec, JobStatus, Outcome, Result
 from dts.errors import QueueUnavailable
 from dts.queue import JobQueue, QueuedJob
 from dts.server.coordinator import Coordinator
@@ -112,3 +113,50 @@ def test_derived_timings_come_from_the_lease() -> None:
     assert Settings(worker_timeout=2).heartbeat_interval == 0.5  # four times a lease
     assert Settings(worker_timeout=0.1).reap_interval == 0.05  # but not busier than 20 Hz
     assert Settings(worker_timeout=30).inflight_grace == 120
+
+
+class Taking:
+    """A waker that takes the final job (as the server's WaitJob does)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+        self.woken = 0
+
+    def set(self) -> None:
+        self.woken += 1
+
+    def take(self, job: Job) -> None:
+        self.jobs.append(job)
+        self.set()
+
+
+def test_a_waiter_is_handed_the_job_by_the_commit_that_ends_it(
+    coordinator: Coordinator,
+) -> None:
+    # Given a job claimed by a worker, one waiter that takes jobs and one plain event
+    session = coordinator.register("w1", "host", 1, 1, ["default"])
+    [job] = coordinator.submit([JobSpec(argv=("true",))])
+    _, [claim], _ = coordinator.exchange("w1", session, [], [job.id])
+    taker, event = Taking(), threading.Event()
+    coordinator.add_waiter(job.id, taker)
+    coordinator.add_waiter(job.id, event)
+    # When the worker reports its success
+    done = Result(job.id, claim.attempt, Outcome.SUCCEEDED, 0, started_at=1.0, finished_at=2.0)
+    coordinator.exchange("w1", session, [done], [])
+    # Then the taker holds the job as stored, final, without having read it; the event is set
+    assert [(j.id, j.status) for j in taker.jobs] == [(job.id, JobStatus.SUCCEEDED)]
+    assert taker.jobs[0] == coordinator.get(job.id)
+    assert event.is_set()
+
+
+def test_a_waiter_of_a_job_that_is_not_final_is_only_woken(coordinator: Coordinator) -> None:
+    # Given a waiter of a queued job, woken as when the server stops (every waiter at once)
+    [job] = coordinator.submit([JobSpec(argv=("true",))])
+    taker = Taking()
+    coordinator.add_waiter(job.id, taker)
+    coordinator.wake_waiters()
+    # Then it is woken without a job (its call reads the job as it is)
+    assert (taker.woken, taker.jobs) == (1, [])
+    # And a cancel, which ends the job, hands it over
+    coordinator.cancel(job.id)
+    assert [j.status for j in taker.jobs] == [JobStatus.CANCELLED]

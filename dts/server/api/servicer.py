@@ -169,6 +169,8 @@ class SchedulerServicer:
             final, answer = await run_in(self.pools.client, self._look, job_id)
             if not final:
                 await waker.wait(min(request.timeout, MAX_WAIT))
+                if waker.job is not None:  # handed over by the commit that ended it
+                    return wire.job_to_pb(waker.job)
                 final, answer = await run_in(self.pools.client, self._look, job_id)
         finally:
             self.c.remove_waiter(job_id, waker)
@@ -246,15 +248,21 @@ class SchedulerServicer:
 
 
 class LoopWaker:
-    """A waiter the coordinator wakes from any thread; the call awaits it on the loop."""
+    """A waiter the coordinator wakes from any thread; the call awaits it on the loop. Woken
+    by `take`, it holds the final job, read in the thread of the commit that ended it."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._event = asyncio.Event()
+        self.job: Job | None = None
 
     def set(self) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
             self._loop.call_soon_threadsafe(self._event.set)
+
+    def take(self, job: Job) -> None:
+        self.job = job
+        self.set()
 
     async def wait(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
