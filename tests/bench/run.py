@@ -2,7 +2,8 @@
 
 Every figure is the median of --reps repetitions, and the machine's process-spawn rate is
 measured in the same run so ratios survive a change of machine speed. Results go to
-bench-results/dts.json and a Markdown table on stdout (and bench-results/dts.md).
+bench-results/dts.json and a Markdown table on stdout and in bench-results/dts.md
+(tests/bench/report.py).
 
 The store is SQLite unless a figure says otherwise; the measures that depend on the store
 (throughput at concurrency 2, submit rates, latency, backlog, history reads) are also taken
@@ -19,7 +20,6 @@ import json
 import os
 import platform
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -31,11 +31,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from dts.client import Client
 from dts.domain import JobSpec
 from tests import postgres
+from tests.bench.report import PIPELINE_WINDOW, render
+from tests.bench.stores import Database, describe, write_history
 from tests.bench.storm import storm
 from tests.harness import BIN, RedisProcess, ServerProcess, WorkerProcess, wait_until
 
@@ -110,20 +110,6 @@ SMOKE = Sizes(
     storm_hanging=10,
     storm_calls=20,
 )
-
-
-class Database:
-    """A fresh PostgreSQL database for one measurement's server; stop() drops it."""
-
-    def __init__(self, admin_url: str) -> None:
-        self.admin_url = admin_url
-        self.url = postgres.create_database(admin_url)
-        self._dropped = False
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if not self._dropped:
-            self._dropped = True
-            postgres.drop_database(self.admin_url, self.url)
 
 
 class Bench:
@@ -305,17 +291,7 @@ class Bench:
         try:
             c.submit([JobSpec(argv=("true",))])  # creates the schema
             s.stop()
-            now = time.time()
-            if self.store == "postgres":
-                _pg_history(str(s.db), rows, now)
-            else:
-                con = sqlite3.connect(s.db)
-                con.executemany(
-                    f"INSERT INTO jobs ({HISTORY_COLUMNS}) VALUES ({history_row('?')})",
-                    ((now, now, now) for _ in range(rows)),
-                )
-                con.commit()
-                con.close()
+            write_history(self.store, s.db, rows, time.time())
             s.start()
             ids = [rows // 2 + k for k in range(200)]
             status = _timed(lambda: [c.get(i) for i in ids]) / len(ids)
@@ -328,38 +304,6 @@ class Bench:
             }
         finally:
             self.down(procs, c)
-
-
-# A succeeded job's row as the server leaves it (history_reads writes `rows` of them), with the
-# store's placeholder for its created_at, started_at and finished_at.
-HISTORY_COLUMNS = (
-    "name, queue, priority, argv, shell, env, cwd, timeout, max_retries, backoff, delay, status,"
-    " attempts, created_at, started_at, finished_at, exit_code, worker"
-)
-
-
-def history_row(param: str) -> str:
-    return (
-        "'', 'default', 0, '[\"true\"]', 0, '[]', '', 0, 0, 1, 0, 'succeeded', 1,"
-        f" {param}, {param}, {param}, 0, 'w'"
-    )
-
-
-def _pg_history(url: str, rows: int, now: float) -> None:
-    """`rows` succeeded jobs into the PostgreSQL jobs table in one statement, their ids from
-    its sequence as the server's would be; then VACUUM ANALYZE, which autovacuum would have
-    done to a table grown by a million rows (the planner then knows its size)."""
-    with psycopg.connect(url, autocommit=True) as con:
-        con.execute(
-            f"INSERT INTO jobs ({HISTORY_COLUMNS}) SELECT {history_row('%s')}"
-            " FROM generate_series(1, %s)",
-            (now, now, now, rows),
-        )
-        con.execute("VACUUM ANALYZE jobs")
-
-
-PIPELINE_WINDOW = 64  # single submits a client keeps on their way at once
-SINGLES = f"single submits, one client: each waited for / {PIPELINE_WINDOW} on their way"
 
 
 def _pipelined(c: Client, n: int, window: int) -> float:
@@ -488,7 +432,7 @@ def measure_postgres(
     history reads; each the median of `reps` runs, history reads once as SQLite's."""
     assert pg.postgres is not None
     z = pg.sizes
-    p: dict[str, Any] = {"server": _describe(pg.postgres)}
+    p: dict[str, Any] = {"server": describe(pg.postgres)}
     p["throughput_c2"] = statistics.median(q for _, q in pairs)
     p["spawn_fraction_c2"] = p["throughput_c2"] / r["spawn_limit_per_s"]
     p["throughput_ratio"] = statistics.median(q / sq for sq, q in pairs)  # of SQLite's
@@ -522,17 +466,6 @@ def _postgres_server(stack: contextlib.ExitStack) -> str | None:
         return None
 
 
-def _describe(admin_url: str) -> dict[str, str]:
-    """What the PostgreSQL figures were measured on: version, address, durability settings."""
-    info = psycopg.conninfo.conninfo_to_dict(admin_url)
-    with psycopg.connect(admin_url) as con:
-        settings = {
-            name: str(row[0]) if (row := con.execute(f"SHOW {name}").fetchone()) else "?"
-            for name in ("server_version", "fsync", "synchronous_commit")
-        }
-    return {"address": f"{info.get('host', '')}:{info.get('port', 5432)}", **settings}
-
-
 def _progress() -> Callable[[str, Any], None]:
     start = time.monotonic()
 
@@ -540,102 +473,6 @@ def _progress() -> Callable[[str, Any], None]:
         print(f"[{time.monotonic() - start:6.1f}s] {name}: {value}", file=sys.stderr, flush=True)
 
     return step
-
-
-def render(r: dict[str, Any]) -> str:
-    """The Markdown table; with a "postgres" section, a PostgreSQL column beside the result
-    (the SQLite store's, for the measures that depend on the store), "—" where it has none."""
-    lat, sub, mem, hist = r["latency"], r["submit"], r["memory"], r["history"]
-    pg = r.get("postgres")
-    rows = [
-        ("spawn limit (subprocess.run true, 2 threads)", f"{r['spawn_limit_per_s']:,.0f} /s"),
-        (
-            "throughput, 1 worker, concurrency 2",
-            f"{r['throughput_c2']:,.0f} jobs/s ({r['spawn_fraction_c2']:.0%} of spawn limit)",
-        ),
-        ("throughput, 1 worker, concurrency 4", f"{r['throughput_c4']:,.0f} jobs/s"),
-        (
-            "throughput, 1 / 2 / 4 workers (c2)",
-            " / ".join(f"{v:,.0f}" for v in r["workers"].values()),
-        ),
-        ("throughput with 0 / 10% / 100% backlog queued", _backlog_cell(r["backlog"])),
-        ("submit: batch call / --from-file", _submit_cell(sub)),
-        (SINGLES, _singles_cell(sub)),
-        ("latency submit→start p50 / p99", _latency_cell(lat, "start")),
-        ("latency submit→finished p50 / p99", _latency_cell(lat, "finish")),
-        ("status / list / list --queue with history", _history_cell(hist)),
-        (
-            f"RSS server idle / load / {r.get('queued', 100_000):,} queued",
-            f"{mem['server_idle_mb']:.0f} / "
-            f"{mem['server_load_mb']:.0f} / {mem['server_queued_mb']:.0f} MB",
-        ),
-        ("RSS worker idle / load", f"{mem['worker_idle_mb']:.0f} / {mem['worker_load_mb']:.0f} MB"),
-        ("SQLite bytes per job", f"{mem['sqlite_bytes_per_job']:,.0f}"),
-        _storm_row(r["storm"], "idle", "ping / status / heartbeat p50 / p99, idle"),
-        _storm_row(
-            r["storm"],
-            "storm",
-            f"ping / status / heartbeat p50 / p99, {r['storm']['waiters']:,} waiting and "
-            f"{r['storm']['hanging']:,} hanging calls",
-        ),
-    ]
-    head = f"dts benchmark, {r['date']}, {r['machine']}; medians of {r['reps']}, N={r['n']}\n\n"
-    if pg is None:
-        return (
-            head
-            + "| measure | result |\n|---|---|\n"
-            + "".join(f"| {a} | {b} |\n" for a, b in rows)
-        )
-    srv = pg["server"]
-    head += (
-        f"result: the SQLite store (synchronous=full) where the store matters; PostgreSQL: "
-        f"PostgreSQL {srv['server_version']} on {srv['address']} (fsync {srv['fsync']}, "
-        f"synchronous_commit {srv['synchronous_commit']}), a fresh database per measurement\n\n"
-    )
-    beside = {  # the PostgreSQL cell of each measure that has one
-        "throughput, 1 worker, concurrency 2": f"{pg['throughput_c2']:,.0f} jobs/s "
-        f"({pg['spawn_fraction_c2']:.0%} of spawn limit, {pg['throughput_ratio']:.0%} of SQLite's)",
-        "throughput with 0 / 10% / 100% backlog queued": _backlog_cell(pg["backlog"]),
-        "submit: batch call / --from-file": _submit_cell(pg["submit"]),
-        SINGLES: _singles_cell(pg["submit"]),
-        "latency submit→start p50 / p99": _latency_cell(pg["latency"], "start"),
-        "latency submit→finished p50 / p99": _latency_cell(pg["latency"], "finish"),
-        "status / list / list --queue with history": _history_cell(pg["history"]),
-    }
-    assert set(beside) <= {a for a, _ in rows}, set(beside) - {a for a, _ in rows}
-    return (
-        head
-        + "| measure | result | PostgreSQL |\n|---|---|---|\n"
-        + "".join(f"| {a} | {b} | {beside.get(a, '—')} |\n" for a, b in rows)
-    )
-
-
-def _backlog_cell(backlog: dict[str, float]) -> str:
-    return (
-        " / ".join(f"{v:,.0f}" for v in backlog.values()) + f" (backlog {max(map(int, backlog)):,})"
-    )
-
-
-def _submit_cell(sub: dict[str, float]) -> str:
-    return f"{sub['batch_per_s']:,.0f} / {sub['from_file_per_s']:,.0f} per s"
-
-
-def _singles_cell(sub: dict[str, float]) -> str:
-    return f"{sub['single_per_s']:,.0f} / {sub.get('pipelined_per_s', 0):,.0f} per s"
-
-
-def _latency_cell(lat: dict[str, float], to: str) -> str:
-    return f"{lat[f'{to}_p50_ms']:.1f} / {lat[f'{to}_p99_ms']:.1f} ms"
-
-
-def _history_cell(hist: dict[str, float]) -> str:
-    return f"{hist['status_ms']:.1f} / {hist['list_ms']:.1f} / {hist['list_queue_ms']:.1f} ms"
-
-
-def _storm_row(st: dict[str, float], when: str, label: str) -> tuple[str, str]:
-    calls = ("ping", "status", "heartbeat")
-    cells = [f"{st[f'{when} {c} p50 ms']:.1f} / {st[f'{when} {c} p99 ms']:.1f}" for c in calls]
-    return label, " · ".join(cells) + " ms"
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import pytest
 
 from tests.bench import run as bench
-from tests.bench.run import render
+from tests.bench.report import render
 from tests.harness import clean_env
 
 pytestmark = pytest.mark.single_store  # names its store itself: runs once
