@@ -6,11 +6,13 @@ from typing import Any
 
 PIPELINE_WINDOW = 64  # single submits a client keeps on their way at once (run.py's pipelined)
 SINGLES = f"single submits, one client: each waited for / {PIPELINE_WINDOW} on their way"
+CPU = "CPU per job: server / worker / job processes / redis (1 worker, c2)"
 
 
 def render(r: dict[str, Any]) -> str:
     """The Markdown table; with a "postgres" section, a PostgreSQL column beside the result
-    (the SQLite store's, for the measures that depend on the store), "—" where it has none."""
+    (the SQLite store's, for the measures that depend on the store), "—" where it has none.
+    A report from before a measure existed shows "—" for it."""
     rows = _rows(r)
     head = f"dts benchmark, {r['date']}, {r['machine']}; medians of {r['reps']}, N={r['n']}\n\n"
     pg = r.get("postgres")
@@ -29,6 +31,7 @@ def render(r: dict[str, Any]) -> str:
     beside = {  # the PostgreSQL cell of each measure that has one
         "throughput, 1 worker, concurrency 2": f"{pg['throughput_c2']:,.0f} jobs/s "
         f"({pg['spawn_fraction_c2']:.0%} of spawn limit, {pg['throughput_ratio']:.0%} of SQLite's)",
+        CPU: _cpu_cell(pg.get("cpu_us_per_job")),
         "throughput with 0 / 10% / 100% backlog queued": _backlog_cell(pg["backlog"]),
         "submit: batch call / --from-file": _submit_cell(pg["submit"]),
         SINGLES: _singles_cell(pg["submit"]),
@@ -53,6 +56,7 @@ def _rows(r: dict[str, Any]) -> list[tuple[str, str]]:
             "throughput, 1 worker, concurrency 2",
             f"{r['throughput_c2']:,.0f} jobs/s ({r['spawn_fraction_c2']:.0%} of spawn limit)",
         ),
+        (CPU, _cpu_cell(r.get("cpu_us_per_job"))),
         ("throughput, 1 worker, concurrency 4", f"{r['throughput_c4']:,.0f} jobs/s"),
         (
             "throughput, 1 / 2 / 4 workers (c2)",
@@ -79,6 +83,12 @@ def _rows(r: dict[str, Any]) -> list[tuple[str, str]]:
             f"{r['storm']['hanging']:,} hanging calls",
         ),
     ]
+
+
+def _cpu_cell(cpu: dict[str, float] | None) -> str:
+    if cpu is None:
+        return "—"
+    return " / ".join(f"{cpu[k]:,.0f}" for k in ("server", "worker", "jobs", "redis")) + " µs"
 
 
 def _backlog_cell(backlog: dict[str, float]) -> str:

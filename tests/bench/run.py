@@ -34,6 +34,7 @@ from typing import Any
 from dts.client import Client
 from dts.domain import JobSpec
 from tests import postgres
+from tests.bench.cpu import CpuMeter
 from tests.bench.report import PIPELINE_WINDOW, render
 from tests.bench.stores import Database, describe, write_history
 from tests.bench.storm import storm
@@ -176,12 +177,28 @@ class Bench:
         for p in reversed(procs):
             p.stop(timeout=30) if not isinstance(p, RedisProcess) else p.kill()
 
-    def throughput(self, n: int, workers: int = 1, concurrency: int = 2, backlog: int = 0) -> float:
-        procs, c, _ = self.cluster(workers, concurrency)
+    def throughput(
+        self,
+        n: int,
+        workers: int = 1,
+        concurrency: int = 2,
+        backlog: int = 0,
+        cpu: dict[str, float] | None = None,
+    ) -> float:
+        """Jobs/s of n `true` jobs (first start to last end, from the history). With `cpu` (one
+        worker only), that dict gets the CPU per job, in microseconds, of the server, the
+        worker, its job processes ("jobs") and redis-server, from submit to all finished (the
+        server's includes answering the polls for the end, a few calls each 0.2 s; with
+        PostgreSQL, the database's own processes are not counted)."""
+        procs, c, s = self.cluster(workers, concurrency)
         try:
             if backlog:
                 for i in range(0, backlog, 20_000):
                     c.submit([JobSpec(argv=("true",), queue="backlog")] * min(20_000, backlog - i))
+            meter = _meter(procs, s) if cpu is not None else None
+            if meter is not None:
+                assert workers == 1, "CPU per job is of one worker's"
+                meter.start()
             jobs = c.submit([JobSpec(argv=("true",))] * n)
             last = jobs[-1].id
             wait_until(
@@ -192,12 +209,19 @@ class Bench:
                 600,
                 0.2,
             )
+            if meter is not None and cpu is not None:
+                cpu.update(meter.stop(n, children_of="worker", children="jobs"))
             done = c.list_jobs(limit=n, queue="default")
             first = min(j.started_at or 0 for j in done)
             end = max(j.finished_at or 0 for j in done)
             return n / (end - first)
         finally:
             self.down(procs, c)
+
+    def throughput_cpu(self, n: int) -> tuple[float, dict[str, float]]:
+        """throughput(n) at 1 worker, concurrency 2, and the CPU per job of that run."""
+        cpu: dict[str, float] = {}
+        return self.throughput(n, 1, 2, cpu=cpu), cpu
 
     def submit_rates(self, n: int) -> dict[str, float]:
         procs, c, s = self.cluster(0, 1)
@@ -321,6 +345,13 @@ def _pipelined(c: Client, n: int, window: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def _meter(procs: list[Any], s: ServerProcess) -> CpuMeter:
+    """A CpuMeter of the cluster's server, (first) worker and redis-server."""
+    worker = next(p for p in procs if isinstance(p, WorkerProcess))
+    redis = next(p for p in procs if isinstance(p, RedisProcess))
+    return CpuMeter({"server": s.pid, "worker": worker.pid, "redis": redis.pid})
+
+
 def _count(c: Client, status: str, queue: str) -> int:
     return sum(s.count for s in c.stats() if s.status.value == status and s.queue == queue)
 
@@ -334,8 +365,13 @@ def _timed(fn: Callable[[], object]) -> float:
 def median_of(reps: int, fn: Callable[[], Any]) -> Any:
     results = [fn() for _ in range(reps)]
     if isinstance(results[0], dict):
-        return {k: statistics.median(r[k] for r in results) for k in results[0]}
+        return medians(results)
     return statistics.median(results)
+
+
+def medians(results: list[dict[str, float]]) -> dict[str, float]:
+    """The median of each key over results (of one shape)."""
+    return {k: statistics.median(r[k] for r in results) for k in results[0]}
 
 
 def main() -> int:
@@ -383,15 +419,7 @@ def measure(b: Bench) -> dict[str, Any]:
     r["spawn_limit_per_s"] = median_of(z.reps, lambda: spawn_limit(z.spawns))
     step("spawn limit", r["spawn_limit_per_s"])
     pg = b.on("postgres") if b.postgres else None
-    pairs: list[tuple[float, float]] = []  # throughput c2: (SQLite, PostgreSQL) in turn
-    if pg is None:
-        r["throughput_c2"] = median_of(z.reps, lambda: b.throughput(z.n, 1, 2))
-        step("throughput c2", r["throughput_c2"])
-    else:  # the two stores take turns, so that their ratio is of runs minutes apart at most
-        pairs = [(b.throughput(z.n, 1, 2), pg.throughput(z.n, 1, 2)) for _ in range(z.reps)]
-        r["throughput_c2"] = statistics.median(sqlite for sqlite, _ in pairs)
-        step("throughput c2", r["throughput_c2"])
-        step("throughput c2, PostgreSQL", statistics.median(p for _, p in pairs))
+    pairs, pg_cpu = measure_c2(b, pg, r, z.reps, step)
     r["throughput_c4"] = median_of(z.reps, lambda: b.throughput(z.n, 1, 4))
     step("throughput c4", r["throughput_c4"])
     r["spawn_fraction_c2"] = r["throughput_c2"] / r["spawn_limit_per_s"]
@@ -417,22 +445,44 @@ def measure(b: Bench) -> dict[str, Any]:
     )
     step("storm", r["storm"])
     if pg is not None:
-        r["postgres"] = measure_postgres(pg, r, pairs, step)
+        r["postgres"] = measure_postgres(pg, r, pairs, pg_cpu, step)
     return r
+
+
+def measure_c2(
+    b: Bench, pg: Bench | None, r: dict[str, Any], reps: int, step: Callable[[str, Any], None]
+) -> tuple[list[tuple[float, float]], dict[str, float]]:
+    """Throughput and CPU per job at 1 worker, concurrency 2, SQLite's into r. With
+    PostgreSQL, the two stores take turns, so that their ratio is of runs minutes apart at
+    most: returned are the (SQLite, PostgreSQL) throughput pairs and PostgreSQL's CPU."""
+    runs = [(b.throughput_cpu(b.sizes.n), pg.throughput_cpu(b.sizes.n) if pg else None)
+            for _ in range(reps)]  # fmt: skip
+    r["throughput_c2"] = statistics.median(sq[0] for sq, _ in runs)
+    r["cpu_us_per_job"] = medians([sq[1] for sq, _ in runs])
+    step("throughput c2", r["throughput_c2"])
+    step("CPU per job, us", r["cpu_us_per_job"])
+    if pg is None:
+        return [], {}
+    cpu = medians([q[1] for _, q in runs if q])
+    step("throughput c2, PostgreSQL", statistics.median(q[0] for _, q in runs if q))
+    step("CPU per job, us, PostgreSQL", cpu)
+    return [(sq[0], q[0]) for sq, q in runs if q], cpu
 
 
 def measure_postgres(
     pg: Bench,
     r: dict[str, Any],
     pairs: list[tuple[float, float]],
+    cpu: dict[str, float],
     step: Callable[[str, Any], None],
 ) -> dict[str, Any]:
     """The store-bound figures with the PostgreSQL store: throughput at concurrency 2 (from
-    `pairs`, runs of SQLite and PostgreSQL taken in turn), submit rates, latency, backlog and
-    history reads; each the median of `reps` runs, history reads once as SQLite's."""
+    `pairs`, runs of SQLite and PostgreSQL taken in turn, and its CPU per job), submit
+    rates, latency, backlog and history reads; each the median of `reps` runs, history reads
+    once as SQLite's."""
     assert pg.postgres is not None
     z = pg.sizes
-    p: dict[str, Any] = {"server": describe(pg.postgres)}
+    p: dict[str, Any] = {"server": describe(pg.postgres), "cpu_us_per_job": cpu}
     p["throughput_c2"] = statistics.median(q for _, q in pairs)
     p["spawn_fraction_c2"] = p["throughput_c2"] / r["spawn_limit_per_s"]
     p["throughput_ratio"] = statistics.median(q / sq for sq, q in pairs)  # of SQLite's

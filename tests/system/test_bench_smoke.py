@@ -30,10 +30,11 @@ REPO = Path(__file__).resolve().parents[2]
 # the --smoke sizes, stated here: the report must say it ran them
 N, QUEUED = 50, 200
 WAITERS, HANGING = 50, 10
-ROWS = 15  # measures in the Markdown table
+ROWS = 16  # measures in the Markdown table
 # those with a PostgreSQL figure beside SQLite's, by how they begin
 PG_MEASURES = (
     "throughput, 1 worker, concurrency 2",
+    "CPU per job: server / worker / job processes / redis",
     "throughput with 0 / 10% / 100% backlog",
     "submit: batch call / --from-file",
     "single submits, one client",
@@ -65,6 +66,15 @@ def check_latency(lat: dict[str, float]) -> None:
     assert lat["finish_p50_ms"] <= lat["finish_p99_ms"], lat
 
 
+def check_cpu(cpu: dict[str, float]) -> None:
+    """Microseconds of CPU per job (/proc ticks of 10 ms over N=50 jobs: 0 or 200 us and up
+    for a process that did little; the job processes, one spawn of `true` each, cannot be 0)."""
+    assert set(cpu) == {"server", "worker", "jobs", "redis"}, cpu
+    for name, us in cpu.items():
+        assert isinstance(us, float) and 0 <= us < 1e6, (name, us)
+    assert cpu["jobs"] > 0 and cpu["worker"] + cpu["server"] > 0, cpu
+
+
 def check_history(hist: dict[str, float]) -> None:
     assert set(hist) == {"status_ms", "list_ms", "list_queue_ms"}
     for name, ms in hist.items():
@@ -88,8 +98,8 @@ def test_make_bench_entry_point_reports_every_figure_sanely(tmp_path: Path) -> N
         assert "no PostgreSQL" in r.stderr, r.stderr[-3000:]
     assert set(report) == {
         "date", "machine", "n", "reps", "queued", "spawn_limit_per_s", "throughput_c2",
-        "throughput_c4", "spawn_fraction_c2", "submit", "latency", "workers", "backlog",
-        "history", "memory", "storm", *(["postgres"] if with_pg else []),
+        "throughput_c4", "spawn_fraction_c2", "cpu_us_per_job", "submit", "latency",
+        "workers", "backlog", "history", "memory", "storm", *(["postgres"] if with_pg else []),
     }  # fmt: skip
     assert (report["n"], report["reps"], report["queued"]) == (N, 1, QUEUED)
     assert report["date"] and "CPUs" in report["machine"]
@@ -110,6 +120,7 @@ def test_make_bench_entry_point_reports_every_figure_sanely(tmp_path: Path) -> N
     assert report["spawn_fraction_c2"] == pytest.approx(report["throughput_c2"] / spawn)
     assert within(report["spawn_fraction_c2"], 0, 1), report["spawn_fraction_c2"]
 
+    check_cpu(report["cpu_us_per_job"])
     check_submit(report["submit"])
     check_latency(report["latency"])
     check_history(report["history"])
@@ -180,8 +191,8 @@ def check_postgres(pg: dict[str, Any], report: dict[str, Any]) -> None:
     """The PostgreSQL store's figures: the same measures, as sane as SQLite's, and what they
     were measured on."""
     assert set(pg) == {
-        "server", "throughput_c2", "spawn_fraction_c2", "throughput_ratio", "submit", "latency",
-        "backlog", "history",
+        "server", "throughput_c2", "spawn_fraction_c2", "throughput_ratio", "cpu_us_per_job",
+        "submit", "latency", "backlog", "history",
     }  # fmt: skip
     assert set(pg["server"]) == {"address", "server_version", "fsync", "synchronous_commit"}
     assert all(pg["server"].values()), pg["server"]
@@ -195,6 +206,7 @@ def check_postgres(pg: dict[str, Any], report: dict[str, Any]) -> None:
     # one pair of runs (reps 1): the ratio is of the two figures reported
     assert pg["throughput_ratio"] == pytest.approx(pg["throughput_c2"] / report["throughput_c2"])
     assert within(pg["throughput_ratio"], 0.01, 100), pg["throughput_ratio"]
+    check_cpu(pg["cpu_us_per_job"])
     check_submit(pg["submit"])
     check_latency(pg["latency"])
     check_history(pg["history"])
