@@ -7,6 +7,7 @@ from typing import Any
 PIPELINE_WINDOW = 64  # single submits a client keeps on their way at once (run.py's pipelined)
 SINGLES = f"single submits, one client: each waited for / {PIPELINE_WINDOW} on their way"
 CPU = "CPU per job: server / worker / job processes / redis (1 worker, c2)"
+ENDED = "latency submit→job ended (finished_at, at the server) p50 / p99"
 
 
 def render(r: dict[str, Any]) -> str:
@@ -36,6 +37,7 @@ def render(r: dict[str, Any]) -> str:
         "submit: batch call / --from-file": _submit_cell(pg["submit"]),
         SINGLES: _singles_cell(pg["submit"]),
         "latency submit→start p50 / p99": _latency_cell(pg["latency"], "start"),
+        ENDED: _latency_cell(pg["latency"], "ended"),
         "latency submit→finished p50 / p99": _latency_cell(pg["latency"], "finish"),
         "status / list / list --queue with history": _history_cell(pg["history"]),
     }
@@ -66,6 +68,7 @@ def _rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("submit: batch call / --from-file", _submit_cell(sub)),
         (SINGLES, _singles_cell(sub)),
         ("latency submit→start p50 / p99", _latency_cell(lat, "start")),
+        (ENDED, _latency_cell(lat, "ended")),
         ("latency submit→finished p50 / p99", _latency_cell(lat, "finish")),
         ("status / list / list --queue with history", _history_cell(hist)),
         (
@@ -106,6 +109,8 @@ def _singles_cell(sub: dict[str, float]) -> str:
 
 
 def _latency_cell(lat: dict[str, float], to: str) -> str:
+    if f"{to}_p50_ms" not in lat:
+        return "—"
     return f"{lat[f'{to}_p50_ms']:.1f} / {lat[f'{to}_p99_ms']:.1f} ms"
 
 

@@ -2,8 +2,9 @@
 
 Every figure is the median of --reps repetitions, and the machine's process-spawn rate is
 measured in the same run so ratios survive a change of machine speed. Results go to
-bench-results/dts.json and a Markdown table on stdout and in bench-results/dts.md
-(tests/bench/report.py).
+bench-results/dts.json, a Markdown table on stdout and in bench-results/dts.md
+(tests/bench/report.py), and the latency distribution in bench-results/latency.svg
+(tests/bench/plot.py).
 
 The store is SQLite unless a figure says otherwise; the measures that depend on the store
 (throughput at concurrency 2, submit rates, latency, backlog, history reads) are also taken
@@ -35,6 +36,7 @@ from dts.client import Client
 from dts.domain import JobSpec
 from tests import postgres
 from tests.bench.cpu import CpuMeter
+from tests.bench.plot import latency_svg
 from tests.bench.report import PIPELINE_WINDOW, render
 from tests.bench.stores import Database, describe, write_history
 from tests.bench.storm import storm
@@ -264,24 +266,27 @@ class Bench:
             self.down(procs, c)
 
     def latency(self, n: int) -> dict[str, float]:
+        return self.latency_run(n)[0]
+
+    def latency_run(self, n: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """p50 and p99 of n jobs' latency, one at a time, and the samples (ms): submit ->
+        started_at ("start"), submit -> finished_at ("ended": the job's end as the server
+        recorded it, on the worker's report), submit -> Client.wait returned ("finish")."""
         procs, c, _ = self.cluster(1, 2)
         try:
             for _ in range(self.sizes.latency_warmup):  # not counted: first calls, first spawns
                 c.wait(c.submit_one(JobSpec(argv=("true",))).id, 30)
-            to_start, to_end = [], []
+            samples: dict[str, list[float]] = {"start": [], "ended": [], "finish": []}
             for _ in range(n):
                 t0 = time.time()
                 job = c.submit_one(JobSpec(argv=("true",)))
                 done = c.wait(job.id, 30)
                 t1 = time.time()
-                to_start.append(((done.started_at or t0) - job.created_at) * 1000)
-                to_end.append((t1 - t0) * 1000)
-            return {
-                "start_p50_ms": pct(to_start, 50),
-                "start_p99_ms": pct(to_start, 99),
-                "finish_p50_ms": pct(to_end, 50),
-                "finish_p99_ms": pct(to_end, 99),
-            }
+                samples["start"].append(((done.started_at or t0) - job.created_at) * 1000)
+                samples["ended"].append(((done.finished_at or t1) - t0) * 1000)
+                samples["finish"].append((t1 - t0) * 1000)
+            figures = {f"{k}_p{p}_ms": pct(v, p) for k, v in samples.items() for p in (50, 99)}
+            return figures, {k: [round(x, 2) for x in v] for k, v in samples.items()}
         finally:
             self.down(procs, c)
 
@@ -400,6 +405,7 @@ def main() -> int:
     (out / "dts.json").write_text(json.dumps(r, indent=2) + "\n")
     table = render(r)
     (out / "dts.md").write_text(table)
+    (out / "latency.svg").write_text(latency_svg(r))
     print(table)
     return 0
 
@@ -425,7 +431,7 @@ def measure(b: Bench) -> dict[str, Any]:
     r["spawn_fraction_c2"] = r["throughput_c2"] / r["spawn_limit_per_s"]
     r["submit"] = median_of(z.reps, lambda: b.submit_rates(max(z.n, z.submits)))
     step("submit", r["submit"])
-    r["latency"] = median_of(z.reps, lambda: b.latency(z.latency_jobs))
+    r["latency"], r["latency_samples"] = latency_of(b, z.reps)
     step("latency", r["latency"])
     r["workers"] = {
         str(k): median_of(z.reps, lambda k=k: b.throughput(z.n, k, 2)) for k in (1, 2, 4)
@@ -469,6 +475,14 @@ def measure_c2(
     return [(sq[0], q[0]) for sq, q in runs if q], cpu
 
 
+def latency_of(b: Bench, reps: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Each latency figure the median of `reps` runs, and the samples of one real run: the
+    one whose submit->finished p50 is the median (of an even count, the lower middle one)."""
+    runs = [b.latency_run(b.sizes.latency_jobs) for _ in range(reps)]
+    middle = sorted(runs, key=lambda run: run[0]["finish_p50_ms"])[(len(runs) - 1) // 2]
+    return medians([figures for figures, _ in runs]), middle[1]
+
+
 def measure_postgres(
     pg: Bench,
     r: dict[str, Any],
@@ -488,7 +502,7 @@ def measure_postgres(
     p["throughput_ratio"] = statistics.median(q / sq for sq, q in pairs)  # of SQLite's
     p["submit"] = median_of(z.reps, lambda: pg.submit_rates(max(z.n, z.submits)))
     step("submit, PostgreSQL", p["submit"])
-    p["latency"] = median_of(z.reps, lambda: pg.latency(z.latency_jobs))
+    p["latency"], p["latency_samples"] = latency_of(pg, z.reps)
     step("latency, PostgreSQL", p["latency"])
     p["backlog"] = {
         str(k): median_of(z.reps, lambda k=k: pg.throughput(z.n, 1, 2, k))
