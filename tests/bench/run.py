@@ -2,7 +2,9 @@
 
 Every figure is the median of --reps repetitions, and the machine's process-spawn rate is
 measured in the same run so ratios survive a change of machine speed. Results go to
-bench-results/dts.json and a Markdown table on stdout (and bench-results/dts.md).
+bench-results/dts.json, a Markdown table on stdout and in bench-results/dts.md
+(tests/bench/report.py), and the latency distribution in bench-results/latency.svg
+(tests/bench/plot.py).
 
 The store is SQLite unless a figure says otherwise; the measures that depend on the store
 (throughput at concurrency 2, submit rates, latency, backlog, history reads) are also taken
@@ -19,7 +21,6 @@ import json
 import os
 import platform
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -31,11 +32,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from dts.client import Client
 from dts.domain import JobSpec
 from tests import postgres
+from tests.bench.cpu import CpuMeter
+from tests.bench.plot import latency_svg
+from tests.bench.report import PIPELINE_WINDOW, render
+from tests.bench.stores import Database, describe, write_history
 from tests.bench.storm import storm
 from tests.harness import BIN, RedisProcess, ServerProcess, WorkerProcess, wait_until
 
@@ -112,20 +115,6 @@ SMOKE = Sizes(
 )
 
 
-class Database:
-    """A fresh PostgreSQL database for one measurement's server; stop() drops it."""
-
-    def __init__(self, admin_url: str) -> None:
-        self.admin_url = admin_url
-        self.url = postgres.create_database(admin_url)
-        self._dropped = False
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if not self._dropped:
-            self._dropped = True
-            postgres.drop_database(self.admin_url, self.url)
-
-
 class Bench:
     """One redis-server and dts-server per measurement, torn down afterwards. The server's
     store is SQLite, or with store="postgres" a fresh database on the PostgreSQL server of
@@ -190,12 +179,28 @@ class Bench:
         for p in reversed(procs):
             p.stop(timeout=30) if not isinstance(p, RedisProcess) else p.kill()
 
-    def throughput(self, n: int, workers: int = 1, concurrency: int = 2, backlog: int = 0) -> float:
-        procs, c, _ = self.cluster(workers, concurrency)
+    def throughput(
+        self,
+        n: int,
+        workers: int = 1,
+        concurrency: int = 2,
+        backlog: int = 0,
+        cpu: dict[str, float] | None = None,
+    ) -> float:
+        """Jobs/s of n `true` jobs (first start to last end, from the history). With `cpu` (one
+        worker only), that dict gets the CPU per job, in microseconds, of the server, the
+        worker, its job processes ("jobs") and redis-server, from submit to all finished (the
+        server's includes answering the polls for the end, a few calls each 0.2 s; with
+        PostgreSQL, the database's own processes are not counted)."""
+        procs, c, s = self.cluster(workers, concurrency)
         try:
             if backlog:
                 for i in range(0, backlog, 20_000):
                     c.submit([JobSpec(argv=("true",), queue="backlog")] * min(20_000, backlog - i))
+            meter = _meter(procs, s) if cpu is not None else None
+            if meter is not None:
+                assert workers == 1, "CPU per job is of one worker's"
+                meter.start()
             jobs = c.submit([JobSpec(argv=("true",))] * n)
             last = jobs[-1].id
             wait_until(
@@ -206,12 +211,19 @@ class Bench:
                 600,
                 0.2,
             )
+            if meter is not None and cpu is not None:
+                cpu.update(meter.stop(n, children_of="worker", children="jobs"))
             done = c.list_jobs(limit=n, queue="default")
             first = min(j.started_at or 0 for j in done)
             end = max(j.finished_at or 0 for j in done)
             return n / (end - first)
         finally:
             self.down(procs, c)
+
+    def throughput_cpu(self, n: int) -> tuple[float, dict[str, float]]:
+        """throughput(n) at 1 worker, concurrency 2, and the CPU per job of that run."""
+        cpu: dict[str, float] = {}
+        return self.throughput(n, 1, 2, cpu=cpu), cpu
 
     def submit_rates(self, n: int) -> dict[str, float]:
         procs, c, s = self.cluster(0, 1)
@@ -254,24 +266,27 @@ class Bench:
             self.down(procs, c)
 
     def latency(self, n: int) -> dict[str, float]:
+        return self.latency_run(n)[0]
+
+    def latency_run(self, n: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """p50 and p99 of n jobs' latency, one at a time, and the samples (ms): submit ->
+        started_at ("start"), submit -> finished_at ("ended": the job's end as the server
+        recorded it, on the worker's report), submit -> Client.wait returned ("finish")."""
         procs, c, _ = self.cluster(1, 2)
         try:
             for _ in range(self.sizes.latency_warmup):  # not counted: first calls, first spawns
                 c.wait(c.submit_one(JobSpec(argv=("true",))).id, 30)
-            to_start, to_end = [], []
+            samples: dict[str, list[float]] = {"start": [], "ended": [], "finish": []}
             for _ in range(n):
                 t0 = time.time()
                 job = c.submit_one(JobSpec(argv=("true",)))
                 done = c.wait(job.id, 30)
                 t1 = time.time()
-                to_start.append(((done.started_at or t0) - job.created_at) * 1000)
-                to_end.append((t1 - t0) * 1000)
-            return {
-                "start_p50_ms": pct(to_start, 50),
-                "start_p99_ms": pct(to_start, 99),
-                "finish_p50_ms": pct(to_end, 50),
-                "finish_p99_ms": pct(to_end, 99),
-            }
+                samples["start"].append(((done.started_at or t0) - job.created_at) * 1000)
+                samples["ended"].append(((done.finished_at or t1) - t0) * 1000)
+                samples["finish"].append((t1 - t0) * 1000)
+            figures = {f"{k}_p{p}_ms": pct(v, p) for k, v in samples.items() for p in (50, 99)}
+            return figures, {k: [round(x, 2) for x in v] for k, v in samples.items()}
         finally:
             self.down(procs, c)
 
@@ -305,17 +320,7 @@ class Bench:
         try:
             c.submit([JobSpec(argv=("true",))])  # creates the schema
             s.stop()
-            now = time.time()
-            if self.store == "postgres":
-                _pg_history(str(s.db), rows, now)
-            else:
-                con = sqlite3.connect(s.db)
-                con.executemany(
-                    f"INSERT INTO jobs ({HISTORY_COLUMNS}) VALUES ({history_row('?')})",
-                    ((now, now, now) for _ in range(rows)),
-                )
-                con.commit()
-                con.close()
+            write_history(self.store, s.db, rows, time.time())
             s.start()
             ids = [rows // 2 + k for k in range(200)]
             status = _timed(lambda: [c.get(i) for i in ids]) / len(ids)
@@ -328,38 +333,6 @@ class Bench:
             }
         finally:
             self.down(procs, c)
-
-
-# A succeeded job's row as the server leaves it (history_reads writes `rows` of them), with the
-# store's placeholder for its created_at, started_at and finished_at.
-HISTORY_COLUMNS = (
-    "name, queue, priority, argv, shell, env, cwd, timeout, max_retries, backoff, delay, status,"
-    " attempts, created_at, started_at, finished_at, exit_code, worker"
-)
-
-
-def history_row(param: str) -> str:
-    return (
-        "'', 'default', 0, '[\"true\"]', 0, '[]', '', 0, 0, 1, 0, 'succeeded', 1,"
-        f" {param}, {param}, {param}, 0, 'w'"
-    )
-
-
-def _pg_history(url: str, rows: int, now: float) -> None:
-    """`rows` succeeded jobs into the PostgreSQL jobs table in one statement, their ids from
-    its sequence as the server's would be; then VACUUM ANALYZE, which autovacuum would have
-    done to a table grown by a million rows (the planner then knows its size)."""
-    with psycopg.connect(url, autocommit=True) as con:
-        con.execute(
-            f"INSERT INTO jobs ({HISTORY_COLUMNS}) SELECT {history_row('%s')}"
-            " FROM generate_series(1, %s)",
-            (now, now, now, rows),
-        )
-        con.execute("VACUUM ANALYZE jobs")
-
-
-PIPELINE_WINDOW = 64  # single submits a client keeps on their way at once
-SINGLES = f"single submits, one client: each waited for / {PIPELINE_WINDOW} on their way"
 
 
 def _pipelined(c: Client, n: int, window: int) -> float:
@@ -377,6 +350,13 @@ def _pipelined(c: Client, n: int, window: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def _meter(procs: list[Any], s: ServerProcess) -> CpuMeter:
+    """A CpuMeter of the cluster's server, (first) worker and redis-server."""
+    worker = next(p for p in procs if isinstance(p, WorkerProcess))
+    redis = next(p for p in procs if isinstance(p, RedisProcess))
+    return CpuMeter({"server": s.pid, "worker": worker.pid, "redis": redis.pid})
+
+
 def _count(c: Client, status: str, queue: str) -> int:
     return sum(s.count for s in c.stats() if s.status.value == status and s.queue == queue)
 
@@ -390,8 +370,13 @@ def _timed(fn: Callable[[], object]) -> float:
 def median_of(reps: int, fn: Callable[[], Any]) -> Any:
     results = [fn() for _ in range(reps)]
     if isinstance(results[0], dict):
-        return {k: statistics.median(r[k] for r in results) for k in results[0]}
+        return medians(results)
     return statistics.median(results)
+
+
+def medians(results: list[dict[str, float]]) -> dict[str, float]:
+    """The median of each key over results (of one shape)."""
+    return {k: statistics.median(r[k] for r in results) for k in results[0]}
 
 
 def main() -> int:
@@ -420,6 +405,7 @@ def main() -> int:
     (out / "dts.json").write_text(json.dumps(r, indent=2) + "\n")
     table = render(r)
     (out / "dts.md").write_text(table)
+    (out / "latency.svg").write_text(latency_svg(r))
     print(table)
     return 0
 
@@ -439,21 +425,13 @@ def measure(b: Bench) -> dict[str, Any]:
     r["spawn_limit_per_s"] = median_of(z.reps, lambda: spawn_limit(z.spawns))
     step("spawn limit", r["spawn_limit_per_s"])
     pg = b.on("postgres") if b.postgres else None
-    pairs: list[tuple[float, float]] = []  # throughput c2: (SQLite, PostgreSQL) in turn
-    if pg is None:
-        r["throughput_c2"] = median_of(z.reps, lambda: b.throughput(z.n, 1, 2))
-        step("throughput c2", r["throughput_c2"])
-    else:  # the two stores take turns, so that their ratio is of runs minutes apart at most
-        pairs = [(b.throughput(z.n, 1, 2), pg.throughput(z.n, 1, 2)) for _ in range(z.reps)]
-        r["throughput_c2"] = statistics.median(sqlite for sqlite, _ in pairs)
-        step("throughput c2", r["throughput_c2"])
-        step("throughput c2, PostgreSQL", statistics.median(p for _, p in pairs))
+    pairs, pg_cpu = measure_c2(b, pg, r, z.reps, step)
     r["throughput_c4"] = median_of(z.reps, lambda: b.throughput(z.n, 1, 4))
     step("throughput c4", r["throughput_c4"])
     r["spawn_fraction_c2"] = r["throughput_c2"] / r["spawn_limit_per_s"]
     r["submit"] = median_of(z.reps, lambda: b.submit_rates(max(z.n, z.submits)))
     step("submit", r["submit"])
-    r["latency"] = median_of(z.reps, lambda: b.latency(z.latency_jobs))
+    r["latency"], r["latency_samples"] = latency_of(b, z.reps)
     step("latency", r["latency"])
     r["workers"] = {
         str(k): median_of(z.reps, lambda k=k: b.throughput(z.n, k, 2)) for k in (1, 2, 4)
@@ -473,28 +451,58 @@ def measure(b: Bench) -> dict[str, Any]:
     )
     step("storm", r["storm"])
     if pg is not None:
-        r["postgres"] = measure_postgres(pg, r, pairs, step)
+        r["postgres"] = measure_postgres(pg, r, pairs, pg_cpu, step)
     return r
+
+
+def measure_c2(
+    b: Bench, pg: Bench | None, r: dict[str, Any], reps: int, step: Callable[[str, Any], None]
+) -> tuple[list[tuple[float, float]], dict[str, float]]:
+    """Throughput and CPU per job at 1 worker, concurrency 2, SQLite's into r. With
+    PostgreSQL, the two stores take turns, so that their ratio is of runs minutes apart at
+    most: returned are the (SQLite, PostgreSQL) throughput pairs and PostgreSQL's CPU."""
+    runs = [(b.throughput_cpu(b.sizes.n), pg.throughput_cpu(b.sizes.n) if pg else None)
+            for _ in range(reps)]  # fmt: skip
+    r["throughput_c2"] = statistics.median(sq[0] for sq, _ in runs)
+    r["cpu_us_per_job"] = medians([sq[1] for sq, _ in runs])
+    step("throughput c2", r["throughput_c2"])
+    step("CPU per job, us", r["cpu_us_per_job"])
+    if pg is None:
+        return [], {}
+    cpu = medians([q[1] for _, q in runs if q])
+    step("throughput c2, PostgreSQL", statistics.median(q[0] for _, q in runs if q))
+    step("CPU per job, us, PostgreSQL", cpu)
+    return [(sq[0], q[0]) for sq, q in runs if q], cpu
+
+
+def latency_of(b: Bench, reps: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Each latency figure the median of `reps` runs, and the samples of one real run: the
+    one whose submit->finished p50 is the median (of an even count, the lower middle one)."""
+    runs = [b.latency_run(b.sizes.latency_jobs) for _ in range(reps)]
+    middle = sorted(runs, key=lambda run: run[0]["finish_p50_ms"])[(len(runs) - 1) // 2]
+    return medians([figures for figures, _ in runs]), middle[1]
 
 
 def measure_postgres(
     pg: Bench,
     r: dict[str, Any],
     pairs: list[tuple[float, float]],
+    cpu: dict[str, float],
     step: Callable[[str, Any], None],
 ) -> dict[str, Any]:
     """The store-bound figures with the PostgreSQL store: throughput at concurrency 2 (from
-    `pairs`, runs of SQLite and PostgreSQL taken in turn), submit rates, latency, backlog and
-    history reads; each the median of `reps` runs, history reads once as SQLite's."""
+    `pairs`, runs of SQLite and PostgreSQL taken in turn, and its CPU per job), submit
+    rates, latency, backlog and history reads; each the median of `reps` runs, history reads
+    once as SQLite's."""
     assert pg.postgres is not None
     z = pg.sizes
-    p: dict[str, Any] = {"server": _describe(pg.postgres)}
+    p: dict[str, Any] = {"server": describe(pg.postgres), "cpu_us_per_job": cpu}
     p["throughput_c2"] = statistics.median(q for _, q in pairs)
     p["spawn_fraction_c2"] = p["throughput_c2"] / r["spawn_limit_per_s"]
     p["throughput_ratio"] = statistics.median(q / sq for sq, q in pairs)  # of SQLite's
     p["submit"] = median_of(z.reps, lambda: pg.submit_rates(max(z.n, z.submits)))
     step("submit, PostgreSQL", p["submit"])
-    p["latency"] = median_of(z.reps, lambda: pg.latency(z.latency_jobs))
+    p["latency"], p["latency_samples"] = latency_of(pg, z.reps)
     step("latency, PostgreSQL", p["latency"])
     p["backlog"] = {
         str(k): median_of(z.reps, lambda k=k: pg.throughput(z.n, 1, 2, k))
@@ -522,17 +530,6 @@ def _postgres_server(stack: contextlib.ExitStack) -> str | None:
         return None
 
 
-def _describe(admin_url: str) -> dict[str, str]:
-    """What the PostgreSQL figures were measured on: version, address, durability settings."""
-    info = psycopg.conninfo.conninfo_to_dict(admin_url)
-    with psycopg.connect(admin_url) as con:
-        settings = {
-            name: str(row[0]) if (row := con.execute(f"SHOW {name}").fetchone()) else "?"
-            for name in ("server_version", "fsync", "synchronous_commit")
-        }
-    return {"address": f"{info.get('host', '')}:{info.get('port', 5432)}", **settings}
-
-
 def _progress() -> Callable[[str, Any], None]:
     start = time.monotonic()
 
@@ -540,102 +537,6 @@ def _progress() -> Callable[[str, Any], None]:
         print(f"[{time.monotonic() - start:6.1f}s] {name}: {value}", file=sys.stderr, flush=True)
 
     return step
-
-
-def render(r: dict[str, Any]) -> str:
-    """The Markdown table; with a "postgres" section, a PostgreSQL column beside the result
-    (the SQLite store's, for the measures that depend on the store), "—" where it has none."""
-    lat, sub, mem, hist = r["latency"], r["submit"], r["memory"], r["history"]
-    pg = r.get("postgres")
-    rows = [
-        ("spawn limit (subprocess.run true, 2 threads)", f"{r['spawn_limit_per_s']:,.0f} /s"),
-        (
-            "throughput, 1 worker, concurrency 2",
-            f"{r['throughput_c2']:,.0f} jobs/s ({r['spawn_fraction_c2']:.0%} of spawn limit)",
-        ),
-        ("throughput, 1 worker, concurrency 4", f"{r['throughput_c4']:,.0f} jobs/s"),
-        (
-            "throughput, 1 / 2 / 4 workers (c2)",
-            " / ".join(f"{v:,.0f}" for v in r["workers"].values()),
-        ),
-        ("throughput with 0 / 10% / 100% backlog queued", _backlog_cell(r["backlog"])),
-        ("submit: batch call / --from-file", _submit_cell(sub)),
-        (SINGLES, _singles_cell(sub)),
-        ("latency submit→start p50 / p99", _latency_cell(lat, "start")),
-        ("latency submit→finished p50 / p99", _latency_cell(lat, "finish")),
-        ("status / list / list --queue with history", _history_cell(hist)),
-        (
-            f"RSS server idle / load / {r.get('queued', 100_000):,} queued",
-            f"{mem['server_idle_mb']:.0f} / "
-            f"{mem['server_load_mb']:.0f} / {mem['server_queued_mb']:.0f} MB",
-        ),
-        ("RSS worker idle / load", f"{mem['worker_idle_mb']:.0f} / {mem['worker_load_mb']:.0f} MB"),
-        ("SQLite bytes per job", f"{mem['sqlite_bytes_per_job']:,.0f}"),
-        _storm_row(r["storm"], "idle", "ping / status / heartbeat p50 / p99, idle"),
-        _storm_row(
-            r["storm"],
-            "storm",
-            f"ping / status / heartbeat p50 / p99, {r['storm']['waiters']:,} waiting and "
-            f"{r['storm']['hanging']:,} hanging calls",
-        ),
-    ]
-    head = f"dts benchmark, {r['date']}, {r['machine']}; medians of {r['reps']}, N={r['n']}\n\n"
-    if pg is None:
-        return (
-            head
-            + "| measure | result |\n|---|---|\n"
-            + "".join(f"| {a} | {b} |\n" for a, b in rows)
-        )
-    srv = pg["server"]
-    head += (
-        f"result: the SQLite store (synchronous=full) where the store matters; PostgreSQL: "
-        f"PostgreSQL {srv['server_version']} on {srv['address']} (fsync {srv['fsync']}, "
-        f"synchronous_commit {srv['synchronous_commit']}), a fresh database per measurement\n\n"
-    )
-    beside = {  # the PostgreSQL cell of each measure that has one
-        "throughput, 1 worker, concurrency 2": f"{pg['throughput_c2']:,.0f} jobs/s "
-        f"({pg['spawn_fraction_c2']:.0%} of spawn limit, {pg['throughput_ratio']:.0%} of SQLite's)",
-        "throughput with 0 / 10% / 100% backlog queued": _backlog_cell(pg["backlog"]),
-        "submit: batch call / --from-file": _submit_cell(pg["submit"]),
-        SINGLES: _singles_cell(pg["submit"]),
-        "latency submit→start p50 / p99": _latency_cell(pg["latency"], "start"),
-        "latency submit→finished p50 / p99": _latency_cell(pg["latency"], "finish"),
-        "status / list / list --queue with history": _history_cell(pg["history"]),
-    }
-    assert set(beside) <= {a for a, _ in rows}, set(beside) - {a for a, _ in rows}
-    return (
-        head
-        + "| measure | result | PostgreSQL |\n|---|---|---|\n"
-        + "".join(f"| {a} | {b} | {beside.get(a, '—')} |\n" for a, b in rows)
-    )
-
-
-def _backlog_cell(backlog: dict[str, float]) -> str:
-    return (
-        " / ".join(f"{v:,.0f}" for v in backlog.values()) + f" (backlog {max(map(int, backlog)):,})"
-    )
-
-
-def _submit_cell(sub: dict[str, float]) -> str:
-    return f"{sub['batch_per_s']:,.0f} / {sub['from_file_per_s']:,.0f} per s"
-
-
-def _singles_cell(sub: dict[str, float]) -> str:
-    return f"{sub['single_per_s']:,.0f} / {sub.get('pipelined_per_s', 0):,.0f} per s"
-
-
-def _latency_cell(lat: dict[str, float], to: str) -> str:
-    return f"{lat[f'{to}_p50_ms']:.1f} / {lat[f'{to}_p99_ms']:.1f} ms"
-
-
-def _history_cell(hist: dict[str, float]) -> str:
-    return f"{hist['status_ms']:.1f} / {hist['list_ms']:.1f} / {hist['list_queue_ms']:.1f} ms"
-
-
-def _storm_row(st: dict[str, float], when: str, label: str) -> tuple[str, str]:
-    calls = ("ping", "status", "heartbeat")
-    cells = [f"{st[f'{when} {c} p50 ms']:.1f} / {st[f'{when} {c} p99 ms']:.1f}" for c in calls]
-    return label, " · ".join(cells) + " ms"
 
 
 if __name__ == "__main__":

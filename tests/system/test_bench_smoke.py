@@ -15,13 +15,14 @@ import json
 import math
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
 
 from tests.bench import run as bench
-from tests.bench.run import render
+from tests.bench.report import render
 from tests.harness import clean_env
 
 pytestmark = pytest.mark.single_store  # names its store itself: runs once
@@ -30,14 +31,17 @@ REPO = Path(__file__).resolve().parents[2]
 # the --smoke sizes, stated here: the report must say it ran them
 N, QUEUED = 50, 200
 WAITERS, HANGING = 50, 10
-ROWS = 15  # measures in the Markdown table
+LATENCY_JOBS = 5
+ROWS = 17  # measures in the Markdown table
 # those with a PostgreSQL figure beside SQLite's, by how they begin
 PG_MEASURES = (
     "throughput, 1 worker, concurrency 2",
+    "CPU per job: server / worker / job processes / redis",
     "throughput with 0 / 10% / 100% backlog",
     "submit: batch call / --from-file",
     "single submits, one client",
     "latency submit→start",
+    "latency submit→job ended",
     "latency submit→finished",
     "status / list / list --queue",
 )
@@ -55,14 +59,33 @@ def check_submit(sub: dict[str, float]) -> None:
     assert sub["batch_per_s"] > sub["single_per_s"], sub
 
 
-def check_latency(lat: dict[str, float]) -> None:
+def check_latency(lat: dict[str, float], samples: dict[str, list[float]]) -> None:
     """Latencies in milliseconds (a submit, a claim and a process spawn take more than 0.1 ms),
-    a job starts before it has finished, p50 <= p99."""
-    assert set(lat) == {"start_p50_ms", "start_p99_ms", "finish_p50_ms", "finish_p99_ms"}
+    a job starts before it has ended, and it has ended before Client.wait returns (in every
+    sample of the run kept, which is one of the runs the figures are of), p50 <= p99."""
+    kinds = ("start", "ended", "finish")
+    assert set(lat) == {f"{k}_{p}_ms" for k in kinds for p in ("p50", "p99")}, lat
     for name, ms in lat.items():
         assert within(ms, 0.1, 10_000), (name, ms)
-    assert lat["start_p50_ms"] <= lat["start_p99_ms"] and lat["start_p50_ms"] < lat["finish_p50_ms"]
-    assert lat["finish_p50_ms"] <= lat["finish_p99_ms"], lat
+    for k in kinds:
+        assert lat[f"{k}_p50_ms"] <= lat[f"{k}_p99_ms"], (k, lat)
+    assert lat["start_p50_ms"] <= lat["ended_p50_ms"] <= lat["finish_p50_ms"], lat
+    assert set(samples) == set(kinds), samples
+    assert all(len(samples[k]) == LATENCY_JOBS for k in kinds), samples
+    assert all(within(ms, 0.1, 10_000) for k in kinds for ms in samples[k]), samples
+    assert all(e <= f for e, f in zip(samples["ended"], samples["finish"], strict=True)), samples
+    for k in kinds:  # one run (reps 1): the figures are the samples' own percentiles
+        for p in (50, 99):
+            assert bench.pct(samples[k], p) == pytest.approx(lat[f"{k}_p{p}_ms"], abs=0.006)
+
+
+def check_cpu(cpu: dict[str, float]) -> None:
+    """Microseconds of CPU per job (/proc ticks of 10 ms over N=50 jobs: 0 or 200 us and up
+    for a process that did little; the job processes, one spawn of `true` each, cannot be 0)."""
+    assert set(cpu) == {"server", "worker", "jobs", "redis"}, cpu
+    for name, us in cpu.items():
+        assert isinstance(us, float) and 0 <= us < 1e6, (name, us)
+    assert cpu["jobs"] > 0 and cpu["worker"] + cpu["server"] > 0, cpu
 
 
 def check_history(hist: dict[str, float]) -> None:
@@ -88,8 +111,9 @@ def test_make_bench_entry_point_reports_every_figure_sanely(tmp_path: Path) -> N
         assert "no PostgreSQL" in r.stderr, r.stderr[-3000:]
     assert set(report) == {
         "date", "machine", "n", "reps", "queued", "spawn_limit_per_s", "throughput_c2",
-        "throughput_c4", "spawn_fraction_c2", "submit", "latency", "workers", "backlog",
-        "history", "memory", "storm", *(["postgres"] if with_pg else []),
+        "throughput_c4", "spawn_fraction_c2", "cpu_us_per_job", "submit", "latency",
+        "latency_samples", "workers", "backlog", "history", "memory", "storm",
+        *(["postgres"] if with_pg else []),
     }  # fmt: skip
     assert (report["n"], report["reps"], report["queued"]) == (N, 1, QUEUED)
     assert report["date"] and "CPUs" in report["machine"]
@@ -110,9 +134,14 @@ def test_make_bench_entry_point_reports_every_figure_sanely(tmp_path: Path) -> N
     assert report["spawn_fraction_c2"] == pytest.approx(report["throughput_c2"] / spawn)
     assert within(report["spawn_fraction_c2"], 0, 1), report["spawn_fraction_c2"]
 
+    check_cpu(report["cpu_us_per_job"])
     check_submit(report["submit"])
-    check_latency(report["latency"])
+    check_latency(report["latency"], report["latency_samples"])
     check_history(report["history"])
+    svg = ET.parse(tmp_path / "latency.svg").getroot()
+    assert svg.tag == "{http://www.w3.org/2000/svg}svg", svg.tag
+    curves = svg.findall("{http://www.w3.org/2000/svg}path")
+    assert len(curves) == (6 if with_pg else 3), ET.tostring(svg)[:500]
 
     # memory: resident sizes of Python processes, and SQLite bytes per stored job
     mem = report["memory"]
@@ -180,8 +209,8 @@ def check_postgres(pg: dict[str, Any], report: dict[str, Any]) -> None:
     """The PostgreSQL store's figures: the same measures, as sane as SQLite's, and what they
     were measured on."""
     assert set(pg) == {
-        "server", "throughput_c2", "spawn_fraction_c2", "throughput_ratio", "submit", "latency",
-        "backlog", "history",
+        "server", "throughput_c2", "spawn_fraction_c2", "throughput_ratio", "cpu_us_per_job",
+        "submit", "latency", "latency_samples", "backlog", "history",
     }  # fmt: skip
     assert set(pg["server"]) == {"address", "server_version", "fsync", "synchronous_commit"}
     assert all(pg["server"].values()), pg["server"]
@@ -195,6 +224,7 @@ def check_postgres(pg: dict[str, Any], report: dict[str, Any]) -> None:
     # one pair of runs (reps 1): the ratio is of the two figures reported
     assert pg["throughput_ratio"] == pytest.approx(pg["throughput_c2"] / report["throughput_c2"])
     assert within(pg["throughput_ratio"], 0.01, 100), pg["throughput_ratio"]
+    check_cpu(pg["cpu_us_per_job"])
     check_submit(pg["submit"])
-    check_latency(pg["latency"])
+    check_latency(pg["latency"], pg["latency_samples"])
     check_history(pg["history"])
