@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.bench import servers
+
 PIPELINE_WINDOW = 64  # single submits a client keeps on their way at once (run.py's pipelined)
 SINGLES = f"single submits, one client: each waited for / {PIPELINE_WINDOW} on their way"
 CPU = "CPU per job: server / worker / job processes / redis (1 worker, c2)"
@@ -85,6 +87,7 @@ def _rows(r: dict[str, Any]) -> list[tuple[str, str]]:
             f"ping / status / heartbeat p50 / p99, {r['storm']['waiters']:,} waiting and "
             f"{r['storm']['hanging']:,} hanging calls",
         ),
+        *servers.rows(r),  # two servers on one PostgreSQL, when there is one
     ]
 
 

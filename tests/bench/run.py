@@ -35,6 +35,7 @@ from typing import Any
 from dts.client import Client
 from dts.domain import JobSpec
 from tests import postgres
+from tests.bench import servers
 from tests.bench.cpu import CpuMeter
 from tests.bench.plot import latency_svg
 from tests.bench.report import PIPELINE_WINDOW, render
@@ -452,6 +453,9 @@ def measure(b: Bench) -> dict[str, Any]:
     step("storm", r["storm"])
     if pg is not None:
         r["postgres"] = measure_postgres(pg, r, pairs, pg_cpu, step)
+        one = r["postgres"]["throughput_c2"]
+        r["servers"] = servers.measure(b.root, pg.postgres or "", z.n, z.reps, one)
+        step("two servers", r["servers"])
     return r
 
 

@@ -33,6 +33,7 @@ N, QUEUED = 50, 200
 WAITERS, HANGING = 50, 10
 LATENCY_JOBS = 5
 ROWS = 17  # measures in the Markdown table
+SERVERS_ROWS = 2  # and with a PostgreSQL, two servers on it: throughput, failover
 # those with a PostgreSQL figure beside SQLite's, by how they begin
 PG_MEASURES = (
     "throughput, 1 worker, concurrency 2",
@@ -113,7 +114,7 @@ def test_make_bench_entry_point_reports_every_figure_sanely(tmp_path: Path) -> N
         "date", "machine", "n", "reps", "queued", "spawn_limit_per_s", "throughput_c2",
         "throughput_c4", "spawn_fraction_c2", "cpu_us_per_job", "submit", "latency",
         "latency_samples", "workers", "backlog", "history", "memory", "storm",
-        *(["postgres"] if with_pg else []),
+        *(["postgres", "servers"] if with_pg else []),
     }  # fmt: skip
     assert (report["n"], report["reps"], report["queued"]) == (N, 1, QUEUED)
     assert report["date"] and "CPUs" in report["machine"]
@@ -166,6 +167,7 @@ def test_make_bench_entry_point_reports_every_figure_sanely(tmp_path: Path) -> N
 
     if with_pg:
         check_postgres(report["postgres"], report)
+        check_servers(report["servers"], report)
 
     # and the table: on stdout and in dts.md, one row per measure, every cell a figure (or,
     # in the PostgreSQL column, "—" for a measure it has none of)
@@ -174,7 +176,8 @@ def test_make_bench_entry_point_reports_every_figure_sanely(tmp_path: Path) -> N
     lines = table.splitlines()
     body = lines[lines.index("|---|---|---|" if with_pg else "|---|---|") + 1 :]
     rows = [line.removeprefix("| ").removesuffix(" |").split(" | ") for line in body]
-    assert len(rows) == ROWS and all(len(row) == (3 if with_pg else 2) for row in rows), table
+    expected = ROWS + (SERVERS_ROWS if with_pg else 0)
+    assert len(rows) == expected and all(len(row) == (3 if with_pg else 2) for row in rows), table
     for measure, *cells in rows:
         if with_pg:
             assert (cells[1] != "—") == measure.startswith(PG_MEASURES), (measure, cells)
@@ -228,3 +231,18 @@ def check_postgres(pg: dict[str, Any], report: dict[str, Any]) -> None:
     check_submit(pg["submit"])
     check_latency(pg["latency"], pg["latency_samples"])
     check_history(pg["history"])
+
+
+def check_servers(sv: dict[str, Any], report: dict[str, Any]) -> None:
+    """Two servers on one PostgreSQL: their throughput a rate like the others; each failover
+    time positive and within the bounds the cluster tier holds them to (a submit within 3 s,
+    a worker's next start within 5 s; the duties within the 30 s the bench waits)."""
+    assert set(sv) == {"throughput", "throughput_ratio", "failover", "feed_jobs_per_s"}, sv
+    assert within(sv["throughput"], 1, 2 * report["spawn_limit_per_s"]), sv
+    one = report["postgres"]["throughput_c2"]
+    assert sv["throughput_ratio"] == pytest.approx(sv["throughput"] / one), sv
+    assert within(sv["feed_jobs_per_s"], 1, 100_000), sv
+    bounds = {"submit_s": 3, "worker_start_s": 5, "duties_s": 30}
+    assert set(sv["failover"]) == set(bounds), sv["failover"]
+    for name, high in bounds.items():
+        assert within(sv["failover"][name], 0, high), (name, sv["failover"])
