@@ -10,7 +10,7 @@ PEERS_VENV ?= .venv-peers
 PEERS_REQ := tests/bench/peers-requirements.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help build all clean proto test test-unit test-chaos test-cluster test-systemd bench bench-peers lint format screenshots run run-server run-worker run-client install uninstall
+.PHONY: help build all clean proto test test-unit test-chaos test-cluster test-systemd bench bench-peers bench-profile lint format screenshots run run-server run-worker run-client install uninstall
 
 help: ## show this list
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -68,6 +68,13 @@ $(PEERS_VENV)/.installed: $(PEERS_REQ)
 
 bench-peers: build $(PEERS_VENV)/.installed ## the same shell-job workload on dts, Celery, RQ, Dramatiq, huey, arq (.venv-peers)
 	$(BIN)/python -m tests.bench.peers --venv $(PEERS_VENV) $(BENCH_ARGS)
+
+# py-spy samples the server and the worker: a dev tool of this target only, installed on first use
+$(BIN)/py-spy: | $(BIN)/dts-server
+	$(BIN)/pip install --quiet --disable-pip-version-check 'py-spy>=0.4,<0.5'
+
+bench-profile: build $(BIN)/py-spy ## where the server's and worker's CPU goes (py-spy) in a throughput run: bench-results/profile.md (BENCH_ARGS=--n=2000)
+	$(BIN)/python -m tests.bench.profile $(BENCH_ARGS)
 
 screenshots: build ## docs/web/*.png: each dashboard page in Debian's chromium, over a cluster of its own
 	$(BIN)/python -m tests.web.screenshots --out docs/web

@@ -1,6 +1,4 @@
-"""`make bench`'s several-servers figures: two dts-servers on one PostgreSQL database, a worker
-each, their throughput together and how fast a client, a worker and the duties fail over when
-one server is killed (SIGKILL)."""
+"""`make bench`'s several-servers figures: two servers, one PostgreSQL: throughput, failover."""
 
 from __future__ import annotations
 
