@@ -85,16 +85,26 @@ def summarise(stacks: Counter[tuple[Frame, ...]]) -> dict[str, Any]:
     for stack, n in stacks.items():
         cats[category(stack)] += n
         if stack:
-            own[f"{_short(stack[0].file)}:{stack[0].function}"] += n
+            own[_name(stack[0])] += n
     return {"samples": total, "categories": cats.most_common(), "functions": own.most_common(TOP)}
 
 
+def _name(frame: Frame) -> str:
+    """file:function, with the code dataclasses generate for __init__ said as such."""
+    if frame.file == "<string>" and frame.function.endswith("__create_fn__.<locals>.__init__"):
+        return "a dataclass's generated __init__"
+    return f"{_short(frame.file)}:{frame.function}"
+
+
 def _short(file: str) -> str:
-    """A file as from its package on: .../site-packages/grpc/_channel.py is grpc/_channel.py."""
-    for marker in ("site-packages/", "/lib/python3", "/dts/"):
-        if marker in file:
-            tail = file.partition(marker)[2]
-            return "dts/" + tail if marker == "/dts/" else tail.partition("/")[2] or tail
+    """A file from its package on (py-spy mostly prints them so already): .../site-packages/
+    grpc/_channel.py is grpc/_channel.py, /usr/lib/python3.11/logging/x.py logging/x.py."""
+    if "site-packages/" in file:
+        return file.rpartition("site-packages/")[2]
+    if "/lib/python3" in file:
+        return file.partition("/lib/python3")[2].partition("/")[2]
+    if "/dts/" in file:
+        return "dts/" + file.rpartition("/dts/")[2]
     return file
 
 
