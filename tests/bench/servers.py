@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +90,9 @@ def jobs_per_s(jobs: list[Job]) -> float:
 def finished(c: Client, n: int, timeout: float = 600) -> list[Job]:
     """The `n` newest jobs once every one of them has ended (read through `c`)."""
 
-    def done() -> list[Job] | None:
+    def done() -> list[Job]:
         jobs = c.list_jobs(limit=n)
-        return jobs if len(jobs) == n and all(j.status.final for j in jobs) else None
+        return jobs if len(jobs) == n and all(j.status.final for j in jobs) else []
 
     return wait_until(done, timeout, 0.2, f"{n} jobs to end")
 
@@ -137,15 +138,15 @@ class Feed:
         self.client.close()
 
 
-def started_by(c: Client, worker: str, after: float) -> float | None:
+def started_by(c: Client, worker: str, after: float) -> float:
     """When `worker` first started a job after the wall-clock time `after`, by the history
-    (the newest 1,000 jobs); None while it has started none."""
+    (the newest 1,000 jobs); 0 while it has started none."""
     starts = [
         j.started_at
         for j in c.list_jobs(limit=1000)
         if j.worker == worker and j.started_at is not None and j.started_at > after
     ]
-    return min(starts) if starts else None
+    return min(starts) if starts else 0.0
 
 
 class LogTail:
@@ -182,14 +183,18 @@ def failover(root: Path, admin_url: str) -> dict[str, float]:
             feed.start()
             since = time.time()
             for w in p.workers:  # both busy before the kill
-                wait_until(lambda w=w: started_by(survivor, w.name, since), 30, 0.05, w.name)
+                wait_until(partial(started_by, survivor, w.name, since), 30, 0.05, w.name)
             log = LogTail(other.log_path)
             killed_at, t0 = time.time(), time.monotonic()
             dead.kill()  # SIGKILL, and reaped: a start recorded after `dead_at` went through other
             dead_at = time.time()
             probe.submit([JobSpec(argv=("true",))])
             submit = time.monotonic() - t0
-            leads = wait_until(lambda: log.said(LEADS) and time.monotonic() - t0, 30, POLL, LEADS)
+
+            def took_the_lead() -> float:
+                return time.monotonic() - t0 if log.said(LEADS) else 0.0
+
+            leads = wait_until(took_the_lead, 30, POLL, LEADS)
             start = wait_until(
                 lambda: started_by(survivor, p.workers[0].name, dead_at), 30, POLL, "a start"
             )
