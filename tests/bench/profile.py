@@ -200,7 +200,9 @@ def render(r: dict[str, Any]) -> str:
         lines += ["", f"## {name}: {p['samples']:,} samples", ""]
         lines += [
             f"{p['samples'] / RATE:.1f} s of busy threads at {RATE} samples/s; the process used"
-            f" {p['cpu_s']:.1f} s of CPU meanwhile (/proc; a sampled thread may wait off-CPU).",
+            f" {p['cpu_s']:.1f} s of CPU meanwhile (/proc). py-spy counts a thread as busy"
+            " unless it waits in a way it knows (a lock, a sleep): one in epoll_wait or fsync"
+            " counts, so `EpollSelector.select` and the store's commits hold waiting time too.",
             "",
         ]
         lines += ["| category | samples | share |", "|---|---:|---:|"]
