@@ -200,9 +200,9 @@ def render(r: dict[str, Any]) -> str:
         lines += ["", f"## {name}: {p['samples']:,} samples", ""]
         lines += [
             f"{p['samples'] / RATE:.1f} s of busy threads at {RATE} samples/s; the process used"
-            f" {p['cpu_s']:.1f} s of CPU meanwhile (/proc). py-spy counts a thread as busy"
-            " unless it waits in a way it knows (a lock, a sleep): one in epoll_wait or fsync"
-            " counts, so `EpollSelector.select` and the store's commits hold waiting time too.",
+            f" {p['cpu_s']:.1f} s of CPU meanwhile (/proc). py-spy counts a thread waiting on"
+            " the disk as busy (one looping on fsync is sampled throughout; one in epoll_wait"
+            " is not), so the store's durable commits hold waiting time as well as CPU.",
             "",
         ]
         lines += ["| category | samples | share |", "|---|---:|---:|"]
