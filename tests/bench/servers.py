@@ -27,8 +27,10 @@ QUIET = ("--log-level", "warning")  # as tests/bench/run.py's servers and worker
 # the failover's servers log at info: the takeover of the duties is an info line
 LEADS = "this server now leads"
 BATCH = 500  # jobs per submit of the throughput run
-FEED_BATCH, FEED_EVERY = 10, 0.02  # the steady stream during a failover: 500 jobs/s at most
-POLL = 0.01  # seconds between looks at the logs and the history after a kill
+FEED_BATCH, FEED_EVERY = 5, 0.02  # the steady stream during a failover: 250 jobs/s at most,
+# below what two servers run on a loaded 2-core machine, so that no backlog grows
+HISTORY = 2000  # newest jobs read for a worker's starts (more than the stream adds meanwhile)
+POLL = 0.01  # seconds between looks at a server's log
 
 
 @dataclass
@@ -140,10 +142,10 @@ class Feed:
 
 def started_by(c: Client, worker: str, after: float) -> float:
     """When `worker` first started a job after the wall-clock time `after`, by the history
-    (the newest 1,000 jobs); 0 while it has started none."""
+    (the newest HISTORY jobs); 0 while it has started none."""
     starts = [
         j.started_at
-        for j in c.list_jobs(limit=1000)
+        for j in c.list_jobs(limit=HISTORY)
         if j.worker == worker and j.started_at is not None and j.started_at > after
     ]
     return min(starts) if starts else 0.0
@@ -183,20 +185,21 @@ def failover(root: Path, admin_url: str) -> dict[str, float]:
             feed.start()
             since = time.time()
             for w in p.workers:  # both busy before the kill
-                wait_until(partial(started_by, survivor, w.name, since), 30, 0.05, w.name)
+                wait_until(partial(started_by, survivor, w.name, since), 30, 0.1, w.name)
             log = LogTail(other.log_path)
             killed_at, t0 = time.time(), time.monotonic()
             dead.kill()  # SIGKILL, and reaped: a start recorded after `dead_at` went through other
             dead_at = time.time()
             probe.submit([JobSpec(argv=("true",))])
             submit = time.monotonic() - t0
+            assert probe.channel.address == other.address  # type: ignore[attr-defined]
 
             def took_the_lead() -> float:
                 return time.monotonic() - t0 if log.said(LEADS) else 0.0
 
             leads = wait_until(took_the_lead, 30, POLL, LEADS)
-            start = wait_until(
-                lambda: started_by(survivor, p.workers[0].name, dead_at), 30, POLL, "a start"
+            start = wait_until(  # the start's time is the history's: no need to poll often
+                lambda: started_by(survivor, p.workers[0].name, dead_at), 30, 0.1, "a start"
             )
             return {"submit_s": submit, "worker_start_s": start - killed_at, "duties_s": leads}
         finally:
@@ -243,7 +246,7 @@ def main() -> int:
     """These figures alone: `python -m tests.bench.servers [--n N] [--reps R]`."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=5000, help="jobs of the throughput run")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3, help="runs of each measure")
     a = ap.parse_args()
     with postgres.server() as admin, tempfile.TemporaryDirectory(prefix="dts-bench-") as tmp:
         print(json.dumps(measure(Path(tmp), admin, a.n, a.reps), indent=2))
