@@ -270,6 +270,14 @@ def test_cancel_a_running_job_kills_its_process_group(cluster: Cluster, tmp_path
     assert job["status"] == "cancelled"
     hist = json.loads(cluster.cli("--json", "history", str(job_id)).stdout)
     assert hist[-1]["outcome"] == "cancelled"
+    # and the worker's late report of the killed command keeps when it ran
+    with cluster.client() as c:
+        last = wait_until(
+            lambda: (a := c.history(job_id)[-1]).ran_until is not None and a,
+            10,
+            what="the cancelled attempt's report",
+        )
+    assert last.ran_from is not None and last.ran_from <= last.ran_until
 
 
 def test_cancel_a_queued_job_means_it_never_starts(cluster: Cluster) -> None:
