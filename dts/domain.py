@@ -225,6 +225,9 @@ class Attempt:
     error: str = ""
     stdout_bytes: int = 0
     stderr_bytes: int = 0
+    # the command's own start and end by the worker's clock; None if no worker ran it
+    ran_from: float | None = None
+    ran_until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -250,8 +253,15 @@ class Result:
     error: str = ""
     stdout: bytes = b""
     stderr: bytes = b""
-    started_at: float = 0.0
+    started_at: float = 0.0  # the command's start by the worker's clock; 0: it never ran
     finished_at: float = 0.0
+
+    @property
+    def ran(self) -> tuple[float | None, float | None]:
+        """When the command ran by the worker's clock, (from, until); None where unknown."""
+        if not self.started_at:
+            return None, None
+        return self.started_at, self.finished_at or None
 
 
 @dataclass(frozen=True)

@@ -268,6 +268,8 @@ def attempt_to_pb(a: Attempt) -> pb.Attempt:
         error=a.error,
         stdout_bytes=a.stdout_bytes,
         stderr_bytes=a.stderr_bytes,
+        ran_from=a.ran_from or 0.0,
+        ran_until=a.ran_until or 0.0,
     )
     if a.exit_code is not None:
         msg.exit_code = a.exit_code
@@ -286,6 +288,8 @@ def attempt_from_pb(msg: pb.Attempt) -> Attempt:
         error=msg.error,
         stdout_bytes=msg.stdout_bytes,
         stderr_bytes=msg.stderr_bytes,
+        ran_from=msg.ran_from or None,
+        ran_until=msg.ran_until or None,
     )
 
 

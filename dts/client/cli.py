@@ -36,6 +36,7 @@ from dts.client.render import (
     fit,
     job_json,
     last_column_width,
+    ran_text,
     short,
     stats_json,
     status_fields,
@@ -328,19 +329,14 @@ class Cli:
                 a.worker,
                 short(a.started_at),
                 short(a.finished_at),
+                ran_text(a),
                 "" if a.exit_code is None else a.exit_code,
                 a.error,
             )
             for a in attempts
         ]
-        text = (
-            table(
-                rows,
-                ("ATTEMPT", "OUTCOME", "WORKER", utc("STARTED"), utc("FINISHED"), "EXIT", "ERROR"),
-            )
-            if attempts
-            else f"job {ns.id} has not started yet"
-        )
+        head = ("ATTEMPT", "OUTCOME", "WORKER", utc("STARTED"), utc("FINISHED"), "RAN", "EXIT")
+        text = table(rows, (*head, "ERROR")) if attempts else f"job {ns.id} has not started yet"
         self.out([attempt_json(a) for a in attempts], text)
         return 0
 

@@ -69,6 +69,8 @@ def attempt_json(a: Attempt) -> dict[str, Any]:
         "error": a.error,
         "stdout_bytes": a.stdout_bytes,
         "stderr_bytes": a.stderr_bytes,
+        "ran_from": iso(a.ran_from),
+        "ran_until": iso(a.ran_until),
     }
 
 
@@ -126,6 +128,13 @@ def stamp(ts: float | None) -> str:
 
 def seconds_text(value: float | None) -> str:
     return "-" if value is None else f"{value:g}s"
+
+
+def ran_text(a: Attempt) -> str:
+    """How long the attempt's command ran by its worker's clock ("0.002s"); "-" if unknown."""
+    if a.ran_from is None or a.ran_until is None:
+        return "-"
+    return f"{max(0.0, a.ran_until - a.ran_from):.3f}s"
 
 
 def status_fields(job: Job) -> list[tuple[str, object]]:

@@ -51,8 +51,10 @@ def end_attempt(
     exit_code: int | None,
     error: str,
     output: Output | None = None,
+    ran: tuple[float | None, float | None] = (None, None),
 ) -> None:
-    """Close the job's current attempt with its outcome (and its output, if any)."""
+    """Close the job's current attempt with its outcome (and its output and when the worker
+    ran its command, if known)."""
     tx.finish_attempt(
         Attempt(
             job.id,
@@ -63,6 +65,8 @@ def end_attempt(
             exit_code,
             outcome,
             error,
+            ran_from=ran[0],
+            ran_until=ran[1],
         ),
         output,
     )
@@ -82,6 +86,7 @@ def finish(
             r.exit_code,
             r.error,
             Output(job.attempts, r.stdout, r.stderr),
+            r.ran,
         )
         return move(tx, job, JobStatus.QUEUED, lease_expires_at=None, error=r.error)
     outcome = (
@@ -95,7 +100,8 @@ def finish(
         if r.exit_code is not None
         else (0 if outcome is Outcome.SUCCEEDED else EXIT_CANNOT_RUN)
     )
-    end_attempt(tx, job, now, outcome, exit_code, error, Output(job.attempts, r.stdout, r.stderr))
+    output = Output(job.attempts, r.stdout, r.stderr)
+    end_attempt(tx, job, now, outcome, exit_code, error, output, r.ran)
     common: dict[str, object] = {
         "exit_code": exit_code,
         "error": error,
@@ -136,8 +142,10 @@ def late_report(tx: Transaction, job: Job, name: str, r: Result) -> tuple[bool, 
     it while it ran (its output), else refused as stale."""
     attempt = tx.get_attempt(job.id, r.attempt)
     if attempt is not None and attempt.worker == name and attempt.outcome is Outcome.CANCELLED:
-        # The user cancelled it while it ran: keep what it printed, the status stays.
-        tx.finish_attempt(attempt, Output(r.attempt, r.stdout, r.stderr))
+        # The user cancelled it while it ran: keep what it printed and when, the status stays.
+        ran_from, ran_until = r.ran
+        kept = replace(attempt, ran_from=ran_from, ran_until=ran_until)
+        tx.finish_attempt(kept, Output(r.attempt, r.stdout, r.stderr))
         return True, ""
     log.warning(
         "job %d: refused report of attempt %d from %s (job is %s at attempt %d)",

@@ -437,6 +437,8 @@ class Attempt(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     STDOUT_BYTES_FIELD_NUMBER: _builtins.int
     STDERR_BYTES_FIELD_NUMBER: _builtins.int
+    RAN_FROM_FIELD_NUMBER: _builtins.int
+    RAN_UNTIL_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     """the job"""
     attempt: _builtins.int
@@ -457,6 +459,10 @@ class Attempt(_message.Message):
     """size of the stored stdout"""
     stderr_bytes: _builtins.int
     """size of the stored stderr"""
+    ran_from: _builtins.float
+    """when the worker started the command, by its clock; 0 unknown"""
+    ran_until: _builtins.float
+    """when the worker saw the command end, by its clock; 0 unknown"""
     def __init__(
         self,
         *,
@@ -470,10 +476,12 @@ class Attempt(_message.Message):
         error: _builtins.str = ...,
         stdout_bytes: _builtins.int = ...,
         stderr_bytes: _builtins.int = ...,
+        ran_from: _builtins.float = ...,
+        ran_until: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "attempt", b"attempt", "error", b"error", "exit_code", b"exit_code", "finished_at", b"finished_at", "job_id", b"job_id", "outcome", b"outcome", "started_at", b"started_at", "stderr_bytes", b"stderr_bytes", "stdout_bytes", b"stdout_bytes", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "attempt", b"attempt", "error", b"error", "exit_code", b"exit_code", "finished_at", b"finished_at", "job_id", b"job_id", "outcome", b"outcome", "ran_from", b"ran_from", "ran_until", b"ran_until", "started_at", b"started_at", "stderr_bytes", b"stderr_bytes", "stdout_bytes", b"stdout_bytes", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015

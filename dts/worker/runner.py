@@ -40,6 +40,7 @@ from dts.worker.tap import Tap
 READ_CHUNK = 65536
 POLL = 0.2  # seconds between checks for a stop request while a job runs
 EXIT_NOT_EXECUTABLE = 126
+NEVER_RAN = 0.0  # a Result's started_at when the command was never spawned: its run time unknown
 
 
 class Capture:
@@ -151,9 +152,8 @@ class Execution:
         caps = self.opts.caps
         limits = caps if spec.limits == NO_LIMITS else within_hard_limits(spec.limits.within(caps))
         timeout = lower_limit(spec.timeout or 0.0, self.opts.max_timeout)
-        started = time.time()
         if self._stop_outcome is not None:  # stopped before it started: nothing to kill
-            return self._result(self._stop_outcome, None, self._stop_reason, b"", b"", started)
+            return self._result(self._stop_outcome, None, self._stop_reason, b"", b"", NEVER_RAN)
         if limits.rlimits and self.opts.prlimit is None:
             return self._result(
                 Outcome.FAILED,
@@ -162,16 +162,16 @@ class Execution:
                 "prlimit (util-linux) is not installed on this worker",
                 b"",
                 b"",
-                started,
+                NEVER_RAN,
             )
         cgroups = self.opts.cgroups
         try:
             slot = cgroups.acquire() if cgroups is not None else None
         except OSError as e:
             why = f"cannot make a cgroup for the job: {e.strerror or e}"
-            return self._result(Outcome.FAILED, EXIT_CANNOT_RUN, why, b"", b"", started)
+            return self._result(Outcome.FAILED, EXIT_CANNOT_RUN, why, b"", b"", NEVER_RAN)
         try:
-            return self._run(argv, env, cwd, slot, limits, timeout, started)
+            return self._run(argv, env, cwd, slot, limits, timeout)
         finally:
             if slot is not None:
                 assert cgroups is not None
@@ -187,7 +187,6 @@ class Execution:
         slot: Slot | None,
         limits: Limits,
         timeout: float,
-        started: float,
     ) -> Result:
         spec = self.assignment.spec
         program = spec.argv[0] if not spec.shell else argv[0]
@@ -196,11 +195,12 @@ class Execution:
             if limits.rlimits and self.opts.prlimit is not None:
                 argv = limited_argv(self.opts.prlimit, limits, argv, env.get("PATH", os.defpath))
             with job_directory(cwd, self.opts.run_as) as enter:  # with the job user's rights
+                started = time.time()  # the command's own start, as near its spawn as can be
                 child = self._spawn(argv, env, enter, slot)
         except OSError as e:
             code = EXIT_NOT_EXECUTABLE if isinstance(e, PermissionError) else EXIT_CANNOT_RUN
             why = spawn_error(e, program, cwd, enter)
-            return self._result(Outcome.FAILED, code, why, b"", b"", started)
+            return self._result(Outcome.FAILED, code, why, b"", b"", NEVER_RAN)
         self._on_spawn(child.pid)
         try:
             outcome, out, err = self._supervise(child, slot, timeout, limits.output)

@@ -225,7 +225,7 @@ class SlotLoop:
                 if done or ids:
                     self.pending = self._send_ahead(list(done), ids)
         result = self._execute(exe)
-        took = max(0.0, result.finished_at - result.started_at)
+        took = max(0.0, result.finished_at - result.started_at) if result.started_at else 0.0
         # a moving average while jobs stay short; the first short one sets it afresh
         short = took < PREFETCH_BELOW
         self.average = 0.8 * self.average + 0.2 * took if self.short and short else took

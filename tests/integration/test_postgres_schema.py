@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from dts.controls import QueueSetting
-from dts.domain import JobSpec, JobStatus
+from dts.domain import JobSpec, JobStatus, Outcome, Output, Result
 from dts.errors import Internal, Unavailable
 from dts.server.store.postgres import SCHEMA_VERSION, PostgresStore
 from tests.harness import wait_until
@@ -283,7 +283,7 @@ def test_a_version_5_database_gets_dependencies(postgres_url: str) -> None:
         store.close()
     with psycopg.connect(postgres_url) as conn:
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    assert row == (str(SCHEMA_VERSION),) == ("9",)
+    assert row == (str(SCHEMA_VERSION),) == ("10",)
 
 
 def test_a_version_7_database_gets_the_name_index(postgres_url: str) -> None:
@@ -297,7 +297,37 @@ def test_a_version_7_database_gets_the_name_index(postgres_url: str) -> None:
     with psycopg.connect(postgres_url) as conn:
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         index = conn.execute("SELECT to_regclass('jobs_by_name') AS i").fetchone()
-    assert row == (str(SCHEMA_VERSION),) == ("9",) and index == ("jobs_by_name",)
+    assert row == (str(SCHEMA_VERSION),) == ("10",) and index == ("jobs_by_name",)
+
+
+def test_a_version_9_database_keeps_its_attempts_and_gains_the_worker_times(
+    postgres_url: str,
+) -> None:
+    # Given a database as dts left it at schema version 9 (before the worker's own times of a
+    # command), with a finished attempt in it
+    store = PostgresStore(postgres_url)
+    try:
+        with store.transaction() as tx:
+            (job,) = tx.insert_jobs([JobSpec(argv=("true",))], 1.0)
+            tx.claim_queued([job.id], "w", [job.spec.queue], 2.0, 32.0)
+            tx.finish_succeeded("w", [Result(job.id, 1, Outcome.SUCCEEDED, 0, stdout=b"hi")], 3.0)
+        before = store.attempts(job.id)
+    finally:
+        store.close()
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("ALTER TABLE attempts DROP COLUMN ran_from, DROP COLUMN ran_until")
+        conn.execute("UPDATE meta SET value = '9' WHERE key = 'schema_version'")
+    # When this dts opens it, then the attempt and its output are kept, with no worker times
+    store = PostgresStore(postgres_url)
+    try:
+        assert store.attempts(job.id) == before and len(before) == 1
+        assert (before[0].ran_from, before[0].ran_until) == (None, None)
+        assert store.output(job.id, 1) == Output(1, b"hi", b"")
+    finally:
+        store.close()
+    with psycopg.connect(postgres_url) as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    assert row == (str(SCHEMA_VERSION),) == ("10",)
 
 
 def test_the_name_filter_can_use_the_partial_name_index(postgres_url: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dts.domain import Outcome
 from tests.conftest import Cluster
 from tests.harness import BIN, clean_env, free_port, pid_alive, run_cli, wait_until
 
@@ -269,6 +270,14 @@ def test_cancel_a_running_job_kills_its_process_group(cluster: Cluster, tmp_path
     assert job["status"] == "cancelled"
     hist = json.loads(cluster.cli("--json", "history", str(job_id)).stdout)
     assert hist[-1]["outcome"] == "cancelled"
+    # and the worker's late report of the killed command keeps when it ran
+    with cluster.client() as c:
+        last = wait_until(
+            lambda: (a := c.history(job_id)[-1]).ran_until is not None and a,
+            10,
+            what="the cancelled attempt's report",
+        )
+    assert last.ran_from is not None and last.ran_from <= last.ran_until
 
 
 def test_cancel_a_queued_job_means_it_never_starts(cluster: Cluster) -> None:
@@ -416,6 +425,39 @@ def test_history_and_logs_of_each_attempt(cluster: Cluster) -> None:
     assert (latest.stdout, latest.stderr) == ("run 2\n", "oops 2\n")
     missing = cluster.cli("logs", str(job["id"]), "--attempt", "7")
     assert missing.returncode == 1 and "no attempt 7" in missing.stderr
+
+
+def test_history_shows_when_and_how_long_each_command_ran(cluster: Cluster) -> None:
+    # Given a job that sleeps 0.3 s and succeeds, one that fails with exit 3, and one whose
+    # command cannot be spawned at all
+    ok = submit(cluster, "--shell", "--", "sleep 0.3")
+    bad = submit(cluster, "--retries", "0", "--shell", "--", "sleep 0.1; exit 3")
+    never = submit(cluster, "--retries", "0", "--", "/nonexistent/dts-no-such-program")
+    wait_status(cluster, ok, "succeeded")
+    wait_status(cluster, bad, "failed")
+    wait_status(cluster, never, "failed")
+    with cluster.client() as c:
+        ((done,), (failed,), (unrun,)) = (c.history(ok), c.history(bad), c.history(never))
+    # Then the attempts that ran carry the worker's own start and end of the command, inside
+    # the server's times of the attempt (the worker and server share this host's clock)
+    for a, least in ((done, 0.3), (failed, 0.1)):
+        assert a.ran_from is not None and a.ran_until is not None and a.finished_at is not None
+        ran = a.ran_until - a.ran_from
+        assert least <= ran < a.finished_at - a.started_at + 0.05, (a, ran)
+        assert a.ran_from >= a.started_at - 1
+    assert failed.outcome is Outcome.FAILED and failed.exit_code == 3
+    # And the one never spawned has none
+    assert (unrun.ran_from, unrun.ran_until) == (None, None) and unrun.outcome is Outcome.FAILED
+    # And --json gives them (null when unknown); the table shows the run time, "-" if unknown
+    (shown,) = json.loads(cluster.cli("--json", "history", str(ok)).stdout)
+    assert _ts(shown["ran_until"]) - _ts(shown["ran_from"]) >= 0.299  # to the millisecond
+    (none,) = json.loads(cluster.cli("--json", "history", str(never)).stdout)
+    assert none["ran_from"] is None and none["ran_until"] is None
+    for job_id, cell in ((ok, f"{done.ran_until - done.ran_from:.3f}s"), (never, "-")):
+        head, row = cluster.cli("history", str(job_id)).stdout.splitlines()
+        assert head.split()[7:9] == ["RAN", "EXIT"]
+        at = head.index("RAN")
+        assert row[at:].split()[0] == cell, (head, row)
 
 
 def test_workers_lists_both_workers(cluster: Cluster) -> None:

@@ -294,7 +294,9 @@ def test_attempts_and_output_round_trip(store: SqliteStore) -> None:
     out = b"\xff\xfe\x00\x80 not utf-8 \xc3\x28" * 1000
     err = b"\x00" * 10 + "h\u00e9".encode()
     # attempt 1 by w1 fails; the job is queued again and w2 takes attempt 2
-    first = Attempt(job.id, 1, "w1", 10.0, 11.5, 1, Outcome.FAILED, "exited with code 1")
+    first = Attempt(
+        job.id, 1, "w1", 10.0, 11.5, 1, Outcome.FAILED, "exited with code 1", 0, 0, 10.25, 11.125
+    )
     assert claim(store, job, "w1", 10.0) == 1
     with store.transaction() as tx:
         tx.finish_attempt(first, Output(1, b"one", b""))
@@ -317,6 +319,26 @@ def test_attempts_and_output_round_trip(store: SqliteStore) -> None:
     ]
     with store.transaction() as tx:
         assert tx.get_attempt(job.id, 2) == store.attempts(job.id)[1]
+
+
+def test_bulk_success_records_when_each_command_ran(store: SqliteStore) -> None:
+    # Given three running attempts of one worker
+    jobs = add(store, spec("a"), spec("b"), spec("c"))
+    for job in jobs:
+        claim(store, job, "w", 1.0)
+    a, b, c = (job.id for job in jobs)
+    # When they succeed together: with and without output, and one the worker never timed
+    done = [
+        Result(a, 1, Outcome.SUCCEEDED, 0, started_at=1.5, finished_at=1.75),
+        Result(b, 1, Outcome.SUCCEEDED, 0, stdout=b"out", started_at=1.25, finished_at=2.5),
+        Result(c, 1, Outcome.SUCCEEDED, 0),
+    ]
+    with store.transaction() as tx:
+        assert len(tx.finish_succeeded("w", done, 3.0)) == 3
+    # Then each attempt has its own command's times, by the worker's clock; none if unknown
+    ran = [(t.ran_from, t.ran_until) for job in jobs for t in store.attempts(job.id)]
+    assert ran == [(1.5, 1.75), (1.25, 2.5), (None, None)]
+    assert store.output(b, 1) == Output(1, b"out", b"")
 
 
 def test_finish_without_output_keeps_the_stored_output(store: SqliteStore) -> None:
@@ -503,6 +525,14 @@ SCHEMA_V2_WORKERS = """CREATE TABLE workers (
     running INTEGER NOT NULL, registered_at REAL NOT NULL, last_heartbeat REAL NOT NULL)"""
 
 
+# The attempts table as dts wrote it at schema versions 1 to 11, before the worker's own times.
+SCHEMA_V11_ATTEMPTS = """CREATE TABLE attempts (
+    job_id INTEGER NOT NULL REFERENCES jobs (id), attempt INTEGER NOT NULL,
+    worker TEXT NOT NULL, started_at REAL NOT NULL, finished_at REAL, exit_code INTEGER,
+    outcome TEXT NOT NULL, error TEXT NOT NULL DEFAULT '', stdout BLOB NOT NULL DEFAULT x'',
+    stderr BLOB NOT NULL DEFAULT x'', PRIMARY KEY (job_id, attempt))"""
+
+
 def old_database(db: Path, version: int) -> sqlite3.Connection:
     """A database as dts wrote it at schema `version` (1 or 2), with no rows yet."""
     db.parent.mkdir(parents=True)
@@ -512,8 +542,42 @@ def old_database(db: Path, version: int) -> sqlite3.Connection:
     conn.execute(SCHEMA_V1_JOBS)
     if version >= 2:
         conn.execute("ALTER TABLE jobs ADD COLUMN limits TEXT NOT NULL DEFAULT ''")
+    conn.execute(SCHEMA_V11_ATTEMPTS)
     conn.execute(SCHEMA_V2_WORKERS)
     return conn
+
+
+def before_version_12(conn: sqlite3.Connection) -> None:
+    """Take from a current database what version 12 added: the worker's times of attempts."""
+    conn.execute("ALTER TABLE attempts DROP COLUMN ran_from")
+    conn.execute("ALTER TABLE attempts DROP COLUMN ran_until")
+
+
+def test_a_version_11_database_is_migrated_and_keeps_its_attempts(db: Path) -> None:
+    # Given a database as dts left it at schema version 11 (before the worker's own times),
+    # with a finished attempt in it
+    s = SqliteStore(str(db))
+    (job,) = add(s, spec("old"))
+    claim(s, job, "w", 1.0)
+    with s.transaction() as tx:
+        tx.finish_succeeded("w", [Result(job.id, 1, Outcome.SUCCEEDED, 0, stdout=b"hi")], 2.0)
+    before = s.attempts(job.id)
+    s.close()
+    conn = sqlite3.connect(db)
+    before_version_12(conn)
+    conn.execute("UPDATE meta SET value = '11' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    # When this dts opens it
+    again = SqliteStore(str(db))
+    try:
+        # Then the attempt reads back as it was, with no times of the worker's, and output kept
+        assert again.attempts(job.id) == before
+        assert before[0].ran_from is None and before[0].ran_until is None
+        assert again.output(job.id, 1) == Output(1, b"hi", b"")
+        assert schema_version(db) == str(SCHEMA_VERSION) == "12"
+    finally:
+        again.close()
 
 
 def test_a_version_1_database_is_migrated_and_keeps_its_jobs(db: Path) -> None:
@@ -639,6 +703,7 @@ def test_a_version_7_database_gets_its_queues_table(db: Path) -> None:
     conn = sqlite3.connect(db)
     conn.execute("DROP TABLE queues")
     conn.execute("DROP INDEX jobs_running_by_queue")
+    before_version_12(conn)
     conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
@@ -658,6 +723,7 @@ def test_a_version_9_database_gets_the_name_index(db: Path) -> None:
     SqliteStore(str(db)).close()
     conn = sqlite3.connect(db)
     conn.execute("DROP INDEX jobs_by_name")
+    before_version_12(conn)
     conn.execute("UPDATE meta SET value = '9' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
@@ -672,7 +738,7 @@ def test_a_version_9_database_gets_the_name_index(db: Path) -> None:
     finally:
         conn.close()
     assert "jobs_by_name" in str(plan)
-    assert schema_version(db) == str(SCHEMA_VERSION) == "11"
+    assert schema_version(db) == str(SCHEMA_VERSION) == "12"
 
 
 def test_newer_schema_version_is_refused(db: Path) -> None:
@@ -1005,6 +1071,7 @@ def test_a_version_7_database_gets_dependencies(db: Path) -> None:
         "CREATE UNIQUE INDEX jobs_unique ON jobs (queue, unique_key)"
         " WHERE unique_key IS NOT NULL AND status IN ('scheduled', 'queued', 'running')"
     )
+    before_version_12(conn)
     conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
@@ -1020,4 +1087,4 @@ def test_a_version_7_database_gets_dependencies(db: Path) -> None:
         assert s.dependencies(second.id)[0][0].job_id == first.id
     finally:
         s.close()
-    assert schema_version(db) == str(SCHEMA_VERSION) == "11"
+    assert schema_version(db) == str(SCHEMA_VERSION) == "12"

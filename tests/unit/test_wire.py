@@ -150,10 +150,22 @@ def test_every_status_round_trips(status: JobStatus) -> None:
             stderr_bytes=7,
         ),
         Attempt(5, 3, "w", 1.0, 2.0, 0, Outcome.SUCCEEDED),
+        Attempt(5, 4, "w", 1.0, 2.0, 3, Outcome.FAILED, ran_from=1.25, ran_until=1.875),
     ],
 )
 def test_attempt_round_trip(attempt: Attempt) -> None:
     assert wire.attempt_from_pb(over_the_wire(wire.attempt_to_pb(attempt))) == attempt
+
+
+def test_the_times_the_command_ran_are_zero_on_the_wire_when_unknown() -> None:
+    ran = Attempt(5, 1, "w", 1.0, 2.0, 0, Outcome.SUCCEEDED, ran_from=1.5, ran_until=1.75)
+    msg = over_the_wire(wire.attempt_to_pb(ran))
+    assert (msg.ran_from, msg.ran_until) == (1.5, 1.75)
+    lost = Attempt(5, 2, "w", 1.0, 2.0, None, Outcome.LOST, "lost")
+    msg = over_the_wire(wire.attempt_to_pb(lost))
+    assert (msg.ran_from, msg.ran_until) == (0.0, 0.0)
+    back = wire.attempt_from_pb(msg)
+    assert (back.ran_from, back.ran_until) == (None, None)
 
 
 @pytest.mark.parametrize("outcome", list(Outcome))

@@ -99,7 +99,7 @@ class Transaction(Protocol):
     def get_attempt(self, job_id: int, attempt: int) -> Attempt | None: ...
 
     def finish_attempt(self, attempt: Attempt, output: Output | None) -> None:
-        """Record how an attempt ended (and its output when given)."""
+        """Record how an attempt ended, when its command ran (if known) and its output if given."""
 
     def save_worker(self, worker: WorkerInfo) -> None: ...
 

@@ -65,7 +65,7 @@ from dts.server.store.url import redacted
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 9  # PostgreSQL's own line of versions; it starts where SQLite's version 3 is
+SCHEMA_VERSION = 10  # PostgreSQL's own line of versions; it starts where SQLite's version 3 is
 MIGRATION_LOCK = 0x647473  # pg_advisory_xact_lock key: 'dts'; one migrating server at a time
 INSERT_ROWS = 1000  # jobs one INSERT statement adds (16 parameters each; the limit is 65,535)
 COPY_FROM = 64  # jobs from which a submit's rows go by COPY rather than INSERT
@@ -152,6 +152,8 @@ SCHEMA = [
         error TEXT NOT NULL DEFAULT '',
         stdout BYTEA NOT NULL DEFAULT '',
         stderr BYTEA NOT NULL DEFAULT '',
+        ran_from DOUBLE PRECISION,
+        ran_until DOUBLE PRECISION,
         PRIMARY KEY (job_id, attempt)
     )""",
     """CREATE TABLE IF NOT EXISTS workers (
@@ -188,6 +190,10 @@ MIGRATIONS: dict[int, list[str]] = {
     6: queue_schema("DOUBLE PRECISION"),  # queue controls: paused, run limit
     7: [f"DROP INDEX IF EXISTS {UNIQUE_INDEX}", UNIQUE_JOBS, *DEPENDENCIES],
     9: [NAME_INDEX],  # the dashboard's name filter
+    10: [  # when the command itself ran, by the worker's clock
+        "ALTER TABLE attempts ADD COLUMN IF NOT EXISTS ran_from DOUBLE PRECISION,"
+        " ADD COLUMN IF NOT EXISTS ran_until DOUBLE PRECISION",
+    ],
 }
 
 INSERT_MARKS = "(" + ",".join(["%s"] * INSERT_COUNT) + ")"
@@ -447,9 +453,10 @@ class PostgresTransaction(QueueRows, schedules.ScheduleWrites, DependencyRows):
             self._c.execute(
                 "UPDATE attempts SET finished_at = %s, exit_code = 0,"
                 f" outcome = {ATTEMPT_SUCCEEDED}, error = '', stdout = done.stdout,"
-                " stderr = done.stderr"
+                " stderr = done.stderr, ran_from = done.ran_from, ran_until = done.ran_until"
                 " FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::int[]) AS attempt,"
-                " unnest(%s::bytea[]) AS stdout, unnest(%s::bytea[]) AS stderr) AS done"
+                " unnest(%s::bytea[]) AS stdout, unnest(%s::bytea[]) AS stderr,"
+                " unnest(%s::float8[]) AS ran_from, unnest(%s::float8[]) AS ran_until) AS done"
                 " WHERE attempts.job_id = done.id AND attempts.attempt = done.attempt",
                 (
                     now,
@@ -457,6 +464,8 @@ class PostgresTransaction(QueueRows, schedules.ScheduleWrites, DependencyRows):
                     [r.attempt for r in kept],
                     [r.stdout for r in kept],
                     [r.stderr for r in kept],
+                    [r.ran[0] for r in kept],
+                    [r.ran[1] for r in kept],
                 ),
             )
         return recorded
@@ -470,13 +479,16 @@ class PostgresTransaction(QueueRows, schedules.ScheduleWrites, DependencyRows):
 
     def finish_attempt(self, attempt: Attempt, output: Output | None) -> None:
         self._c.execute(
-            "UPDATE attempts SET finished_at=%s, exit_code=%s, outcome=%s, error=%s"
+            "UPDATE attempts SET finished_at=%s, exit_code=%s, outcome=%s, error=%s, ran_from=%s,"
+            " ran_until=%s"
             " WHERE job_id=%s AND attempt=%s",
             (
                 attempt.finished_at,
                 attempt.exit_code,
                 attempt.outcome.value,
                 attempt.error,
+                attempt.ran_from,
+                attempt.ran_until,
                 attempt.job_id,
                 attempt.attempt,
             ),

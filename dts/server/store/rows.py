@@ -59,7 +59,7 @@ JOB_COLUMNS = (
 )
 ATTEMPT_COLUMNS = (
     "job_id, attempt, worker, started_at, finished_at, exit_code, outcome, error, "
-    "length(stdout) AS stdout_bytes, length(stderr) AS stderr_bytes"
+    "length(stdout) AS stdout_bytes, length(stderr) AS stderr_bytes, ran_from, ran_until"
 )
 WORKER_COLUMNS = (
     "name, host, pid, session, concurrency, queues, state, running, registered_at, last_heartbeat,"
@@ -138,6 +138,8 @@ def attempt_of(row: Row) -> Attempt:
         error=row["error"],
         stdout_bytes=row["stdout_bytes"],
         stderr_bytes=row["stderr_bytes"],
+        ran_from=row["ran_from"],
+        ran_until=row["ran_until"],
     )
 
 

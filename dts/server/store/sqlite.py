@@ -61,7 +61,7 @@ from dts.server.store.rows import (
 
 log = logging.getLogger("dts.store")
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 BATCH_ROWS = 400  # rows one statement touches by an IN list (SQLite allows 32,766 variables)
 
 
@@ -141,6 +141,8 @@ SCHEMA = [
         error TEXT NOT NULL DEFAULT '',
         stdout BLOB NOT NULL DEFAULT x'',
         stderr BLOB NOT NULL DEFAULT x'',
+        ran_from REAL,                  -- the command's own start, by the worker's clock
+        ran_until REAL,                 -- and its end (version 12); NULL: no worker ran it
         PRIMARY KEY (job_id, attempt)
     )""",
     """CREATE TABLE IF NOT EXISTS workers (
@@ -181,6 +183,10 @@ MIGRATIONS: dict[int, list[str]] = {
     8: queue_schema("REAL"),  # queue controls: paused, run limit
     9: [f"DROP INDEX IF EXISTS {UNIQUE_INDEX}", UNIQUE_JOBS, *DEPENDENCIES],
     11: [NAME_INDEX],  # the dashboard's name filter
+    12: [  # when the command itself ran, by the worker's clock
+        "ALTER TABLE attempts ADD COLUMN ran_from REAL",
+        "ALTER TABLE attempts ADD COLUMN ran_until REAL",
+    ],
 }
 
 
@@ -341,23 +347,26 @@ class SqliteTransaction(QueueRows, schedules.ScheduleWrites, DependencyRows):
                 (now, worker, *(v for r in part for v in (r.job_id, r.attempt))),
             ).fetchall()
             recorded.update(((row["id"], row["attempts"]), row["queue"]) for row in rows)
-        quiet = [(r.job_id, r.attempt) for r in results if not (r.stdout or r.stderr)]
-        quiet = [key for key in quiet if key in recorded]
+        quiet = [
+            r for r in results if not (r.stdout or r.stderr) and (r.job_id, r.attempt) in recorded
+        ]
         for i in range(0, len(quiet), BATCH_ROWS):
-            keys = quiet[i : i + BATCH_ROWS]
-            pairs = ",".join("(?,?)" for _ in keys)
-            self._c.execute(
+            part = quiet[i : i + BATCH_ROWS]
+            marks = ",".join("(?,?,?,?)" for _ in part)
+            self._c.execute(  # VALUES' columns are column1..column4: job, attempt, ran from, until
                 "UPDATE attempts SET finished_at = ?, exit_code = 0,"
-                f" outcome = {ATTEMPT_SUCCEEDED}, error = ''"
-                f" WHERE (job_id, attempt) IN (VALUES {pairs})",
-                (now, *(v for key in keys for v in key)),
+                f" outcome = {ATTEMPT_SUCCEEDED}, error = '',"
+                " ran_from = done.column3, ran_until = done.column4"
+                f" FROM (VALUES {marks}) AS done"
+                " WHERE attempts.job_id = done.column1 AND attempts.attempt = done.column2",
+                (now, *(v for r in part for v in (r.job_id, r.attempt, *r.ran))),
             )
         self._c.executemany(
             "UPDATE attempts SET finished_at = ?, exit_code = 0,"
-            f" outcome = {ATTEMPT_SUCCEEDED}, error = '', stdout = ?, stderr = ?"
-            " WHERE job_id = ? AND attempt = ?",
+            f" outcome = {ATTEMPT_SUCCEEDED}, error = '', stdout = ?, stderr = ?,"
+            " ran_from = ?, ran_until = ? WHERE job_id = ? AND attempt = ?",
             (
-                (now, r.stdout, r.stderr, r.job_id, r.attempt)
+                (now, r.stdout, r.stderr, *r.ran, r.job_id, r.attempt)
                 for r in results
                 if (r.stdout or r.stderr) and (r.job_id, r.attempt) in recorded
             ),
@@ -373,13 +382,16 @@ class SqliteTransaction(QueueRows, schedules.ScheduleWrites, DependencyRows):
 
     def finish_attempt(self, attempt: Attempt, output: Output | None) -> None:
         self._c.execute(
-            "UPDATE attempts SET finished_at=?, exit_code=?, outcome=?, error=? "
+            "UPDATE attempts SET finished_at=?, exit_code=?, outcome=?, error=?, ran_from=?,"
+            " ran_until=? "
             "WHERE job_id=? AND attempt=?",
             (
                 attempt.finished_at,
                 attempt.exit_code,
                 attempt.outcome.value,
                 attempt.error,
+                attempt.ran_from,
+                attempt.ran_until,
                 attempt.job_id,
                 attempt.attempt,
             ),
