@@ -9,7 +9,14 @@ from tests.bench import servers
 PIPELINE_WINDOW = 64  # single submits a client keeps on their way at once (run.py's pipelined)
 SINGLES = f"single submits, one client: each waited for / {PIPELINE_WINDOW} on their way"
 CPU = "CPU per job: server / worker / job processes / redis (1 worker, c2)"
-ENDED = "latency submit→job ended (finished_at, at the server) p50 / p99"
+ENDED = "latency submit→the job's command ended (the worker's clock) p50 / p99"
+STEPS = "latency step by step, p50: submit / claim / to the command / command / report / answer"
+FLOOR = (
+    "floor, one step alone: gRPC round trip / Redis round trip / durable commit / "
+    "thread hand-off / spawn and reap `true`; their sum on a job's way"
+)
+RELAXED = "with --sqlite-synchronous normal: submit→finished p50 / p99; waited-for single submits"
+STEP_NAMES = ("submit", "claim", "to the command", "command", "report", "answer")
 
 
 def render(r: dict[str, Any]) -> str:
@@ -41,6 +48,7 @@ def render(r: dict[str, Any]) -> str:
         "latency submit→start p50 / p99": _latency_cell(pg["latency"], "start"),
         ENDED: _latency_cell(pg["latency"], "ended"),
         "latency submit→finished p50 / p99": _latency_cell(pg["latency"], "finish"),
+        STEPS: _steps_cell(pg["latency"]),
         "status / list / list --queue with history": _history_cell(pg["history"]),
     }
     assert set(beside) <= {a for a, _ in rows}, set(beside) - {a for a, _ in rows}
@@ -72,6 +80,9 @@ def _rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("latency submit→start p50 / p99", _latency_cell(lat, "start")),
         (ENDED, _latency_cell(lat, "ended")),
         ("latency submit→finished p50 / p99", _latency_cell(lat, "finish")),
+        (STEPS, _steps_cell(lat)),
+        (FLOOR, _floor_cell(r.get("floor"))),
+        (RELAXED, _relaxed_cell(r.get("relaxed"))),
         ("status / list / list --queue with history", _history_cell(hist)),
         (
             f"RSS server idle / load / {r.get('queued', 100_000):,} queued",
@@ -115,6 +126,25 @@ def _latency_cell(lat: dict[str, float], to: str) -> str:
     if f"{to}_p50_ms" not in lat:
         return "—"
     return f"{lat[f'{to}_p50_ms']:.1f} / {lat[f'{to}_p99_ms']:.1f} ms"
+
+
+def _steps_cell(lat: dict[str, float]) -> str:
+    if f"step {STEP_NAMES[0]} p50 ms" not in lat:
+        return "—"
+    return " / ".join(f"{lat[f'step {name} p50 ms']:.2f}" for name in STEP_NAMES) + " ms"
+
+
+def _floor_cell(fl: dict[str, float] | None) -> str:
+    if fl is None:
+        return "—"
+    steps = ("grpc_ms", "redis_ms", "commit_ms", "hop_ms", "spawn_ms")
+    return " / ".join(f"{fl[k]:.2f}" for k in steps) + f" ms; {fl['path_ms']:.1f} ms"
+
+
+def _relaxed_cell(rel: dict[str, float] | None) -> str:
+    if rel is None:
+        return "—"
+    return f"{_latency_cell(rel, 'finish')}; {rel['single_per_s']:,.0f} per s"
 
 
 def _history_cell(hist: dict[str, float]) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -33,10 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from dts.client import Client
-from dts.domain import JobSpec
+from dts.domain import Attempt, Job, JobSpec
 from tests import postgres
 from tests.bench import servers
 from tests.bench.cpu import CpuMeter
+from tests.bench.floor import floor
 from tests.bench.plot import latency_svg
 from tests.bench.report import PIPELINE_WINDOW, render
 from tests.bench.stores import Database, describe, write_history
@@ -93,6 +95,7 @@ class Sizes:
     storm_waiters: int = 500  # WaitJob calls long-polling through the storm
     storm_hanging: int = 100  # calls that never send their request, through the storm
     storm_calls: int = 300  # ping, status and heartbeat calls timed, idle and in the storm
+    floor_tries: int = 1000  # tries of each step of the floor
 
 
 FULL = Sizes()
@@ -113,6 +116,7 @@ SMOKE = Sizes(
     storm_waiters=50,
     storm_hanging=10,
     storm_calls=20,
+    floor_tries=30,
 )
 
 
@@ -127,6 +131,7 @@ class Bench:
         sizes: Sizes = FULL,
         store: str = "sqlite",
         postgres: str | None = None,
+        server_args: tuple[str, ...] = (),
     ) -> None:
         if store not in ("sqlite", "postgres") or (store == "postgres" and not postgres):
             raise ValueError(f"store {store!r} (PostgreSQL admin URL {postgres!r})")
@@ -134,10 +139,16 @@ class Bench:
         self.sizes = sizes
         self.store = store
         self.postgres = postgres
+        self.server_args = server_args  # after the bench's own (DTS_BENCH_SERVER_ARGS)
 
     def on(self, store: str) -> Bench:
         """The same bench with another store."""
-        return Bench(self.root, self.sizes, store, self.postgres)
+        return Bench(self.root, self.sizes, store, self.postgres, self.server_args)
+
+    def relaxed(self) -> Bench:
+        """The same bench with SQLite's commits not flushed to disk one by one (the server's
+        --sqlite-synchronous normal: the README says what it risks)."""
+        return Bench(self.root, self.sizes, "sqlite", None, ("--sqlite-synchronous", "normal"))
 
     def cluster(self, workers: int, concurrency: int) -> tuple[list[Any], Client, ServerProcess]:
         d = Path(tempfile.mkdtemp(dir=self.root))
@@ -151,7 +162,7 @@ class Bench:
             r = RedisProcess(d)
             r.start()
             procs.append(r)
-            s = ServerProcess(d, r.url, *QUIET, *SERVER_ARGS, db=db)
+            s = ServerProcess(d, r.url, *QUIET, *SERVER_ARGS, *self.server_args, db=db)
             procs.append(s)
             s.start()
             ws = [
@@ -278,15 +289,21 @@ class Bench:
             for _ in range(self.sizes.latency_warmup):  # not counted: first calls, first spawns
                 c.wait(c.submit_one(JobSpec(argv=("true",))).id, 30)
             samples: dict[str, list[float]] = {"start": [], "ended": [], "finish": []}
+            steps: list[tuple[float, ...]] = []
             for _ in range(n):
                 t0 = time.time()
                 job = c.submit_one(JobSpec(argv=("true",)))
                 done = c.wait(job.id, 30)
                 t1 = time.time()
+                ran = c.history(job.id)[-1]  # the worker's own times of the command
                 samples["start"].append(((done.started_at or t0) - job.created_at) * 1000)
-                samples["ended"].append(((done.finished_at or t1) - t0) * 1000)
+                samples["ended"].append(((ran.ran_until or t1) - t0) * 1000)
                 samples["finish"].append((t1 - t0) * 1000)
+                steps.append(_steps(t0, done, ran, t1))
             figures = {f"{k}_p{p}_ms": pct(v, p) for k, v in samples.items() for p in (50, 99)}
+            figures.update(
+                {f"step {name} p50 ms": pct([s[i] for s in steps], 50) for i, name in STEPS}
+            )
             return figures, {k: [round(x, 2) for x in v] for k, v in samples.items()}
         finally:
             self.down(procs, c)
@@ -434,6 +451,10 @@ def measure(b: Bench) -> dict[str, Any]:
     step("submit", r["submit"])
     r["latency"], r["latency_samples"] = latency_of(b, z.reps)
     step("latency", r["latency"])
+    r["floor"] = floor(b.root, z.floor_tries)
+    step("floor", r["floor"])
+    r["relaxed"] = measure_relaxed(b.relaxed())
+    step("relaxed", r["relaxed"])
     r["workers"] = {
         str(k): median_of(z.reps, lambda k=k: b.throughput(z.n, k, 2)) for k in (1, 2, 4)
     }
@@ -477,6 +498,29 @@ def measure_c2(
     step("throughput c2, PostgreSQL", statistics.median(q[0] for _, q in runs if q))
     step("CPU per job, us, PostgreSQL", cpu)
     return [(sq[0], q[0]) for sq, q in runs if q], cpu
+
+
+# A job's way from submit to the waiting client's answer, step by step (ms, by the clocks of
+# one machine): client and server times, the worker's own times of the command.
+STEPS = tuple(enumerate(("submit", "claim", "to the command", "command", "report", "answer")))
+
+
+def _steps(t0: float, job: Job, ran: Attempt, t1: float) -> tuple[float, ...]:
+    """Into the server's transaction; to the claim's commit (queued in Redis, a worker woken,
+    its claim); to the command's start (the claim's answer, the spawn); the command; to the
+    result's commit (the report); to the waiting client's answer."""
+    marks = (t0, job.created_at, job.started_at, ran.ran_from, ran.ran_until, job.finished_at, t1)
+    if any(m is None for m in marks):
+        raise RuntimeError(f"job {job.id} lacks a time of its way: {marks}")
+    return tuple((b - a) * 1000 for a, b in itertools.pairwise(marks))  # type: ignore[operator]
+
+
+def measure_relaxed(b: Bench) -> dict[str, float]:
+    """Latency and waited-for single submits with SQLite's commits not flushed one by one."""
+    z = b.sizes
+    latency = medians([b.latency(z.latency_jobs) for _ in range(z.reps)])
+    singles = median_of(z.reps, lambda: b.submit_rates(max(z.n, z.submits))["single_per_s"])
+    return {**latency, "single_per_s": singles}
 
 
 def latency_of(b: Bench, reps: int) -> tuple[dict[str, float], dict[str, list[float]]]:

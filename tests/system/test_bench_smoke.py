@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 import pytest
 
 from tests.bench import run as bench
-from tests.bench.report import render
+from tests.bench.report import STEP_NAMES, render
 from tests.harness import clean_env
 
 pytestmark = pytest.mark.single_store  # names its store itself: runs once
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 N, QUEUED = 50, 200
 WAITERS, HANGING = 50, 10
 LATENCY_JOBS = 5
-ROWS = 17  # measures in the Markdown table
+ROWS = 20  # measures in the Markdown table
 SERVERS_ROWS = 2  # and with a PostgreSQL, two servers on it: throughput, failover
 # those with a PostgreSQL figure beside SQLite's, by how they begin
 PG_MEASURES = (
@@ -42,8 +42,9 @@ PG_MEASURES = (
     "submit: batch call / --from-file",
     "single submits, one client",
     "latency submit→start",
-    "latency submit→job ended",
+    "latency submit→the job's command ended",
     "latency submit→finished",
+    "latency step by step",
     "status / list / list --queue",
 )
 
@@ -65,9 +66,12 @@ def check_latency(lat: dict[str, float], samples: dict[str, list[float]]) -> Non
     a job starts before it has ended, and it has ended before Client.wait returns (in every
     sample of the run kept, which is one of the runs the figures are of), p50 <= p99."""
     kinds = ("start", "ended", "finish")
-    assert set(lat) == {f"{k}_{p}_ms" for k in kinds for p in ("p50", "p99")}, lat
+    steps = {f"step {name} p50 ms" for name in STEP_NAMES}
+    assert set(lat) == {f"{k}_{p}_ms" for k in kinds for p in ("p50", "p99")} | steps, lat
     for name, ms in lat.items():
-        assert within(ms, 0.1, 10_000), (name, ms)
+        assert within(ms, 0.001 if name in steps else 0.1, 10_000), (name, ms)
+    # the steps of the way take about as long as the way (medians of each: not exactly)
+    assert 0.3 * lat["finish_p50_ms"] < sum(lat[s] for s in steps) < 3 * lat["finish_p50_ms"]
     for k in kinds:
         assert lat[f"{k}_p50_ms"] <= lat[f"{k}_p99_ms"], (k, lat)
     assert lat["start_p50_ms"] <= lat["ended_p50_ms"] <= lat["finish_p50_ms"], lat
@@ -78,6 +82,21 @@ def check_latency(lat: dict[str, float], samples: dict[str, list[float]]) -> Non
     for k in kinds:  # one run (reps 1): the figures are the samples' own percentiles
         for p in (50, 99):
             assert bench.pct(samples[k], p) == pytest.approx(lat[f"{k}_p{p}_ms"], abs=0.006)
+
+
+def check_floor(fl: dict[str, float]) -> None:
+    """Each step alone takes some microseconds and under a second; the sum on a job's way is
+    more than its commits and its spawn."""
+    steps = ("grpc_ms", "redis_ms", "commit_ms", "hop_ms", "spawn_ms")
+    assert set(fl) == {*steps, "path_ms"}, fl
+    for name in steps:
+        assert within(fl[name], 0.001, 1000), (name, fl)
+    assert fl["path_ms"] > 3 * fl["commit_ms"] + fl["spawn_ms"], fl
+
+
+def check_relaxed(rel: dict[str, float]) -> None:
+    assert set(rel) >= {"finish_p50_ms", "finish_p99_ms", "single_per_s"}, rel
+    assert within(rel["finish_p50_ms"], 0.1, 10_000) and within(rel["single_per_s"], 1, 1e6), rel
 
 
 def check_cpu(cpu: dict[str, float]) -> None:
@@ -113,8 +132,8 @@ def test_make_bench_entry_point_reports_every_figure_sanely(tmp_path: Path) -> N
     assert set(report) == {
         "date", "machine", "n", "reps", "queued", "spawn_limit_per_s", "throughput_c2",
         "throughput_c4", "spawn_fraction_c2", "cpu_us_per_job", "submit", "latency",
-        "latency_samples", "workers", "backlog", "history", "memory", "storm",
-        *(["postgres", "servers"] if with_pg else []),
+        "latency_samples", "floor", "relaxed", "workers", "backlog", "history", "memory",
+        "storm", *(["postgres", "servers"] if with_pg else []),
     }  # fmt: skip
     assert (report["n"], report["reps"], report["queued"]) == (N, 1, QUEUED)
     assert report["date"] and "CPUs" in report["machine"]
@@ -139,6 +158,8 @@ def test_make_bench_entry_point_reports_every_figure_sanely(tmp_path: Path) -> N
     check_submit(report["submit"])
     check_latency(report["latency"], report["latency_samples"])
     check_history(report["history"])
+    check_floor(report["floor"])
+    check_relaxed(report["relaxed"])
     svg = ET.parse(tmp_path / "latency.svg").getroot()
     assert svg.tag == "{http://www.w3.org/2000/svg}svg", svg.tag
     curves = svg.findall("{http://www.w3.org/2000/svg}path")
