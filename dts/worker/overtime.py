@@ -19,20 +19,21 @@ class Overtime:
     will: the slot's thread and the watch never touch the slot's state at once."""
 
     def __init__(self, name: str) -> None:
-        self._name = name
         self._cond = threading.Condition()
         self._due: Due | None = None
         self._at = 0.0
         self._wakes = float("inf")  # when the watch's thread wakes by itself (inf: only if told)
-        self._thread: threading.Thread | None = None
+        # One thread per slot, for its whole life, started now: a slot makes its watch before
+        # its first job moves the slot's thread into the job's cgroup, where a thread it
+        # started later would be born (and every look for what is left of a job there would
+        # have to tell it from the job's processes).
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
 
     def start(self, delay: float, due: Due) -> None:
         """Call `due` in `delay` seconds unless `end` comes first."""
         with self._cond:
             self._due, self._at = due, time.monotonic() + delay
-            if self._thread is None:  # one thread per slot, for its whole life
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
             if self._at < self._wakes:  # else it wakes in time anyway: no hand-off per job
                 self._cond.notify()
 

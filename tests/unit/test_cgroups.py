@@ -24,6 +24,7 @@ import pytest
 
 from dts.domain import Assignment, JobSpec, Outcome, Result
 from dts.worker.cgroups import JobCgroups, Unavailable, hierarchy
+from dts.worker.overtime import Overtime
 from dts.worker.runner import Execution, RunOptions
 from dts.worker.sandbox import RunAs
 from tests.conftest import IN_CI
@@ -390,3 +391,27 @@ def test_guard_ends_the_jobs_and_the_tree_of_a_killed_worker(
     finally:
         worker.kill()
         worker.communicate()
+
+
+def test_a_slots_overtime_watch_is_not_born_in_its_job_cgroup(tree: JobCgroups) -> None:
+    # Given a slot's thread that made its overtime watch (as a slot does, before any job) and
+    # then ran a job, which moved the thread into the job's cgroup
+    seen: list[tuple[list[str], int, bool]] = []
+
+    def slot() -> None:
+        watch = Overtime("dts-slot-overtime")
+        Execution(Assignment(1, 1, JobSpec(argv=("true",))), RunOptions(cgroups=tree)).run()
+        watch.start(30, lambda: None)  # the watch at work while the next job runs
+        home = tree.acquire()
+        listed = Path(home.path, "cgroup.threads").read_text().split()
+        seen.append((listed, threading.get_native_id(), home.populated()))
+        watch.end()
+
+    runner = threading.Thread(target=slot, daemon=True)
+    runner.start()
+    runner.join(10)
+    # Then the job's cgroup holds the slot's thread alone: telling that nothing of a job is
+    # left there takes one read, not a look at each thread
+    [(listed, tid, populated)] = seen
+    assert listed == [str(tid)]
+    assert not populated
