@@ -17,10 +17,10 @@ file, and jobs/s = N / (last end - first start). dts is measured as `make bench`
 Latency, with the worker idle: one long-lived client enqueues one job with the peer's own call
 and polls the size of the lines file every 0.2 ms until the job's line is there (the same for
 every peer; 2 warm-up jobs first, not counted). That stops the clock when the job's own code is
-done, before the peer records an outcome. dts's figure is submit -> the job's finished_at,
-which the server sets when it applies the worker's report of the ended job (so it still
-includes that report, but not the history write nor the answer to the client); beside it,
-"answer", is submit -> `Client.wait` returning, through the durable history. Every figure is
+done, before the peer records an outcome. dts's figure is submit -> the end of the job's
+command by the worker's clock (the attempt's ran_until, read from the history afterwards: the
+same machine's clock as the client's); beside it, "answer", is submit -> `Client.wait`
+returning, after the result is in the durable history. Every figure is
 the median of --reps repetitions, each with a fresh redis-server and worker; no further
 repetition of a system starts after --budget seconds (arq with its default poll_delay needs
 minutes for one), and the table says so where that cut one short.
