@@ -21,9 +21,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.harness import RedisProcess, ServerProcess
 
 QUIET = ("--log-level", "warning")
-# On the way from submit to finished: the submit's and the answer's round trip, the worker's
-# claim and its report (each a round trip), and the waiting call's answer (half of one).
-GRPC_TRIPS = 3.5
+# On the way from submit to finished, one way each: the submit to the server, the worker's
+# claim there and its answer back, the worker's report, and the answer to the waiting call.
+# (The submit's answer and the waiting call's request travel while the job is on its way.)
+GRPC_TRIPS = 2.5
 COMMITS = 3  # the submit, the claim and the result are each durable before they are answered
 
 
